@@ -1,0 +1,34 @@
+# The two commands of the README's quick start: `make demo` and `make test`.
+# Both create .venv when it is missing and install the project into it.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.ctagrg-installed
+# The CPU wheel of torch 2.13.0 is pinned here (dev/CI set-up only); the package itself asks for a range.
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: venv demo demo-quick test test-fast lint bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_PIN)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/ctagrg demo --out demo_out
+
+demo-quick: $(STAMP)
+	$(VENV)/bin/ctagrg demo --out demo_out --quick
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+
+clean:
+	rm -rf demo_out .pytest_cache
