@@ -1,0 +1,145 @@
+"""Grounding on phantoms: does a generated sentence name the right side, and the right nodule size?
+
+Phantom datasets carry the truth in ``ROOT/ground_truth/<name>.json`` (see docs/architecture.md). Two numbers:
+
+- **side accuracy**: over findings of a lateralised label (``ctagrg.labels.LATERALISED``) that are both detected
+  by the model and present in the ground truth with a side, the fraction whose generated sentence states that
+  side (:func:`side_from_text`). The expected side is the union over that label's findings: only left -> "left",
+  only right -> "right", both or any bilateral finding -> "bilateral". A sentence stating no side counts as wrong.
+- **nodule size within 5 mm**: over detected, present lung nodules with a true size, the fraction whose sentence
+  states a size (:func:`size_mm_from_text`) within 5 mm of the nearest true nodule size. No stated size is wrong.
+
+False detections (detected but absent) are not counted here; the classification metrics already charge them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ctagrg.labels import LATERALISED
+
+SIZE_TOLERANCE_MM = 5.0
+NODULE = "Lung nodule"
+
+_BILATERAL_RE = re.compile(r"\b(bilateral(ly)?|both (lungs?|sides|hemithora(x|ces)|pleural)|bibasal|bibasilar)\b")
+_LEFT_RE = re.compile(r"\bleft\b")
+_RIGHT_RE = re.compile(r"\bright\b")
+# "12 mm", "1.2 cm", "12x9.3 mm", "12 x 9 x 7 mm", "0,8 cm", "12 millimeters"
+_NUM = r"\d+(?:[.,]\d+)?"
+_SIZE_RE = re.compile(rf"({_NUM}(?:\s*[x×*]\s*{_NUM})*)\s*(mm|millimet(?:er|re)s?|cm|centimet(?:er|re)s?)\b")
+
+
+def side_from_text(sentence: str | None) -> str | None:
+    """The side a sentence states: "left", "right", "bilateral" (or both sides named), or None.
+
+    >>> side_from_text("A 12 mm nodule in the upper lobe of the right lung.")
+    'right'
+    >>> side_from_text("Bilateral pleural effusion.")
+    'bilateral'
+    """
+    if not sentence:
+        return None
+    text = sentence.lower()
+    if _BILATERAL_RE.search(text):
+        return "bilateral"
+    left, right = bool(_LEFT_RE.search(text)), bool(_RIGHT_RE.search(text))
+    if left and right:
+        return "bilateral"
+    return "left" if left else "right" if right else None
+
+
+def size_mm_from_text(sentence: str | None) -> float | None:
+    """The first size a sentence states, in mm; for "12x9 mm" the largest dimension. None when there is none.
+
+    >>> size_mm_from_text("A 1.2 cm nodule")
+    12.0
+    >>> size_mm_from_text("a 12x9.3 mm nodule")
+    12.0
+    """
+    if not sentence:
+        return None
+    match = _SIZE_RE.search(sentence.lower())
+    if match is None:
+        return None
+    dims = [float(v.replace(",", ".")) for v in re.findall(_NUM, match.group(1))]
+    scale = 10.0 if match.group(2).startswith(("cm", "centimet")) else 1.0
+    return max(dims) * scale
+
+
+def expected_side(findings: Iterable[Mapping[str, Any]], label: str) -> str | None:
+    """Union of the sides of ``label``'s findings (None when none of them has a side)."""
+    sides = {f.get("side") for f in findings if f.get("label") == label} - {None}
+    if not sides:
+        return None
+    if "bilateral" in sides or sides >= {"left", "right"}:
+        return "bilateral"
+    return sides.pop()
+
+
+def volume_name(input_ref: str) -> str:
+    """Phantom volume name from a prediction's ``input`` (a path to .nii.gz, a cache file, or a bare name)."""
+    name = Path(str(input_ref)).name
+    for suffix in (".nii.gz", ".nii", ".npy", ".npz", ".safetensors", ".pt", ".nrrd", ".mha", ".zarr", ".zst"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def load_ground_truth(ground_truth_dir: str | Path, name: str) -> list[dict[str, Any]] | None:
+    """Findings of ``name`` from ``<dir>/<name>.json`` (or ``<dir>/ground_truth/<name>.json``); None if absent."""
+    base = Path(ground_truth_dir)
+    for path in (base / f"{name}.json", base / "ground_truth" / f"{name}.json"):
+        if path.is_file():
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}: not valid JSON: {exc}") from None
+            findings = data.get("findings") if isinstance(data, dict) else None
+            if not isinstance(findings, list):
+                raise ValueError(f"{path}: expected an object with a 'findings' list")
+            return findings
+    return None
+
+
+def grounding_metrics(predictions: Iterable[Mapping[str, Any]], ground_truth_dir: str | Path) -> dict[str, Any]:
+    """Side accuracy and nodule-size agreement of predictions (prediction-line dicts) against phantom truth.
+
+    Returns ``side_accuracy`` and ``nodule_size_within_5mm`` (None when nothing was eligible), with the counts
+    behind them (``side_n``, ``side_unstated``, ``size_n``, ``size_unstated``, ``volumes``, ``missing_truth``).
+    """
+    side_ok = side_n = side_unstated = size_ok = size_n = size_unstated = volumes = missing = 0
+    for pred in predictions:
+        if "error" in pred:
+            continue
+        findings = load_ground_truth(ground_truth_dir, volume_name(pred["input"]))
+        if findings is None:
+            missing += 1
+            continue
+        volumes += 1
+        for label, info in pred.get("abnormalities", {}).items():
+            if not info.get("detected"):
+                continue
+            sentence = info.get("sentence")
+            truth = expected_side(findings, label) if label in LATERALISED else None
+            if truth is not None:
+                stated = side_from_text(sentence)
+                side_n += 1
+                side_ok += stated == truth
+                side_unstated += stated is None
+            sizes = [float(f["size_mm"]) for f in findings if f.get("label") == label and f.get("size_mm")]
+            if label == NODULE and sizes:
+                stated_mm = size_mm_from_text(sentence)
+                size_n += 1
+                size_unstated += stated_mm is None
+                size_ok += stated_mm is not None and min(abs(stated_mm - s) for s in sizes) <= SIZE_TOLERANCE_MM
+    return {
+        "side_accuracy": side_ok / side_n if side_n else None,
+        "side_n": side_n, "side_unstated": side_unstated,
+        "nodule_size_within_5mm": size_ok / size_n if size_n else None,
+        "size_n": size_n, "size_unstated": size_unstated,
+        "volumes": volumes, "missing_truth": missing,
+    }
