@@ -1,0 +1,143 @@
+"""The GPT-2 pseudo self-attention decoder: cache-prefix implementation vs a direct one, loss, freezing, I/O."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from ctagrg.config import ConfigError
+from ctagrg.models.conditioning import ConditioningConfig
+from ctagrg.models.decoder import DecoderConfig, ReportDecoder, load_tokenizer, next_token_loss
+
+
+def tiny_config(**kw) -> DecoderConfig:
+    cond = ConditioningConfig(num_labels=18, input_dim=16, hidden_dims=(32, 24), output_dim=20)
+    return DecoderConfig(n_layer=2, n_embd=32, n_head=4, n_positions=64, vocab_size=300, conditioning=cond, **kw)
+
+
+def direct_forward(model: ReportDecoder, h: torch.Tensor, label_index: torch.Tensor,
+                   input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """GPT-2 written out by hand, with the conditioning key/value concatenated in front of the text ones and the
+    causal mask widened by one always-visible column. Returns logits (N, T, V)."""
+    gpt = model.gpt2.transformer
+    n, t = input_ids.shape
+    e = model.conditioning.layers[0](model.conditioning.dense_input(h, label_index))
+    for layer in model.conditioning.layers[1:]:
+        e = layer(torch.relu(e))
+    x = gpt.wte(input_ids) + gpt.wpe(torch.arange(1, t + 1))  # the slot is position 0
+    heads, hd = model.num_heads, model.head_dim
+    visible = torch.ones(t, t + 1, dtype=torch.bool).tril(diagonal=1)  # column 0 (slot) always visible
+    visible = visible[None, None] & torch.cat([torch.ones(n, 1), attention_mask], 1).bool()[:, None, None, :]
+    for i, block in enumerate(gpt.h):
+        q, k, v = block.attn.c_attn(block.ln_1(x)).split(gpt.config.n_embd, dim=2)
+        split = lambda z: z.view(n, -1, heads, hd).transpose(1, 2)
+        k = torch.cat([model.uk[i](e).view(n, heads, 1, hd), split(k)], dim=2)
+        v = torch.cat([model.uv[i](e).view(n, heads, 1, hd), split(v)], dim=2)
+        scores = (split(q) @ k.transpose(-1, -2)) / math.sqrt(hd)
+        attn = scores.masked_fill(~visible, float("-inf")).softmax(-1) @ v
+        x = x + block.attn.c_proj(attn.transpose(1, 2).reshape(n, t, -1))
+        x = x + block.mlp(block.ln_2(x))
+    return model.gpt2.lm_head(gpt.ln_f(x))
+
+
+@pytest.fixture
+def model() -> ReportDecoder:
+    torch.manual_seed(0)
+    return ReportDecoder(tiny_config()).eval()
+
+
+def test_cache_prefix_equals_direct_implementation(model: ReportDecoder) -> None:
+    torch.manual_seed(1)
+    h = torch.randn(3, 16)
+    label_index = torch.tensor([0, 9, 17])
+    input_ids = torch.randint(0, 300, (3, 7))
+    mask = torch.tensor([[1] * 7, [1] * 5 + [0] * 2, [1] * 3 + [0] * 4])
+    with torch.no_grad():
+        got = model(h, label_index, input_ids, mask)["logits"]
+        want = direct_forward(model, h, label_index, input_ids, mask)
+    real = mask.bool()
+    assert got.shape == (3, 7, 300)
+    assert torch.allclose(got[real], want[real], atol=1e-5), (got[real] - want[real]).abs().max()
+    # The slot matters: a different hᵢ changes the logits.
+    other = model(torch.randn(3, 16), label_index, input_ids, mask)["logits"]
+    assert (other[real] - got[real]).abs().max() > 1e-3
+
+
+def test_positions_come_from_wpe_not_wte(model: ReportDecoder) -> None:
+    ids = torch.randint(0, 300, (1, 5))
+    h, idx = torch.randn(1, 16), torch.tensor([3])
+    with torch.no_grad():
+        before = model(h, idx, ids)["logits"]
+        model.gpt2.transformer.wpe.weight[1:6] += torch.randn(5, 32)  # text positions 1..5
+        after = model(h, idx, ids)["logits"]
+    assert (after - before).abs().max() > 1e-3
+    with torch.no_grad():
+        model.gpt2.transformer.wte.weight[1:6] += torch.randn(5, 32)  # the table RGRG wrongly used for positions
+        unchanged = model(h, idx, ids.clamp(min=6))["logits"][..., 6:]  # rows 1..5 are also tied output rows
+        model.gpt2.transformer.wte.weight[1:6] += torch.randn(5, 32)
+        assert torch.equal(model(h, idx, ids.clamp(min=6))["logits"][..., 6:], unchanged)
+
+
+def test_loss_counts_real_tokens_only() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 10)
+    ids = torch.tensor([[1, 2, 3, 4], [1, 5, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    loss = next_token_loss(logits, ids, mask)
+    logp = logits.log_softmax(-1)
+    terms = [-logp[0, 0, 2], -logp[0, 1, 3], -logp[0, 2, 4], -logp[1, 0, 5]]
+    assert torch.isclose(loss, torch.stack(terms).mean())
+    # Changing logits at padded positions leaves the loss unchanged.
+    logits2 = logits.clone()
+    logits2[1, 1:] = 100.0
+    assert torch.isclose(next_token_loss(logits2, ids, mask), loss)
+
+
+def test_frozen_by_default_and_unfreezable() -> None:
+    frozen = ReportDecoder(tiny_config())
+    assert not any(p.requires_grad for p in frozen.gpt2.parameters())
+    out = frozen(torch.randn(2, 16), torch.tensor([1, 2]), torch.randint(0, 300, (2, 5)))
+    out["loss"].backward()
+    assert frozen.uk[0].weight.grad is not None and frozen.uk[0].weight.grad.abs().sum() > 0
+    assert frozen.conditioning.layers[0].weight.grad.abs().sum() > 0
+    assert frozen.gpt2.transformer.wte.weight.grad is None
+    unfrozen = ReportDecoder(tiny_config(freeze_gpt2=False))
+    assert all(p.requires_grad for p in unfrozen.gpt2.parameters())
+
+
+def test_save_and_load_roundtrip(tmp_path: Path, model: ReportDecoder) -> None:
+    model.save_pretrained(tmp_path / "dec")
+    assert sorted(p.name for p in (tmp_path / "dec").iterdir()) == ["config.json", "model.safetensors"]
+    loaded = ReportDecoder.from_pretrained(tmp_path / "dec").eval()
+    h, idx, ids = torch.randn(2, 16), torch.tensor([4, 5]), torch.randint(0, 300, (2, 6))
+    with torch.no_grad():
+        assert torch.equal(model(h, idx, ids)["logits"], loaded(h, idx, ids)["logits"])
+    assert loaded.config == model.config
+    assert loaded.gpt2.lm_head.weight.data_ptr() == loaded.gpt2.transformer.wte.weight.data_ptr()
+
+
+def test_load_errors_name_the_folder(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        ReportDecoder.from_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match="no config.json"):
+        ReportDecoder(DecoderConfig(gpt2_path=str(tmp_path)))
+    with pytest.raises(ConfigError, match="divisible"):
+        DecoderConfig(n_embd=30, n_head=4)
+    with pytest.raises(FileNotFoundError, match="no GPT-2 tokenizer"):
+        load_tokenizer(tmp_path)
+
+
+def test_loads_local_hf_gpt2_checkpoint(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    ReportDecoder(tiny_config()).gpt2.save_pretrained(tmp_path / "gpt2")
+    model = ReportDecoder(tiny_config(gpt2_path=str(tmp_path / "gpt2")))
+    assert model.gpt2.config.n_layer == 2 and len(model.uk) == 2
+
+
+def test_real_tokenizer(gpt2_tokenizer_dir: Path) -> None:
+    tok = load_tokenizer(gpt2_tokenizer_dir)
+    assert len(tok) == 50257 and tok.eos_token_id == 50256 and tok.pad_token_id == 50256
+    assert tok.decode(tok("Nodule of 4.5 mm in the left lobe.")["input_ids"]) == "Nodule of 4.5 mm in the left lobe."
