@@ -56,7 +56,7 @@ class BlockSparseConditioning(nn.Module):
         super().__init__()
         self.config = config
         dims = [config.num_labels * config.input_dim, *config.hidden_dims, config.output_dim]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
 
     def first_layer(self, h: torch.Tensor, label_index: torch.Tensor) -> torch.Tensor:
         """The first Linear on the block-sparse input. h: (N, input_dim); label_index: (N,) long → (N, hidden0)."""
@@ -71,7 +71,7 @@ class BlockSparseConditioning(nn.Module):
         return out
 
     def dense_input(self, h: torch.Tensor, label_index: torch.Tensor) -> torch.Tensor:
-        """The paper's explicit input: hᵢ in block i of a zero vector. (N, num_labels·input_dim); for tests/reference."""
+        """The paper's explicit input, hᵢ in block i of zeros: (N, num_labels·input_dim). For tests/reference."""
         x = h.new_zeros(h.shape[0], self.config.num_labels, self.config.input_dim)
         x[torch.arange(h.shape[0], device=h.device), label_index] = h
         return x.flatten(1)

@@ -111,7 +111,7 @@ class ReportDecoder(nn.Module):
     def prefix_key_values(self, e: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """eᵢ: (N, output_dim) → per layer (key, value), each (N, num_heads, 1, head_dim)."""
         shape = (e.shape[0], self.num_heads, 1, self.head_dim)
-        return [(k(e).view(shape), v(e).view(shape)) for k, v in zip(self.uk, self.uv)]
+        return [(k(e).view(shape), v(e).view(shape)) for k, v in zip(self.uk, self.uv, strict=True)]
 
     def prefix_cache(self, e: torch.Tensor, repeat: int = 1) -> DynamicCache:
         """A ``DynamicCache`` holding the pseudo self-attention slot; each row repeated ``repeat`` times (beams)."""
