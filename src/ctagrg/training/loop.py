@@ -1,0 +1,334 @@
+"""The one training loop every stage runs: ``train(task) -> best checkpoint folder``.
+
+Reads top to bottom like nanoGPT's ``train.py``: set up (DDP from ``RANK``, seed, model, optimizer, schedule,
+data), resume if ``out_dir/last`` exists, then epochs of micro-batches with gradient accumulation and autocast,
+validation each epoch with best-checkpoint selection, and the task's end-of-training artefacts.
+
+Output folder::
+
+    out_dir/config.yaml        resolved task config
+    out_dir/last/              config.json, model.safetensors, train_state.pt (optimizer, schedule, step, RNG)
+    out_dir/best/              config.json, model.safetensors, metrics.json (+ stage artefacts, e.g. thresholds)
+    out_dir/metrics.csv        step,epoch,phase,name,value
+    out_dir/tensorboard/
+
+Exact resume: the data order of an epoch depends only on (seed, epoch), the sampler can start mid-epoch, data
+loaders have their own generators (so creating one does not consume the global RNG), and the RNG states of every
+rank are saved. A run killed after a checkpoint and resumed reproduces the uninterrupted run's weights. Random
+augmentation must therefore use the torch RNG in the main process (``training_step``), not in loader workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ctagrg.config import ConfigError, save_config
+from ctagrg.training import distributed as D
+from ctagrg.training.checkpoint import (
+    CheckpointError,
+    load_train_state,
+    rng_state,
+    save_train_state,
+    set_rng_state,
+    unwrap,
+)
+from ctagrg.training.config import TrainConfig
+from ctagrg.training.logging import MetricsLogger
+from ctagrg.training.task import Task
+from ctagrg.utils.atomic import write_json_atomic
+from ctagrg.utils.progress import progress
+
+
+class TrainingError(RuntimeError):
+    """Training cannot continue (e.g. a non-finite loss); the message names the step and batch."""
+
+
+def build_optimizer(params: Any, tc: TrainConfig) -> torch.optim.Optimizer:
+    if tc.optimizer == "adam":
+        return torch.optim.Adam(params, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
+    if tc.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
+    return torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
+
+
+def lr_factor(step: int, tc: TrainConfig, steps_per_epoch: int, total_steps: int) -> float:
+    """Multiplier of ``tc.lr`` at optimizer step ``step`` (0-based): linear warm-up, then step or cosine decay."""
+    if tc.warmup_steps and step < tc.warmup_steps:
+        return (step + 1) / tc.warmup_steps
+    if tc.scheduler == "step":
+        # StepLR counted in epochs, as CT-AGRG's StepLR(40, 0.5) is, but evaluated per optimizer step.
+        return tc.gamma ** math.floor(step / (tc.step_size_epochs * steps_per_epoch))
+    if tc.scheduler == "cosine":
+        span = max(1, total_steps - tc.warmup_steps)
+        t = min(1.0, (step - tc.warmup_steps) / span)
+        return tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+    return 1.0
+
+
+def _autocast(tc: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    if tc.precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if tc.precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _batch_names(batch: Any) -> str:
+    names = batch.get("name") if isinstance(batch, dict) else None
+    if isinstance(names, (list, tuple)) and names:
+        shown = ", ".join(map(str, names[:8])) + (", ..." if len(names) > 8 else "")
+        return f"; volumes: {shown}"
+    return ""
+
+
+class Trainer:
+    """State of one run; :func:`train` is the entry point. Split into methods only to keep each one short."""
+
+    def __init__(self, task: Task, tc: TrainConfig, info: D.DistInfo):
+        self.task, self.tc, self.info = task, tc, info
+        self.out = Path(tc.out_dir)
+        self.step, self.epoch, self.micro = 0, 0, 0  # optimizer steps; epochs done; micro-batches done in epoch
+        self.best_score, self.best_epoch = -math.inf, -1
+
+    # -- setup ------------------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        tc, info = self.tc, self.info
+        if info.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(self.task.cfg, self.out / "config.yaml")
+        torch.manual_seed(tc.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
+        if tc.deterministic:
+            torch.use_deterministic_algorithms(True)
+        self.task.device = info.device
+        self.model = self.task.build_model().to(info.device)
+        if tc.activation_checkpointing:
+            if not hasattr(self.model, "gradient_checkpointing_enable"):
+                raise ConfigError(f"train.activation_checkpointing: {type(self.model).__name__} does not support it")
+            self.model.gradient_checkpointing_enable()
+        self.optimizer = build_optimizer(self.task.param_groups(self.model), tc)
+        self._setup_data()
+        self.total_steps = self.steps_per_epoch * tc.epochs
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, tc, self.steps_per_epoch, self.total_steps)
+        )
+        self.scaler = torch.amp.GradScaler(info.device.type, enabled=tc.precision == "fp16")
+        torch.manual_seed(tc.seed + 1_000 * info.rank)  # per-rank dropout/augmentation streams
+        resumed = self._maybe_resume()
+        if info.enabled:
+            ids = [info.device.index] if info.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=ids, find_unused_parameters=tc.find_unused_parameters
+            )
+        self.logger = MetricsLogger(self.out, enabled=info.is_main, tensorboard=self.tc.tensorboard,
+                                    resume_step=self.step if resumed else -1)
+
+    def _setup_data(self) -> None:
+        tc, info = self.tc, self.info
+        train_ds = self.task.train_dataset()
+        self.sampler = D.ResumableSampler(len(train_ds), seed=tc.seed, rank=info.rank, world_size=info.world_size)
+        self.loader_gen = torch.Generator()
+        self.train_loader = DataLoader(
+            train_ds, batch_size=tc.batch_size, sampler=self.sampler, num_workers=tc.num_workers,
+            collate_fn=self.task.collate, pin_memory=tc.pin_memory and info.device.type == "cuda",
+            generator=self.loader_gen, persistent_workers=False,
+        )
+        self.batches_per_epoch = math.ceil(self.sampler.per_rank / tc.batch_size)
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / tc.grad_accum)
+        valid_ds = self.task.valid_dataset() if tc.val_every_epochs else None
+        self.valid_loader = None
+        if valid_ds is not None and info.is_main:
+            self.valid_loader = DataLoader(
+                valid_ds, batch_size=tc.eval_batch_size or tc.batch_size, shuffle=False,
+                num_workers=tc.num_workers, collate_fn=self.task.collate, generator=torch.Generator().manual_seed(0),
+            )
+
+    # -- checkpoints ------------------------------------------------------------------------------------------
+    def _maybe_resume(self) -> bool:
+        last = self.out / "last"
+        if not (self.tc.resume and (last / "train_state.pt").is_file()):
+            return False
+        state = load_train_state(last)
+        expected = {"batches_per_epoch": self.batches_per_epoch, "grad_accum": self.tc.grad_accum,
+                    "world_size": self.info.world_size}
+        changed = {k: (state.get(k), v) for k, v in expected.items() if state.get(k) != v}
+        if changed:
+            raise CheckpointError(
+                f"{last}: cannot resume exactly, the run layout changed (saved, now): {changed}; "
+                "use a new train.out_dir or --set train.resume=false"
+            )
+        self.task.load_model(self.model, last)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch, self.micro = state["step"], state["epoch"], state["micro"]
+        self.best_score, self.best_epoch = state["best_score"], state["best_epoch"]
+        set_rng_state(state["rng"][self.info.rank])
+        if self.info.is_main:
+            print(f"resumed from {last}: step {self.step}, epoch {self.epoch}, batch {self.micro}", flush=True)
+        return True
+
+    def save_last(self) -> None:
+        rngs = D.all_gather_object(self.info, rng_state())
+        if self.info.is_main:
+            last = self.out / "last"
+            self.task.save_model(unwrap(self.model), last)
+            save_train_state(last, {
+                "step": self.step, "epoch": self.epoch, "micro": self.micro,
+                "best_score": self.best_score, "best_epoch": self.best_epoch,
+                "batches_per_epoch": self.batches_per_epoch, "grad_accum": self.tc.grad_accum,
+                "world_size": self.info.world_size,
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "rng": rngs,
+            })
+        D.barrier(self.info)
+
+    # -- training ---------------------------------------------------------------------------------------------
+    def _optimizer_step(self) -> None:
+        tc = self.tc
+        if tc.grad_clip or tc.grad_clip_value:
+            self.scaler.unscale_(self.optimizer)
+            params = [p for p in self.model.parameters() if p.grad is not None]
+            if tc.grad_clip_value:
+                nn.utils.clip_grad_value_(params, tc.grad_clip_value)
+            if tc.grad_clip:
+                nn.utils.clip_grad_norm_(params, tc.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+
+    def _micro_step(self, batch: Any, i: int) -> dict[str, float]:
+        """Forward + backward of micro-batch ``i`` of the epoch; returns the floats to log."""
+        ga, n = self.tc.grad_accum, self.batches_per_epoch
+        group_start = (i // ga) * ga
+        group_size = min(ga, n - group_start)  # the epoch's last group may be short: average over what it has
+        sync = i + 1 == group_start + group_size
+        no_sync = getattr(self.model, "no_sync", None)
+        with (contextlib.nullcontext() if sync or no_sync is None else no_sync()):
+            with _autocast(self.tc, self.info.device):
+                out = self.task.training_step(self.model, batch)
+            loss = out["loss"]
+            if not torch.isfinite(loss.detach()).all():
+                raise TrainingError(
+                    f"non-finite loss ({loss.item()}) at step {self.step} (epoch {self.epoch}, batch {i}"
+                    f"{_batch_names(batch)}); last checkpoint: {self.out / 'last'}"
+                )
+            self.scaler.scale(loss / group_size).backward()
+        logged = {k: float(v) for k, v in out.items() if k != "loss" and isinstance(v, (int, float))}
+        logged["loss"] = float(loss.detach())
+        if sync:
+            self._optimizer_step()
+        return logged
+
+    def train_epoch(self) -> bool:
+        """Run the rest of epoch ``self.epoch``; return False when ``max_steps`` stopped it early."""
+        tc = self.tc
+        self.model.train()
+        self.sampler.set_epoch(self.epoch, start=self.micro * tc.batch_size)
+        self.loader_gen.manual_seed(tc.seed * 100_003 + self.epoch)  # worker seeds independent of global RNG
+        window: dict[str, list[float]] = {}
+        t0 = time.perf_counter()
+        bar = progress(self.train_loader, desc=f"epoch {self.epoch + 1}/{tc.epochs}", total=len(self.train_loader))
+        for i, batch in enumerate(bar, start=self.micro):
+            step_before = self.step
+            for k, v in self._micro_step(batch, i).items():
+                window.setdefault(k, []).append(v)
+            self.micro = i + 1
+            if self.step == step_before:
+                continue
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{window['loss'][-1]:.4f}", refresh=False)
+            if self.step % tc.log_every == 0:
+                logged = {k: sum(v) / len(v) for k, v in window.items()}
+                logged["lr"] = self.scheduler.get_last_lr()[0]
+                logged["seconds_per_step"] = (time.perf_counter() - t0) / tc.log_every
+                self.logger.log(self.step, self.epoch, "train", logged)
+                window, t0 = {}, time.perf_counter()
+            if tc.save_every_steps and self.step % tc.save_every_steps == 0:
+                self.save_last()
+            if tc.max_steps and self.step >= tc.max_steps:
+                return False
+        return True
+
+    # -- validation -------------------------------------------------------------------------------------------
+    def validate_and_select(self, epoch_label: int, force: bool = False) -> None:
+        """Validate on rank 0 and write ``best/`` when the score improves.
+
+        Without a validation set, ``best/`` is simply the latest weights. ``force`` validates off-schedule (a run
+        stopped by ``max_steps``, or one whose schedule never validated).
+        """
+        if self.info.is_main:
+            model = unwrap(self.model)
+            due = self.valid_loader is not None and (force or epoch_label % self.tc.val_every_epochs == 0)
+            metrics: dict[str, float] = {}
+            improved = self.valid_loader is None
+            if due:
+                metrics = self._validate(model)
+                self.logger.log(self.step, epoch_label, "valid", metrics)
+                improved = metrics["score"] > self.best_score
+                self.best_score = max(self.best_score, metrics["score"])
+            if improved:
+                self.best_epoch = epoch_label
+                self.task.save_model(model, self.out / "best")
+                write_json_atomic(self.out / "best" / "metrics.json",
+                                  {"epoch": epoch_label, "step": self.step, **metrics})
+        self.best_score, self.best_epoch = D.broadcast_object(self.info, (self.best_score, self.best_epoch))
+
+    def _validate(self, model: nn.Module) -> dict[str, float]:
+        model.eval()
+        with torch.no_grad(), _autocast(self.tc, self.info.device):
+            metrics = self.task.validate(model, self.valid_loader)
+        model.train()
+        if "score" not in metrics:
+            raise TrainingError(f"{type(self.task).__name__}.validate must return a 'score', got {sorted(metrics)}")
+        return {k: float(v) for k, v in metrics.items()}
+
+    def finish(self) -> Path:
+        best = self.out / "best"
+        if self.info.is_main:
+            model = unwrap(self.model)
+            self.task.load_model(model, best)
+            model.eval()
+            self.task.on_train_end(model, self.out)
+        D.barrier(self.info)
+        return best
+
+    def run(self) -> Path:
+        self.setup()
+        try:
+            while self.epoch < self.tc.epochs:
+                completed = self.train_epoch()
+                if completed:
+                    self.epoch, self.micro = self.epoch + 1, 0
+                    self.validate_and_select(self.epoch)
+                else:  # stopped by max_steps mid-epoch: validate what we have
+                    self.validate_and_select(self.epoch + 1, force=True)
+                self.save_last()
+                if not completed:
+                    break
+            if self.best_epoch < 0:  # the validation schedule never ran (e.g. val_every_epochs > epochs)
+                self.validate_and_select(self.epoch, force=True)
+            return self.finish()
+        finally:
+            self.logger.close()
+
+
+def train(task: Task, cfg: TrainConfig | None = None) -> Path:
+    """Train ``task`` with ``cfg`` (default ``task.cfg.train``); return the best checkpoint folder ``out_dir/best``.
+
+    Launch under ``torchrun`` for DDP (one process per GPU); the process group is created here from RANK/WORLD_SIZE.
+    """
+    tc = cfg if cfg is not None else task.cfg.train
+    info = D.setup(tc.device)
+    try:
+        return Trainer(task, tc, info).run()
+    finally:
+        D.cleanup(info)

@@ -1,0 +1,171 @@
+"""The shared training loop on a toy task: outputs, exact resume, NaN handling, checkpoint mismatch, CLI errors."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from torch.utils.data import Dataset
+
+from ctagrg.config import ConfigError, apply_overrides
+from ctagrg.training.checkpoint import CheckpointError, load_train_state
+from ctagrg.training.config import TrainConfig
+from ctagrg.training.loop import TrainingError, lr_factor, train
+from ctagrg.training.task import TASKS, Task, get_task
+
+
+@dataclass
+class ToyData:
+    n_train: int = 24
+    n_valid: int = 16
+    dropout: float = 0.2
+    fail_at_call: int = -1  # raise (simulated kill) on this training_step call
+    nan_at_call: int = -1
+
+
+@dataclass
+class ToyConfig:
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: ToyData = field(default_factory=ToyData)
+
+
+class ToyDataset(Dataset):
+    def __init__(self, n: int, seed: int):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, 8, generator=g)
+        self.y = (self.x[:, :1] + self.x[:, 1:2] > 0).float()
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"x": self.x[i], "labels": self.y[i], "name": f"toy_{i}"}
+
+
+class Killed(Exception):
+    pass
+
+
+class ToyTask(Task):
+    Config = ToyConfig
+
+    def __init__(self, cfg: ToyConfig):
+        super().__init__(cfg)
+        self.calls = 0
+
+    def build_model(self) -> nn.Module:
+        return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(self.cfg.data.dropout), nn.Linear(16, 1))
+
+    def train_dataset(self) -> Dataset:
+        return ToyDataset(self.cfg.data.n_train, seed=1)
+
+    def valid_dataset(self) -> Dataset:
+        return ToyDataset(self.cfg.data.n_valid, seed=2)
+
+    def training_step(self, model: nn.Module, batch: dict) -> dict:
+        self.calls += 1
+        if self.calls == self.cfg.data.fail_at_call:
+            raise Killed(f"killed at call {self.calls}")
+        logits = model(batch["x"].to(self.device))
+        loss = nn.functional.binary_cross_entropy_with_logits(logits, batch["labels"].to(self.device))
+        if self.calls == self.cfg.data.nan_at_call:
+            loss = loss * float("nan")
+        return {"loss": loss, "batch_size": float(len(logits))}
+
+    def validate(self, model: nn.Module, loader) -> dict[str, float]:
+        losses = [nn.functional.binary_cross_entropy_with_logits(model(b["x"]), b["labels"]) for b in loader]
+        loss = float(torch.stack(losses).mean())
+        return {"loss": loss, "score": -loss}
+
+
+def toy_cfg(out: Path, **train_kw) -> ToyConfig:
+    base = dict(out_dir=str(out), epochs=3, batch_size=4, grad_accum=2, lr=0.05, log_every=1, tensorboard=False)
+    base.update(train_kw)
+    return ToyConfig(train=TrainConfig(**base))
+
+
+def read_rows(path: Path, phase: str = "train", name: str = "loss") -> list[tuple[int, float]]:
+    with open(path, newline="") as fh:
+        return [(int(r["step"]), float(r["value"])) for r in csv.DictReader(fh) if r["phase"] == phase
+                and r["name"] == name]
+
+
+def test_train_writes_checkpoints_logs_and_config(tmp_path):
+    best = train(ToyTask(toy_cfg(tmp_path)))
+    assert best == tmp_path / "best"
+    for f in ("config.json", "model.safetensors", "metrics.json"):
+        assert (best / f).is_file()
+    assert (tmp_path / "last" / "train_state.pt").is_file() and (tmp_path / "config.yaml").is_file()
+    state = load_train_state(tmp_path / "last")
+    # 24 samples / batch 4 = 6 micro-batches = 3 optimizer steps per epoch, 3 epochs
+    assert (state["step"], state["epoch"], state["micro"]) == (9, 3, 0)
+    losses = read_rows(tmp_path / "metrics.csv")
+    assert [s for s, _ in losses] == list(range(1, 10))
+    assert losses[-1][1] < losses[0][1]  # it learns
+    assert len(read_rows(tmp_path / "metrics.csv", "valid", "score")) == 3
+
+
+def test_resume_after_kill_reproduces_uninterrupted_run(tmp_path):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    train(ToyTask(toy_cfg(full, save_every_steps=2)))
+    killed = toy_cfg(cut, save_every_steps=2)
+    killed.data.fail_at_call = 11  # step 5 is mid-epoch 2; last checkpoint is step 4 (epoch 1, batch 2)
+    with pytest.raises(Killed):
+        train(ToyTask(killed))
+    assert load_train_state(cut / "last")["step"] == 4
+    train(ToyTask(toy_cfg(cut, save_every_steps=2)))
+    a, b = load_file(full / "last" / "model.safetensors"), load_file(cut / "last" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert read_rows(full / "metrics.csv") == read_rows(cut / "metrics.csv")  # no duplicated or missing rows
+
+
+def test_resume_refuses_changed_layout(tmp_path):
+    train(ToyTask(toy_cfg(tmp_path, epochs=1)))
+    with pytest.raises(CheckpointError, match="run layout changed.*batches_per_epoch"):
+        train(ToyTask(toy_cfg(tmp_path, epochs=2, batch_size=8)))
+
+
+def test_nan_loss_names_step_and_batch(tmp_path):
+    cfg = toy_cfg(tmp_path)
+    cfg.data.nan_at_call = 8  # 8th micro-batch: epoch 1, batch 1, after 3 + 0 steps
+    with pytest.raises(TrainingError, match=r"non-finite loss \(nan\) at step 3 \(epoch 1, batch 1; volumes: toy_"):
+        train(ToyTask(cfg))
+
+
+def test_checkpoint_mismatch_names_tensors(tmp_path):
+    train(ToyTask(toy_cfg(tmp_path, epochs=1)))
+
+    class Wider(ToyTask):
+        def build_model(self) -> nn.Module:
+            return nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Dropout(0.0), nn.Linear(32, 1), nn.Linear(1, 1))
+
+    task = Wider(toy_cfg(tmp_path))
+    with pytest.raises(CheckpointError, match=r"shape mismatch \[3\]: 0.bias .*model \(32,\), checkpoint \(16,\)"):
+        task.load_model(task.build_model(), tmp_path / "best")
+    with pytest.raises(CheckpointError, match=r"missing \[2\]: 4.bias, 4.weight"):
+        task.load_model(task.build_model(), tmp_path / "best")
+
+
+def test_max_steps_and_lr_schedule(tmp_path):
+    train(ToyTask(toy_cfg(tmp_path, max_steps=4, scheduler="step", step_size_epochs=1, gamma=0.5)))
+    state = load_train_state(tmp_path / "last")
+    assert (state["step"], state["epoch"], state["micro"]) == (4, 1, 2)
+    lrs = read_rows(tmp_path / "metrics.csv", name="lr")
+    assert [v for _, v in lrs] == pytest.approx([0.05, 0.05, 0.025, 0.025])  # lr after steps 1..4 (3 per epoch)
+    tc = TrainConfig(scheduler="cosine", warmup_steps=2, lr=1.0, min_lr_ratio=0.1)
+    assert [lr_factor(s, tc, 5, 12) for s in (0, 1, 2, 12)] == pytest.approx([0.5, 1.0, 1.0, 0.1])
+
+
+def test_config_errors_and_registry():
+    assert TASKS["decoder"] == "ctagrg.training.decoder_task:DecoderTask"
+    with pytest.raises(ConfigError, match="valid tasks: pretrain, classifier, decoder"):
+        get_task("segment")
+    with pytest.raises(ConfigError, match=r"train.precision: expected one of fp32, bf16, fp16, got 'fp8'"):
+        apply_overrides(ToyConfig(), ["train.precision=fp8"])
+    with pytest.raises(ConfigError, match="unknown key 'lrr' for TrainConfig; valid keys: out_dir, seed"):
+        apply_overrides(ToyConfig(), ["train.lrr=1"])
