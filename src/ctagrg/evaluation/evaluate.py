@@ -1,0 +1,201 @@
+"""``ctagrg evaluate``: generate reports for one split of a CT-RATE-layout dataset and score them.
+
+Outputs in ``out_dir``: ``predictions.jsonl`` (the ``ctagrg report`` line format; resumable), ``metrics.json``
+(classification, clinical, NLG, grounding on phantoms, bootstrap 95% CIs), and ``report.md`` / ``report.html``
+with figures (see :mod:`ctagrg.evaluation.report_render`). What every number means is in docs/evaluation.md.
+
+Volumes are read from the preprocessed cache when one exists (``--cache`` or ``<data>/cache`` with a
+``manifest.csv``), so evaluation never repeats preprocessing; otherwise from the NIfTI files.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ctagrg.evaluation import bootstrap as bs
+from ctagrg.evaluation.clinical import REFERENCE_SOURCES, clinical_metrics, confusion_counts, label_texts
+from ctagrg.evaluation.clinical import reference_labels as choose_reference
+from ctagrg.evaluation.predict import load_split, predict_split, read_predictions
+from ctagrg.labels import LABELS
+
+HEADLINE_KEYS: tuple[str, ...] = (
+    "classification.macro_auroc", "classification.macro_f1",
+    "clinical.micro_f1", "clinical.macro_f1", "clinical.micro_precision", "clinical.micro_recall",
+    "nlg.bleu_1", "nlg.bleu_2", "nlg.bleu_3", "nlg.bleu_4", "nlg.meteor", "nlg.rouge_l", "nlg.cider",
+    "grounding.side_accuracy",
+)
+
+
+@dataclass
+class EvaluateConfig:
+    """Settings of one evaluation run (saved into metrics.json under ``config``)."""
+
+    split: str = "test"
+    cache_dir: str | None = None  # preprocessed cache; None: <data>/cache when it has a manifest.csv
+    labeler: str = "rules"  # ctagrg.text.labeler.get_labeler spec, e.g. "rules" or "radbert:DIR"
+    clinical_reference: str = "csv"  # csv: the dataset's label CSV; reports: label the reference reports
+    reference_columns: tuple[str, ...] = ("Findings_EN",)  # reference text for NLG (joined with a space)
+    meteor: bool = True
+    bootstrap: int = 1000  # resamples for the 95% CIs (0: no CIs)
+    seed: int = 0
+    batch_size: int = 4
+    device: str = "cpu"
+    examples: int = 5  # generated reports shown beside their references in report.md
+    limit: int | None = None  # evaluate only the first N volumes of the split (smoke tests)
+
+    def __post_init__(self) -> None:
+        if self.clinical_reference not in REFERENCE_SOURCES:
+            raise ValueError(f"clinical_reference must be one of {', '.join(REFERENCE_SOURCES)}, "
+                             f"got {self.clinical_reference!r}")
+        if self.bootstrap < 0 or self.batch_size < 1:
+            raise ValueError("bootstrap must be >= 0 and batch_size >= 1")
+
+
+def classification_metrics(probs: np.ndarray, detected: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """Per-label AUROC (probabilities) and F1 (thresholded detections) against the label CSV.
+
+    Macro AUROC averages the labels with both classes in the split; macro F1 the labels with a positive.
+    Args: probs (N, 18) float in [0, 1]; detected (N, 18) 0/1; labels (N, 18) 0/1.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    clin = clinical_metrics(detected, labels)  # same P/R/F1 counting, applied to the classifier's decisions
+    per_label: dict[str, dict[str, Any]] = {}
+    aurocs = []
+    for j, name in enumerate(LABELS):
+        y = labels[:, j]
+        auroc = float(roc_auc_score(y, probs[:, j])) if 0 < y.sum() < len(y) else None
+        if auroc is not None:
+            aurocs.append(auroc)
+        per_label[name] = {"auroc": auroc, **clin["per_label"][name]}
+    return {"macro_auroc": float(np.mean(aurocs)) if aurocs else None, "macro_f1": clin["macro_f1"],
+            "micro_f1": clin["micro_f1"], "auroc_labels": len(aurocs), "per_label": per_label}
+
+
+def _arrays(preds: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    probs = np.array([[p["abnormalities"][n]["probability"] for n in LABELS] for p in preds], dtype=np.float64)
+    det = np.array([[int(bool(p["abnormalities"][n]["detected"])) for n in LABELS] for p in preds], dtype=np.int64)
+    return probs.reshape(-1, len(LABELS)), det.reshape(-1, len(LABELS))
+
+
+def _confidence_intervals(cfg: EvaluateConfig, probs: np.ndarray, det: np.ndarray, labels: np.ndarray,
+                          clin_counts: dict[str, np.ndarray], hyps: list[str], refs: list[str],
+                          rouge_each: list[float], cider_each: list[float]) -> dict[str, list[float] | None]:
+    from ctagrg.evaluation.nlg import tokenize
+
+    w = bs.resample_weights(len(hyps), cfg.bootstrap, cfg.seed)
+    ci: dict[str, list[float] | None] = {}
+    ci["classification.macro_auroc"] = bs.percentile_interval(bs.macro_auroc_samples(probs, labels, w))
+    cls = bs.clinical_samples(confusion_counts(det, labels), w)
+    ci["classification.macro_f1"] = bs.percentile_interval(cls["macro_f1"])
+    clin = bs.clinical_samples(clin_counts, w)
+    for key in ("micro_f1", "macro_f1", "micro_precision", "micro_recall"):
+        ci[f"clinical.{key}"] = bs.percentile_interval(clin[key])
+    bleu = bs.bleu_samples(bs.bleu_statistics([tokenize(h) for h in hyps], [tokenize(r) for r in refs]), w)
+    for n in range(4):
+        ci[f"nlg.bleu_{n + 1}"] = bs.percentile_interval(bleu[:, n])
+    ci["nlg.rouge_l"] = bs.percentile_interval(bs.mean_samples(rouge_each, w))
+    ci["nlg.cider"] = bs.percentile_interval(bs.mean_samples(cider_each, w))
+    return ci
+
+
+def compute_metrics(preds: list[dict[str, Any]], split: Any, cfg: EvaluateConfig,
+                    ground_truth_dir: Path | None) -> dict[str, Any]:
+    """All metrics for the successful predictions of ``split`` (a :class:`~ctagrg.evaluation.predict.Split`)."""
+    from ctagrg.evaluation.grounding import grounding_metrics
+    from ctagrg.evaluation.nlg import nlg_metrics
+
+    by_name = {p["name"]: p for p in preds if "error" not in p}
+    keep = [i for i, n in enumerate(split.names) if n in by_name]
+    if not keep:
+        raise RuntimeError(f"no successful predictions for split {cfg.split!r}; see predictions.jsonl errors")
+    ok = [by_name[split.names[i]] for i in keep]
+    hyps, refs = [p["report"] for p in ok], [split.references[i] for i in keep]
+    probs, det = _arrays(ok)
+    out: dict[str, Any] = {}
+    labels = split.labels[keep] if split.labels is not None else None
+    if labels is not None:
+        out["classification"] = classification_metrics(probs, det, labels)
+    ref_lab = choose_reference(cfg.clinical_reference, labels, refs, cfg.labeler)
+    gen_lab = label_texts(hyps, cfg.labeler)
+    out["clinical"] = {**clinical_metrics(gen_lab, ref_lab), "reference": cfg.clinical_reference,
+                       "labeler": cfg.labeler}
+    nlg = nlg_metrics(hyps, refs, meteor=cfg.meteor)
+    out["nlg"] = {**nlg.scores, "notes": nlg.notes, "reference_columns": list(cfg.reference_columns)}
+    if ground_truth_dir is not None:
+        out["grounding"] = grounding_metrics(ok, ground_truth_dir)
+    out["headline"] = {k: _lookup(out, k) for k in HEADLINE_KEYS if _lookup(out, k, missing=True) is not _MISSING}
+    if cfg.bootstrap and labels is not None:
+        ci = _confidence_intervals(cfg, probs, det, labels, confusion_counts(gen_lab, ref_lab), hyps, refs,
+                                   nlg.per_report["rouge_l"], nlg.per_report["cider"])
+        out["ci95"] = {k: v for k, v in ci.items() if k in out["headline"]}
+    out["examples"] = [{"name": p["name"], "generated": p["report"], "reference": r}
+                       for p, r in zip(ok, refs, strict=True)]
+    out["_arrays"] = {"probs": probs, "detected": det, "labels": labels}
+    return out
+
+
+_MISSING = object()
+
+
+def _lookup(tree: dict[str, Any], dotted: str, missing: bool = False) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING if missing else None
+        node = node[part]
+    return node
+
+
+def evaluate(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
+             cfg: EvaluateConfig | None = None, reporter: Any | None = None) -> dict[str, Any]:
+    """Predict, score and render one split. Returns the metrics dict that is written to metrics.json.
+
+    ``reporter`` replaces ``Reporter.from_pretrained(model_dir)`` (tests use a stand-in).
+    """
+    from ctagrg.config import to_dict
+    from ctagrg.evaluation.report_render import render_report
+    from ctagrg.utils.atomic import write_json_atomic
+
+    cfg = cfg or EvaluateConfig()
+    model_dir, data_dir, out_dir = Path(model_dir), Path(data_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    split = load_split(data_dir, cfg.split, cfg.reference_columns, limit=cfg.limit)
+    predict_split(model_dir, split, out_dir / "predictions.jsonl", cache_dir=cfg.cache_dir, data_dir=data_dir,
+                  batch_size=cfg.batch_size, device=cfg.device, reporter=reporter)
+    preds = read_predictions(out_dir / "predictions.jsonl", split)
+    gt_dir = data_dir / "ground_truth"
+    metrics = compute_metrics(preds, split, cfg, gt_dir if gt_dir.is_dir() else None)
+    arrays, examples = metrics.pop("_arrays"), metrics.pop("examples")
+    failed = [p for p in preds if "error" in p]
+    metrics["meta"] = {"model": str(model_dir), "data": str(data_dir), "split": cfg.split,
+                       "volumes": len(split.names), "evaluated": len(preds) - len(failed), "failed": len(failed),
+                       "seconds": round(time.perf_counter() - start, 2), "config": to_dict(cfg)}
+    write_json_atomic(out_dir / "metrics.json", metrics)
+    render_report(out_dir, metrics, arrays, examples[: cfg.examples], failed)
+    return metrics
+
+
+def headline_table(metrics: dict[str, Any]) -> str:
+    """Plain-text table of the headline numbers with their 95% CIs (what the CLI and the demo print)."""
+    ci = metrics.get("ci95", {})
+    lines = []
+    for key, value in metrics.get("headline", {}).items():
+        shown = "null" if value is None else f"{value:.3f}"
+        interval = ci.get(key)
+        extra = f"  [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""
+        note = metrics.get("nlg", {}).get("notes", {}).get("meteor", "") if value is None else ""
+        lines.append(f"  {key:<30} {shown}{extra}{'  (' + note + ')' if note else ''}")
+    return "\n".join(lines)
+
+
+def load_metrics(path: str | Path) -> dict[str, Any]:
+    """Read a metrics.json written by :func:`evaluate`."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))

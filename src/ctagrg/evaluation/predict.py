@@ -1,0 +1,198 @@
+"""The evaluation's inputs and predictions: one split's volumes, references and labels, and resumable
+report generation into ``predictions.jsonl`` through the packaged model (``Reporter``).
+
+Each line of ``predictions.jsonl`` is the ``ctagrg report`` line format (docs/architecture.md) plus ``name``
+(the VolumeName without ``.nii.gz``) so that lines can be joined back to references when ``input`` is a cache
+path. A rerun skips names already present, so an interrupted evaluation resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ctagrg.labels import LABELS
+from ctagrg.utils.progress import progress
+
+VOLUME_SUFFIX = ".nii.gz"
+
+
+@dataclass
+class Split:
+    """One split of a CT-RATE-layout dataset: N volumes with reference text and (optionally) labels.
+
+    ``names``: VolumeName without ``.nii.gz``; ``paths``: the NIfTI file or None when absent;
+    ``references``: reference report text; ``labels``: (N, 18) int 0/1 from the label CSV, or None.
+    """
+
+    names: list[str]
+    paths: list[Path | None]
+    references: list[str]
+    labels: np.ndarray | None
+
+
+def _read_csv(path: Path, required: Sequence[str]) -> Any:
+    import pandas as pd
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found")
+    table = pd.read_csv(path)
+    missing = [c for c in required if c not in table.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(map(str, table.columns))}")
+    return table
+
+
+def volume_path(root: Path, name: str) -> Path | None:
+    """``ROOT/<split>[_fixed]/<split>_<pid>/<split>_<pid>_<scan>/<name>.nii.gz`` if it exists, else None."""
+    parts = name.rsplit("_", 3)
+    if len(parts) != 4:
+        return None
+    split, pid, scan, _ = parts
+    for folder in (split, f"{split}_fixed"):
+        path = root / folder / f"{split}_{pid}" / f"{split}_{pid}_{scan}" / f"{name}{VOLUME_SUFFIX}"
+        if path.is_file():
+            return path
+    return None
+
+
+def _strip(name: str) -> str:
+    return name[: -len(VOLUME_SUFFIX)] if name.endswith(VOLUME_SUFFIX) else name
+
+
+def load_split(root: str | Path, split: str, reference_columns: Sequence[str] = ("Findings_EN",),
+               limit: int | None = None) -> Split:
+    """Read ``radiology_text_reports/<split>_reports.csv`` and, when present, the split's label CSV."""
+    root = Path(root)
+    reports = _read_csv(root / "radiology_text_reports" / f"{split}_reports.csv", ["VolumeName", *reference_columns])
+    if limit is not None:
+        reports = reports.head(limit)
+    names = [_strip(str(v)) for v in reports["VolumeName"]]
+    texts = reports[list(reference_columns)].fillna("").astype(str).agg(" ".join, axis=1).str.strip().tolist()
+    label_csv = root / "multi_abnormality_labels" / f"{split}_predicted_labels.csv"
+    labels = None
+    if label_csv.is_file():
+        table = _read_csv(label_csv, ["VolumeName", *LABELS])
+        table.index = [_strip(str(v)) for v in table["VolumeName"]]
+        absent = [n for n in names if n not in table.index]
+        if absent:
+            raise ValueError(f"{label_csv}: no labels for {len(absent)} volume(s), e.g. {absent[0]}")
+        labels = table.loc[names, list(LABELS)].to_numpy().astype(np.int64)
+    return Split(names, [volume_path(root, n) for n in names], texts, labels)
+
+
+def find_cache(data_dir: Path, cache_dir: str | Path | None) -> Path | None:
+    """The preprocessed cache to read: ``cache_dir`` if given (must hold manifest.csv), else ``<data>/cache``."""
+    if cache_dir is not None:
+        path = Path(cache_dir)
+        if not (path / "manifest.csv").is_file():
+            raise FileNotFoundError(f"{path}: not a preprocessed cache (no manifest.csv)")
+        return path
+    auto = data_dir / "cache"
+    return auto if (auto / "manifest.csv").is_file() else None
+
+
+def check_cache_matches_model(cache: Path, model_dir: Path) -> None:
+    """Refuse a cache preprocessed differently from what the model expects (both preprocess.json)."""
+    a, b = cache / "preprocess.json", model_dir / "preprocess.json"
+    if a.is_file() and b.is_file():
+        if json.loads(a.read_text()) != json.loads(b.read_text()):
+            raise ValueError(f"{a}: preprocessing differs from the model's {b}; re-preprocess or drop --cache")
+
+
+def read_predictions(path: Path, split: Split | None = None) -> list[dict[str, Any]]:
+    """Lines of ``predictions.jsonl`` (restricted to ``split``'s names when given), in split order."""
+    if not path.is_file():
+        return []
+    lines = []
+    for i, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if raw.strip():
+            try:
+                lines.append(json.loads(raw))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{i}: not valid JSON: {exc}") from None
+    if split is None:
+        return lines
+    by_name = {line.get("name"): line for line in lines}
+    return [by_name[n] for n in split.names if n in by_name]
+
+
+def report_line(report: Any, name: str, input_ref: str, seconds: float) -> dict[str, Any]:
+    """Prediction line from a ``Report`` (``to_dict()``, a dict, or ``text``/``abnormalities`` attributes)."""
+    data = report.to_dict() if hasattr(report, "to_dict") else report if isinstance(report, dict) else None
+    if data is None:
+        data = {"report": getattr(report, "text", getattr(report, "report", None)),
+                "abnormalities": getattr(report, "abnormalities", None)}
+    abn = data.get("abnormalities") or {}
+    abn = {k: (v if isinstance(v, dict) else dict(vars(v))) for k, v in abn.items()}
+    if set(abn) != set(LABELS):
+        raise ValueError(f"{name}: the model's report lists {len(abn)} abnormalities, expected the 18 LABELS")
+    text = data.get("report", data.get("text"))
+    return {"name": name, "input": input_ref, "report": str(text), "abnormalities": abn, "seconds": seconds}
+
+
+def _load_inputs(names: list[str], paths: list[Path | None], cache: Path | None) -> list[Any]:
+    if cache is None:
+        for name, path in zip(names, paths, strict=True):
+            if path is None:
+                raise FileNotFoundError(f"{name}: no volume file found and no preprocessed cache")
+        return [str(p) for p in paths]
+    from ctagrg.data.cache import cache_path, load_cached
+
+    return [load_cached(cache_path(cache, n)) for n in names]
+
+
+def _run_batch(reporter: Any, names: list[str], paths: list[Path | None], cache: Path | None) -> list[dict]:
+    start = time.perf_counter()
+    refs = [str(p) if p is not None else n for n, p in zip(names, paths, strict=True)]
+    reports = reporter.report_batch(_load_inputs(names, paths, cache))
+    each = (time.perf_counter() - start) / max(len(names), 1)
+    return [report_line(r, n, i, round(each, 4)) for r, n, i in zip(reports, names, refs, strict=True)]
+
+
+def predict_split(model_dir: Path, split: Split, out_path: Path, cache_dir: str | Path | None, data_dir: Path,
+                  batch_size: int = 4, device: str = "cpu", reporter: Any | None = None) -> None:
+    """Append a prediction line per volume of ``split`` not yet in ``out_path``; a failing volume gets an
+    ``{"name", "input", "error"}`` line and the others go on.
+
+    ``reporter``: an object with ``report_batch(inputs) -> list[Report]``; by default
+    ``Reporter.from_pretrained(model_dir)``. Inputs are preprocessed (D, H, W) arrays from the cache, or paths.
+    """
+    cache = find_cache(data_dir, cache_dir)
+    if cache is not None:
+        check_cache_matches_model(cache, model_dir)
+    done = {line.get("name") for line in read_predictions(out_path)}
+    todo = [i for i, n in enumerate(split.names) if n not in done]
+    if not todo:
+        return
+    if reporter is None:
+        from ctagrg.generation.reporter import Reporter
+
+        reporter = Reporter.from_pretrained(model_dir, device=device)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    batches = [todo[i: i + batch_size] for i in range(0, len(todo), batch_size)]
+    with open(out_path, "a", encoding="utf-8") as fh:  # append-only log: each line is flushed whole
+        for batch in progress(batches, desc=f"reports ({split_name(split)})"):
+            for line in _batch_or_single(reporter, split, batch, cache):
+                fh.write(json.dumps(line) + "\n")
+            fh.flush()
+
+
+def _batch_or_single(reporter: Any, split: Split, batch: list[int], cache: Path | None) -> list[dict]:
+    names, paths = [split.names[i] for i in batch], [split.paths[i] for i in batch]
+    try:
+        return _run_batch(reporter, names, paths, cache)
+    except Exception as exc:  # noqa: BLE001 - one bad volume must not stop the others: retry one by one
+        if len(batch) == 1:
+            return [{"name": names[0], "input": str(paths[0] or names[0]), "error": f"{type(exc).__name__}: {exc}"}]
+        return [line for i in batch for line in _batch_or_single(reporter, split, [i], cache)]
+
+
+def split_name(split: Split) -> str:
+    return split.names[0].split("_", 1)[0] if split.names else "empty"

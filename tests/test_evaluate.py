@@ -1,0 +1,171 @@
+"""``evaluate`` end to end on a tiny hand-written CT-RATE-layout dataset with a stand-in Reporter.
+
+The stand-in returns fixed reports and probabilities, so every metric below is known in advance: this tests the
+orchestration (split loading, resumable predictions, metrics.json keys, report files, CLI) without any model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ctagrg.evaluation.evaluate import HEADLINE_KEYS, EvaluateConfig, classification_metrics, evaluate
+from ctagrg.evaluation.predict import load_split, read_predictions, report_line
+from ctagrg.labels import LABEL_INDEX, LABELS
+
+NODULE, EFFUSION, CARDIO = LABEL_INDEX["Lung nodule"], LABEL_INDEX["Pleural effusion"], LABEL_INDEX["Cardiomegaly"]
+# name -> (reference findings, present labels, ground-truth findings)
+VOLUMES = {
+    "test_1_a_1": ("A 12 mm nodule is seen in the upper lobe of the right lung.", [NODULE],
+                   [{"label": "Lung nodule", "side": "right", "size_mm": 12.0}]),
+    "test_2_a_1": ("Left pleural effusion is present.", [EFFUSION], [{"label": "Pleural effusion", "side": "left"}]),
+    "test_3_a_1": ("The heart is enlarged.", [CARDIO], [{"label": "Cardiomegaly", "side": None}]),
+    "test_3_b_1": ("No abnormality is seen.", [], []),
+}
+GENERATED = {  # what the stand-in model "writes": correct except the effusion side
+    "test_1_a_1": {NODULE: "A 14 mm nodule is seen in the upper lobe of the right lung."},
+    "test_2_a_1": {EFFUSION: "Right pleural effusion is present."},
+    "test_3_a_1": {CARDIO: "The heart is enlarged."},
+    "test_3_b_1": {},
+}
+
+
+def make_dataset(root: Path) -> Path:
+    rows, labels = [], []
+    for name, (text, present, findings) in VOLUMES.items():
+        split, pid, scan, _ = name.split("_")
+        folder = root / split / f"{split}_{pid}" / f"{split}_{pid}_{scan}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{name}.nii.gz").write_bytes(b"")  # never read: the stand-in reporter ignores its input
+        rows.append({"VolumeName": f"{name}.nii.gz", "Findings_EN": text, "Impressions_EN": ""})
+        labels.append({"VolumeName": f"{name}.nii.gz", **{n: int(i in present) for i, n in enumerate(LABELS)}})
+        (root / "ground_truth").mkdir(exist_ok=True)
+        (root / "ground_truth" / f"{name}.json").write_text(json.dumps({"name": name, "findings": findings}))
+    (root / "radiology_text_reports").mkdir()
+    pd.DataFrame(rows).to_csv(root / "radiology_text_reports" / "test_reports.csv", index=False)
+    (root / "multi_abnormality_labels").mkdir()
+    pd.DataFrame(labels).to_csv(root / "multi_abnormality_labels" / "test_predicted_labels.csv", index=False)
+    return root
+
+
+class StandInReporter:
+    """Detects exactly the generated labels (probability 0.9, others 0.1) and writes their sentences."""
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.calls: list[int] = []
+        self.fail_on = fail_on
+
+    def report_batch(self, inputs: list[str]) -> list[dict]:
+        self.calls.append(len(inputs))
+        out = []
+        for path in inputs:
+            name = Path(path).name.removesuffix(".nii.gz")
+            if name == self.fail_on:
+                raise ValueError(f"{path}: not a CT volume")
+            sentences = GENERATED[name]
+            abn = {n: {"probability": 0.9 if i in sentences else 0.1, "detected": i in sentences, "threshold": 0.5,
+                       "sentence": sentences.get(i)} for i, n in enumerate(LABELS)}
+            out.append({"report": " ".join(sentences.values()) or "No abnormalities detected.", "abnormalities": abn})
+        return out
+
+
+@pytest.fixture()
+def dataset(tmp_path: Path) -> Path:
+    return make_dataset(tmp_path / "data")
+
+
+def test_load_split(dataset: Path) -> None:
+    split = load_split(dataset, "test")
+    assert split.names == list(VOLUMES)
+    assert split.labels is not None and split.labels.shape == (4, 18) and split.labels[0, NODULE] == 1
+    assert split.paths[0] == dataset / "test" / "test_1" / "test_1_a" / "test_1_a_1.nii.gz"
+    assert split.references[2] == "The heart is enlarged."
+    with pytest.raises(FileNotFoundError, match="valid_reports.csv: file not found"):
+        load_split(dataset, "valid")
+    with pytest.raises(ValueError, match="missing column.*Nope.*found VolumeName"):
+        load_split(dataset, "test", reference_columns=("Nope",))
+
+
+def test_evaluate_writes_metrics_predictions_and_report(dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    cfg = EvaluateConfig(meteor=False, bootstrap=200, batch_size=3)
+    reporter = StandInReporter()
+    metrics = evaluate(tmp_path / "model", dataset, out, cfg, reporter=reporter)
+    assert reporter.calls == [3, 1]
+    saved = json.loads((out / "metrics.json").read_text())
+    assert set(HEADLINE_KEYS) <= set(saved["headline"])
+    h = saved["headline"]
+    assert h["classification.macro_auroc"] == pytest.approx(1.0)  # positives 0.9, negatives 0.1
+    assert h["classification.macro_f1"] == pytest.approx(1.0)
+    assert h["clinical.micro_f1"] == pytest.approx(1.0)  # every generated sentence labels correctly
+    assert h["grounding.side_accuracy"] == pytest.approx(0.5)  # nodule right (ok), effusion right vs left
+    assert saved["grounding"]["nodule_size_within_5mm"] == pytest.approx(1.0)
+    assert h["nlg.meteor"] is None and "disabled" in saved["nlg"]["notes"]["meteor"]
+    assert 0 < h["nlg.bleu_4"] < h["nlg.bleu_1"] < 1
+    lo, hi = saved["ci95"]["nlg.bleu_1"]
+    assert lo <= h["nlg.bleu_1"] <= hi
+    assert saved["meta"]["evaluated"] == 4 and saved["meta"]["failed"] == 0
+    assert metrics["headline"] == saved["headline"]
+    lines = read_predictions(out / "predictions.jsonl")
+    assert [line["name"] for line in lines] == list(VOLUMES)
+    assert set(lines[0]) >= {"input", "report", "abnormalities", "seconds"}
+    assert lines[0]["abnormalities"]["Lung nodule"]["detected"] is True
+    for f in ("report.md", "report.html", "f1_per_label.png", "auroc_per_label.png", "roc_curves.png"):
+        assert (out / f).stat().st_size > 0, f
+    md = (out / "report.md").read_text()
+    assert "| clinical.micro_f1 | 1.000 |" in md and "![ROC curves](roc_curves.png)" in md
+    assert "Right pleural effusion is present." in md and "<table>" in (out / "report.html").read_text()
+    # rerun resumes: no volume is predicted again
+    again = StandInReporter()
+    evaluate(tmp_path / "model", dataset, out, cfg, reporter=again)
+    assert again.calls == []
+
+
+def test_failed_volume_is_recorded_and_others_scored(dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    cfg = EvaluateConfig(meteor=False, bootstrap=0, batch_size=4)
+    metrics = evaluate(tmp_path / "model", dataset, out, cfg, reporter=StandInReporter(fail_on="test_2_a_1"))
+    assert metrics["meta"]["failed"] == 1 and metrics["meta"]["evaluated"] == 3
+    bad = [line for line in read_predictions(out / "predictions.jsonl") if "error" in line]
+    assert bad == [{"name": "test_2_a_1", "input": str(dataset / "test/test_2/test_2_a/test_2_a_1.nii.gz"),
+                    "error": f"ValueError: {dataset / 'test/test_2/test_2_a/test_2_a_1.nii.gz'}: not a CT volume"}]
+    assert "ci95" not in metrics
+    assert "Failed volumes" in (out / "report.md").read_text()
+
+
+def test_classification_metrics_auroc_and_f1() -> None:
+    labels = np.zeros((4, 18), dtype=int)
+    labels[:2, 0] = 1
+    probs = np.full((4, 18), 0.2)
+    probs[:, 0] = [0.9, 0.4, 0.6, 0.1]  # one positive ranked below one negative: AUROC 3/4
+    detected = (probs > 0.5).astype(int)
+    m = classification_metrics(probs, detected, labels)
+    assert m["per_label"][LABELS[0]]["auroc"] == pytest.approx(0.75)
+    assert m["per_label"][LABELS[0]]["f1"] == pytest.approx(0.5)  # TP 1, FP 1, FN 1
+    assert m["per_label"][LABELS[1]]["auroc"] is None and m["auroc_labels"] == 1
+    assert m["macro_auroc"] == pytest.approx(0.75)
+
+
+def test_report_line_rejects_incomplete_abnormalities() -> None:
+    with pytest.raises(ValueError, match="v1: the model's report lists 1 abnormalities"):
+        report_line({"report": "x", "abnormalities": {"Lung nodule": {}}}, "v1", "v1", 0.0)
+
+
+def test_cli_evaluate(dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                      capsys: pytest.CaptureFixture[str]) -> None:
+    import ctagrg.evaluation.evaluate as ev
+    from ctagrg.cli.main import main
+
+    real = ev.evaluate
+    monkeypatch.setattr(ev, "evaluate", lambda *a, **k: real(*a, **k, reporter=StandInReporter()))
+    code = main(["evaluate", "--model", str(tmp_path / "m"), "--data", str(dataset), "--out", str(tmp_path / "o"),
+                 "--no-meteor", "--bootstrap", "50"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "4 of 4 volumes evaluated" in printed and "clinical.micro_f1" in printed
+    assert main(["evaluate", "--model", "m", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o2")]) == 1
+    assert "nowhere/radiology_text_reports/test_reports.csv: file not found" in capsys.readouterr().err
