@@ -9,6 +9,15 @@ from ctagrg.config import ConfigError
 from ctagrg.models.conditioning import BlockSparseConditioning, ConditioningConfig
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: on the shared 2-core machine, thread oversubscription makes these tests 10-20x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def small(**kw) -> ConditioningConfig:
     return ConditioningConfig(num_labels=18, input_dim=8, hidden_dims=(16, 12), output_dim=10, **kw)
 

@@ -13,6 +13,15 @@ from ctagrg.models.conditioning import ConditioningConfig
 from ctagrg.models.decoder import DecoderConfig, ReportDecoder, load_tokenizer, next_token_loss
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: on the shared 2-core machine, thread oversubscription makes these tests 10-20x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny_config(**kw) -> DecoderConfig:
     cond = ConditioningConfig(num_labels=18, input_dim=16, hidden_dims=(32, 24), output_dim=20)
     return DecoderConfig(n_layer=2, n_embd=32, n_head=4, n_positions=64, vocab_size=300, conditioning=cond, **kw)
