@@ -1,8 +1,8 @@
 """``ctagrg evaluate``: generate reports for one split of a CT-RATE-layout dataset and score them.
 
 Outputs in ``out_dir``: ``predictions.jsonl`` (the ``ctagrg report`` line format; resumable), ``metrics.json``
-(classification, clinical, NLG, grounding on phantoms, bootstrap 95% CIs), and ``report.md`` / ``report.html``
-with figures (see :mod:`ctagrg.evaluation.report_render`). What every number means is in docs/evaluation.md.
+(classification, clinical, NLG, grounding on phantoms, bootstrap 95% CIs), ``examples.json`` (every generated
+report beside its reference) and ``report.md`` / ``report.html`` with figures (see :mod:`ctagrg.evaluation.report_render`). What every number means is in docs/evaluation.md.
 
 Volumes are read from the preprocessed cache when one exists (``--cache`` or ``<data>/cache`` with a
 ``manifest.csv``), so evaluation never repeats preprocessing; otherwise from the NIfTI files.
@@ -179,6 +179,7 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
                        "volumes": len(split.names), "evaluated": len(preds) - len(failed), "failed": len(failed),
                        "seconds": round(time.perf_counter() - start, 2), "config": to_dict(cfg)}
     write_json_atomic(out_dir / "metrics.json", metrics)
+    write_json_atomic(out_dir / "examples.json", examples)
     render_report(out_dir, metrics, arrays, examples[: cfg.examples], failed)
     return metrics
 
