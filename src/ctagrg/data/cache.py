@@ -1,0 +1,100 @@
+"""The preprocessed-volume cache: one ``<name>.safetensors`` per volume, uint8-quantised.
+
+Format (measured in BENCHMARKS.md, "Preprocessing"): a safetensors file with one uint8 tensor ``volume`` of
+shape (D, H, W) and string metadata ``lo``/``hi``; the float value is ``lo + q × (hi − lo) / 255``.
+
+Why uint8: a default (240, 480, 480) volume is 55.3 MB in uint8 (limit 60 MB) against 110.6 MB in float16,
+and loads back as float32 in well under 0.3 s because it is a plain read plus one fused multiply-add. The
+preprocessed values already live in a 1200 HU window mapped to [0, 1], so 255 steps are 4.7 HU apart and the
+rounding error is at most 2.35 HU (0.00196 in normalised units), below CT noise (~10 HU). Padding (``-offset``)
+and the window ends are exact.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ctagrg.utils.atomic import atomic_path
+
+SUFFIX = ".safetensors"
+FORMAT = "ctagrg-volume-u8-v1"
+LEVELS = 255
+
+
+class CacheError(ValueError):
+    """A cache file that is missing, corrupt or of another format; the message starts with the path."""
+
+
+def cache_path(out_dir: str | Path, name: str) -> Path:
+    """Where volume ``name`` (VolumeName without ``.nii.gz``) lives in cache folder ``out_dir``."""
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise ValueError(f"cache name {name!r}: expected a plain file stem (no folders, not hidden)")
+    return Path(out_dir) / f"{name}{SUFFIX}"
+
+
+def save_cached(path: str | Path, volume: np.ndarray, lo: float, hi: float, extra: dict[str, Any] | None = None
+                ) -> None:
+    """Quantise ``volume`` (float, values in [lo, hi]) to uint8 and write it atomically.
+
+    Args:
+        path: target file (``.safetensors``).
+        volume: float32 (D, H, W) preprocessed volume.
+        lo, hi: the value range (``-offset`` and ``1 - offset`` for PreprocessConfig); values outside are clipped.
+        extra: small JSON-able provenance stored in the file's metadata (source, spacing, ...).
+    """
+    from safetensors.numpy import save_file
+
+    if not hi > lo:
+        raise ValueError(f"{path}: cache range hi ({hi}) must be above lo ({lo})")
+    q = np.empty(volume.shape, np.uint8)
+    scaled = (np.asarray(volume, np.float32) - np.float32(lo)) * np.float32(LEVELS / (hi - lo))
+    np.rint(np.clip(scaled, 0, LEVELS, out=scaled), out=scaled)
+    q[...] = scaled
+    meta = {"format": FORMAT, "lo": repr(float(lo)), "hi": repr(float(hi)), "extra": json.dumps(extra or {})}
+    with atomic_path(path, suffix=SUFFIX) as tmp:
+        save_file({"volume": q}, str(tmp), metadata=meta)
+
+
+def read_cache_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata of a cache file: ``lo``, ``hi`` (floats), ``shape`` and the ``extra`` provenance dict."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+            shape = tuple(f.get_slice("volume").get_shape())
+    except FileNotFoundError:
+        raise CacheError(f"{path}: cache file not found") from None
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise CacheError(f"{path}: not a readable cache file ({exc})") from None
+    if meta.get("format") != FORMAT:
+        raise CacheError(f"{path}: expected cache format {FORMAT!r}, got {meta.get('format')!r}")
+    return {"lo": float(meta["lo"]), "hi": float(meta["hi"]), "shape": shape, "extra": json.loads(meta["extra"])}
+
+
+def load_cached(path: str | Path) -> np.ndarray:
+    """Load a cached volume as float32 numpy (D, H, W), values ``lo + q × (hi − lo) / 255``."""
+    from safetensors.numpy import load_file
+
+    path = Path(path)
+    meta = read_cache_metadata(path)
+    try:
+        q = load_file(str(path))["volume"]
+    except Exception as exc:
+        raise CacheError(f"{path}: cannot read the volume ({exc})") from None
+    # numpy's uint8 -> float32 multiply is ~6x faster than torch's on one core here (0.03 s vs 0.19 s).
+    out = np.multiply(q, np.float32((meta["hi"] - meta["lo"]) / LEVELS), dtype=np.float32)
+    out += np.float32(meta["lo"])
+    return out
+
+
+def load_cached_tensor(path: str | Path) -> Any:
+    """Load a cached volume as a float32 torch tensor (D, H, W) (shares memory with :func:`load_cached`)."""
+    import torch
+
+    return torch.from_numpy(load_cached(path))

@@ -1,0 +1,135 @@
+"""A torch Dataset over the preprocessed cache: ``{"volume": (1, D, H, W) float32, "labels": (18,) float32,
+"name": str}``.
+
+>>> ds = CachedVolumeDataset("cache/", labels="multi_abnormality_labels/train_predicted_labels.csv")  # doctest: +SKIP
+>>> item = ds[0]; item["volume"].shape, item["labels"].shape                                          # doctest: +SKIP
+(torch.Size([1, 240, 480, 480]), torch.Size([18]))
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ctagrg.data.augment import AugmentConfig, augment_volume
+from ctagrg.data.cache import SUFFIX, cache_path, load_cached
+from ctagrg.labels import LABELS
+
+LabelSource = Mapping[str, Sequence[float]] | str | Path | Any | None
+
+
+def volume_stem(volume_name: str) -> str:
+    """CT-RATE VolumeName → cache name: ``valid_53_a_1.nii.gz`` → ``valid_53_a_1``."""
+    name = str(volume_name).strip()
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def read_labels_csv(path: str | Path) -> dict[str, np.ndarray]:
+    """Read a CT-RATE multi-abnormality labels CSV: VolumeName + the 18 LABELS columns (0/1), keyed by stem."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: labels CSV not found")
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        fields = reader.fieldnames or []
+        missing = [c for c in ("VolumeName", *LABELS) if c not in fields]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; expected VolumeName + the 18 CT-RATE "
+                             f"labels")
+        out = {}
+        for line, row in enumerate(reader, start=2):
+            try:
+                out[volume_stem(row["VolumeName"])] = np.array([float(row[c]) for c in LABELS], np.float32)
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}:{line}: label values must be numbers (0/1)") from None
+    return out
+
+
+def _labels_table(labels: LabelSource) -> dict[str, np.ndarray] | None:
+    if labels is None:
+        return None
+    if isinstance(labels, (str, Path)):
+        return read_labels_csv(labels)
+    if hasattr(labels, "iterrows"):  # a pandas DataFrame with VolumeName/name + LABELS columns
+        key = "VolumeName" if "VolumeName" in labels.columns else "name"
+        values = labels[list(LABELS)].to_numpy(np.float32)
+        return {volume_stem(n): v for n, v in zip(labels[key], values, strict=True)}
+    table = {volume_stem(k): np.asarray(v, np.float32) for k, v in labels.items()}
+    bad = [k for k, v in table.items() if v.shape != (len(LABELS),)]
+    if bad:
+        raise ValueError(f"labels for {bad[:3]}: expected {len(LABELS)} values each")
+    return table
+
+
+def cached_names(cache_dir: str | Path) -> list[str]:
+    """Names with a finished cache file: the manifest's ``ok`` rows when it exists, else every cache file."""
+    cache_dir = Path(cache_dir)
+    manifest = cache_dir / "manifest.csv"
+    if manifest.is_file():
+        with open(manifest, newline="", encoding="utf-8") as fh:
+            names = [r["name"] for r in csv.DictReader(fh) if r.get("status") == "ok"]
+        return sorted(n for n in names if cache_path(cache_dir, n).is_file())
+    return sorted(p.name[: -len(SUFFIX)] for p in cache_dir.glob(f"*{SUFFIX}") if not p.name.startswith("."))
+
+
+class CachedVolumeDataset:
+    """Preprocessed volumes from a cache folder, with their 18 labels.
+
+    Args:
+        cache_dir: folder written by ``ctagrg preprocess``.
+        labels: CT-RATE labels CSV path, a DataFrame (VolumeName or name + LABELS), a mapping name → 18 values,
+            or None (labels are then NaN, so a loss computed on them is loudly NaN rather than quietly wrong).
+        names: the volumes to use (stems or VolumeNames). Default: every cached volume that has labels.
+        augment: :class:`AugmentConfig`; None or ``enabled=False`` returns volumes as stored.
+
+    Items: ``{"volume": (1, D, H, W) float32 tensor, "labels": (18,) float32 tensor, "name": str}``.
+    """
+
+    def __init__(self, cache_dir: str | Path, labels: LabelSource = None, names: Sequence[str] | None = None,
+                 augment: AugmentConfig | None = None) -> None:
+        self.cache_dir = Path(cache_dir)
+        if not self.cache_dir.is_dir():
+            raise FileNotFoundError(f"{self.cache_dir}: cache folder not found (run `ctagrg preprocess` first)")
+        self.labels = _labels_table(labels)
+        self.augment = augment
+        if names is None:
+            names = cached_names(self.cache_dir)
+            if self.labels is not None:
+                names = [n for n in names if n in self.labels]
+        self.names = [volume_stem(n) for n in names]
+        self._check()
+
+    def _check(self) -> None:
+        missing = [n for n in self.names if not cache_path(self.cache_dir, n).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{self.cache_dir}: {len(missing)} volume(s) not cached, e.g. {missing[:3]}")
+        if self.labels is not None:
+            unlabelled = [n for n in self.names if n not in self.labels]
+            if unlabelled:
+                raise KeyError(f"{len(unlabelled)} volume(s) have no labels, e.g. {unlabelled[:3]}")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def label_matrix(self) -> np.ndarray:
+        """(N, 18) float32 labels of every item, in dataset order (for class weights and samplers)."""
+        if self.labels is None:
+            return np.full((len(self), len(LABELS)), np.nan, np.float32)
+        return np.stack([self.labels[n] for n in self.names]) if self.names else np.zeros((0, len(LABELS)), np.float32)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        import torch
+
+        name = self.names[index]
+        volume = torch.from_numpy(load_cached(cache_path(self.cache_dir, name))).unsqueeze(0)
+        if self.augment is not None and self.augment.enabled:
+            volume = augment_volume(volume, self.augment)
+        labels = self.labels[name] if self.labels is not None else np.full(len(LABELS), np.nan, np.float32)
+        return {"volume": volume, "labels": torch.from_numpy(labels.copy()), "name": name}

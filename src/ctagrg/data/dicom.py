@@ -1,0 +1,152 @@
+"""Read one DICOM CT series from a folder (searched recursively) or a ``.zip``, via pydicom.
+
+The series' slices are stacked as (slice, row, column) in the order of their position along the slice normal.
+Geometry comes from ImagePositionPatient / ImageOrientationPatient / PixelSpacing (LPS), converted to the RAS
+affine that :class:`~ctagrg.data.ctio.CTVolume` uses. The slice step is measured from the positions, not taken
+from SliceThickness (which may differ from the spacing with overlapping reconstructions).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ctagrg.data.ctio import LPS_TO_RAS, CTReadError, CTReadWarning, CTVolume
+
+# Relative deviation of a slice gap from the median gap above which the series is called irregular.
+IRREGULAR_GAP = 0.1
+
+
+def read_dicom_series(path: str | Path) -> CTVolume:
+    """Read the series with the most slices under ``path`` (folder or ``.zip``) and return it as a CTVolume.
+
+    When several series are present a :class:`CTReadWarning` names the folder and every series UID with its
+    slice count. Raises :class:`CTReadError` for an empty folder, a single slice, or missing geometry tags.
+    """
+    path = Path(path)
+    series = _group_by_series(_iter_datasets(path))
+    if not series:
+        raise CTReadError(f"{path}: no DICOM image files found")
+    uid, slices = max(series.items(), key=lambda kv: len(kv[1]))
+    if len(series) > 1:
+        listing = "; ".join(f"{u} ({len(s)} slices)" for u, s in sorted(series.items(), key=lambda kv: -len(kv[1])))
+        warnings.warn(f"{path}: {len(series)} DICOM series found: {listing}. Using {uid}, the one with the most slices",
+                      CTReadWarning, stacklevel=3)
+    return _stack(path, slices)
+
+
+def _iter_datasets(path: Path) -> Iterator[Any]:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    for label, opener in _iter_members(path):
+        try:
+            with opener() as fh:
+                ds = pydicom.dcmread(fh)
+        except (InvalidDicomError, EOFError, OSError, ValueError):
+            continue  # DICOMDIR-less folders often hold non-DICOM files (README, .txt); skip them.
+        if "PixelData" in ds:
+            ds.filename = label
+            yield ds
+
+
+def _iter_members(path: Path) -> Iterator[tuple[str, Any]]:
+    """(name, opener) for each file in a folder (recursively) or a zip archive."""
+    if path.is_dir():
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            yield str(f), (lambda f=f: open(f, "rb"))
+        return
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise CTReadError(f"{path}: not a readable zip archive ({exc})") from None
+    with archive:
+        for info in sorted(archive.infolist(), key=lambda i: i.filename):
+            if not info.is_dir():
+                yield f"{path}:{info.filename}", (lambda i=info: io.BytesIO(archive.read(i)))
+
+
+def _group_by_series(datasets: Iterator[Any]) -> dict[str, list[Any]]:
+    series: dict[str, list[Any]] = {}
+    for ds in datasets:
+        series.setdefault(str(ds.get("SeriesInstanceUID", "unknown")), []).append(ds)
+    return series
+
+
+def _geometry(path: Path, ds: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, float]]:
+    try:
+        iop = np.asarray([float(v) for v in ds.ImageOrientationPatient])
+        ipp = np.asarray([float(v) for v in ds.ImagePositionPatient])
+        ps = (float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1]))
+    except (AttributeError, TypeError, ValueError, IndexError):
+        raise CTReadError(f"{path}: missing spacing/geometry (ImageOrientationPatient, ImagePositionPatient or "
+                          f"PixelSpacing) in {ds.filename}") from None
+    return iop[:3], iop[3:], ipp, ps
+
+
+def _stack(path: Path, slices: list[Any]) -> CTVolume:
+    if len(slices) < 2:
+        raise CTReadError(f"{path}: expected a 3D volume, got a single slice ({slices[0].filename})")
+    row_dir, col_dir, _, ps = _geometry(path, slices[0])
+    normal = np.cross(row_dir, col_dir)
+    positions = np.asarray([_geometry(path, ds)[2] for ds in slices])
+    order = np.argsort(positions @ normal, kind="stable")
+    slices, positions = [slices[i] for i in order], positions[order]
+    slices, positions = _drop_duplicates(path, slices, positions, normal)
+    _check_gaps(path, positions @ normal)
+    step = (positions[-1] - positions[0]) / (len(slices) - 1)
+    lps = np.eye(4)
+    lps[:3, 0] = step  # array axis 0: slice
+    lps[:3, 1] = col_dir * ps[0]  # array axis 1: row index moves along the column direction, by the row spacing
+    lps[:3, 2] = row_dir * ps[1]  # array axis 2: column index moves along the row direction
+    lps[:3, 3] = positions[0]
+    raw, slope, inter = _pixels(path, slices)
+    affine = LPS_TO_RAS @ lps
+    if slope is None:
+        return CTVolume(hu=raw, affine=affine, source=str(path))
+    return CTVolume(raw=raw, slope=slope, intercept=inter, affine=affine, source=str(path))
+
+
+def _drop_duplicates(path: Path, slices: list[Any], positions: np.ndarray, normal: np.ndarray
+                     ) -> tuple[list[Any], np.ndarray]:
+    along = positions @ normal
+    keep = np.concatenate([[True], np.diff(along) > 1e-3])
+    if not keep.all():
+        warnings.warn(f"{path}: {int((~keep).sum())} slices share a position with another; keeping the first of each",
+                      CTReadWarning, stacklevel=4)
+    return [s for s, k in zip(slices, keep, strict=True) if k], positions[keep]
+
+
+def _check_gaps(path: Path, along: np.ndarray) -> None:
+    gaps = np.diff(along)
+    median = float(np.median(gaps))
+    if np.any(np.abs(gaps - median) > IRREGULAR_GAP * median):
+        warnings.warn(f"{path}: irregular slice spacing (gaps {gaps.min():.3g}..{gaps.max():.3g} mm, median "
+                      f"{median:.3g}); missing slices? Using the mean spacing", CTReadWarning, stacklevel=4)
+
+
+def _pixels(path: Path, slices: list[Any]) -> tuple[np.ndarray, float | None, float]:
+    """Stacked stored values (n, rows, cols) and one (slope, intercept); slope None means the array is already
+    float32 HU because the slices carry different rescale values."""
+    try:
+        arrays = [ds.pixel_array for ds in slices]
+    except Exception as exc:  # pydicom raises many types for missing codecs / corrupt pixel data
+        raise CTReadError(f"{path}: cannot decode pixel data ({type(exc).__name__}: {exc})") from None
+    shapes = {a.shape for a in arrays}
+    if len(shapes) != 1:
+        raise CTReadError(f"{path}: slices of different sizes {sorted(shapes)} in one series")
+    scales = [(float(ds.get("RescaleSlope", 1.0) or 1.0), float(ds.get("RescaleIntercept", 0.0) or 0.0))
+              for ds in slices]
+    raw = np.stack(arrays)
+    if len(set(scales)) == 1:
+        return raw, scales[0][0], scales[0][1]
+    hu = np.empty(raw.shape, np.float32)
+    for i, (s, b) in enumerate(scales):
+        hu[i] = raw[i].astype(np.float32) * s + b
+    return hu, None, 0.0
