@@ -88,9 +88,7 @@ def _mentions(concept: Concept, clause: str, negated: list[tuple[int, int]]) -> 
         start, end = match.span()
         if is_negated(negated, start, end):
             continue
-        if concept.reject_re and any(
-            r.start() < end and start < r.end() for r in concept.reject_re.finditer(clause)
-        ):
+        if concept.reject_re and any(r.start() < end and start < r.end() for r in concept.reject_re.finditer(clause)):
             continue
         if concept.exclude_re:
             lo, hi = max(0, start - concept.window), min(len(clause), end + concept.window)

@@ -20,14 +20,38 @@ import re
 
 # Tokens that end with a period but do not end a sentence (lower-cased, without the period).
 ABBREVIATIONS: frozenset[str] = frozenset(
-    {"approx", "lab", "e.g", "i.e", "eg", "ie", "vs", "dr", "no", "nr", "fig", "etc", "max", "min", "mr", "mrs",
-     "st", "cf", "resp", "ca", "incl", "ref", "seg", "sect"}
+    {
+        "approx",
+        "lab",
+        "e.g",
+        "i.e",
+        "eg",
+        "ie",
+        "vs",
+        "dr",
+        "no",
+        "nr",
+        "fig",
+        "etc",
+        "max",
+        "min",
+        "mr",
+        "mrs",
+        "st",
+        "cf",
+        "resp",
+        "ca",
+        "incl",
+        "ref",
+        "seg",
+        "sect",
+    }
 )
 
 # A candidate boundary: terminal punctuation followed by whitespace, or a semicolon, a double quote, a newline.
 _BOUNDARY = re.compile(r'[.!?]+(?=\s)|;|"|\n+|\r+')
 _WORD_BEFORE = re.compile(r"([A-Za-z.]+)$")
-_EDGE = ' \t"\'”“'
+_EDGE = " \t\"'”“"
 
 
 def _is_abbreviation(text: str, end: int) -> bool:
@@ -75,7 +99,7 @@ def split_sentences(text: str | None) -> list[str]:
         if not _ends_sentence(text, match.start(), match.end()):
             continue
         keep = match.group() if match.group()[0] in ".!?" else ""
-        _append(sentences, text[start:match.start()] + keep)
+        _append(sentences, text[start : match.start()] + keep)
         start = match.end()
     _append(sentences, text[start:])
     return sentences

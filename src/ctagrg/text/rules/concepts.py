@@ -51,23 +51,63 @@ _EXTRAPULMONARY = (
 )
 
 # Non-coronary, thoracic arterial locations (lookbehinds drop "coronary arteries" and "abdominal aorta").
-_ARTERY = (r"(?<!abdominal )aort(?!ic valve)|\barch\b|vascular structures|\bvessels?\b|carotid|subclavian|brachiocephalic"
-           r"|supraaortic|thoracic|thoracoabdominal|(?<!coronary )\barter(?:y|ies|ial)\b|vascular wall")
+_ARTERY = (
+    r"(?<!abdominal )aort(?!ic valve)|\barch\b|vascular structures|\bvessels?\b|carotid|subclavian|brachiocephalic"
+    r"|supraaortic|thoracic|thoracoabdominal|(?<!coronary )\barter(?:y|ies|ial)\b|vascular wall"
+)
 
 CONCEPTS: tuple[Concept, ...] = (
     Concept(
         "Medical material",
         include=(
-            r"\bcatheters?\b", r"\bport\b", r"\bstents?\b", r"pacemaker", r"\bpace maker", r"\bicd\b", r"defibrillator",
-            r"\btubes?\b", r"\bsutures?\b", r"\bclips?\b", r"\bwires?\b", r"prosthe", r"\bdrains?\b", r"drainage",
-            r"electrodes?", r"\bcannula", r"\bgraft", r"\bcoils?\b", r"surgical material", r"operation material",
-            r"metallic", r"\bscrews?\b", r"cerclage", r"\bleads?\b", r"\bvalve replacement",
-            r"\bintubat", r"tracheostomy", r"\bpeg\b", r"\bfilter\b", r"\bexpander", r"\bshunt\b",
-            r"\bmesh\b", r"\bsternotomy\b", r"\bfixation material", r"\bmarker\b",
+            r"\bcatheters?\b",
+            r"\bport\b",
+            r"\bstents?\b",
+            r"pacemaker",
+            r"\bpace maker",
+            r"\bicd\b",
+            r"defibrillator",
+            r"\btubes?\b",
+            r"\bsutures?\b",
+            r"\bclips?\b",
+            r"\bwires?\b",
+            r"prosthe",
+            r"\bdrains?\b",
+            r"drainage",
+            r"electrodes?",
+            r"\bcannula",
+            r"\bgraft",
+            r"\bcoils?\b",
+            r"surgical material",
+            r"operation material",
+            r"metallic",
+            r"\bscrews?\b",
+            r"cerclage",
+            r"\bleads?\b",
+            r"\bvalve replacement",
+            r"\bintubat",
+            r"tracheostomy",
+            r"\bpeg\b",
+            r"\bfilter\b",
+            r"\bexpander",
+            r"\bshunt\b",
+            r"\bmesh\b",
+            r"\bsternotomy\b",
+            r"\bfixation material",
+            r"\bmarker\b",
         ),
         exclude=(r"contrast|bronchiectasis|nodule|osteo|end ?plate|pleural plate|thyroid",),
-        reject=(r"portal", r"\bport(?:ion|al)", r"tubular", r"\bplates? (?:atelectasis|like)",
-                r"\btubes? (?:of|shaped)", r"eustachian", r"\bbronchial tube", r"\bleads? to\b", r"\bleading\b"),
+        reject=(
+            r"portal",
+            r"\bport(?:ion|al)",
+            r"tubular",
+            r"\bplates? (?:atelectasis|like)",
+            r"\btubes? (?:of|shaped)",
+            r"eustachian",
+            r"\bbronchial tube",
+            r"\bleads? to\b",
+            r"\bleading\b",
+        ),
         window=40,
     ),
     Concept(
@@ -80,104 +120,228 @@ CONCEPTS: tuple[Concept, ...] = (
         ),
         window=80,
     ),
-    Concept("Cardiomegaly", include=(
-        r"cardiomegal", r"\bheart (?:size|dimensions?|volume|contour|diameter)s? (?:is |are |was |were )?(?:increased|enlarged)",
-        r"increased? (?:in )?(?:the )?(?:heart|cardiac) (?:size|dimension|diameter|volume)",
-        r"\benlarged heart", r"cardiothoracic (?:index|ratio) (?:\w+ ){0,3}increase", r"\bheart (?:is |was )?larger than normal",
-        r"\bheart (?:sizes?|dimensions?) (?:\w+ ){0,3}(?:increased|enlarged)", r"\bcti (?:\w+ ){0,3}increase", r"\bheart (?:is |was )?enlarged", r"\bctr (?:increase|is increased)", r"cardiothoracic ratio (?:is )?increased",
-        r"increase in (?:the )?cardiothoracic", r"increased cardiothoracic", r"cardiac (?:size|dimensions?) (?:is |are |has )?(?:increased|enlarged)",
-        r"(?:dilat\w*|enlarge\w*) (?:of )?(?:the )?(?:cardiac (?:chambers|cavities|spaces)|heart chambers|all chambers)",
-        r"(?:cardiac (?:chambers|cavities|spaces)|heart chambers) (?:are )?(?:dilat|enlarg)",
-    )),
-    Concept("Pericardial effusion", include=(
-        r"pericardial (?:\w+ )?effusion", r"pericardial (?:fluid|thickening effusion|effusion thickening)",
-        r"effusion (?:\w+ ){0,12}pericard", r"fluid (?:\w+ ){0,6}pericard",
-        r"pericard\w* (?:\w+ ){0,3}(?:effusion|fluid)", r"pericardial (?:space|recess)\w* (?:\w+ ){0,4}fluid",
-        r"\bpericardial thickening", r"hydropericard",
-    )),
+    Concept(
+        "Cardiomegaly",
+        include=(
+            r"cardiomegal",
+            r"\bheart (?:size|dimensions?|volume|contour|diameter)s? (?:is |are |was |were )?(?:increased|enlarged)",
+            r"increased? (?:in )?(?:the )?(?:heart|cardiac) (?:size|dimension|diameter|volume)",
+            r"\benlarged heart",
+            r"cardiothoracic (?:index|ratio) (?:\w+ ){0,3}increase",
+            r"\bheart (?:is |was )?larger than normal",
+            r"\bheart (?:sizes?|dimensions?) (?:\w+ ){0,3}(?:increased|enlarged)",
+            r"\bcti (?:\w+ ){0,3}increase",
+            r"\bheart (?:is |was )?enlarged",
+            r"\bctr (?:increase|is increased)",
+            r"cardiothoracic ratio (?:is )?increased",
+            r"increase in (?:the )?cardiothoracic",
+            r"increased cardiothoracic",
+            r"cardiac (?:size|dimensions?) (?:is |are |has )?(?:increased|enlarged)",
+            r"(?:dilat\w*|enlarge\w*) (?:of )?(?:the )?"
+            r"(?:cardiac (?:chambers|cavities|spaces)|heart chambers|all chambers)",
+            r"(?:cardiac (?:chambers|cavities|spaces)|heart chambers) (?:are )?(?:dilat|enlarg)",
+        ),
+    ),
+    Concept(
+        "Pericardial effusion",
+        include=(
+            r"pericardial (?:\w+ )?effusion",
+            r"pericardial (?:fluid|thickening effusion|effusion thickening)",
+            r"effusion (?:\w+ ){0,12}pericard",
+            r"fluid (?:\w+ ){0,6}pericard",
+            r"pericard\w* (?:\w+ ){0,3}(?:effusion|fluid)",
+            r"pericardial (?:space|recess)\w* (?:\w+ ){0,4}fluid",
+            r"\bpericardial thickening",
+            r"hydropericard",
+        ),
+    ),
     Concept(
         "Coronary artery wall calcification",
         include=(r"\bcoronar\w*", r"\blad\b", r"\brca\b", r"circumflex"),
         exclude=(r"bypass|cabg|stent|graft",),
         reject=(r"coronary (?:sinus|vein)",),
     ),
-    Concept("Hiatal hernia", include=(
-        r"hiat\w* hernia", r"hiatus hernia", r"hernia\w* (?:\w+ ){0,6}(?:hiatus|hiatal)", r"(?:hiatus|hiatal) (?:\w+ ){0,3}hernia",
-        r"stomach (?:\w+ ){0,5}(?:herniat|hiatus)", r"\bhiatal (?:opening|enlargement)",
-    )),
+    Concept(
+        "Hiatal hernia",
+        include=(
+            r"hiat\w* hernia",
+            r"hiatus hernia",
+            r"hernia\w* (?:\w+ ){0,6}(?:hiatus|hiatal)",
+            r"(?:hiatus|hiatal) (?:\w+ ){0,3}hernia",
+            r"stomach (?:\w+ ){0,5}(?:herniat|hiatus)",
+            r"\bhiatal (?:opening|enlargement)",
+        ),
+    ),
     Concept(
         "Lymphadenopathy",
-        include=(r"lymphadenopath", r"\blaps?\b", r"\blymph ?nodes?\b", r"\blymph node\w*", r"\badenopath",
-                 r"\blap\b", r"\blymphadenomegal"),
-        exclude=(r"intrapulmonary|intraparenchymal|subpleural lymph|perifissural|fissural|parenchymal lymph|abdominal"
-                 r"|mesenteric|inguinal|paraaortic|iliac|retroperitone|interaortocaval|paracaval|pelvi",),
+        include=(
+            r"lymphadenopath",
+            r"\blaps?\b",
+            r"\blymph ?nodes?\b",
+            r"\blymph node\w*",
+            r"\badenopath",
+            r"\blap\b",
+            r"\blymphadenomegal",
+        ),
+        exclude=(
+            r"intrapulmonary|intraparenchymal|subpleural lymph|perifissural|fissural|parenchymal lymph|abdominal"
+            r"|mesenteric|inguinal|paraaortic|iliac|retroperitone|interaortocaval|paracaval|pelvi|colon|sigmoid|breast|\bmeso",
+        ),
         window=30,
     ),
     # "centriacinar" alone describes nodules too; bullae alone were not counted by the annotators.
-    Concept("Emphysema", include=(r"emphysem\w*",), reject=(r"subcutaneous emphysem\w*", r"emphysem\w* (?:\w+ ){0,3}(?:under the skin|subcutaneous|soft tissue|mediastin)")),
+    Concept(
+        "Emphysema",
+        include=(r"emphysem\w*",),
+        reject=(
+            r"subcutaneous emphysem\w*",
+            r"emphysem\w* (?:\w+ ){0,3}(?:under the skin|subcutaneous|soft tissue|mediastin)",
+        ),
+    ),
     Concept(
         "Atelectasis",
-        include=(r"atelecta\w*", r"atelactas\w*", r"atelektas\w*", r"\bcollapse of the (?:\w+ ){0,3}lobe", r"\blobe collapse"),
+        include=(
+            r"atelecta\w*",
+            r"atelactas\w*",
+            r"atelektas\w*",
+            r"\bcollapse of the (?:\w+ ){0,3}lobe",
+            r"\blobe collapse",
+        ),
         # The annotators file fibroatelectasis and band atelectasis under fibrotic sequelae only.
         reject=(r"\bfibro ?atel\w*", r"\bband (?:like )?atel\w*", r"\batelectasis\?"),
     ),
     Concept(
         "Lung nodule",
-        include=(r"\bnodul\w*", r"\bmicronodul\w*", r"\bmass\b", r"\bmasses\b", r"\bmass lesion",
-                 r"(?:intrapulmonary|subpleural|perifissural|fissural|parenchymal) lymph node", r"\btumou?r\b"),
-        exclude=(_EXTRAPULMONARY + r"|hypodense|hyperdense|schmorl|\bin the pleura\b|pleural nodul",),
-        reject=(r"nodular (?:thicken|gynecomast|goit)", r"no mass effect", r"mass effect", r"muscle mass",
-                r"\bnodular (?:ground glass|consolidation|infiltrat|opacit)"),
+        include=(
+            r"\bnodul\w*",
+            r"\bmicronodul\w*",
+            r"(?:intrapulmonary|subpleural|perifissural|fissural|parenchymal) lymph node",
+        ),
+        exclude=(
+            _EXTRAPULMONARY.replace("|lymph", "")
+            + r"|hypodense|hyperdense|schmorl|\bin the pleura\b|(?<!sub)pleural nodul"
+            r"|colon|sigmoid|intestin|costal|accessory spleen",
+        ),
+        reject=(
+            r"nodular (?:thicken|gynecomast|goit)",
+            r"no mass effect",
+            r"mass effect",
+            r"muscle mass",
+            r"\bnodular (?:ground glass|consolidation|infiltrat|opacit)",
+            r"nodular (?:\w+ )?calcific\w*",
+        ),
         window=80,
     ),
     Concept(
         "Lung opacity",
-        include=(r"ground glass", r"\bopacit\w*", r"\binfiltrat\w*", r"\bdensity increase", r"\bincreased? (?:in )?density",
-                 r"\bincrease in (?:\w+ )?densit", r"\bdensities\b", r"\bdensity areas?", r"\bhazy", r"crazy paving",
-                 r"\balveolar (?:densit|opacit|infiltrat|pattern)", r"\bnodular densit"),
-        exclude=(_EXTRAPULMONARY + r"|fat density|fatty|sequel|fibro|hepatosteat|pleuroparenchymal|pleural parenchymal"
-                 r"|soft tissue|water|fluid|material|stent|suture|calcific densit|bone|osteo|sclero|cyst",),
-        reject=(r"\bactive infiltrat\w*", r"\bpleuroparenchymal \w+ densit\w*", r"ground glass (?:\w+ )?nodul\w*",
-                r"(?:broncho)?pneumonic infiltrat\w*", r"leukemic infiltrat\w*"),
+        include=(
+            r"ground glass",
+            r"\bopacit\w*",
+            r"\binfiltrat\w*",
+            r"\bdensity increase",
+            r"\bincreased? (?:in )?density",
+            r"\bincrease in (?:\w+ )?densit",
+            r"\bdensities\b",
+            r"\bdensity areas?",
+            r"\bhazy",
+            r"crazy paving",
+            r"\balveolar (?:densit|opacit|infiltrat|pattern)",
+            r"\bnodular densit",
+        ),
+        exclude=(
+            _EXTRAPULMONARY + r"|fat density|fatty|sequel|fibro|hepatosteat|pleuroparenchymal|pleural parenchymal"
+            r"|soft tissue|water|fluid|material|stent|suture|calcific densit|bone|osteo|sclero|cyst",
+        ),
+        reject=(
+            r"\bactive infiltrat\w*",
+            r"\bpleuroparenchymal \w+ densit\w*",
+            r"ground glass (?:\w+ )?nodul\w*",
+            r"(?:broncho)?pneumonic infiltrat\w*",
+            r"leukemic infiltrat\w*",
+        ),
         window=40,
     ),
-    Concept("Pulmonary fibrotic sequela", include=(
-        r"sequel\w*", r"\bfibros\w*", r"\bfibrotic", r"\bfibroatelecta\w*", r"\bfibro atelecta", r"parenchymal bands?",
-        r"\bband (?:like )?(?:densit|formation|shape)", r"\bscar\w*", r"\bcicatri\w*", r"honeycomb", r"traction bronchiect",
-        r"\breticula\w*", r"\bfibrous", r"\bfibrocalcific", r"\bfibro\b", r"\bfibronodul",
-    ),
-        exclude=(r"bone|humer|fracture|kidney|renal|liver|hepatic|breast|fibroadenoma|thyroid|spleen|atherom|plaque|adrenal"
-                 r"|vertebra|rib\b|clavic|pleural calcif|mediastin",),
+    # Honeycombing and plain "reticular" densities were not counted as sequelae by the annotators.
+    Concept(
+        "Pulmonary fibrotic sequela",
+        include=(
+            r"sequel\w*",
+            r"\bfibros\w*",
+            r"\bfibrotic",
+            r"\bfibro ?atel\w*",
+            r"parenchymal bands?",
+            r"\bsubpleural bands?",
+            r"\bband (?:like )?(?:densit|formation|shape|atel)",
+            r"\bscar\w*",
+            r"\bcicatri\w*",
+            r"\bfibrous",
+            r"\bfibrocalcific",
+            r"\bfibro\b",
+            r"\bfibronodul\w*",
+        ),
+        exclude=(
+            r"bone|humer|fracture|kidney|renal|liver|hepatic|breast|fibroadenoma|thyroid|spleen|atherom|plaque|adrenal"
+            r"|vertebra|rib\b|clavic|pleural calcif|mediastin",
+        ),
         window=50,
     ),
-    Concept("Pleural effusion", include=(
-        r"pleural (?:\w+ )?effusion", r"\beffusion\b", r"hydrothorax", r"hydropneumothorax", r"hydropnomothorax",
-        r"\bpleural (?:space|cavity|sinus)\w* (?:\w+ ){0,4}fluid", r"fluid (?:\w+ ){0,5}pleural", r"\bempyema",
-        r"pleural fluid",
-    ),
-        exclude=(r"pericard|joint|subdeltoid|peritone|abdominal|pelvi|ascit|perirenal|perinephr|kidney|renal|spleen|liver"
-                 r"|subcapsular|gallbladder|perihepatic|perisplenic",),
+    Concept(
+        "Pleural effusion",
+        include=(
+            r"pleural (?:\w+ )?effusion",
+            r"\beffusion\b",
+            r"hydrothorax",
+            r"hydropneumothorax",
+            r"hydropnomothorax",
+            r"\bpleural (?:space|cavity|sinus)\w* (?:\w+ ){0,4}fluid",
+            r"fluid (?:\w+ ){0,5}pleural",
+            r"\bempyema",
+            r"pleural fluid",
+        ),
+        exclude=(
+            r"pericard|joint|subdeltoid|peritone|abdominal|pelvi|ascit|perirenal|perinephr|kidney|renal|spleen|liver"
+            r"|subcapsular|gallbladder|perihepatic|perisplenic",
+        ),
         reject=(r"pericardial (?:\w+ )?effusion", r"effusion (?:\w+ ){0,3}pericard"),
         window=60,
     ),
     Concept("Mosaic attenuation pattern", include=(r"mosaic", r"\bair trapping", r"\bmosaic perfusion")),
-    Concept("Peribronchial thickening", include=(
-        # Annotators counted "peribronchial" thickening, not plain "bronchial wall" thickening.
-        r"peribronch\w* (?:\w+ ){0,3}thick\w*", r"\bperibronchial (?:cuffing|sheath)", r"thick\w* (?:of )?(?:the )?peribronch\w*",
-    )),
+    Concept(
+        "Peribronchial thickening",
+        include=(
+            # Annotators counted "peribronchial" thickening, not plain "bronchial wall" thickening.
+            r"peribronch\w* (?:\w+ ){0,3}thick\w*",
+            r"\bperibronchial (?:cuffing|sheath)",
+            r"thick\w* (?:of )?(?:the )?peribronch\w*",
+        ),
+    ),
     Concept(
         "Consolidation",
-        include=(r"\bconsolidat\w*", r"\bair bronchogram"),
+        include=(r"\bconsolidat\w*",),
+        # Annotators filed "ground glass consolidations" under lung opacity and "nodular consolidation" under nodules.
+        reject=(r"ground glass (?:\w+ )?consolidat\w*", r"nodular (?:\w+ )?consolidat\w*", r"loss of consolidat\w*"),
     ),
     Concept(
         "Bronchiectasis",
-        include=(r"bronchiectas\w*", r"bronchiectatic", r"bronchi\w* (?:\w+ ){0,2}(?:ectasi|dilat)\w*",
-                 r"(?:ectasi\w*|dilat\w*) (?:\w+ ){0,3}bronch", r"bronchiolectas"),
+        include=(
+            r"bronchiectas\w*",
+            r"bronchiectatic",
+            r"bronchi\w* (?:\w+ ){0,2}(?:ectasi|dilat)\w*",
+            r"(?:ectasi\w*|dilat\w*) (?:\w+ ){0,3}bronch",
+            r"bronchiolectas",
+        ),
         reject=(r"dilat\w* (?:of )?(?:the )?bronchial arter",),
     ),
-    Concept("Interlobular septal thickening", include=(
-        r"septal thicken\w*", r"septal (?:\w+ ){0,2}thicken", r"interlobular (?:\w+ ){0,3}thick", r"\bsepta\w* (?:\w+ ){0,3}thick",
-        r"thicken\w* (?:of )?(?:the )?(?:interlobular )?septa", r"crazy paving", r"interlobular (?:\w+ ){0,2}(?:line|septa)",
-        r"\bseptal lines?",
-    )),
+    Concept(
+        "Interlobular septal thickening",
+        include=(
+            r"septal thicken\w*",
+            r"septal (?:\w+ ){0,2}thicken",
+            r"interlobular (?:\w+ ){0,3}thick",
+            r"\bsepta\w* (?:\w+ ){0,3}thick",
+            r"thicken\w* (?:of )?(?:the )?(?:interlobular )?septa",
+            r"interlobular (?:\w+ ){0,2}lines?",
+            r"\bseptal lines?",
+        ),
+    ),
 )

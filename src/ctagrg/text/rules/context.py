@@ -33,13 +33,15 @@ _CLAUSE_BREAK = re.compile(
     r";|:|\?|\(|\)|•"
     r"|,?\s\b(?:but|however|although|though|whereas|while|except|apart from this|apart from these|other than this"
     r"|in addition|additionally|also|besides|on the other hand)\b"
-    r"|,\s(?:and\s)?(?=(?:there|a|an|the|in|on|at|it|which|where|its|some|several|multiple)\b)"
+    r"|,\s(?:and\s)?(?=(?:there|a|an|the|in|on|at|it|its|some|several|multiple)\b)"
     r"|\sand\s(?=(?:there|no|a|an|it|in the|on the)\b)"
 )
 
 _VERB = r"(?:is|are|was|were|has been|have been|could be|can be|be)"
-_SEEN = (r"(?:observed|detected|seen|found|present|identified|noted|monitored|visualized|visualised|followed|"
-         r"shown|demonstrated|encountered|described|evident|distinguished|determined|noticed|selected|revealed)")
+_SEEN = (
+    r"(?:observed|detected|seen|found|present|identified|noted|monitored|visualized|visualised|followed|"
+    r"shown|demonstrated|encountered|described|evident|distinguished|determined|noticed|selected|revealed)"
+)
 
 # Forward negation: the mention comes after the trigger.
 FORWARD_NEGATION = re.compile(
@@ -52,7 +54,7 @@ BACKWARD_NEGATION = re.compile(
     rf"|{_VERB} (?:within )?(?:normal|natural)(?: limits)?|{_VERB} absent|{_VERB} (?:excluded|ruled out)"
     rf"|(?:has|have) (?:completely )?(?:disappeared|resolved|regressed)|{_VERB} (?:no longer|not) (?:\w+ )?{_SEEN}"
     rf"|{_VERB} not|did not (?:develop|occur)|disappeared|(?:was|were) (?:surgically )?removed"
-    rf"|(?:cannot|could not) be (?:clearly )?(?:distinguished|detected|seen|observed|identified))\b"
+    rf"|(?:cannot|could not) be (?:clearly )?(?:distinguished|detected|seen|observed|identified|evaluated))\b"
 )
 # Phrases that look like negation but do not negate the finding ("no significant change in the nodule").
 PSEUDO_NEGATION = re.compile(
@@ -61,11 +63,11 @@ PSEUDO_NEGATION = re.compile(
     r"|\bnot only\b|\bno longer\b(?= (?:be )?(?:clearly )?distinguish)"
     r"|\b(?:did|does|do) not (?:differ|change)\b|\bnot (?:changed|differ|different)\b"
     r"|\b(?:cannot|could not) be (?:clearly )?(?:distinguished|differentiated|separated) from\b"
-    r"|\b(?:cannot|could not) be (?:clearly )?(?:evaluated|characterized)\b"
+    r"|\b(?:cannot|could not) be (?:clearly )?characterized\b"
 )
 # The negated predicate has been stated; a following comma / "and" starts something new.
 _PREDICATE_END = re.compile(rf"\b{_SEEN}\b")
-_SOFT_BREAK = re.compile(r",|\band\b")
+_SOFT_BREAK = re.compile(r",|\band (?=(?:there|a|an|the|it|its|in|on|at|\w+ (?:is|are|was|were))\b)")
 # A comma-delimited aside inside a negated subject ("The effusion, which was seen before, was not detected").
 _ASIDE = re.compile(r"\s*(?:which|that|observed|seen|described|detected|noted)\b")
 
@@ -105,10 +107,13 @@ def negated_spans(clause: str) -> list[tuple[int, int]]:
 
 
 def _backward_start(text: str, trigger: int) -> int:
-    """Start of a backward scope: the previous comma, skipping ", which was seen before," asides."""
+    """Start of a backward scope: the previous comma, but ", which was seen before," asides do not stop it."""
     comma = text.rfind(",", 0, trigger)
-    while comma > 0 and _ASIDE.match(text, comma + 1):
-        comma = text.rfind(",", 0, comma)
+    while comma >= 0:
+        previous = text.rfind(",", 0, comma)
+        if previous < 0 or not _ASIDE.match(text, previous + 1):
+            break
+        comma = text.rfind(",", 0, previous)  # the segment (previous, comma) is an aside: look past it
     return comma + 1
 
 
