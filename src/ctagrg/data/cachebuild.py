@@ -1,0 +1,185 @@
+"""Build the preprocessed cache for many volumes: resumable, shardable, one bad file never stops the batch.
+
+Layout of ``out_dir``: ``<name>.safetensors`` per volume, ``preprocess.json`` (the resolved PreprocessConfig),
+``manifest.csv`` (one row per volume, columns :data:`MANIFEST_FIELDS`) and, for sharded runs,
+``manifest.shard-I-of-N.csv`` (merged into ``manifest.csv`` at the end of every run).
+
+Resuming: a volume whose cache file exists is skipped (writes are atomic, so an existing file is complete);
+failed volumes are retried.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ctagrg.config import from_dict, to_dict
+from ctagrg.data.cache import cache_path
+from ctagrg.data.inputs import InputItem
+from ctagrg.data.preprocess import PreprocessConfig
+from ctagrg.utils.atomic import atomic_open, write_json_atomic
+
+MANIFEST_FIELDS = ("name", "source", "status", "error", "shape", "spacing", "axcodes", "hu_min", "hu_max",
+                   "out_shape", "seconds", "warnings")
+MANIFEST = "manifest.csv"
+CONFIG_FILE = "preprocess.json"
+
+
+class CacheConfigMismatch(ValueError):
+    """``out_dir`` already holds a cache made with another PreprocessConfig."""
+
+
+def _fmt(values: Iterable[float], digits: int = 4) -> str:
+    return "x".join(f"{v:.{digits}g}" if isinstance(v, float) else str(v) for v in values)
+
+
+def process_item(item: InputItem, out_dir: str | Path, config: PreprocessConfig) -> dict[str, Any]:
+    """Load, preprocess and cache one volume; never raises (errors become a ``failed`` row)."""
+    from ctagrg.data.cache import save_cached
+    from ctagrg.data.ctio import load_ct
+    from ctagrg.data.preprocess import preprocess_volume
+
+    row: dict[str, Any] = {"name": item.name, "source": item.source, "status": "failed", "error": ""}
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            vol = load_ct(item.source, item.metadata)
+            lo, hi = vol.hu_range()
+            row.update(shape=_fmt(vol.shape), spacing=_fmt(vol.spacing), axcodes="".join(vol.axcodes),
+                       hu_min=f"{lo:g}", hu_max=f"{hi:g}")
+            out = preprocess_volume(vol, config)
+            extra = {k: row[k] for k in ("source", "shape", "spacing", "axcodes")}
+            save_cached(cache_path(out_dir, item.name), out, -config.offset, 1.0 - config.offset, extra)
+            row.update(status="ok", out_shape=_fmt(out.shape))
+        except (ValueError, OSError, MemoryError) as exc:
+            row["error"] = str(exc) if str(exc).startswith(item.source) else f"{item.source}: {exc}"
+        except Exception as exc:  # a bug or an unexpected library error: keep the batch going, keep the trace
+            row["error"] = f"{item.source}: unexpected {type(exc).__name__}: {exc}"
+            row["traceback"] = traceback.format_exc()
+    row["warnings"] = " | ".join(str(w.message) for w in caught)
+    row["seconds"] = f"{time.perf_counter() - t0:.2f}"
+    return row
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _work(args: tuple[InputItem, str, dict[str, Any]]) -> dict[str, Any]:
+    item, out_dir, cfg = args
+    return process_item(item, out_dir, from_dict(PreprocessConfig, cfg))
+
+
+def check_config(out_dir: Path, config: PreprocessConfig) -> None:
+    """Write ``preprocess.json``, or check that the existing one matches ``config``."""
+    import json
+
+    path = out_dir / CONFIG_FILE
+    wanted = to_dict(config)
+    if path.is_file():
+        found = json.loads(path.read_text(encoding="utf-8"))
+        if found != wanted:
+            diff = {k: (found.get(k), v) for k, v in wanted.items() if found.get(k) != v}
+            raise CacheConfigMismatch(f"{path}: this cache was made with another preprocessing config "
+                                      f"(existing vs requested: {diff}); use another --out folder")
+        return
+    write_json_atomic(path, wanted)
+
+
+def read_manifest(path: Path) -> dict[str, dict[str, str]]:
+    if not path.is_file():
+        return {}
+    with open(path, newline="", encoding="utf-8") as fh:
+        return {r["name"]: r for r in csv.DictReader(fh)}
+
+
+def write_manifest(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    with atomic_open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=MANIFEST_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for row in sorted(rows, key=lambda r: r["name"]):
+            writer.writerow({k: row.get(k, "") for k in MANIFEST_FIELDS})
+
+
+def merge_manifests(out_dir: Path, rows: Sequence[dict[str, Any]] = ()) -> dict[str, dict[str, Any]]:
+    """manifest.csv, overlaid by every shard manifest (oldest first), overlaid by ``rows``; written back."""
+    merged: dict[str, dict[str, Any]] = dict(read_manifest(out_dir / MANIFEST))
+    for part in sorted(out_dir.glob("manifest.shard-*.csv"), key=lambda p: p.stat().st_mtime):
+        merged.update(read_manifest(part))
+    merged.update({r["name"]: r for r in rows})
+    write_manifest(out_dir / MANIFEST, merged.values())
+    return merged
+
+
+def shard_items(items: Sequence[InputItem], shard: tuple[int, int]) -> list[InputItem]:
+    """Items of shard ``I`` of ``N`` (0-based): every N-th item by sorted name, so shards are balanced."""
+    index, count = shard
+    if not (count >= 1 and 0 <= index < count):
+        raise ValueError(f"--shard {index}/{count}: expected 0 <= I < N")
+    return [it for k, it in enumerate(sorted(items, key=lambda i: i.name)) if k % count == index]
+
+
+def build_cache(items: Sequence[InputItem], out_dir: str | Path, config: PreprocessConfig, workers: int = 1,
+                shard: tuple[int, int] = (0, 1), wrap: Callable[..., Iterable[Any]] | None = None
+                ) -> list[dict[str, Any]]:
+    """Preprocess ``items`` (this shard's part) into ``out_dir``; return this run's manifest rows.
+
+    Args:
+        workers: processes (1 = in this process). Each worker uses ``cpu_count // workers`` torch threads.
+        wrap: progress wrapper ``wrap(iterable, total=...)`` (e.g. :func:`ctagrg.utils.progress.progress`).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    check_config(out_dir, config)
+    mine = shard_items(items, shard)
+    previous = merge_manifests(out_dir) if (out_dir / MANIFEST).is_file() else {}
+    rows, todo = [], []
+    for item in mine:
+        if cache_path(out_dir, item.name).is_file():
+            old = previous.get(item.name)
+            row = dict(old) if old and old.get("status") == "ok" else {"name": item.name, "source": item.source,
+                                                                        "status": "ok", "seconds": "0"}
+            rows.append({**row, "skipped": True})  # "skipped" is not a manifest column; callers count it
+        else:
+            todo.append(item)
+    wrap = wrap or (lambda it, **_: it)
+    try:
+        rows.extend(wrap(_run(todo, out_dir, config, workers), total=len(todo), desc="preprocess"))
+    finally:  # an interrupted run still records what it finished
+        if shard[1] > 1:
+            write_manifest(out_dir / f"manifest.shard-{shard[0]}-of-{shard[1]}.csv", rows)
+        merge_manifests(out_dir, rows)
+    return rows
+
+
+def _run(todo: Sequence[InputItem], out_dir: Path, config: PreprocessConfig, workers: int
+         ) -> Iterable[dict[str, Any]]:
+    if workers <= 1 or len(todo) <= 1:
+        for item in todo:
+            yield process_item(item, out_dir, config)
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    cfg = to_dict(config)
+    # spawn, not fork: forking a process whose torch/OpenMP thread pool is running can deadlock
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                             initargs=(threads,)) as pool:
+        futures = {pool.submit(_work, (item, str(out_dir), cfg)): item for item in todo}
+        for fut in as_completed(futures):
+            try:
+                yield fut.result()
+            except Exception as exc:  # the worker process died (e.g. killed for memory)
+                item = futures[fut]
+                yield {"name": item.name, "source": item.source, "status": "failed",
+                       "error": f"{item.source}: worker process failed ({type(exc).__name__}: {exc})"}

@@ -1,0 +1,198 @@
+"""The CT-RATE folder layout (also written by ``ctagrg phantom``): find volumes, read and join the CSVs.
+
+::
+
+    ROOT/<split>/<split>_<pid>/<split>_<pid>_<scan>/<split>_<pid>_<scan>_<recon>.nii.gz   (also <split>_fixed/)
+    ROOT/radiology_text_reports/*.csv      VolumeName, ClinicalInformation_EN, Technique_EN, Findings_EN, Impressions_EN
+    ROOT/multi_abnormality_labels/*.csv    VolumeName + the 18 LABELS columns (0/1)
+    ROOT/metadata/*.csv                    VolumeName, XYSpacing, ZSpacing, RescaleSlope, RescaleIntercept, ...
+
+Every CSV in those folders is read (CT-RATE names them ``train_reports.csv``, ``validation_reports.csv``, ...,
+the phantoms ``<split>_reports.csv``). When both ``train/`` and ``train_fixed/`` hold a volume, the corrected
+release (``_fixed``) wins.
+
+>>> index = CTRateIndex("CT-RATE/")                      # doctest: +SKIP
+>>> index.table[["name", "split", "patient", "path"]]    # doctest: +SKIP
+>>> splits = patient_splits(index.names(), {"train": 0.8, "valid": 0.1, "test": 0.1}, seed=0)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ctagrg.data.dataset import volume_stem
+from ctagrg.labels import LABELS
+
+REPORTS_DIR = "radiology_text_reports"
+LABELS_DIR = "multi_abnormality_labels"
+METADATA_DIR = "metadata"
+NOT_SPLITS = {REPORTS_DIR, LABELS_DIR, METADATA_DIR, "ground_truth", "anatomy_segmentation_labels"}
+NAME_RE = re.compile(r"^(?P<split>[A-Za-z]+)_(?P<pid>\d+)_(?P<scan>[A-Za-z0-9]+)_(?P<recon>\d+)$")
+REPORT_SECTIONS = ("ClinicalInformation_EN", "Technique_EN", "Findings_EN", "Impressions_EN")
+
+
+def parse_name(name: str) -> dict[str, str]:
+    """Split a CT-RATE volume name into split, patient (``<split>_<pid>``), scan and reconstruction.
+
+    >>> parse_name("valid_53_a_1.nii.gz")["patient"]
+    'valid_53'
+    """
+    stem = volume_stem(name)
+    m = NAME_RE.match(stem)
+    if not m:
+        raise ValueError(f"{name!r} is not a CT-RATE volume name (expected split_patient_scan_recon, e.g. "
+                         f"'valid_53_a_1')")
+    return {"split": m["split"], "patient": f"{m['split']}_{m['pid']}", "scan": m["scan"], "recon": m["recon"]}
+
+
+def find_split_dirs(root: str | Path) -> list[Path]:
+    """The split folders under ``root``: sub-folders (train, valid, test, *_fixed, ...) that are not CSV folders."""
+    root = Path(root)
+    return sorted(d for d in root.iterdir() if d.is_dir() and d.name not in NOT_SPLITS and not d.name.startswith("."))
+
+
+def find_volumes(root: str | Path) -> dict[str, Path]:
+    """Map volume stem → path of every ``<split>/<split>_<pid>/<split>_<pid>_<scan>/<name>.nii.gz``;
+    ``*_fixed`` folders take precedence over their uncorrected twins."""
+    found: dict[str, Path] = {}
+    dirs = sorted(find_split_dirs(root), key=lambda d: d.name.endswith("_fixed"))  # _fixed last → overrides
+    for split_dir in dirs:
+        for path in sorted(split_dir.glob("*/*/*.nii.gz")):
+            found[volume_stem(path.name)] = path
+    return found
+
+
+def _read_csv_folder(folder: Path, required: Sequence[str] = ()) -> Any:
+    """Concatenate every CSV in ``folder`` into one DataFrame keyed by ``name`` (VolumeName stem)."""
+    import pandas as pd
+
+    frames = []
+    for csv_path in sorted(folder.glob("*.csv")):
+        try:
+            df = pd.read_csv(csv_path, dtype={"VolumeName": str}, keep_default_na=True)
+        except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+            raise ValueError(f"{csv_path}: not a readable CSV ({exc})") from None
+        missing = [c for c in ("VolumeName", *required) if c not in df.columns]
+        if missing:
+            raise ValueError(f"{csv_path}: missing column(s) {', '.join(missing)}")
+        df["name"] = df["VolumeName"].map(volume_stem)
+        frames.append(df)
+    if not frames:
+        return None
+    return pd.concat(frames, ignore_index=True).drop_duplicates("name", keep="first").set_index("name")
+
+
+class CTRateIndex:
+    """One row per volume (found on disk or named in a CSV), joining volumes, reports, labels and metadata.
+
+    Attributes:
+        root: the dataset root.
+        table: pandas DataFrame indexed by position with columns ``name`` (stem), ``volume_name`` (with
+            ``.nii.gz``), ``split``, ``patient``, ``scan``, ``recon``, ``path`` (str, or None when the volume is
+            absent), the report columns, the 18 LABELS (float, NaN when unlabelled) and the metadata columns
+            (prefixed ``meta_`` only where a name clashes).
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        import pandas as pd
+
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"{self.root}: CT-RATE root folder not found")
+        volumes = find_volumes(self.root)
+        reports = _read_csv_folder(self.root / REPORTS_DIR)
+        labels = _read_csv_folder(self.root / LABELS_DIR, required=LABELS)
+        self._metadata = _read_csv_folder(self.root / METADATA_DIR)
+        names = set(volumes)
+        for df in (reports, labels):
+            if df is not None:
+                names |= set(df.index)
+        if not names:
+            raise FileNotFoundError(f"{self.root}: no volumes (<split>/<split>_<pid>/<...>/*.nii.gz) and no "
+                                    f"{REPORTS_DIR}/ or {LABELS_DIR}/ CSVs found")
+        rows = [{"name": n, "volume_name": f"{n}.nii.gz", **parse_name(n),
+                 "path": str(volumes[n]) if n in volumes else None} for n in sorted(names)]
+        table = pd.DataFrame(rows).set_index("name", drop=False)
+        if reports is not None:
+            table = table.join(reports[[c for c in reports.columns if c not in ("VolumeName",)]])
+        for label in LABELS:
+            table[label] = labels[label].reindex(table.index).astype(float) if labels is not None else np.nan
+        if self._metadata is not None:
+            meta = self._metadata.drop(columns=["VolumeName"])
+            meta = meta.rename(columns={c: f"meta_{c}" for c in meta.columns if c in table.columns})
+            table = table.join(meta)
+        self.table = table.reset_index(drop=True)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    @property
+    def splits(self) -> list[str]:
+        return sorted(self.table["split"].unique())
+
+    def names(self, split: str | None = None, with_volume: bool = True, labelled: bool = False) -> list[str]:
+        """Volume stems, optionally of one ``split``, only those present on disk / with all 18 labels."""
+        t = self.table
+        mask = np.ones(len(t), bool)
+        if split is not None:
+            mask &= (t["split"] == split).to_numpy()
+        if with_volume:
+            mask &= t["path"].notna().to_numpy()
+        if labelled:
+            mask &= t[list(LABELS)].notna().all(axis=1).to_numpy()
+        return t.loc[mask, "name"].tolist()
+
+    def row(self, name: str) -> dict[str, Any]:
+        hits = self.table.index[self.table["name"] == volume_stem(name)]
+        if len(hits) == 0:
+            raise KeyError(f"{self.root}: no volume named {name!r}")
+        return self.table.loc[hits[0]].to_dict()
+
+    def labels(self, names: Sequence[str]) -> np.ndarray:
+        """(N, 18) float32 labels in LABELS order (NaN where unlabelled)."""
+        t = self.table.set_index("name")
+        return t.loc[[volume_stem(n) for n in names], list(LABELS)].to_numpy(np.float32)
+
+    def metadata(self, name: str) -> dict[str, Any] | None:
+        """The raw metadata CSV row of ``name`` (for ``load_ct(path, metadata=...)``), or None."""
+        stem = volume_stem(name)
+        if self._metadata is None or stem not in self._metadata.index:
+            return None
+        return self._metadata.loc[stem].to_dict()
+
+    def report(self, name: str, sections: Sequence[str] = ("Findings_EN", "Impressions_EN")) -> str:
+        """The report text: the given sections joined by a blank line (missing/NaN sections skipped)."""
+        row = self.row(name)
+        parts = [str(row[s]).strip() for s in sections if isinstance(row.get(s), str) and row[s].strip()]
+        return "\n\n".join(parts)
+
+
+def patient_splits(names: Sequence[str], fractions: Mapping[str, float], seed: int = 0) -> dict[str, list[str]]:
+    """Seeded patient-level split: all volumes of one patient land in the same split.
+
+    Patients (``<split>_<pid>`` from the names) are sorted, shuffled with ``numpy.random.default_rng(seed)`` and
+    cut in order of ``fractions`` (normalised to sum 1); each split gets ``round(fraction × n_patients)``
+    patients and the last split the remainder. Returns split → sorted volume names.
+    """
+    if not fractions or any(f < 0 for f in fractions.values()) or sum(fractions.values()) <= 0:
+        raise ValueError(f"patient_splits: expected non-negative fractions with a positive sum, got {dict(fractions)}")
+    by_patient: dict[str, list[str]] = {}
+    for n in names:
+        by_patient.setdefault(parse_name(n)["patient"], []).append(volume_stem(n))
+    patients = sorted(by_patient)
+    order = np.random.default_rng(seed).permutation(len(patients))
+    total = sum(fractions.values())
+    out, pos = {}, 0
+    keys = list(fractions)
+    for i, key in enumerate(keys):
+        count = len(patients) - pos if i == len(keys) - 1 else round(fractions[key] / total * len(patients))
+        count = max(0, min(count, len(patients) - pos))
+        chosen = [patients[j] for j in order[pos: pos + count]]
+        out[key] = sorted(v for p in chosen for v in by_patient[p])
+        pos += count
+    return out

@@ -1,0 +1,132 @@
+"""Turn command-line inputs (files, folders, a CT-RATE root) into named work items for the cache.
+
+- A file is one item named after its stem (``scan.nii.gz`` → ``scan``).
+- A folder is searched recursively: every volume file (NIfTI, NRRD, MHA/MHD, ``.zip``) and every folder that
+  directly holds DICOM files is one item; a DICOM series is named after its folder.
+- A CT-RATE root (a folder with ``radiology_text_reports/``, ``multi_abnormality_labels/`` or ``metadata/``)
+  gives its volumes named by VolumeName stem, each with its metadata row.
+- A folder with nothing readable (or a missing path) becomes one item that fails with a clear error, so the
+  problem shows up in the manifest instead of silently disappearing.
+
+Names are unique: a clash gets ``-<8 hex of sha1(source)>`` appended, which is stable across runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ctagrg.data.ctio import ITK_SUFFIXES, NIFTI_SUFFIXES
+from ctagrg.data.ctrate import LABELS_DIR, METADATA_DIR, REPORTS_DIR, find_volumes
+from ctagrg.data.dataset import volume_stem
+
+VOLUME_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES + (".zip",)
+DICOM_SUFFIXES = (".dcm", ".ima")
+
+
+@dataclass
+class InputItem:
+    """One volume to preprocess: cache ``name``, ``source`` path, optional CT-RATE ``metadata`` row."""
+
+    name: str
+    source: str
+    metadata: dict[str, Any] | None = field(default=None)
+
+
+def is_ctrate_root(path: Path) -> bool:
+    return path.is_dir() and any((path / d).is_dir() for d in (REPORTS_DIR, LABELS_DIR, METADATA_DIR))
+
+
+def input_stem(path: Path) -> str:
+    """Item name of a path: the file name without its volume suffix (``scan.nii.gz`` → ``scan``)."""
+    name = path.name
+    for suffix in sorted(VOLUME_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _is_dicom_file(path: Path) -> bool:
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    if path.suffix:
+        return False
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _scan_folder(folder: Path) -> list[Path]:
+    """Volume files and DICOM series folders under ``folder`` (recursive, sorted)."""
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        d = Path(dirpath)
+        if any(_is_dicom_file(d / f) for f in filenames):
+            found.append(d)
+            dirnames.clear()  # the series reader searches sub-folders itself
+            continue
+        found.extend(d / f for f in sorted(filenames) if f.lower().endswith(VOLUME_SUFFIXES))
+    return found
+
+
+def read_metadata_csv(path: str | Path) -> dict[str, dict[str, Any]]:
+    """CT-RATE metadata CSV → {VolumeName stem: row}."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: metadata CSV not found")
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        if "VolumeName" not in (reader.fieldnames or []):
+            raise ValueError(f"{path}: missing column VolumeName")
+        return {volume_stem(r["VolumeName"]): r for r in reader}
+
+
+def _ctrate_items(root: Path) -> list[InputItem]:
+    meta: dict[str, dict[str, Any]] = {}
+    for csv_path in sorted((root / METADATA_DIR).glob("*.csv")):
+        for k, v in read_metadata_csv(csv_path).items():
+            meta.setdefault(k, v)
+    return [InputItem(name, str(p), meta.get(name)) for name, p in sorted(find_volumes(root).items())]
+
+
+def discover_inputs(inputs: Sequence[str | Path], metadata_csv: str | Path | None = None) -> list[InputItem]:
+    """Expand ``inputs`` into unique, named items (see the module docstring)."""
+    items: list[InputItem] = []
+    for raw in inputs:
+        path = Path(raw)
+        if is_ctrate_root(path):
+            items.extend(_ctrate_items(path))
+        elif path.is_dir():
+            found = _scan_folder(path) or [path]  # nothing readable: the folder itself fails with a clear error
+            items.extend(InputItem(input_stem(p), str(p)) for p in found)
+        else:
+            items.append(InputItem(input_stem(path), str(path)))
+    if metadata_csv is not None:
+        rows = read_metadata_csv(metadata_csv)
+        for item in items:
+            item.metadata = rows.get(item.name, item.metadata)
+    return _unique(items)
+
+
+def _unique(items: list[InputItem]) -> list[InputItem]:
+    sources: dict[str, set[str]] = {}
+    for item in items:
+        sources.setdefault(item.name, set()).add(item.source)
+    out, seen = [], set()
+    for item in items:
+        if item.source in seen:
+            continue  # the same source given twice
+        seen.add(item.source)
+        if len(sources[item.name]) > 1:
+            item.name = f"{item.name}-{hashlib.sha1(item.source.encode()).hexdigest()[:8]}"
+        out.append(item)
+    return out
