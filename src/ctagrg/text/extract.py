@@ -29,7 +29,7 @@ def join_sentences(sentences: Sequence[str]) -> str:
 def extract_sentences(labeler: Labeler, ids: Sequence[str], texts: Sequence[str]) -> list[tuple[str, str, str]]:
     """(id, AbnormalityName, sentence text) for every present abnormality of every report, in ``LABELS`` order."""
     rows = []
-    for name, text in zip(ids, texts):
+    for name, text in zip(ids, texts, strict=True):
         for label, sentences in labeler.sentences_by_label(text).items():
             rows.append((name, label, join_sentences(sentences)))
     return rows

@@ -132,5 +132,5 @@ class RadBertLabeler:
         if not sentences:
             return {}
         labels = self.label_reports(sentences)
-        return {name: [s for s, row in zip(sentences, labels) if row[j]]
+        return {name: [s for s, row in zip(sentences, labels, strict=True) if row[j]]
                 for j, name in enumerate(LABELS) if labels[:, j].any()}

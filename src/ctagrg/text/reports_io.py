@@ -98,7 +98,7 @@ def write_labels(path: str | Path, ids: Sequence[str], labels: np.ndarray, id_co
     with atomic_open(path, "w", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow([id_column, *LABELS])
-        for name, row in zip(ids, labels):
+        for name, row in zip(ids, labels, strict=True):
             writer.writerow([name, *(int(v) for v in row)])
 
 

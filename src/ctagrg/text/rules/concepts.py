@@ -45,7 +45,7 @@ def _compile(patterns: tuple[str, ...]) -> re.Pattern[str]:
 # Organs outside the lung whose nodules / masses / densities are not lung findings.
 _EXTRAPULMONARY = (
     r"thyroid|liver|hepatic|adrenal|kidney|renal|spleen|splenic|pancrea|breast|axilla|gallbladder|uterus|ovar"
-    r"|adnex|bone|vertebra|rib|sternum|skin|subcutaneous|soft tissue|muscle|lymph|gland|esophag|stomach|gastric"
+    r"|adnex|bone|vertebra|\bribs?\b|sternum|skin|subcutaneous|soft tissue|muscle|lymph|gland|esophag|stomach|gastric"
     r"|bowel|colon|peritone|omentum|mesenter|intraabdominal|abdominal|pelvi|prostate|bladder|gynecomastia"
     r"|pleura(?:l)? (?:based )?(?:nodular )?thicken|myelom|chest wall|mediastin"
 )
@@ -53,7 +53,8 @@ _EXTRAPULMONARY = (
 # Non-coronary, thoracic arterial locations (lookbehinds drop "coronary arteries" and "abdominal aorta").
 _ARTERY = (
     r"(?<!abdominal )aort(?!ic valve)|\barch\b|vascular structures|\bvessels?\b|carotid|subclavian|brachiocephalic"
-    r"|supraaortic|thoracic|thoracoabdominal|(?<!coronary )\barter(?:y|ies|ial)\b|vascular wall"
+    r"|supraaortic|thoracic|thoracoabdominal|vascular wall"
+    r"|(?<!coronary )(?<!descending )(?<!circumflex )\barter(?:y|ies|ial)\b"
 )
 
 CONCEPTS: tuple[Concept, ...] = (

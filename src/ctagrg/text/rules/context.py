@@ -51,7 +51,8 @@ FORWARD_NEGATION = re.compile(
 # Backward negation / normality: the mention comes before the trigger.
 BACKWARD_NEGATION = re.compile(
     rf"\b(?:{_VERB} not (?:\w+ )?{_SEEN}|{_VERB} not (?:present|available|noted)|not {_SEEN}"
-    rf"|{_VERB} (?:within )?(?:normal|natural)(?: limits)?|{_VERB} absent|{_VERB} (?:excluded|ruled out)"
+    rf"|{_VERB} (?:of |within )?(?:normal|natural)(?: limits)?"
+    rf"|(?:shows?|has|have|demonstrates?|contains?) no|{_VERB} absent|{_VERB} (?:excluded|ruled out)"
     rf"|(?:has|have) (?:completely )?(?:disappeared|resolved|regressed)|{_VERB} (?:no longer|not) (?:\w+ )?{_SEEN}"
     rf"|{_VERB} not|did not (?:develop|occur)|disappeared|(?:was|were) (?:surgically )?removed"
     rf"|(?:cannot|could not) be (?:clearly )?(?:distinguished|detected|seen|observed|identified|evaluated))\b"
@@ -118,5 +119,8 @@ def _backward_start(text: str, trigger: int) -> int:
 
 
 def is_negated(spans: list[tuple[int, int]], start: int, end: int) -> bool:
-    """True when the mention ``[start, end)`` lies inside one of ``spans``."""
-    return any(s <= start and end <= e for s, e in spans)
+    """True when the mention ``[start, end)`` starts or ends inside one of ``spans``.
+
+    Either end counts because a long mention can straddle its trigger ("aortic wall shows no calcification").
+    """
+    return any(s <= start < e or s < end <= e for s, e in spans)
