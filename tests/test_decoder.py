@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ctagrg.config import ConfigError
+from ctagrg.labels import LABELS
 from ctagrg.models.conditioning import ConditioningConfig
 from ctagrg.models.decoder import DecoderConfig, ReportDecoder, load_tokenizer, next_token_loss
 
@@ -150,3 +151,66 @@ def test_real_tokenizer(gpt2_tokenizer_dir: Path) -> None:
     tok = load_tokenizer(gpt2_tokenizer_dir)
     assert len(tok) == 50257 and tok.eos_token_id == 50256 and tok.pad_token_id == 50256
     assert tok.decode(tok("Nodule of 4.5 mm in the left lobe.")["input_ids"]) == "Nodule of 4.5 mm in the left lobe."
+
+
+# -- step-2 training (DecoderTask) through the shared loop -------------------------------------------------------
+def _write_cache(path: Path, dim: int = 16) -> None:
+    from ctagrg.training.embedding_cache import build_embedding_cache
+
+    sentences = {
+        "train_1_a_1": {"Lung nodule": "A 4.5 mm nodule in the left lower lobe.", "Emphysema": "Emphysema."},
+        "train_2_a_1": {"Pleural effusion": "Right pleural effusion."},
+        "valid_3_a_1": {"Lung nodule": "A 7 mm nodule in the right upper lobe."},
+    }
+    items = []
+    for v, name in enumerate(sentences):
+        labels = torch.tensor([1.0 if label in sentences[name] else 0.0 for label in LABELS])
+        items.append({"volume": torch.full((1, 1, 1, 1), float(v)), "labels": labels, "name": name})
+    torch.manual_seed(0)
+    table = torch.randn(3, 18, dim)
+    step1 = lambda x: {"logits": torch.zeros(x.shape[0], 18), "embeddings": table[x.flatten().long()]}  # noqa: E731
+    build_embedding_cache(step1, items, sentences, path, thresholds=[0.4] * 18)
+
+
+def test_prepare_target_keeps_numbers() -> None:
+    from ctagrg.training.decoder_task import TargetConfig, prepare_target
+
+    text = "Nodule (4.5 mm), left lobe; no 3-mm nodule. "
+    assert prepare_target(text, TargetConfig()) == "Nodule (4.5 mm), left lobe; no 3-mm nodule."
+    paper = TargetConfig(lowercase=True, strip_punctuation=True)
+    assert prepare_target(text, paper) == "nodule 4.5 mm left lobe no 3-mm nodule"
+
+
+def test_decoder_task_trains_through_the_loop(tmp_path: Path, gpt2_tokenizer_dir: Path) -> None:
+    from ctagrg.config import load_config
+    from ctagrg.training.decoder_task import DecoderTask, DecoderTaskConfig
+    from ctagrg.training.loop import train
+
+    _write_cache(tmp_path / "emb")
+    cfg = load_config(DecoderTaskConfig, None, [
+        f"train.out_dir={tmp_path / 'run'}", "train.epochs=3", "train.batch_size=2", "train.grad_accum=1",
+        "train.lr=1e-2", "train.scheduler=none", "train.tensorboard=false", "train.log_every=1",
+        f"embeddings.out_dir={tmp_path / 'emb'}", f"model.tokenizer_path={gpt2_tokenizer_dir}",
+        "model.n_layer=2", "model.n_embd=32", "model.n_head=4", "model.conditioning.input_dim=16",
+        "model.conditioning.hidden_dims=[32]", "model.conditioning.output_dim=24"])
+    task = DecoderTask(cfg)
+    assert len(task.train_dataset()) == 3 and len(task.valid_dataset()) == 1
+    batch = task.collate([task.train_dataset()[k] for k in range(3)])
+    assert batch["input_ids"][:, 0].tolist() == [50256] * 3
+    assert batch["attention_mask"].sum(1).tolist() == [len(task.train_dataset().ids[k]) for k in range(3)]
+    best = train(task)
+    assert sorted(p.name for p in best.iterdir()) == ["config.json", "generation.json", "metrics.json",
+                                                       "model.safetensors", "tokenizer"]
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    losses = [float(r.split(",")[-1]) for r in rows if ",train,loss," in r]
+    assert len(losses) == 6 and losses[-1] < losses[0]
+    loaded = ReportDecoder.from_pretrained(best)
+    assert not any(p.requires_grad for p in loaded.gpt2.parameters())
+    assert len(load_tokenizer(best / "tokenizer")) == 50257
+    # "detected_and_present" with thresholds above every probability (0.5) leaves no training pair: a clear error.
+    (tmp_path / "thr.json").write_text(str([0.9] * 18))
+    strict = DecoderTask(load_config(DecoderTaskConfig, None, [f"embeddings.out_dir={tmp_path / 'emb'}",
+                                                               f"thresholds={tmp_path / 'thr.json'}",
+                                                               f"model.tokenizer_path={gpt2_tokenizer_dir}"]))
+    with pytest.raises(ConfigError, match="no training pairs"):
+        strict.train_dataset()

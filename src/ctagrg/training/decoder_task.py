@@ -1,0 +1,219 @@
+"""The ``decoder`` training stage (step 2): GPT-2 with pseudo self-attention, trained from the embedding cache.
+
+``ctagrg train decoder --config configs/ctrate/decoder.yaml``. The frozen step-1 model's outputs come from the
+embedding cache (ctagrg.training.embedding_cache), built on first use when ``embeddings.step1_dir`` is set. Each
+training example is one (volume, abnormality) pair: hᵢ, the label index i and the target sentence.
+
+Pairs (``pairs``): ``detected_and_present`` (the paper: the step-1 probability reaches the label's threshold and
+the label is present) or ``present`` (every present label). Splits come from the CT-RATE name prefix
+(``train_12_a_1`` → ``train``).
+
+Targets (``target``): ``<|endoftext|> sentence <|endoftext|>``, at most ``max_tokens`` sentence tokens. CT-AGRG
+lowercases and strips punctuation. We keep the text as written by default, because the reports are read by people
+and the grounding metrics read sides and sizes ("4.5 mm") back from the generated text; ``lowercase`` and
+``strip_punctuation`` reproduce the paper, and even then digits and decimal points inside numbers are kept.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from ctagrg.config import ConfigError, to_dict
+from ctagrg.generation.generate import GenerationSettings
+from ctagrg.models.decoder import DecoderConfig, ReportDecoder, load_tokenizer
+from ctagrg.training.config import TrainConfig
+from ctagrg.training.embedding_cache import (
+    EmbeddingCacheConfig,
+    EmbeddingTable,
+    build_from_config,
+    load_embedding_cache,
+    read_thresholds,
+)
+from ctagrg.training.task import Task
+from ctagrg.utils.atomic import write_json_atomic
+
+
+@dataclass
+class TargetConfig:
+    """How report sentences become decoder targets."""
+
+    lowercase: bool = False  # paper: True
+    strip_punctuation: bool = False  # paper: True (we still keep digits and decimal points such as "4.5")
+    max_tokens: int = 60  # sentence tokens, before the closing <|endoftext|>
+
+
+def paper_train_config() -> TrainConfig:
+    """CT-AGRG step 2: AdamW lr 5e-5, wd 0.01, batch 8 × accumulation 8, 100 epochs, StepLR(50, 0.1), clip 0.1."""
+    return TrainConfig(out_dir="runs/decoder", optimizer="adamw", lr=5e-5, weight_decay=0.01, batch_size=8,
+                       grad_accum=8, epochs=100, scheduler="step", step_size_epochs=50, gamma=0.1,
+                       grad_clip_value=0.1)
+
+
+@dataclass
+class DecoderTaskConfig:
+    """Everything ``ctagrg train decoder`` reads."""
+
+    train: TrainConfig = field(default_factory=paper_train_config)
+    model: DecoderConfig = field(default_factory=DecoderConfig)
+    embeddings: EmbeddingCacheConfig = field(default_factory=EmbeddingCacheConfig)
+    pairs: str = "detected_and_present"  # | present
+    thresholds: str = ""  # thresholds.json overriding those recorded in the cache
+    train_splits: tuple[str, ...] = ("train",)  # name prefixes; empty: every volume
+    valid_splits: tuple[str, ...] = ("valid",)
+    target: TargetConfig = field(default_factory=TargetConfig)
+    generation: GenerationSettings = field(default_factory=GenerationSettings)  # saved for the packaged model
+
+    def __post_init__(self) -> None:
+        if self.pairs not in ("detected_and_present", "present"):
+            raise ConfigError(f"pairs: expected 'detected_and_present' or 'present', got {self.pairs!r}")
+        if self.target.max_tokens < 1:
+            raise ConfigError(f"target.max_tokens: expected >= 1, got {self.target.max_tokens}")
+
+
+_PUNCT = re.compile(r"(?<!\d)\.|\.(?!\d)|[^\w\s.\-]")  # a dot between two digits is a decimal point: keep it
+
+
+def prepare_target(sentence: str, cfg: TargetConfig) -> str:
+    """'Nodule of 4.5 mm, left lobe.' → (paper options) 'nodule of 4.5 mm left lobe'."""
+    text = sentence
+    if cfg.strip_punctuation:
+        text = _PUNCT.sub(" ", text)
+    if cfg.lowercase:
+        text = text.lower()
+    return re.sub(r"\s+", " ", text).strip()
+
+
+class PairDataset(Dataset):
+    """(volume, abnormality) pairs: items {"embedding": (D,) float32, "label_index": int, "input_ids": (T,) long,
+    "name": str}, input_ids = BOS + sentence tokens (≤ max_tokens) + EOS."""
+
+    def __init__(self, table: EmbeddingTable, pairs: list[tuple[int, int, str]], tokenizer: Any,
+                 cfg: TargetConfig, bos: int, eos: int) -> None:
+        self.table = table
+        self.pairs = [(v, i) for v, i, _ in pairs]
+        texts = [prepare_target(s, cfg) for _, _, s in pairs]
+        encoded = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        self.ids = [[bos, *ids[: cfg.max_tokens], eos] for ids in encoded]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        v, i = self.pairs[k]
+        return {"embedding": self.table.embeddings[v, i].float(), "label_index": i,
+                "input_ids": torch.tensor(self.ids[k]), "name": self.table.names[v]}
+
+
+def collate_pairs(items: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
+    """Right-pad to the longest sequence: input_ids, attention_mask (N, T); embeddings (N, D); label_index (N,)."""
+    longest = max(len(it["input_ids"]) for it in items)
+    ids = torch.full((len(items), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(items), longest), dtype=torch.long)
+    for row, it in enumerate(items):
+        ids[row, : len(it["input_ids"])] = it["input_ids"]
+        mask[row, : len(it["input_ids"])] = 1
+    return {"embeddings": torch.stack([it["embedding"] for it in items]), "input_ids": ids, "attention_mask": mask,
+            "label_index": torch.tensor([it["label_index"] for it in items]), "name": [it["name"] for it in items]}
+
+
+class DecoderTask(Task):
+    """Step 2 for the shared training loop (see ctagrg.training.task)."""
+
+    Config = DecoderTaskConfig
+
+    def __init__(self, cfg: DecoderTaskConfig) -> None:
+        super().__init__(cfg)
+        self._table: EmbeddingTable | None = None
+        self._tokenizer: Any = None
+        self.collate = functools.partial(collate_pairs, pad_id=cfg.model.pad_token_id)  # picklable for workers
+
+    # -- data ------------------------------------------------------------------------------------------------
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            path = self.cfg.model.tokenizer_path or self.cfg.model.gpt2_path
+            if not path:
+                raise ConfigError("model.tokenizer_path: required (or model.gpt2_path with tokenizer files)")
+            self._tokenizer = load_tokenizer(path)
+        return self._tokenizer
+
+    def table(self) -> EmbeddingTable:
+        if self._table is None:
+            emb = self.cfg.embeddings
+            if not emb.out_dir:
+                raise ConfigError("embeddings.out_dir: required (the embedding cache folder)")
+            if not (Path(emb.out_dir) / "index.json").is_file() and emb.step1_dir:
+                build_from_config(emb)
+            self._table = load_embedding_cache(emb.out_dir)
+        return self._table
+
+    def _dataset(self, splits: tuple[str, ...]) -> PairDataset:
+        table = self.table()
+        names = {n for n in table.names if not splits or n.split("_", 1)[0] in splits}
+        thresholds = read_thresholds(self.cfg.thresholds) if self.cfg.thresholds else None
+        pairs = table.pairs(self.cfg.pairs, thresholds=thresholds, names=names)
+        m = self.cfg.model
+        return PairDataset(table, pairs, self.tokenizer, self.cfg.target, m.bos_token_id, m.eos_token_id)
+
+    def train_dataset(self) -> PairDataset:
+        ds = self._dataset(self.cfg.train_splits)
+        if len(ds) == 0:
+            raise ConfigError(f"{self.cfg.embeddings.out_dir}: no training pairs (splits {self.cfg.train_splits}, "
+                              f"pairs {self.cfg.pairs!r})")
+        return ds
+
+    def valid_dataset(self) -> PairDataset | None:
+        ds = self._dataset(self.cfg.valid_splits) if self.cfg.valid_splits else None
+        return ds if ds is not None and len(ds) else None
+
+    # -- model -----------------------------------------------------------------------------------------------
+    def build_model(self) -> ReportDecoder:
+        model = ReportDecoder(self.cfg.model)
+        table_dim = self.table().embeddings.shape[-1]
+        if table_dim != self.cfg.model.conditioning.input_dim:
+            raise ConfigError(f"model.conditioning.input_dim is {self.cfg.model.conditioning.input_dim} but the "
+                              f"embedding cache {self.cfg.embeddings.out_dir} holds {table_dim}-d embeddings")
+        if len(self.tokenizer) > model.gpt2.config.vocab_size:
+            raise ConfigError(f"tokenizer has {len(self.tokenizer)} tokens, GPT-2 only {model.gpt2.config.vocab_size}")
+        return model
+
+    def training_step(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
+        out = model(batch["embeddings"].to(self.device), batch["label_index"].to(self.device),
+                    batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
+        return {"loss": out["loss"]}
+
+    def validate(self, model: Any, loader: Any) -> dict[str, float]:
+        """Token-weighted mean next-token loss on the validation pairs; score = −loss."""
+        total, tokens = 0.0, 0
+        for batch in loader:
+            n = int(batch["attention_mask"][:, 1:].sum())
+            total += float(self.training_step(model, batch)["loss"]) * n
+            tokens += n
+        loss = total / max(tokens, 1)
+        return {"loss": loss, "perplexity": float(torch.tensor(loss).exp()), "tokens": float(tokens), "score": -loss}
+
+    # -- checkpoints -----------------------------------------------------------------------------------------
+    def save_model(self, model: Any, directory: Path) -> None:
+        model.save_pretrained(directory)
+
+    def load_model(self, model: Any, directory: Path) -> None:
+        from safetensors.torch import load_model
+
+        path = Path(directory) / "model.safetensors"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: decoder checkpoint weights not found")
+        load_model(model, str(path), device=str(next(model.parameters()).device))
+
+    def on_train_end(self, model: Any, out_dir: Path) -> None:
+        """best/tokenizer/ and best/generation.json, so best/ is all the packaged model needs from step 2."""
+        best = Path(out_dir) / "best"
+        self.tokenizer.save_pretrained(str(best / "tokenizer"))
+        write_json_atomic(best / "generation.json", {"generation": to_dict(self.cfg.generation),
+                                                     "target": to_dict(self.cfg.target)})
