@@ -1,0 +1,121 @@
+"""CT-Net (2.5D): slice triplets through a 2D ResNet-18 trunk, a Conv3d reducer over the triplet axis, then 2048-d.
+
+Shapes at the paper's input (B, 1, 240, 480, 480), default config::
+
+    (B, 1, 240, 480, 480) -> view (B*80, 3, 480, 480)        80 triplets of consecutive slices (D axis)
+    trunk                 -> (B*80, 512, 15, 15)             ResNet-18 without avgpool/fc
+    view                  -> (B, 80, 512, 15, 15)            triplets are Conv3d channels, features are "depth"
+    reducer               -> (B, 16, 18, 5, 5)               Conv3d 80->64->32->16, ReLU after each
+    flatten, fc           -> (B, 7200) -> (B, 2048)          Linear, ReLU, dropout 0.5
+
+Every size is configurable so small volumes work (see ``configs/demo``); :meth:`CTNetConfig.shapes` reports the
+intermediate shapes for a config and raises a clear error when a layer would shrink to nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ctagrg.models.resnet import ResNetConfig, ResNetTrunk
+
+Triple = tuple[int, int, int]
+
+
+def _conv_out(n: int, k: int, s: int, p: int = 0) -> int:
+    return (n + 2 * p - k) // s + 1
+
+
+@dataclass
+class CTNetConfig:
+    """CT-Net encoder. ``input_shape`` (D, H, W) sizes the reducer and the final Linear."""
+
+    input_shape: Triple = (240, 480, 480)
+    triplet: int = 3  # slices per 2D trunk image (the trunk's input channels)
+    trunk: ResNetConfig = field(default_factory=ResNetConfig)
+    reducer_channels: Triple = (64, 32, 16)
+    reducer_kernels: tuple[Triple, Triple, Triple] = ((3, 3, 3), (3, 3, 3), (3, 2, 2))
+    reducer_strides: tuple[Triple, Triple, Triple] = ((3, 1, 1), (3, 1, 1), (3, 2, 2))
+    embed_dim: int = 2048
+    dropout: float = 0.5
+    trunk_chunk: int = 0  # triplets per trunk call (0: all at once); with checkpointing bounds activation memory
+
+    def __post_init__(self) -> None:
+        if isinstance(self.trunk, dict):
+            self.trunk = ResNetConfig(**self.trunk)
+        self.trunk.in_channels = self.triplet
+
+    @property
+    def n_triplets(self) -> int:
+        return self.input_shape[0] // self.triplet
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per-sample shapes after each stage; ValueError naming the layer if a size drops below 1."""
+        h, w = self.input_shape[1:]
+        for k, s, p in ((7, 2, 3), (3, 2, 1), (3, 2, 1), (3, 2, 1), (3, 2, 1)):  # conv1, maxpool, layer2..4
+            h, w = _conv_out(h, k, s, p), _conv_out(w, k, s, p)
+        if self.n_triplets < 1:
+            raise ValueError(f"CTNetConfig: input depth {self.input_shape[0]} has no slice triplet of {self.triplet}")
+        out = {"trunk": (self.n_triplets, self.trunk.out_channels, h, w)}
+        dims = (self.trunk.out_channels, h, w)
+        for i, (ch, k, s) in enumerate(zip(self.reducer_channels, self.reducer_kernels, self.reducer_strides,
+                                           strict=True)):
+            dims = tuple(_conv_out(n, kk, ss) for n, kk, ss in zip(dims, k, s, strict=True))
+            if min(dims) < 1:
+                raise ValueError(f"CTNetConfig: reducer conv {i + 1} (kernel {k}, stride {s}) leaves no output for "
+                                 f"input_shape {self.input_shape}; use smaller kernels/strides")
+            out[f"reducer{i + 1}"] = (ch, *dims)
+        out["flat"] = (self.reducer_channels[-1] * dims[0] * dims[1] * dims[2],)
+        out["embedding"] = (self.embed_dim,)
+        return out
+
+
+class CTNetEncoder(nn.Module):
+    """(B, 1, D, H, W) float32 preprocessed CT (SLP) -> (B, embed_dim) embedding ``h``."""
+
+    def __init__(self, config: CTNetConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or CTNetConfig()
+        self.shapes = config.shapes()
+        self.trunk = ResNetTrunk(config.trunk)
+        layers: list[nn.Module] = []
+        in_ch = config.n_triplets
+        for ch, k, s in zip(config.reducer_channels, config.reducer_kernels, config.reducer_strides, strict=True):
+            layers += [nn.Conv3d(in_ch, ch, tuple(k), stride=tuple(s)), nn.ReLU(inplace=True)]
+            in_ch = ch
+        self.reducer = nn.Sequential(*layers)
+        self.fc = nn.Linear(self.shapes["flat"][0], config.embed_dim)
+        self.dropout = nn.Dropout(config.dropout)
+        self.gradient_checkpointing = False
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Recompute trunk activations in backward (per ``trunk_chunk`` triplets) instead of storing them."""
+        self.gradient_checkpointing = True
+
+    def _run_trunk(self, images: torch.Tensor) -> torch.Tensor:
+        chunk = self.config.trunk_chunk or images.shape[0]
+        outs = []
+        for part in images.split(chunk):
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                outs.append(checkpoint(self.trunk, part, use_reentrant=False))
+            else:
+                outs.append(self.trunk(part))
+        return torch.cat(outs)
+
+    def forward_features(self, volume: torch.Tensor) -> torch.Tensor:
+        """(B, 1, D, H, W) -> (B, flat) reducer output; trailing ``D % triplet`` slices are ignored."""
+        b, c, d, h, w = volume.shape
+        n, t = self.config.n_triplets, self.config.triplet
+        if c != 1 or d // t != n or (h, w) != tuple(self.config.input_shape[1:]):
+            raise ValueError(f"CTNetEncoder: expected (B, 1, {n * t}, {h}, {w})-like input matching input_shape "
+                             f"{tuple(self.config.input_shape)}, got {tuple(volume.shape)}")
+        images = volume[:, 0, : n * t].reshape(b * n, t, h, w)
+        maps = self._run_trunk(images)
+        maps = maps.view(b, n, *maps.shape[1:])  # triplets become Conv3d channels
+        return self.reducer(maps).flatten(1)
+
+    def forward(self, volume: torch.Tensor) -> torch.Tensor:
+        return self.dropout(torch.relu(self.fc(self.forward_features(volume))))

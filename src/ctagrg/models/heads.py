@@ -1,0 +1,80 @@
+"""Heads on the 2048-d visual embedding ``h``: the pretraining classifier and step 1's abnormality heads.
+
+- :class:`PretrainHead`: 2048 -> 512 -> 128 -> 18 (ReLU, dropout), one logit per CT-RATE label.
+- :class:`AbnormalityHeads`: 18 projection heads 2048 -> 1024 (one Linear(2048, 18·1024), which is the same
+  function as 18 separate Linear(2048, 1024)), each followed by its own classifier 1024 -> 128 -> 1. The 18 small
+  classifiers are stored as stacked weights and run as one batched matmul instead of 18 module calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ctagrg.labels import NUM_LABELS
+
+
+@dataclass
+class HeadsConfig:
+    in_dim: int = 2048
+    num_labels: int = NUM_LABELS
+    dropout: float = 0.5
+    pretrain_hidden: tuple[int, int] = (512, 128)
+    embed_dim: int = 1024  # per-abnormality embedding (step 2 consumes it)
+    classifier_hidden: int = 128
+
+
+class PretrainHead(nn.Module):
+    """(B, in_dim) -> (B, num_labels) logits."""
+
+    def __init__(self, cfg: HeadsConfig) -> None:
+        super().__init__()
+        a, b = cfg.pretrain_hidden
+        self.net = nn.Sequential(
+            nn.Linear(cfg.in_dim, a), nn.ReLU(), nn.Dropout(cfg.dropout),
+            nn.Linear(a, b), nn.ReLU(), nn.Dropout(cfg.dropout),
+            nn.Linear(b, cfg.num_labels),
+        )
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.net(h)
+
+
+class AbnormalityHeads(nn.Module):
+    """(B, in_dim) -> logits (B, L) and embeddings (B, L, embed_dim) (after ReLU, before dropout)."""
+
+    def __init__(self, cfg: HeadsConfig) -> None:
+        super().__init__()
+        L, E, Hd = cfg.num_labels, cfg.embed_dim, cfg.classifier_hidden
+        self.num_labels, self.embed_dim = L, E
+        self.project = nn.Linear(cfg.in_dim, L * E)
+        self.dropout = nn.Dropout(cfg.dropout)
+        # label i's classifier: Linear(E, Hd) -> ReLU -> dropout -> Linear(Hd, 1), weights stacked over labels
+        self.fc1_weight = nn.Parameter(torch.empty(L, Hd, E))
+        self.fc1_bias = nn.Parameter(torch.empty(L, Hd))
+        self.fc2_weight = nn.Parameter(torch.empty(L, Hd))
+        self.fc2_bias = nn.Parameter(torch.empty(L))
+        self._init_classifiers(E, Hd)
+
+    def _init_classifiers(self, e: int, hd: int) -> None:
+        # the same distribution nn.Linear uses, per label
+        for w, b, fan_in in ((self.fc1_weight, self.fc1_bias, e), (self.fc2_weight, self.fc2_bias, hd)):
+            bound = 1 / fan_in**0.5
+            nn.init.uniform_(w, -bound, bound)
+            nn.init.uniform_(b, -bound, bound)
+
+    def embed(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, in_dim) -> (B, L, E) abnormality embeddings."""
+        return torch.relu(self.project(h)).view(h.shape[0], self.num_labels, self.embed_dim)
+
+    def classify(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """(B, L, E) -> (B, L) logits, label i scored by classifier i only."""
+        z = torch.einsum("ble,lhe->blh", self.dropout(embeddings), self.fc1_weight) + self.fc1_bias
+        z = self.dropout(torch.relu(z))
+        return (z * self.fc2_weight).sum(-1) + self.fc2_bias
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        emb = self.embed(h)
+        return self.classify(emb), emb

@@ -1,0 +1,241 @@
+"""Encoders: registry, shapes (including the paper's CT-Net shapes), and pretrained-weight loading by key layout."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ctagrg.models.ctnet import CTNetConfig, CTNetEncoder
+from ctagrg.models.ctvit import CTViTConfig, CTViTEncoder
+from ctagrg.models.registry import ENCODERS, create_encoder
+from ctagrg.models.resnet import ResNetTrunk
+from ctagrg.models.weights import load_ctclip_ctvit, load_resnet18_trunk
+from ctagrg.training.checkpoint import CheckpointError
+
+TINY = {
+    "ctnet": dict(input_shape=(12, 32, 32), trunk={"width": 4}, embed_dim=24, dropout=0.0,
+                  reducer_kernels=[[3, 1, 1], [3, 1, 1], [2, 1, 1]], reducer_strides=[[2, 1, 1], [2, 1, 1], [1, 1, 1]]),
+    "ctvit": dict(input_shape=(8, 16, 16), dim=32, patch_size=4, temporal_patch_size=2, spatial_depth=1,
+                  temporal_depth=1, heads=2, dim_head=16, pool_grid=(2, 2), embed_dim=24, dropout=0.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ENCODERS))
+def test_registry_encoders_shapes_grad_checkpointing(name):
+    torch.manual_seed(0)
+    enc = create_encoder(name, **TINY[name])
+    x = torch.randn(2, 1, *TINY[name]["input_shape"])
+    out = enc(x)
+    assert out.shape == (2, 24) and torch.isfinite(out).all()
+    out.sum().backward()
+    grads = {n: p.grad.clone() for n, p in enc.named_parameters() if p.grad is not None}
+    assert len(grads) == sum(1 for p in enc.parameters() if p.requires_grad)
+    enc.zero_grad()
+    enc.gradient_checkpointing_enable()  # same numbers, recomputed in backward
+    out2 = enc(x)
+    out2.sum().backward()
+    torch.testing.assert_close(out2, out)
+    for n, p in enc.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n], rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="expected"):
+        enc(torch.randn(1, 1, 4, 16, 16))
+
+
+def test_registry_errors():
+    with pytest.raises(ValueError, match="unknown encoder 'unet'; available: ctnet, ctvit"):
+        create_encoder("unet")
+    with pytest.raises(ValueError, match="unknown key.*widht.*valid keys: in_channels, width, layers"):
+        create_encoder("ctnet", trunk={"widht": 3})
+    with pytest.raises(ValueError, match=r"reducer conv 2 \(kernel \(3, 3, 3\), stride \(3, 1, 1\)\) leaves no output"):
+        CTNetConfig(input_shape=(240, 128, 128)).shapes()
+
+
+def test_ctnet_paper_shapes():
+    cfg = CTNetConfig()
+    s = cfg.shapes()
+    assert s["trunk"] == (80, 512, 15, 15)
+    assert (s["reducer1"], s["reducer2"], s["reducer3"]) == ((64, 170, 13, 13), (32, 56, 11, 11), (16, 18, 5, 5))
+    assert s["flat"] == (7200,)
+    enc = CTNetEncoder(cfg)
+    assert enc.fc.in_features == 7200 and enc.fc.out_features == 2048
+    assert tuple(enc.reducer[0].weight.shape) == (64, 80, 3, 3, 3)
+    with torch.no_grad():  # the real layers agree with the arithmetic
+        assert enc.reducer(torch.zeros(1, 80, 512, 15, 15)).shape == (1, 16, 18, 5, 5)
+        narrow = ResNetTrunk(type(cfg.trunk)(in_channels=3, width=4)).eval()
+        assert narrow(torch.zeros(1, 3, 480, 480)).shape == (1, 32, 15, 15)
+
+
+def test_ctnet_triplets_are_consecutive_slices():
+    enc = create_encoder("ctnet", **TINY["ctnet"]).eval()
+    seen = []
+    enc.trunk.forward = lambda images: seen.append(images) or torch.zeros(images.shape[0], 32, 1, 1)
+    x = torch.arange(2 * 12, dtype=torch.float32).view(2, 1, 12, 1, 1).expand(2, 1, 12, 32, 32).contiguous()
+    enc.forward_features(x)
+    assert seen[0].shape == (8, 3, 32, 32)
+    assert seen[0][:, :, 0, 0].tolist()[:5] == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11], [12, 13, 14]]
+
+
+def torchvision_resnet18_layout(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random tensors under torchvision resnet18's exact keys and shapes (written out here, not derived from ours)."""
+    g = torch.Generator().manual_seed(seed)
+    sd: dict[str, torch.Tensor] = {}
+
+    def bn(prefix: str, c: int) -> None:
+        for k in ("weight", "bias", "running_mean", "running_var"):
+            sd[f"{prefix}.{k}"] = torch.rand(c, generator=g) + 0.5
+        sd[f"{prefix}.num_batches_tracked"] = torch.tensor(7)
+
+    sd["conv1.weight"] = torch.randn(64, 3, 7, 7, generator=g) * 0.05
+    bn("bn1", 64)
+    cin = 64
+    for i, c in enumerate((64, 128, 256, 512), start=1):
+        for b in range(2):
+            p = f"layer{i}.{b}"
+            sd[f"{p}.conv1.weight"] = torch.randn(c, cin if b == 0 else c, 3, 3, generator=g) * 0.05
+            bn(f"{p}.bn1", c)
+            sd[f"{p}.conv2.weight"] = torch.randn(c, c, 3, 3, generator=g) * 0.05
+            bn(f"{p}.bn2", c)
+            if b == 0 and i > 1:
+                sd[f"{p}.downsample.0.weight"] = torch.randn(c, cin, 1, 1, generator=g) * 0.05
+                bn(f"{p}.downsample.1", c)
+        cin = c
+    sd["fc.weight"] = torch.randn(1000, 512, generator=g)
+    sd["fc.bias"] = torch.randn(1000, generator=g)
+    return sd
+
+
+def test_load_torchvision_resnet18(tmp_path):
+    sd = torchvision_resnet18_layout()
+    assert len(sd) == 122 and sum(v.numel() for k, v in sd.items() if "running" not in k and "num_b" not in k
+                                  and "fc." not in k) == 11_176_512  # torchvision's resnet18 minus fc
+    torch.save(sd, tmp_path / "resnet18.pth")
+    trunk = ResNetTrunk()
+    report = load_resnet18_trunk(trunk, tmp_path / "resnet18.pth")
+    assert report.ignored == ["fc.bias", "fc.weight"] and len(report.loaded) == 120 and not report.unexpected
+    assert torch.equal(trunk.layer3[0].downsample[0].weight, sd["layer3.0.downsample.0.weight"])
+    assert torch.equal(trunk.bn1.running_var, sd["bn1.running_var"])
+    del sd["layer4.1.bn2.weight"]
+    sd["layer5.0.conv1.weight"] = torch.zeros(1)
+    torch.save({"state_dict": sd}, tmp_path / "broken.pth")
+    with pytest.raises(CheckpointError, match=r"broken.pth: .*missing \[1\]: layer4.1.bn2.weight; "
+                                              r"unexpected \[1\]: layer5.0.conv1.weight"):
+        load_resnet18_trunk(ResNetTrunk(), tmp_path / "broken.pth")
+    with pytest.raises(CheckpointError, match=r"shape mismatch \[\d+\]: bn1.bias \(model \(8,\), checkpoint \(64,\)"):
+        load_resnet18_trunk(ResNetTrunk(type(trunk.config)(width=8)), tmp_path / "resnet18.pth")
+
+
+# -- CT-CLIP CTViT: a checkpoint in CT-CLIP's key layout, and CT-CLIP's forward arithmetic written out -------------
+CFG = CTViTConfig(input_shape=(8, 16, 16), dim=32, patch_size=4, temporal_patch_size=2, spatial_depth=2,
+                  temporal_depth=1, heads=2, dim_head=8, pool_grid=(2, 2), embed_dim=24, dropout=0.0)
+
+
+def ctclip_layout(cfg: CTViTConfig, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g) * 0.2  # noqa: E731
+    d, inner, n_in = cfg.dim, cfg.heads * cfg.dim_head, cfg.temporal_patch_size * cfg.patch_size**2
+    ff = int(cfg.ff_mult * 2 / 3 * d)
+    sd = {"to_patch_emb.1.weight": 1 + r(n_in), "to_patch_emb.1.bias": r(n_in), "to_patch_emb.2.weight": r(d, n_in),
+          "to_patch_emb.2.bias": r(d), "to_patch_emb.3.weight": 1 + r(d), "to_patch_emb.3.bias": r(d),
+          "spatial_rel_pos_bias.net.0.0.weight": r(d, 2), "spatial_rel_pos_bias.net.0.0.bias": r(d),
+          "spatial_rel_pos_bias.net.1.0.weight": r(d, d), "spatial_rel_pos_bias.net.1.0.bias": r(d),
+          "spatial_rel_pos_bias.net.2.weight": r(cfg.heads, d), "spatial_rel_pos_bias.net.2.bias": r(cfg.heads),
+          "vq._codebook.embed": r(1, 64, d), "to_pixels.0.weight": r(n_in, d), "dec_spatial_transformer.norm_out.gamma":
+          r(d), "to_patch_emb_first_frame.2.weight": r(d, 16)}
+    for part, depth in (("spatial", cfg.spatial_depth), ("temporal", cfg.temporal_depth)):
+        p = f"enc_{part}_transformer"
+        for i in range(depth):
+            q = f"{p}.layers.{i}"
+            sd |= {f"{q}.0.dsconv.weight": r(d, 1, 3, 3, 3), f"{q}.0.dsconv.bias": r(d),
+                   f"{q}.1.null_kv": r(cfg.heads, 0, cfg.dim_head), f"{q}.1.to_q.weight": r(inner, d),
+                   f"{q}.1.to_kv.weight": r(2 * inner, d), f"{q}.1.q_scale": 1 + r(cfg.dim_head),
+                   f"{q}.1.k_scale": 1 + r(cfg.dim_head), f"{q}.1.to_out.weight": r(d, inner),
+                   f"{q}.1.norm.gamma": 1 + r(d), f"{q}.1.norm.beta": torch.zeros(d),
+                   f"{q}.1.context_norm.gamma": 1 + r(d), f"{q}.1.context_norm.beta": torch.zeros(d),
+                   f"{q}.3.0.weight": 1 + r(d), f"{q}.3.0.bias": r(d), f"{q}.3.1.weight": r(2 * ff, d),
+                   f"{q}.3.4.weight": r(d, ff)}
+        sd |= {f"{p}.norm_out.gamma": 1 + r(d), f"{p}.norm_out.beta": torch.zeros(d)}
+    return {f"visual_transformer.{k}": v for k, v in sd.items()} | {"text_transformer.embeddings.weight": r(5, 4)}
+
+
+def ctclip_reference_tokens(sd: dict[str, torch.Tensor], cfg: CTViTConfig, video: torch.Tensor) -> torch.Tensor:
+    """CT-CLIP's CTViT.encode(to_patch_emb(video)), transcribed op by op from its ctvit.py / attention.py."""
+    F = torch.nn.functional
+    sd = {k.removeprefix("visual_transformer."): v for k, v in sd.items()}
+    b, c, f, H, W = video.shape
+    p, pt, hd = cfg.patch_size, cfg.temporal_patch_size, cfg.heads
+    x = video.reshape(b, c, f // pt, pt, H // p, p, W // p, p).permute(0, 2, 4, 6, 1, 3, 5, 7)
+    x = x.reshape(b, f // pt, H // p, W // p, -1)
+    x = F.layer_norm(x, x.shape[-1:], sd["to_patch_emb.1.weight"], sd["to_patch_emb.1.bias"])
+    x = F.linear(x, sd["to_patch_emb.2.weight"], sd["to_patch_emb.2.bias"])
+    x = F.layer_norm(x, x.shape[-1:], sd["to_patch_emb.3.weight"], sd["to_patch_emb.3.bias"])
+    t, h, w = x.shape[1:4]
+    shape = (b, t, h, w)
+    grid = torch.stack(torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")).flatten(1).T
+    rel = (grid[:, None] - grid[None]).float()
+    rel = torch.sign(rel) * torch.log(rel.abs() + 1)
+    for i in range(2):
+        rel = F.leaky_relu(F.linear(rel, sd[f"spatial_rel_pos_bias.net.{i}.0.weight"],
+                                    sd[f"spatial_rel_pos_bias.net.{i}.0.bias"]), 0.1)
+    bias = F.linear(rel, sd["spatial_rel_pos_bias.net.2.weight"], sd["spatial_rel_pos_bias.net.2.bias"])
+    bias = bias.permute(2, 0, 1)
+
+    def transformer(x, prefix, depth, attn_bias):
+        for i in range(depth):
+            q_ = f"{prefix}.layers.{i}"
+            y = x.reshape(*shape, -1).permute(0, 4, 1, 2, 3)
+            y = F.conv3d(F.pad(y, (1, 1, 1, 1, 2, 0)), sd[f"{q_}.0.dsconv.weight"], sd[f"{q_}.0.dsconv.bias"],
+                         groups=cfg.dim)
+            x = y.permute(0, 2, 3, 4, 1).reshape(x.shape) + x
+            n = F.layer_norm(x, x.shape[-1:], sd[f"{q_}.1.norm.gamma"], sd[f"{q_}.1.norm.beta"])
+            q = F.linear(n, sd[f"{q_}.1.to_q.weight"])
+            k, v = F.linear(n, sd[f"{q_}.1.to_kv.weight"]).chunk(2, dim=-1)
+            q, k, v = (z.reshape(z.shape[0], z.shape[1], hd, -1).transpose(1, 2) for z in (q, k, v))
+            q = F.normalize(q, dim=-1) * sd[f"{q_}.1.q_scale"]
+            k = F.normalize(k, dim=-1) * sd[f"{q_}.1.k_scale"]
+            sim = torch.einsum("bhid,bhjd->bhij", q, k) * 8
+            if attn_bias is not None:
+                sim = sim + attn_bias
+            out = torch.einsum("bhij,bhjd->bhid", sim.softmax(-1), v).transpose(1, 2).flatten(2)
+            x = F.linear(out, sd[f"{q_}.1.to_out.weight"]) + x
+            z = F.linear(F.layer_norm(x, x.shape[-1:], sd[f"{q_}.3.0.weight"], sd[f"{q_}.3.0.bias"]),
+                         sd[f"{q_}.3.1.weight"])
+            a, gate = z.chunk(2, dim=-1)
+            x = F.linear(F.gelu(gate) * a, sd[f"{q_}.3.4.weight"]) + x
+        return F.layer_norm(x, x.shape[-1:], sd[f"{prefix}.norm_out.gamma"], sd[f"{prefix}.norm_out.beta"])
+
+    x = transformer(x.reshape(b * t, h * w, -1), "enc_spatial_transformer", cfg.spatial_depth, bias)
+    x = x.reshape(b, t, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b * h * w, t, -1)
+    x = transformer(x, "enc_temporal_transformer", cfg.temporal_depth, None)
+    return x.reshape(b, h, w, t, -1).permute(0, 3, 1, 2, 4)
+
+
+def test_load_ctclip_ctvit_matches_ctclip_arithmetic(tmp_path):
+    sd = ctclip_layout(CFG)
+    torch.save(sd, tmp_path / "CT-CLIP_v2.pt")
+    enc = CTViTEncoder(CFG).eval()
+    report = load_ctclip_ctvit(enc, tmp_path / "CT-CLIP_v2.pt")
+    assert not report.unexpected and "text_transformer.embeddings.weight" in report.ignored
+    assert "vq._codebook.embed" in report.ignored and len(report.loaded) == 12 + 3 * 12 + 2
+    video = torch.randn(2, 1, *CFG.input_shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = enc.forward_tokens(video)
+        ref = ctclip_reference_tokens(sd, CFG, video)
+    assert ours.shape == (2, 4, 4, 4, 32)
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_load_ctclip_reports_bad_keys(tmp_path):
+    sd = ctclip_layout(CFG)
+    sd["visual_transformer.enc_spatial_transformer.layers.0.9.weight"] = torch.zeros(1)
+    torch.save(sd, tmp_path / "odd.pt")
+    with pytest.raises(CheckpointError, match=r"odd.pt: keys not known .*enc_spatial_transformer.layers.0.9.weight"):
+        load_ctclip_ctvit(CTViTEncoder(CFG), tmp_path / "odd.pt")
+    wide = CTViTConfig(**{**CFG.__dict__, "dim": 48})
+    torch.save(ctclip_layout(CFG), tmp_path / "ok.pt")
+    with pytest.raises(CheckpointError, match=r"do not fit this CTViT config: shape mismatch \[\d+\]: patch_embed"):
+        load_ctclip_ctvit(CTViTEncoder(wide), tmp_path / "ok.pt")
+    del sd["visual_transformer.enc_spatial_transformer.layers.0.9.weight"]
+    del sd["visual_transformer.enc_temporal_transformer.layers.0.1.to_q.weight"]
+    torch.save(sd, tmp_path / "partial.pt")
+    with pytest.raises(CheckpointError, match=r"missing \[1\]: temporal.blocks.0.attn.to_q.weight"):
+        load_ctclip_ctvit(CTViTEncoder(CFG), tmp_path / "partial.pt")
