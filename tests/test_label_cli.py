@@ -59,7 +59,8 @@ def test_missing_column_lists_columns(reports_csv: Path, tmp_path: Path, capsys)
     code = main(["label", str(reports_csv), "--out", str(tmp_path / "x.csv"), "--id-column", "Name"])
     err = capsys.readouterr().err
     assert code == 1
-    assert "missing column(s) ['Name']" in err and "columns found: ['VolumeName', 'Findings_EN', 'Impressions_EN']" in err
+    assert "missing column(s) ['Name']" in err
+    assert "columns found: ['VolumeName', 'Findings_EN', 'Impressions_EN']" in err
     assert not (tmp_path / "x.csv").exists()
 
 
