@@ -206,7 +206,7 @@ def _read_any(path: Path) -> CTVolume:
             raise CTReadError(f"{path}: a single DICOM file is one slice; give the folder holding the series")
     except CTReadError:
         raise
-    except (OSError, EOFError, ValueError, RuntimeError, MemoryError) as exc:
+    except Exception as exc:  # readers raise many types (HeaderDataError, EOFError, zlib/isal errors, ...)
         raise CTReadError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
     raise CTReadError(f"{path}: unknown format; expected {', '.join(NIFTI_SUFFIXES + ITK_SUFFIXES)}, .zip or a folder")
 
@@ -221,7 +221,12 @@ def _read_nifti(path: Path) -> CTVolume:
     with opener(path, "rb") as fh:
         sizeof_hdr = int.from_bytes(fh.read(4), "little")
         fh.seek(0)
+        if sizeof_hdr not in (348, 0x5C010000, 540, 0x1C020000):  # NIfTI-1/2, either byte order
+            raise CTReadError(f"{path}: not a NIfTI file (header size field {sizeof_hdr}, expected 348 or 540)")
         cls = nib.Nifti2Image if sizeof_hdr in (540, 0x1C020000) else nib.Nifti1Image
+        unchecked = cls.header_class.from_fileobj(fh, check=False)  # nibabel's checks turn pixdim 0 into 1
+        fh.seek(0)
+        _check_nifti_spacing(unchecked, path)
         img = cls.from_stream(fh)
         raw = np.asanyarray(img.dataobj.get_unscaled())
     hdr = img.header
@@ -233,6 +238,15 @@ def _read_nifti(path: Path) -> CTVolume:
     inter = 0.0 if inter is None or not np.isfinite(inter) else float(inter)
     raw = _squeeze_to_3d(raw, path)
     return CTVolume(raw=raw, slope=slope, intercept=inter, affine=img.affine, source=str(path))
+
+
+def _check_nifti_spacing(hdr: Any, path: Path) -> None:
+    """Without sform/qform the voxel size comes from pixdim alone; zero/NaN there means it is missing (nibabel
+    would silently assume 1 mm)."""
+    if int(hdr["sform_code"]) == 0 and int(hdr["qform_code"]) == 0:
+        pixdim = tuple(float(v) for v in hdr["pixdim"][1:4])
+        if not all(math.isfinite(v) and v > 0 for v in pixdim):
+            raise CTReadError(f"{path}: missing or invalid voxel spacing (pixdim {pixdim}, no sform/qform)")
 
 
 def _read_itk(path: Path) -> CTVolume:
