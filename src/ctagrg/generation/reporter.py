@@ -1,0 +1,248 @@
+"""The packaged model: scan in, report out. Research software, not for diagnostic use.
+
+>>> reporter = Reporter.from_pretrained("model/")                     # doctest: +SKIP
+>>> report = reporter.report("scan.nii.gz")                          # doctest: +SKIP
+>>> report.text, report.abnormalities["Lung nodule"].probability     # doctest: +SKIP
+
+A packaged model folder::
+
+    visual/           step-1 model (encoder + 18 heads): config.json, model.safetensors
+    decoder/          GPT-2 + Φ_T + prefix projections: config.json, model.safetensors
+    tokenizer/        the GPT-2 tokenizer
+    thresholds.json   {"space": "probability", "thresholds": {label: value}}
+    preprocess.json   the PreprocessConfig every input goes through
+    reporter.json     generation and assembly settings
+    README.md         model card
+
+``report_batch`` runs the visual model on the batch, then generates the sentences of every detected abnormality of
+every volume in one batched generation call.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ctagrg.config import ConfigError, from_dict, to_dict
+from ctagrg.generation.assemble import AssemblyConfig, assemble_report
+from ctagrg.generation.generate import GenerationSettings, generate_sentences
+from ctagrg.generation.model_card import render_model_card
+from ctagrg.labels import LABELS, NUM_LABELS
+from ctagrg.models.decoder import ReportDecoder, load_tokenizer
+from ctagrg.training.embedding_cache import read_thresholds
+from ctagrg.utils.atomic import write_json_atomic, write_text_atomic
+
+Input = str | Path | np.ndarray | torch.Tensor
+
+
+@dataclass
+class ReporterConfig:
+    """Inference settings saved as ``reporter.json``."""
+
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    assembly: AssemblyConfig = field(default_factory=AssemblyConfig)
+    visual_batch_size: int = 2  # volumes per visual forward pass
+
+
+@dataclass
+class Abnormality:
+    probability: float
+    detected: bool
+    threshold: float
+    sentence: str | None  # the generated sentence when detected, else None
+
+
+@dataclass
+class Report:
+    """One scan's result: ``text`` and, for each of the 18 labels (``LABELS`` order), an ``Abnormality``."""
+
+    text: str
+    abnormalities: dict[str, Abnormality]
+
+    @property
+    def detected(self) -> list[str]:
+        return [label for label, a in self.abnormalities.items() if a.detected]
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"report": str, "abnormalities": {label: {probability, detected, threshold, sentence}}}``."""
+        return {"report": self.text, "abnormalities": {k: asdict(v) for k, v in self.abnormalities.items()}}
+
+
+class Reporter:
+    """Visual model + thresholds + decoder + tokenizer + preprocessing, with ``report``/``report_batch``.
+
+    Args:
+        visual: step-1 model, (B, 1, D, H, W) → {"logits": (B, 18), "embeddings": (B, 18, E)}.
+        decoder: the report decoder (conditioning input_dim = E).
+        tokenizer: its GPT-2 tokenizer.
+        thresholds: 18 probability thresholds, ``LABELS`` order.
+        preprocess: a ``ctagrg.data.preprocess.PreprocessConfig``.
+        config: generation/assembly settings.
+        card: extra model-card fields (``training_data``, ``metrics``) kept for ``save_pretrained``.
+    """
+
+    def __init__(self, visual: torch.nn.Module, decoder: ReportDecoder, tokenizer: Any, thresholds: Sequence[float],
+                 preprocess: Any, config: ReporterConfig | None = None, card: dict[str, Any] | None = None,
+                 device: str | torch.device = "cpu") -> None:
+        if len(thresholds) != NUM_LABELS:
+            raise ConfigError(f"Reporter: expected 18 thresholds, got {len(thresholds)}")
+        self.device = torch.device(device)
+        self.visual = visual.to(self.device).eval()
+        self.decoder = decoder.to(self.device).eval()
+        self.tokenizer = tokenizer
+        self.thresholds = [float(t) for t in thresholds]
+        self.preprocess = preprocess
+        self.config = config or ReporterConfig()
+        self.card = card or {}
+
+    # -- inference -------------------------------------------------------------------------------------------
+    def report(self, scan: Input) -> Report:
+        """One scan (a path, or a preprocessed (D, H, W) array) → its Report."""
+        return self.report_batch([scan])[0]
+
+    def report_batch(self, inputs: Sequence[Input]) -> list[Report]:
+        """Reports for several scans; raises ValueError naming the first input that cannot be read."""
+        return self.report_volumes(np.stack([self.load_input(x) for x in inputs]) if inputs else np.zeros((0,)))
+
+    def load_input(self, scan: Input) -> np.ndarray:
+        """A path is read and preprocessed; an array must already be preprocessed to ``preprocess.shape``."""
+        if isinstance(scan, (str, Path)):
+            from ctagrg.data.preprocess import preprocess_file
+
+            return preprocess_file(scan, config=self.preprocess)
+        array = scan.detach().cpu().numpy() if isinstance(scan, torch.Tensor) else np.asarray(scan)
+        if array.ndim == 4 and array.shape[0] == 1:
+            array = array[0]
+        expected = tuple(self.preprocess.shape)
+        if array.shape != expected:
+            raise ValueError(f"array input: expected a preprocessed volume of shape {expected} (D, H, W), "
+                             f"got {array.shape}; pass a file path to have it preprocessed")
+        return array.astype(np.float32, copy=False)
+
+    @torch.no_grad()
+    def report_volumes(self, volumes: np.ndarray) -> list[Report]:
+        """volumes: (N, D, H, W) float32, preprocessed → N Reports."""
+        if len(volumes) == 0:
+            return []
+        probs, embeddings = self.score(volumes)
+        # float64, as the reported probability/threshold values are: "detected" always equals probability >= threshold
+        detected = probs.double() >= torch.tensor(self.thresholds, dtype=torch.float64)
+        rows, cols = detected.nonzero(as_tuple=True)
+        sentences = generate_sentences(self.decoder, self.tokenizer, embeddings[rows, cols], cols,
+                                       self.config.generation) if len(rows) else []
+        per_volume: list[dict[int, str]] = [{} for _ in range(len(volumes))]
+        for r, c, s in zip(rows.tolist(), cols.tolist(), sentences, strict=True):
+            per_volume[r][c] = s
+        return [self._report(probs[v], detected[v], per_volume[v]) for v in range(len(volumes))]
+
+    def score(self, volumes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Visual model in chunks: probabilities (N, 18) and embeddings (N, 18, E), float32 on the CPU."""
+        probs, embs = [], []
+        step = self.config.visual_batch_size
+        for start in range(0, len(volumes), step):
+            x = torch.from_numpy(np.ascontiguousarray(volumes[start : start + step])).unsqueeze(1).to(self.device)
+            out = self.visual(x)
+            probs.append(torch.sigmoid(out["logits"].float()).cpu())
+            embs.append(out["embeddings"].float().cpu())
+        return torch.cat(probs), torch.cat(embs)
+
+    def _report(self, probs: torch.Tensor, detected: torch.Tensor, sentences: dict[int, str]) -> Report:
+        abn = {label: Abnormality(probability=float(probs[i]), detected=bool(detected[i]),
+                                  threshold=self.thresholds[i], sentence=sentences.get(i) if detected[i] else None)
+               for i, label in enumerate(LABELS)}
+        return Report(text=assemble_report(sentences, self.config.assembly), abnormalities=abn)
+
+    # -- packaging -------------------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write the packaged model folder (see the module docstring)."""
+        import transformers
+
+        import ctagrg
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.visual.save_pretrained(directory / "visual")
+        self.decoder.save_pretrained(directory / "decoder")
+        self.tokenizer.save_pretrained(str(directory / "tokenizer"))
+        write_json_atomic(directory / "thresholds.json", {
+            "space": "probability", "thresholds": dict(zip(LABELS, self.thresholds, strict=True))})
+        write_json_atomic(directory / "preprocess.json", to_dict(self.preprocess))
+        write_json_atomic(directory / "reporter.json", {**to_dict(self.config), "card": self.card})
+        versions = {"ctagrg": ctagrg.__version__, "torch": torch.__version__, "transformers": transformers.__version__}
+        write_text_atomic(directory / "README.md", render_model_card(
+            preprocess=to_dict(self.preprocess), thresholds=self.thresholds, generation=to_dict(self.config.generation),
+            training_data=self.card.get("training_data", ""), metrics=self.card.get("metrics"), versions=versions))
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> Reporter:
+        """Load a folder written by ``save_pretrained``; a missing part is named in the error."""
+        from ctagrg.data.preprocess import PreprocessConfig
+        from ctagrg.models.step1 import Step1Model
+
+        directory = Path(directory)
+        missing = [p for p in ("visual", "decoder", "tokenizer", "thresholds.json", "preprocess.json")
+                   if not (directory / p).exists()]
+        if missing:
+            raise FileNotFoundError(f"{directory}: not a packaged ctagrg model (missing {', '.join(missing)})")
+        settings = _read_json(directory / "reporter.json") if (directory / "reporter.json").is_file() else {}
+        card = settings.pop("card", {})
+        return cls(visual=Step1Model.from_pretrained(directory / "visual"),
+                   decoder=ReportDecoder.from_pretrained(directory / "decoder"),
+                   tokenizer=load_tokenizer(directory / "tokenizer"),
+                   thresholds=read_thresholds(directory / "thresholds.json"),
+                   preprocess=from_dict(PreprocessConfig, _read_json(directory / "preprocess.json"),
+                                        where=str(directory / "preprocess.json")),
+                   config=from_dict(ReporterConfig, settings, where=str(directory / "reporter.json")),
+                   card=card, device=device)
+
+    @classmethod
+    def from_training_outputs(cls, step1_dir: str | Path, decoder_dir: str | Path, *,
+                              thresholds: str | Path | Sequence[float] | None = None,
+                              preprocess: str | Path | Any = None, tokenizer_dir: str | Path | None = None,
+                              config: ReporterConfig | None = None, card: dict[str, Any] | None = None,
+                              device: str | torch.device = "cpu") -> Reporter:
+        """Assemble a Reporter from a step-1 checkpoint and a decoder checkpoint (``ctagrg train`` best/ folders).
+
+        thresholds: a thresholds.json path or 18 values (default: thresholds.json in step1_dir or its parent).
+        preprocess: a preprocess.json / YAML path or a PreprocessConfig (default: the seed's PreprocessConfig).
+        tokenizer_dir: default ``decoder_dir/tokenizer`` (written by the decoder stage).
+        config: default: generation settings from ``decoder_dir/generation.json`` when present.
+        """
+        from ctagrg.data.preprocess import PreprocessConfig
+        from ctagrg.models.step1 import Step1Model
+        from ctagrg.training.embedding_cache import find_thresholds
+
+        decoder_dir = Path(decoder_dir)
+        if thresholds is None:
+            thresholds = find_thresholds(step1_dir)
+            if thresholds is None:
+                raise FileNotFoundError(f"{step1_dir}: no thresholds.json here or in its parent; pass thresholds=")
+        thr = read_thresholds(thresholds) if isinstance(thresholds, (str, Path)) else list(thresholds)
+        if preprocess is None or isinstance(preprocess, (str, Path)):
+            from ctagrg.config import load_config
+
+            preprocess = load_config(PreprocessConfig, preprocess)
+        if config is None:
+            gen_path = decoder_dir / "generation.json"
+            gen = _read_json(gen_path).get("generation", {}) if gen_path.is_file() else {}
+            config = ReporterConfig(generation=from_dict(GenerationSettings, gen, where=str(gen_path)))
+        return cls(visual=Step1Model.from_pretrained(step1_dir), decoder=ReportDecoder.from_pretrained(decoder_dir),
+                   tokenizer=load_tokenizer(tokenizer_dir or decoder_dir / "tokenizer"), thresholds=thr,
+                   preprocess=preprocess, config=config, card=card, device=device)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object")
+    return data

@@ -1,0 +1,156 @@
+"""Reporter: detection → batched generation → assembly; packaging round trip; inputs; model card."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ctagrg.generation.assemble import assemble_report
+from ctagrg.generation.generate import GenerationSettings
+from ctagrg.generation.reporter import Report, Reporter, ReporterConfig
+from ctagrg.labels import LABELS
+from ctagrg.models.conditioning import ConditioningConfig
+from ctagrg.models.decoder import DecoderConfig, ReportDecoder, load_tokenizer
+
+SHAPE = (12, 32, 32)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: on the shared 2-core machine, thread oversubscription makes these tests 10-20x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_visual() -> torch.nn.Module:
+    from ctagrg.models.ctnet import CTNetConfig
+    from ctagrg.models.heads import HeadsConfig
+    from ctagrg.models.resnet import ResNetConfig
+    from ctagrg.models.step1 import Step1Model, VisualModelConfig
+
+    ctnet = CTNetConfig(input_shape=SHAPE, trunk=ResNetConfig(width=4, layers=(1, 1, 1, 1)),
+                        reducer_channels=(4, 4, 4), reducer_kernels=((3, 1, 1), (3, 1, 1), (1, 1, 1)),
+                        reducer_strides=((3, 1, 1), (3, 1, 1), (1, 1, 1)), embed_dim=32)
+    heads = HeadsConfig(in_dim=32, embed_dim=16, classifier_hidden=8, pretrain_hidden=(8, 8))
+    return Step1Model(VisualModelConfig(ctnet=ctnet, heads=heads)).eval()
+
+
+def tiny_decoder() -> ReportDecoder:
+    cond = ConditioningConfig(input_dim=16, hidden_dims=(32,), output_dim=24)
+    model = ReportDecoder(DecoderConfig(n_layer=2, n_embd=32, n_head=4, n_positions=64, conditioning=cond))
+    with torch.no_grad():  # a strong conditioning slot, so different abnormalities get different sentences
+        for p in [*model.uk.parameters(), *model.uv.parameters(), *model.conditioning.parameters()]:
+            p.normal_(0.0, 1.0)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def reporter(gpt2_tokenizer_dir: Path) -> Reporter:
+    from ctagrg.data.preprocess import PreprocessConfig
+
+    torch.manual_seed(0)
+    visual = tiny_visual()
+    probe = visual(torch.randn(4, 1, *SHAPE))
+    probs = torch.sigmoid(probe["logits"])
+    # Thresholds at each label's median over 4 random volumes: roughly half the labels detected per volume.
+    thresholds = probs.median(0).values.tolist()
+    config = ReporterConfig(generation=GenerationSettings(max_new_tokens=8))
+    return Reporter(visual, tiny_decoder(), load_tokenizer(gpt2_tokenizer_dir), thresholds,
+                    PreprocessConfig(spacing=(8.0, 4.0, 4.0), shape=SHAPE), config,
+                    card={"training_data": "unit-test phantoms", "metrics": {"clinical F1 (test)": 0.5}})
+
+
+def volumes(n: int, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, *SHAPE)).astype(np.float32)
+
+
+def test_report_batch_structure_and_consistency(reporter: Reporter) -> None:
+    reports = reporter.report_batch(list(volumes(3)))
+    assert len(reports) == 3 and all(isinstance(r, Report) for r in reports)
+    total_detected = 0
+    for r in reports:
+        assert list(r.abnormalities) == list(LABELS)
+        for i, a in enumerate(r.abnormalities.values()):
+            assert a.threshold == reporter.thresholds[i]
+            assert a.detected == (a.probability >= a.threshold)
+            assert (a.sentence is not None) == a.detected
+        sentences = {label: a.sentence for label, a in r.abnormalities.items() if a.detected}
+        assert r.text == assemble_report(sentences)
+        total_detected += len(r.detected)
+    assert 0 < total_detected < 54
+    line = reports[0].to_dict()
+    assert set(line) == {"report", "abnormalities"}
+    assert set(line["abnormalities"]["Cardiomegaly"]) == {"probability", "detected", "threshold", "sentence"}
+    json.dumps(line)  # JSON-serialisable
+
+
+def test_batched_equals_single(reporter: Reporter) -> None:
+    vols = volumes(3, seed=2)
+    batched = reporter.report_batch(list(vols))
+    single = [reporter.report(v) for v in vols]
+    assert [r.to_dict() for r in batched] == [r.to_dict() for r in single]
+
+
+def test_nothing_detected_gives_the_no_findings_text(reporter: Reporter) -> None:
+    saved = reporter.thresholds
+    reporter.thresholds = [1.01] * 18
+    try:
+        report = reporter.report(volumes(1)[0])
+    finally:
+        reporter.thresholds = saved
+    assert report.text == "No abnormalities detected."
+    assert report.detected == [] and all(a.sentence is None for a in report.abnormalities.values())
+
+
+def test_bad_array_shape_is_a_clear_error(reporter: Reporter) -> None:
+    with pytest.raises(ValueError, match=r"expected a preprocessed volume of shape \(12, 32, 32\)"):
+        reporter.report(np.zeros((10, 10, 10), np.float32))
+
+
+def test_path_input_is_preprocessed(reporter: Reporter, tmp_path: Path) -> None:
+    import nibabel as nib
+
+    hu = np.random.default_rng(0).integers(-1000, 400, size=(20, 20, 14)).astype(np.int16)
+    nib.save(nib.Nifti1Image(hu, np.diag([2.0, 2.0, 5.0, 1.0])), tmp_path / "scan.nii.gz")
+    from ctagrg.data.preprocess import preprocess_file
+
+    expected = reporter.report(preprocess_file(tmp_path / "scan.nii.gz", config=reporter.preprocess))
+    assert reporter.report(tmp_path / "scan.nii.gz").to_dict() == expected.to_dict()
+
+
+def test_save_and_load_roundtrip(reporter: Reporter, tmp_path: Path) -> None:
+    reporter.save_pretrained(tmp_path / "model")
+    names = sorted(p.name for p in (tmp_path / "model").iterdir())
+    assert names == ["README.md", "decoder", "preprocess.json", "reporter.json", "thresholds.json", "tokenizer",
+                     "visual"]
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert "Not for diagnostic use" in card and "unit-test phantoms" in card and "clinical F1 (test)" in card
+    assert "(12, 32, 32)" in card or "[12, 32, 32]" in card
+    loaded = Reporter.from_pretrained(tmp_path / "model")
+    assert loaded.thresholds == pytest.approx(reporter.thresholds)
+    assert loaded.config == reporter.config and tuple(loaded.preprocess.shape) == SHAPE
+    vols = list(volumes(2, seed=3))
+    assert [r.to_dict() for r in loaded.report_batch(vols)] == [r.to_dict() for r in reporter.report_batch(vols)]
+    (tmp_path / "model" / "thresholds.json").unlink()
+    with pytest.raises(FileNotFoundError, match="missing thresholds.json"):
+        Reporter.from_pretrained(tmp_path / "model")
+
+
+def test_from_training_outputs(reporter: Reporter, tmp_path: Path) -> None:
+    reporter.visual.save_pretrained(tmp_path / "step1" / "best")
+    (tmp_path / "step1" / "best" / "thresholds.json").write_text(json.dumps(reporter.thresholds))
+    reporter.decoder.save_pretrained(tmp_path / "dec" / "best")
+    reporter.tokenizer.save_pretrained(str(tmp_path / "dec" / "best" / "tokenizer"))
+    (tmp_path / "dec" / "best" / "generation.json").write_text(json.dumps({"generation": {"max_new_tokens": 8}}))
+    (tmp_path / "pre.json").write_text(json.dumps({"spacing": [8.0, 4.0, 4.0], "shape": list(SHAPE)}))
+    built = Reporter.from_training_outputs(tmp_path / "step1" / "best", tmp_path / "dec" / "best",
+                                           preprocess=tmp_path / "pre.json")
+    assert built.config.generation.max_new_tokens == 8 and built.thresholds == reporter.thresholds
+    vol = volumes(1, seed=4)[0]
+    assert built.report(vol).to_dict() == reporter.report(vol).to_dict()
