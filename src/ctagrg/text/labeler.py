@@ -90,6 +90,8 @@ def _mentions(concept: Concept, clause: str, negated: list[tuple[int, int]]) -> 
             continue
         if concept.reject_re and any(r.start() < end and start < r.end() for r in concept.reject_re.finditer(clause)):
             continue
+        if concept.require_re and not concept.require_re.search(clause):
+            continue
         if concept.exclude_re:
             lo, hi = max(0, start - concept.window), min(len(clause), end + concept.window)
             if concept.exclude_re.search(clause, lo, hi):

@@ -6,7 +6,9 @@ Patterns run on normalised text (lower case, hyphens and slashes as spaces; ``co
 - ``include``: mentions of the finding (synonyms, adjectives, Turkish-English translation variants);
 - ``exclude``: clause-level context that makes a mention about something else (a *thyroid* nodule, a *lymph
   node* calcification), checked within ``window`` characters of the mention in the same clause;
-- ``reject``: phrases that, when they overlap the mention, cancel it (e.g. "fibrocalcific atheroma").
+- ``reject``: phrases that, when they overlap the mention, cancel it (e.g. "fibrocalcific atheroma");
+- ``require``: context that must appear in the same clause (generic words such as "density increase" only count
+  as lung opacity when the clause is about the lung).
 
 How the CT-RATE annotators treat edge cases (read from the development part of the 800 dev reports):
 "calcific plaques in the aorta" is arterial wall calcification; "emphysematous changes" is emphysema;
@@ -27,15 +29,20 @@ class Concept:
     include: tuple[str, ...]
     exclude: tuple[str, ...] = ()
     reject: tuple[str, ...] = ()
+    require: tuple[str, ...] = ()
     window: int = 60
     include_re: re.Pattern[str] = field(init=False, repr=False, compare=False)
     exclude_re: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
     reject_re: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
+    require_re: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "include_re", _compile(self.include))
-        object.__setattr__(self, "exclude_re", _compile(self.exclude) if self.exclude else None)
+        # Exclusion words match at a word start only ("consistent" must not hit "stent").
+        exclude = tuple(rf"\b(?:{p})" for p in self.exclude)
+        object.__setattr__(self, "exclude_re", _compile(exclude) if exclude else None)
         object.__setattr__(self, "reject_re", _compile(self.reject) if self.reject else None)
+        object.__setattr__(self, "require_re", _compile(self.require) if self.require else None)
 
 
 def _compile(patterns: tuple[str, ...]) -> re.Pattern[str]:
@@ -55,6 +62,20 @@ _ARTERY = (
     r"(?<!abdominal )aort(?!ic valve)|\barch\b|vascular structures|\bvessels?\b|carotid|subclavian|brachiocephalic"
     r"|supraaortic|thoracic|thoracoabdominal|vascular wall"
     r"|(?<!coronary )(?<!descending )(?<!circumflex )\barter(?:y|ies|ial)\b"
+)
+
+# Words placing a clause in the lung (generic "density" / "infiltration" elsewhere is not lung opacity).
+_LUNG = r"\blungs?\b|\blobes?\b|segment|parenchym|pulmonar|subpleural|lingul|\bbasal|\bapical|\bapex|peribronch|centri"
+_OPACITY_EXCLUDE = (
+    _EXTRAPULMONARY + r"|fat density|fatty|sequel|fibro|hepatosteat|pleuroparenchymal|pleural parenchymal"
+    r"|soft tissue|water|fluid|material|stent|suture|calcific densit|bone|osteo|sclero|cyst"
+)
+_OPACITY_REJECT = (
+    r"\bactive infiltrat\w*",
+    r"\bpleuroparenchymal \w+ densit\w*",
+    r"ground glass (?:\w+ )?nodul\w*",
+    r"(?:broncho)?pneumonic infiltrat\w*",
+    r"leukemic infiltrat\w*",
 )
 
 CONCEPTS: tuple[Concept, ...] = (
@@ -235,31 +256,26 @@ CONCEPTS: tuple[Concept, ...] = (
     ),
     Concept(
         "Lung opacity",
+        include=(r"ground glass", r"\bopacit\w*", r"\bhazy", r"crazy paving"),
+        exclude=(_OPACITY_EXCLUDE,),
+        reject=_OPACITY_REJECT,
+        window=40,
+    ),
+    Concept(
+        "Lung opacity",
         include=(
-            r"ground glass",
-            r"\bopacit\w*",
             r"\binfiltrat\w*",
             r"\bdensity increase",
             r"\bincreased? (?:in )?density",
             r"\bincrease in (?:\w+ )?densit",
             r"\bdensities\b",
             r"\bdensity areas?",
-            r"\bhazy",
-            r"crazy paving",
             r"\balveolar (?:densit|opacit|infiltrat|pattern)",
             r"\bnodular densit",
         ),
-        exclude=(
-            _EXTRAPULMONARY + r"|fat density|fatty|sequel|fibro|hepatosteat|pleuroparenchymal|pleural parenchymal"
-            r"|soft tissue|water|fluid|material|stent|suture|calcific densit|bone|osteo|sclero|cyst",
-        ),
-        reject=(
-            r"\bactive infiltrat\w*",
-            r"\bpleuroparenchymal \w+ densit\w*",
-            r"ground glass (?:\w+ )?nodul\w*",
-            r"(?:broncho)?pneumonic infiltrat\w*",
-            r"leukemic infiltrat\w*",
-        ),
+        exclude=(_OPACITY_EXCLUDE,),
+        reject=_OPACITY_REJECT,
+        require=(_LUNG,),
         window=40,
     ),
     # Honeycombing and plain "reticular" densities were not counted as sequelae by the annotators.
@@ -319,8 +335,8 @@ CONCEPTS: tuple[Concept, ...] = (
     Concept(
         "Consolidation",
         include=(r"\bconsolidat\w*",),
-        # Annotators filed "ground glass consolidations" under lung opacity and "nodular consolidation" under nodules.
-        reject=(r"ground glass (?:\w+ )?consolidat\w*", r"nodular (?:\w+ )?consolidat\w*", r"loss of consolidat\w*"),
+        # Annotators filed "ground glass consolidations" under lung opacity only.
+        reject=(r"ground glass (?:\w+ )?consolidat\w*", r"loss of consolidat\w*"),
     ),
     Concept(
         "Bronchiectasis",
@@ -340,7 +356,9 @@ CONCEPTS: tuple[Concept, ...] = (
             r"septal (?:\w+ ){0,2}thicken",
             r"interlobular (?:\w+ ){0,3}thick",
             r"\bsepta\w* (?:\w+ ){0,3}thick",
-            r"thicken\w* (?:of )?(?:the )?(?:interlobular )?septa",
+            r"thicken\w* (?:\w+ ){0,6}?(?:interlobular |intralobular )?septa",
+            r"\binterstitial (?:\w+ )?thicken\w*",
+            r"(?:prominen\w*|clarification|accentuat\w*) (?:\w+ ){0,4}(?:interlobular )?septa",
             r"interlobular (?:\w+ ){0,2}lines?",
             r"\bseptal lines?",
         ),
