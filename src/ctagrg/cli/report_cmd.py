@@ -1,0 +1,156 @@
+"""``ctagrg report SCAN... --model DIR [--out OUT.jsonl] [--device cpu|cuda] [--batch-size N]``."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+DESCRIPTION = (
+    "Generate a report for each scan with a packaged model (Reporter.save_pretrained folder). SCAN may be a file "
+    "(NIfTI, NRRD, MHA/MHD, .zip), a DICOM folder, a folder of scans (searched recursively), a CT-RATE root, or a "
+    "CSV list (a 'path' column, or one path per row without a header; relative paths are relative to the CSV). "
+    "Each report is printed; with --out, one JSON line per scan is appended (input, name, report, abnormalities, "
+    "seconds) and scans already reported there are skipped, so an interrupted run resumes. A scan that fails gets an "
+    "{input, name, error} line and the others go on. Research software, not for diagnostic use."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("scans", nargs="+", metavar="SCAN", help="scan file, DICOM folder, folder of scans or CSV")
+    parser.add_argument("--model", required=True, help="packaged model folder")
+    parser.add_argument("--out", help="JSON-lines output (appended; resumable)")
+    parser.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (default)")
+    parser.add_argument("--batch-size", type=int, default=1, help="scans per model batch (default 1)")
+    parser.add_argument("--metadata", help="CT-RATE metadata CSV (rescale slope/intercept, spacing) for the scans")
+    parser.add_argument("--quiet", action="store_true", help="do not print the reports")
+
+
+def expand_csv_lists(scans: list[str]) -> list[str]:
+    """Replace each CSV argument by the paths it lists (a 'path' column, or no header and one path per row)."""
+    out: list[str] = []
+    for raw in scans:
+        path = Path(raw)
+        if path.suffix.lower() != ".csv":
+            out.append(raw)
+            continue
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: CSV list not found")
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.reader(fh))
+        if not rows:
+            raise ValueError(f"{path}: empty CSV list")
+        header = [c.strip().lower() for c in rows[0]]
+        col = header.index("path") if "path" in header else 0
+        body = rows[1:] if "path" in header else rows  # no 'path' header: one path per row
+        for row in body:
+            if row and row[col].strip():
+                entry = Path(row[col].strip())
+                out.append(str(entry if entry.is_absolute() else path.parent / entry))
+    return out
+
+
+def read_done(out: Path) -> set[str]:
+    """Inputs that already have a report line in ``out`` (error lines are retried)."""
+    done: set[str] = set()
+    if not out.is_file():
+        return done
+    for i, raw in enumerate(out.read_text(encoding="utf-8").splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            line = json.loads(raw)
+        except json.JSONDecodeError:
+            print(f"{out}:{i}: unreadable line skipped (an interrupted write?)", file=sys.stderr)
+            continue
+        if "report" in line and "input" in line:
+            done.add(line["input"])
+    return done
+
+
+def _report_batch(reporter: Any, items: list[Any]) -> list[dict[str, Any]]:
+    """Preprocess each item (failures become error lines), then report the good ones in one model batch."""
+    lines: list[dict[str, Any] | None] = [None] * len(items)
+    arrays, where, seconds = [], [], []
+    for k, item in enumerate(items):
+        start = time.perf_counter()
+        try:
+            from ctagrg.data.ctio import load_ct
+            from ctagrg.data.preprocess import preprocess_volume
+
+            arrays.append(preprocess_volume(load_ct(item.source, item.metadata), reporter.preprocess))
+            where.append(k)
+            seconds.append(time.perf_counter() - start)
+        except Exception as exc:  # noqa: BLE001 - a bad scan must not stop the batch
+            lines[k] = {"input": item.source, "name": item.name, "error": f"{type(exc).__name__}: {exc}"}
+    if arrays:
+        import numpy as np
+
+        start = time.perf_counter()
+        reports = reporter.report_volumes(np.stack(arrays))
+        share = (time.perf_counter() - start) / len(arrays)
+        for k, report, sec in zip(where, reports, seconds, strict=True):
+            lines[k] = {"input": items[k].source, "name": items[k].name, **report.to_dict(),
+                        "seconds": round(sec + share, 3)}
+    return [line for line in lines if line is not None]
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ctagrg.data.inputs import discover_inputs
+    from ctagrg.generation.reporter import Reporter
+    from ctagrg.utils.progress import progress
+
+    if args.batch_size < 1:
+        print(f"--batch-size: expected >= 1, got {args.batch_size}", file=sys.stderr)
+        return 2
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        items = discover_inputs(expand_csv_lists(args.scans), args.metadata)
+        reporter = Reporter.from_pretrained(args.model, device=device)
+    except (OSError, ValueError) as exc:
+        print(f"{exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else None
+    done = read_done(out) if out else set()
+    todo = [it for it in items if it.source not in done]
+    if done and len(todo) < len(items):
+        print(f"{out}: {len(items) - len(todo)} scan(s) already reported, skipped", file=sys.stderr)
+    failures = 0
+    fh = _open_append(out) if out else None
+    try:
+        batches = [todo[i : i + args.batch_size] for i in range(0, len(todo), args.batch_size)]
+        for batch in progress(batches, desc="reports", total=len(batches)):
+            for line in _report_batch(reporter, batch):
+                failures += "error" in line
+                _emit(line, fh, args.quiet)
+    finally:
+        if fh is not None:
+            fh.close()
+    return 1 if failures else 0
+
+
+def _open_append(out: Path) -> Any:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(out, "a+", encoding="utf-8")  # append-only log: each line is written whole, then flushed
+    fh.seek(0, 2)
+    if fh.tell():
+        fh.seek(fh.tell() - 1)
+        if fh.read(1) != "\n":  # a line cut by an earlier interruption: start ours on a fresh line
+            fh.write("\n")
+    return fh
+
+
+def _emit(line: dict[str, Any], fh: Any, quiet: bool) -> None:
+    if "error" in line:
+        print(f"{line['input']}: {line['error']}", file=sys.stderr)
+    elif not quiet:
+        print(f"== {line['input']}\n{line['report']}\n")
+    if fh is not None:
+        fh.write(json.dumps(line) + "\n")
+        fh.flush()

@@ -1,0 +1,108 @@
+"""``ctagrg report``: files, folders, CSV lists, DICOM; JSON lines; resume; a bad scan does not stop the batch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ctagrg.cli.main import main
+from ctagrg.labels import LABELS
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory, gpt2_tokenizer_dir: Path) -> Path:
+    from test_reporter import SHAPE, tiny_decoder, tiny_visual
+
+    from ctagrg.data.preprocess import PreprocessConfig
+    from ctagrg.generation.generate import GenerationSettings
+    from ctagrg.generation.reporter import Reporter, ReporterConfig
+    from ctagrg.models.decoder import load_tokenizer
+
+    torch.manual_seed(0)
+    reporter = Reporter(tiny_visual(), tiny_decoder(), load_tokenizer(gpt2_tokenizer_dir), [0.0] * 9 + [1.01] * 9,
+                        PreprocessConfig(spacing=(8.0, 4.0, 4.0), shape=SHAPE),
+                        ReporterConfig(generation=GenerationSettings(max_new_tokens=6)))
+    return reporter.save_pretrained(tmp_path_factory.mktemp("model") / "model")
+
+
+def write_scan(path: Path, seed: int) -> Path:
+    import nibabel as nib
+
+    hu = np.random.default_rng(seed).integers(-1000, 400, size=(20, 20, 14)).astype(np.int16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(hu, np.diag([2.0, 2.0, 5.0, 1.0])), path)
+    return path
+
+
+def read_lines(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_report_files_folders_csv_and_resume(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    one = write_scan(tmp_path / "one.nii.gz", 0)
+    write_scan(tmp_path / "folder" / "a.nii.gz", 1)
+    write_scan(tmp_path / "folder" / "sub" / "b.nii.gz", 2)
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"not a nifti")
+    write_scan(tmp_path / "listed" / "c.nii.gz", 3)
+    (tmp_path / "list.csv").write_text("path,note\nlisted/c.nii.gz,x\n")
+    out = tmp_path / "out" / "reports.jsonl"
+    argv = ["report", str(one), str(tmp_path / "folder"), str(bad), str(tmp_path / "list.csv"),
+            "--model", str(model_dir), "--out", str(out), "--batch-size", "2", "--device", "cpu"]
+    assert main(argv) == 1  # one scan failed
+    lines = read_lines(out)
+    assert len(lines) == 5
+    by_input = {line["input"]: line for line in lines}
+    assert set(by_input) == {str(one), str(tmp_path / "folder" / "a.nii.gz"), str(tmp_path / "folder" / "sub" /
+                             "b.nii.gz"), str(bad), str(tmp_path / "listed" / "c.nii.gz")}
+    assert set(by_input[str(bad)]) == {"input", "name", "error"} and "bad.nii.gz" in by_input[str(bad)]["error"]
+    good = by_input[str(one)]
+    assert set(good) == {"input", "name", "report", "abnormalities", "seconds"} and good["seconds"] > 0
+    assert list(good["abnormalities"]) == list(LABELS)
+    detected = [k for k, v in good["abnormalities"].items() if v["detected"]]
+    assert detected == list(LABELS[:9])  # thresholds 0 for the first 9 labels, above 1 for the rest
+    assert all(good["abnormalities"][k]["sentence"] is None for k in LABELS[9:])
+    printed = capsys.readouterr()
+    assert f"== {one}\n{good['report']}\n" in printed.out and "bad.nii.gz" in printed.err
+
+    # Resume: the four reported scans are skipped, only the failed one is tried again.
+    assert main(argv) == 1
+    again = read_lines(out)
+    assert len(again) == 6 and again[:5] == lines and again[5]["input"] == str(bad) and "error" in again[5]
+
+
+def test_resume_after_a_cut_line(model_dir: Path, tmp_path: Path) -> None:
+    scan = write_scan(tmp_path / "s.nii.gz", 5)
+    out = tmp_path / "r.jsonl"
+    out.write_text('{"input": "elsewhere", "report": "x"}\n{"input": "cut')  # an interrupted earlier write
+    assert main(["report", str(scan), "--model", str(model_dir), "--out", str(out), "--quiet"]) == 0
+    lines = out.read_text().splitlines()
+    assert len(lines) == 3 and json.loads(lines[2])["input"] == str(scan)
+
+
+def test_missing_model_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["report", "x.nii.gz", "--model", str(tmp_path)]) == 2
+    assert "not a packaged ctagrg model" in capsys.readouterr().err
+
+
+@pytest.mark.shared
+def test_real_cts_nifti_nrrd_dicom(model_dir: Path, shared_data: Path, tmp_path: Path) -> None:
+    ct = shared_data / "ct"
+    scans = [ct / "lung-pet-ct-dx-A0001.nii.gz", ct / "cip-ct64.nrrd", ct / "cip-ct64-dicom"]
+    out = tmp_path / "real.jsonl"
+    assert main(["report", *map(str, scans), "--model", str(model_dir), "--out", str(out), "--quiet"]) == 0
+    lines = read_lines(out)
+    assert [line["input"] for line in lines] == list(map(str, scans))
+    assert all("report" in line and len(line["abnormalities"]) == 18 for line in lines)
