@@ -1,0 +1,142 @@
+"""ctagrg.data.cache and the ``ctagrg preprocess`` cache builder (resume, bad files, shards, CT-RATE roots)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ct_fixtures import phantom_hu, write_dicom_series, write_nifti
+
+from ctagrg.cli.main import main
+from ctagrg.data.cache import CacheError, cache_path, load_cached, load_cached_tensor, read_cache_metadata, save_cached
+from ctagrg.data.cachebuild import shard_items
+from ctagrg.data.inputs import InputItem, discover_inputs
+
+SMALL = ["--set", "shape=[12,16,16]", "--set", "spacing=[4.0,2.0,2.0]"]
+
+
+def test_roundtrip_error_bounded_and_ends_exact(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    x = (rng.random((6, 7, 8), dtype=np.float32) - 0.449).astype(np.float32)
+    x[0] = -0.449  # padding / air
+    x[1] = 0.551  # top of the window
+    path = cache_path(tmp_path, "vol")
+    save_cached(path, x, -0.449, 0.551, {"source": "s.nii.gz"})
+    y = load_cached(path)
+    assert y.dtype == np.float32 and y.shape == x.shape
+    assert np.abs(y - x).max() <= 0.5 / 255 + 1e-6
+    np.testing.assert_array_equal(y[0], np.float32(-0.449))
+    assert np.allclose(y[1], 0.551, atol=1e-6)
+    meta = read_cache_metadata(path)
+    assert meta["shape"] == (6, 7, 8) and meta["extra"] == {"source": "s.nii.gz"} and meta["lo"] == -0.449
+    assert path.stat().st_size < x.size + 1024  # one byte per voxel plus a small header
+    assert tuple(load_cached_tensor(path).shape) == (6, 7, 8)
+
+
+def test_cache_errors(tmp_path: Path) -> None:
+    with pytest.raises(CacheError, match="cache file not found"):
+        load_cached(tmp_path / "nope.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    with pytest.raises(CacheError, match="bad.safetensors: not a readable cache file"):
+        load_cached(bad)
+    with pytest.raises(ValueError, match="plain file stem"):
+        cache_path(tmp_path, "a/b")
+
+
+def _read_manifest(out: Path) -> dict[str, dict[str, str]]:
+    with open(out / "manifest.csv", newline="") as fh:
+        return {r["name"]: r for r in csv.DictReader(fh)}
+
+
+@pytest.fixture()
+def scans(tmp_path: Path) -> Path:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_nifti(folder / "good1.nii.gz", phantom_hu((16, 16, 8)), np.diag([-2.0, -2.0, 4.0, 1.0]))
+    write_nifti(folder / "good2.nii", phantom_hu((16, 16, 8), seed=1), np.diag([2.0, 2.0, 4.0, 1.0]))
+    (folder / "broken.nii.gz").write_bytes((folder / "good1.nii.gz").read_bytes()[:500])
+    write_dicom_series(folder / "patient" / "series", phantom_hu((8, 16, 16)), spacing=(4.0, 2.0, 2.0))
+    return folder
+
+
+def test_cli_survives_a_bad_file_and_resumes(scans: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "cache"
+    assert main(["preprocess", str(scans), "--out", str(out), *SMALL]) == 1
+    err = capsys.readouterr()
+    assert "broken.nii.gz: cannot read" in err.err
+    assert "3 done, 0 already cached, 1 failed" in err.out
+    rows = _read_manifest(out)
+    assert {n: r["status"] for n, r in rows.items()} == {"good1": "ok", "good2": "ok", "series": "ok",
+                                                         "broken": "failed"}
+    assert rows["good1"]["shape"] == "16x16x8" and rows["good1"]["spacing"] == "2x2x4"
+    assert rows["good1"]["out_shape"] == "12x16x16" and float(rows["good1"]["seconds"]) > 0
+    assert load_cached(cache_path(out, "series")).shape == (12, 16, 16)
+    assert json.loads((out / "preprocess.json").read_text())["shape"] == [12, 16, 16]
+    before = cache_path(out, "good1").stat().st_mtime_ns
+    assert main(["preprocess", str(scans), "--out", str(out), *SMALL]) == 1
+    assert "0 done, 3 already cached, 1 failed" in capsys.readouterr().out
+    assert cache_path(out, "good1").stat().st_mtime_ns == before
+    assert _read_manifest(out)["good1"]["out_shape"] == "12x16x16"  # the old row is kept on resume
+
+
+def test_cli_refuses_another_config_in_the_same_folder(scans: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "cache"
+    main(["preprocess", str(scans / "good1.nii.gz"), "--out", str(out), *SMALL])
+    assert main(["preprocess", str(scans / "good1.nii.gz"), "--out", str(out)]) == 2
+    assert "made with another preprocessing config" in capsys.readouterr().err
+
+
+def test_shards_partition_the_items_and_merge_manifests(scans: Path, tmp_path: Path) -> None:
+    items = discover_inputs([scans])
+    parts = [shard_items(items, (i, 3)) for i in range(3)]
+    names = [it.name for part in parts for it in part]
+    assert sorted(names) == sorted(it.name for it in items) and len(set(names)) == len(names)
+    out = tmp_path / "cache"
+    good = [str(scans / "good1.nii.gz"), str(scans / "good2.nii")]
+    assert main(["preprocess", *good, "--out", str(out), "--shard", "0/2", *SMALL]) == 0
+    assert main(["preprocess", *good, "--out", str(out), "--shard", "1/2", *SMALL]) == 0
+    assert set(_read_manifest(out)) == {"good1", "good2"}
+    assert (out / "manifest.shard-1-of-2.csv").is_file()
+    with pytest.raises(SystemExit):
+        main(["preprocess", *good, "--out", str(out), "--shard", "2/2"])
+
+
+@pytest.mark.slow
+def test_workers_use_processes(scans: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cache"
+    good = [str(scans / "good1.nii.gz"), str(scans / "good2.nii")]
+    assert main(["preprocess", *good, "--out", str(out), "--workers", "2", *SMALL]) == 0
+    np.testing.assert_array_equal(load_cached(cache_path(out, "good2")).shape, (12, 16, 16))
+
+
+def test_discover_inputs_names_and_failures(scans: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    write_nifti(other / "good1.nii.gz", phantom_hu((8, 8, 8)), np.eye(4))
+    (tmp_path / "empty").mkdir()
+    items = discover_inputs([scans, other, tmp_path / "empty", tmp_path / "missing.nrrd"])
+    names = sorted(i.name for i in items)
+    assert [n for n in names if n.startswith("good1-")] and len([n for n in names if n.startswith("good1")]) == 2
+    assert {"good2", "series", "broken", "empty", "missing"} <= set(names)
+    assert InputItem("empty", str(tmp_path / "empty")) in items
+
+
+def test_ctrate_root_input_uses_metadata(tmp_path: Path) -> None:
+    root = tmp_path / "ctrate"
+    vol_dir = root / "valid_fixed" / "valid_3" / "valid_3_a"
+    vol_dir.mkdir(parents=True)
+    raw = (phantom_hu((16, 16, 8)) + 1024).astype(np.int16)  # raw values, needs intercept -1024
+    write_nifti(vol_dir / "valid_3_a_1.nii.gz", raw, np.eye(4))
+    (root / "metadata").mkdir()
+    (root / "metadata" / "validation_metadata.csv").write_text(
+        'VolumeName,XYSpacing,ZSpacing,RescaleSlope,RescaleIntercept\n'
+        'valid_3_a_1.nii.gz,"[2.0, 2.0]",4.0,1,-1024\n')
+    out = tmp_path / "cache"
+    assert main(["preprocess", str(root), "--out", str(out), *SMALL]) == 0
+    row = _read_manifest(out)["valid_3_a_1"]
+    assert row["spacing"] == "2x2x4" and row["hu_min"].startswith("-10")
