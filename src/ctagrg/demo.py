@@ -1,0 +1,287 @@
+"""The end-to-end demo: phantom dataset -> preprocess -> pretrain -> step 1 (+ thresholds) -> embedding cache ->
+step 2 -> package -> evaluate, on synthetic CT-RATE-style phantoms, on a CPU.
+
+Each stage calls the other parts' public Python APIs (or their CLI entry points where that is the contract),
+writes into its own folder under ``out_dir`` and, when it succeeds, a marker ``out_dir/stages/<stage>.json``
+(with its seconds). A rerun skips every stage whose marker exists, so an interrupted demo resumes cheaply;
+``--force STAGE`` reruns one stage and everything after it. The result, ``out_dir/model``, is a packaged model
+that ``ctagrg report`` loads. Research software, not for diagnostic use.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ctagrg.utils.atomic import write_json_atomic
+
+STAGES: tuple[str, ...] = ("phantoms", "preprocess", "pretrain", "classifier", "embeddings", "decoder", "package",
+                           "evaluate")
+
+
+@dataclass
+class DemoPreset:
+    """Sizes and epochs of one demo flavour. ``full`` targets <= 15 min on 2 cores, ``quick`` <= 3 min."""
+
+    n_volumes: int
+    pretrain_epochs: int
+    classifier_epochs: int
+    decoder_epochs: int
+    bootstrap: int
+    meteor: bool = True
+
+
+PRESETS: dict[str, DemoPreset] = {
+    "full": DemoPreset(n_volumes=400, pretrain_epochs=8, classifier_epochs=6, decoder_epochs=12, bootstrap=1000),
+    "quick": DemoPreset(n_volumes=80, pretrain_epochs=3, classifier_epochs=2, decoder_epochs=4, bootstrap=200),
+}
+
+
+@dataclass
+class DemoConfig:
+    """What ``ctagrg demo`` runs. ``overrides`` are ``stage.key=value`` strings applied to a stage's config,
+    e.g. ``pretrain.train.lr=3e-4`` (stages: pretrain, classifier, decoder)."""
+
+    out_dir: str = "demo_out"
+    quick: bool = False
+    seed: int = 0
+    threads: int = 2
+    n_volumes: int = 0  # 0: the preset's
+    overrides: list[str] = field(default_factory=list)
+    force: str | None = None  # rerun this stage and every later one
+
+    @property
+    def preset(self) -> DemoPreset:
+        preset = PRESETS["quick" if self.quick else "full"]
+        if self.n_volumes:
+            preset = DemoPreset(**{**preset.__dict__, "n_volumes": self.n_volumes})
+        return preset
+
+
+@dataclass
+class Stage:
+    name: str
+    run: Callable[[Path, DemoConfig], dict[str, Any] | None]
+    describe: str
+
+
+class DemoError(RuntimeError):
+    """A stage failed; the message names the stage and what went wrong."""
+
+
+def _paths(out: Path) -> dict[str, Path]:
+    return {"data": out / "data", "cache": out / "cache", "pretrain": out / "runs" / "pretrain",
+            "classifier": out / "runs" / "classifier", "embeddings": out / "embeddings",
+            "decoder": out / "runs" / "decoder", "model": out / "model", "eval": out / "eval", "text": out / "text"}
+
+
+def marker(out: Path, stage: str) -> Path:
+    return out / "stages" / f"{stage}.json"
+
+
+def stages_to_run(out: Path, force: str | None) -> list[str]:
+    """Stages without a marker, plus ``force`` and every stage after it."""
+    if force is not None and force not in STAGES:
+        raise DemoError(f"unknown stage {force!r}; stages: {', '.join(STAGES)}")
+    forced = set(STAGES[STAGES.index(force):]) if force else set()
+    return [s for s in STAGES if s in forced or not marker(out, s).is_file()]
+
+
+def run_stages(stages: list[Stage], cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, float]:
+    """Run ``stages`` in order, skipping finished ones; return seconds per stage run (skipped: 0)."""
+    out = Path(cfg.out_dir)
+    todo = set(stages_to_run(out, cfg.force))
+    seconds: dict[str, float] = {}
+    for k, stage in enumerate(stages, 1):
+        head = f"[{k}/{len(stages)}] {stage.name}"
+        if stage.name not in todo:
+            log(f"{head}: done earlier, skipped ({marker(out, stage.name)})")
+            seconds[stage.name] = 0.0
+            continue
+        log(f"{head}: {stage.describe}")
+        marker(out, stage.name).unlink(missing_ok=True)
+        start = time.perf_counter()
+        try:
+            info = stage.run(out, cfg) or {}
+        except Exception as exc:
+            raise DemoError(f"stage {stage.name} failed: {type(exc).__name__}: {exc}") from exc
+        seconds[stage.name] = round(time.perf_counter() - start, 1)
+        write_json_atomic(marker(out, stage.name), {"seconds": seconds[stage.name], **info})
+        log(f"{head}: finished in {seconds[stage.name]:.1f} s")
+    return seconds
+
+
+def _cli(argv: list[str]) -> None:
+    """Run a ``ctagrg`` subcommand in this process; a non-zero exit code is an error."""
+    from ctagrg.cli.main import main as cli_main
+
+    code = cli_main([str(a) for a in argv])
+    if code != 0:
+        raise RuntimeError(f"`ctagrg {' '.join(map(str, argv))}` exited with code {code}")
+
+
+def stage_overrides(cfg: DemoConfig, stage: str) -> list[str]:
+    """The ``--set`` overrides addressed to ``stage`` (``stage.key=value`` -> ``key=value``)."""
+    return [o.split(".", 1)[1] for o in cfg.overrides if o.split("=", 1)[0].split(".", 1)[0] == stage and "." in o]
+
+
+def config_dir() -> Path:
+    """configs/demo of this checkout (the demo runs from a clone: ``make demo``)."""
+    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        if (base / "configs" / "demo").is_dir():
+            return base / "configs" / "demo"
+    raise FileNotFoundError("configs/demo not found in the working directory or beside the package source; "
+                            "run the demo from the repository root")
+
+
+def _phantoms(out: Path, cfg: DemoConfig) -> dict[str, Any]:
+    n = cfg.preset.n_volumes
+    _cli(["phantom", "--out", _paths(out)["data"], "--n", n, "--seed", cfg.seed, "--size", "small",
+          "--workers", cfg.threads])
+    return {"volumes": n}
+
+
+def _preprocess(out: Path, cfg: DemoConfig) -> dict[str, Any]:
+    p = _paths(out)
+    _cli(["preprocess", p["data"], "--out", p["cache"], "--config", config_dir() / "preprocess.yaml",
+          "--workers", cfg.threads])
+    return {}
+
+
+def _merge_csvs(data: Path, folder: str, pattern: str, splits: tuple[str, ...], target: Path) -> Path:
+    import pandas as pd
+
+    frames = [pd.read_csv(data / folder / pattern.format(split=s)) for s in splits
+              if (data / folder / pattern.format(split=s)).is_file()]
+    from ctagrg.utils.atomic import atomic_path
+
+    with atomic_path(target, suffix=".csv") as tmp:
+        pd.concat(frames, ignore_index=True).to_csv(tmp, index=False)
+    return target
+
+
+def _train(task: str, out: Path, cfg: DemoConfig, overrides: list[str]) -> Path:
+    """Train one stage through the shared loop: configs/demo/<task>.yaml + the demo's overrides + the user's."""
+    from ctagrg.config import load_config
+    from ctagrg.training.loop import train
+    from ctagrg.training.task import get_task
+
+    task_cls = get_task(task)
+    task_cfg = load_config(task_cls.Config, config_dir() / f"{task}.yaml", overrides + stage_overrides(cfg, task))
+    return Path(train(task_cls(task_cfg)))
+
+
+def _visual_overrides(out: Path, cfg: DemoConfig, epochs: int) -> list[str]:
+    p = _paths(out)
+    return [f"train.epochs={epochs}", f"train.seed={cfg.seed}", f"data.cache_dir={p['cache']}",
+            f"data.labels_csv={p['text'] / 'labels.csv'}"]
+
+
+def _pretrain(out: Path, cfg: DemoConfig) -> dict[str, Any]:
+    p = _paths(out)
+    _merge_csvs(p["data"], "multi_abnormality_labels", "{split}_predicted_labels.csv", ("train", "valid", "test"),
+                p["text"] / "labels.csv")
+    best = _train("pretrain", out, cfg, _visual_overrides(out, cfg, cfg.preset.pretrain_epochs)
+                  + [f"train.out_dir={p['pretrain']}"])
+    return {"best": str(best)}
+
+
+def _classifier(out: Path, cfg: DemoConfig) -> dict[str, Any]:
+    p = _paths(out)
+    best = _train("classifier", out, cfg, _visual_overrides(out, cfg, cfg.preset.classifier_epochs)
+                  + [f"train.out_dir={p['classifier']}", f"init_from={p['pretrain'] / 'best'}"])
+    return {"best": str(best)}
+
+
+def _embeddings(out: Path, cfg: DemoConfig) -> dict[str, Any]:
+    from ctagrg.training.embedding_cache import EmbeddingCacheConfig, build_from_config
+
+    p = _paths(out)
+    reports = _merge_csvs(p["data"], "radiology_text_reports", "{split}_reports.csv", ("train", "valid"),
+                          p["text"] / "reports_train_valid.csv")
+    sentences = p["text"] / "sentences_train_valid.csv"
+    _cli(["sentences", reports, "--out", sentences, "--text-columns", "Findings_EN"])
+    build_from_config(EmbeddingCacheConfig(out_dir=str(p["embeddings"]), step1_dir=str(p["classifier"] / "best"),
+                                           volume_cache=str(p["cache"]), labels_csv=str(p["text"] / "labels.csv"),
+                                           sentences_csv=str(sentences), device="cpu"))
+    return {}
+
+
+def _decoder(out: Path, cfg: DemoConfig) -> dict[str, Any]:
+    p = _paths(out)
+    best = _train("decoder", out, cfg, [f"train.out_dir={p['decoder']}", f"train.epochs={cfg.preset.decoder_epochs}",
+                                        f"train.seed={cfg.seed}", f"embeddings.out_dir={p['embeddings']}"])
+    return {"best": str(best)}
+
+
+def _package(out: Path, cfg: DemoConfig) -> dict[str, Any]:
+    from ctagrg.generation.reporter import Reporter
+
+    p = _paths(out)
+    card = {"training_data": f"synthetic phantoms (ctagrg phantom --n {cfg.preset.n_volumes} --seed {cfg.seed} "
+                             "--size small), train split; demo model, not for any clinical use"}
+    reporter = Reporter.from_training_outputs(p["classifier"] / "best", p["decoder"] / "best",
+                                              preprocess=config_dir() / "preprocess.yaml", card=card)
+    reporter.save_pretrained(p["model"])
+    return {"model": str(p["model"])}
+
+
+def _evaluate(out: Path, cfg: DemoConfig) -> dict[str, Any]:
+    from ctagrg.evaluation.evaluate import EvaluateConfig, evaluate
+
+    p = _paths(out)
+    ecfg = EvaluateConfig(split="test", cache_dir=str(p["cache"]), meteor=cfg.preset.meteor,
+                          bootstrap=cfg.preset.bootstrap, seed=cfg.seed, batch_size=8)
+    metrics = evaluate(p["model"], p["data"], p["eval"], ecfg)
+    return {"headline": metrics["headline"]}
+
+
+def build_stages() -> list[Stage]:
+    """The demo's stages in order (names as in :data:`STAGES`)."""
+    return [
+        Stage("phantoms", _phantoms, "synthetic CT-RATE-style phantoms (ctagrg phantom)"),
+        Stage("preprocess", _preprocess, "preprocess into the volume cache (ctagrg preprocess)"),
+        Stage("pretrain", _pretrain, "pretrain the encoder with an 18-label head"),
+        Stage("classifier", _classifier, "step 1: 18 projection heads and classifiers, then thresholds"),
+        Stage("embeddings", _embeddings, "target sentences (ctagrg sentences) and the step-2 embedding cache"),
+        Stage("decoder", _decoder, "step 2: GPT-2 decoder with pseudo self-attention"),
+        Stage("package", _package, "package the model into DIR/model (Reporter.save_pretrained)"),
+        Stage("evaluate", _evaluate, "evaluate on the phantom test split (ctagrg evaluate)"),
+    ]
+
+
+def examples_text(eval_dir: Path, n: int = 3) -> str:
+    """``n`` generated reports beside their references, from the evaluation's predictions and references."""
+    metrics_path = eval_dir / "examples.json"
+    if not metrics_path.is_file():
+        return ""
+    examples = json.loads(metrics_path.read_text(encoding="utf-8"))[:n]
+    blocks = [f"--- {e['name']}\n  generated: {e['generated']}\n  reference: {e['reference']}" for e in examples]
+    return "\n".join(blocks)
+
+
+def main(cfg: DemoConfig, log: Callable[[str], None] = print) -> int:
+    """Run the demo; print examples and headline metrics. Returns a process exit code."""
+    import torch
+
+    from ctagrg.evaluation.evaluate import headline_table, load_metrics
+
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        seconds = run_stages(build_stages(), cfg, log)
+    except DemoError as exc:
+        print(f"ctagrg demo: {exc}", file=sys.stderr)
+        return 1
+    metrics = load_metrics(_paths(out)["eval"] / "metrics.json")
+    log("\nExample reports (phantom test split):\n" + examples_text(_paths(out)["eval"]))
+    log("\nHeadline metrics (95% bootstrap CI):\n" + headline_table(metrics))
+    log(f"\nstage seconds: {json.dumps(seconds)}; total {sum(seconds.values()):.0f} s")
+    log(f"next: ctagrg report {_paths(out)['data']}/test --model {_paths(out)['model']} --out reports.jsonl")
+    return 0
