@@ -19,7 +19,7 @@ from ctagrg.phantom.shapes import Grid, _soft, capsule, ellipsoid, lattice_field
 
 SIDES = ("right", "left")
 SIGN = {"right": -1.0, "left": 1.0}  # x sign of each side in the patient frame
-HU = {"air": -1000.0, "lung": -860.0, "fat": -100.0, "mediastinum": -80.0, "muscle": 45.0, "blood": 40.0,
+HU = {"air": -1000.0, "lung": -860.0, "fat": -100.0, "mediastinum": -80.0, "muscle": 45.0, "blood": 45.0, "fluid": 5.0,
       "liver": 55.0, "bone": 250.0, "cortex": 600.0, "wall": 20.0}
 
 
@@ -127,8 +127,8 @@ def sample_anatomy(rng: np.random.Generator, z_extent: float) -> Anatomy:
         dome = z_recess + rng.uniform(0.2, 0.26) * height - (8.0 if side == "left" else 0.0)
         lungs[side] = Lung(xc=SIGN[side] * 0.5 * cax, yc=0.05 * cay, ax=rng.uniform(0.43, 0.47) * cax,
                            ay=0.9 * cay, z_apex=z_apex, z_recess=z_recess, z_dome=dome)
-    hr = np.array([0.42 * cax, 0.5 * cay, rng.uniform(44, 54)], np.float32)
-    heart_c = np.array([0.18 * cax, -0.28 * cay, lungs["left"].z_dome + 0.75 * hr[2]], np.float32)
+    hr = np.array([0.42 * cax, 0.55 * cay, rng.uniform(44, 54)], np.float32)
+    heart_c = np.array([0.18 * cax, -0.33 * cay, lungs["left"].z_dome + 0.75 * hr[2]], np.float32)
     spine_y = cay - 4.0
     carina = np.array([0.0, spine_y - 52.0, z_apex - rng.uniform(0.3, 0.36) * height], np.float32)
     aorta = _aorta_path(heart_c, hr, carina, spine_y, cax, cay, z_bottom)
@@ -152,14 +152,23 @@ def _aorta_path(heart_c: np.ndarray, hr: np.ndarray, carina: np.ndarray, spine_y
     return [np.asarray(p, np.float32) for p in [root, *arch, bottom]]
 
 
-def _airway_targets(rng: np.random.Generator, anat: Anatomy, side: str, n: int = 14) -> list[np.ndarray]:
-    """Peripheral end points of the bronchovascular bundles, spread over the lobes of one lung."""
+AIRWAYS_PER_LOBE = {"upper": 5, "middle": 3, "lower": 6}
+
+
+def _airway_targets(rng: np.random.Generator, anat: Anatomy, side: str) -> list[np.ndarray]:
+    """Peripheral end points of the bronchovascular bundles, a fixed number per lobe (so every lobe has airways
+    that bronchiectasis can dilate)."""
     lung, out = anat.lungs[side], []
-    while len(out) < n:
-        p = np.array([lung.xc + rng.uniform(-1, 1) * lung.ax, lung.yc + rng.uniform(-1, 1) * lung.ay,
-                      rng.uniform(lung.z_recess, lung.z_apex)], np.float32)
-        if lung.signed_mm(*p) > 12.0:
-            out.append(p)
+    for lobe, n in AIRWAYS_PER_LOBE.items():
+        if lobe == "middle" and side == "left":
+            continue
+        found = 0
+        while found < n:
+            p = np.array([lung.xc + rng.uniform(-1, 1) * lung.ax, lung.yc + rng.uniform(-1, 1) * lung.ay,
+                          rng.uniform(lung.z_recess, lung.z_apex)], np.float32)
+            if lung.signed_mm(*p) > 12.0 and lung.lobe(side, *[np.array([v]) for v in p])[0] == lobe:
+                out.append(p)
+                found += 1
     return out
 
 
@@ -253,9 +262,10 @@ def _draw_mediastinum(canvas: Canvas, anat: Anatomy) -> None:
     """Pericardial fluid (if any), heart, aorta, esophagus, trachea and main bronchi."""
     g = canvas.grid
     center, radii = anat.heart()
-    canvas.organ(ellipsoid(g, center, radii + 3.0), HU["mediastinum"])  # epicardial fat
+    # Pericardial fat outlines the pericardial sac, so fluid inside it reads as a distinct darker rim.
+    canvas.organ(ellipsoid(g, center, radii + anat.pericardial_mm + 3.0), HU["mediastinum"])
     if anat.pericardial_mm > 0:
-        canvas.organ(ellipsoid(g, center, radii + anat.pericardial_mm), 10.0)
+        canvas.organ(ellipsoid(g, center, radii + anat.pericardial_mm), HU["fluid"])
     canvas.organ(ellipsoid(g, center, radii), HU["blood"])
     for p0, p1 in zip(anat.aorta[:-1], anat.aorta[1:], strict=True):
         canvas.organ(capsule(g, p0, p1, anat.aorta_radius), HU["blood"])

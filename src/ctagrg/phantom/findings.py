@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ctagrg.labels import LABELS
-from ctagrg.phantom.anatomy import SIDES, Anatomy
+from ctagrg.phantom.anatomy import SIDES, SIGN, Anatomy
 
 # Label prevalence among non-normal patients, tuned so that overall rates match CT-RATE's development set.
 BASE_PREVALENCE: dict[str, float] = {
@@ -135,6 +135,12 @@ def point_in_lobe(rng: np.random.Generator, anat: Anatomy, side: str, lobe: str 
     raise RuntimeError(f"could not place a point {margin:.1f} mm inside the {side} {lobe or ''} lung")
 
 
+def _mid_lung(anat: Anatomy, side: str = "right") -> np.ndarray:
+    """A representative point half-way up one lung (for findings that have no single location)."""
+    lung = anat.lung(side)
+    return np.array([lung.xc, lung.yc, lung.z_recess + 0.6 * (lung.z_apex - lung.z_recess)], np.float32)
+
+
 def _lobe_name(side: str, lobe: str) -> str:
     return f"{side} {lobe} lobe"
 
@@ -163,8 +169,10 @@ def _pleural_effusion(rng: np.random.Generator, anat: Anatomy) -> Finding:
     side = _side(rng, 0.45)
     depth = float(np.round(rng.uniform(15, 45)))
     extent = "small" if depth < 22 else "moderate" if depth < 35 else "large"
+    lung = anat.lung(_sides(side)[0])
+    center = np.array([lung.xc, lung.yc + 0.75 * lung.ay, lung.z_recess + 15.0], np.float32)
     return Finding("Pleural effusion", side=side, size_mm=depth, extent=extent, region="dependent posterior",
-                   params={"height_mm": depth * 2.5})
+                   center=center, params={"height_mm": depth * 2.5})
 
 
 def _atelectasis(rng: np.random.Generator, anat: Anatomy) -> Finding:
@@ -195,7 +203,10 @@ def _opacity(rng: np.random.Generator, anat: Anatomy) -> Finding:
 
 def _emphysema(rng: np.random.Generator, anat: Anatomy) -> Finding:
     extent = str(rng.choice(("mild", "moderate", "severe")))
+    lung = anat.lung("right")
+    center = np.array([lung.xc, lung.yc, lung.z_recess + 0.8 * (lung.z_apex - lung.z_recess)], np.float32)
     return Finding("Emphysema", side="bilateral", lobe="upper lobes", extent=extent, region="centrilobular",
+                   center=center,
                    params={"threshold": {"mild": 0.35, "moderate": 0.15, "severe": -0.05}[extent],
                            "seed": int(rng.integers(2**31))})
 
@@ -214,19 +225,21 @@ def _fibrosis(rng: np.random.Generator, anat: Anatomy) -> Finding:
 
 
 def _mosaic(rng: np.random.Generator, anat: Anatomy) -> Finding:
-    return Finding("Mosaic attenuation pattern", side="bilateral", extent="diffuse",
+    return Finding("Mosaic attenuation pattern", side="bilateral", extent="diffuse", center=_mid_lung(anat),
                    params={"amplitude": rng.uniform(85, 110), "seed": int(rng.integers(2**31))})
 
 
 def _septal(rng: np.random.Generator, anat: Anatomy) -> Finding:
     side = _side(rng, 0.75)
     return Finding("Interlobular septal thickening", side=side, region="peripheral", extent="smooth",
+                   center=_mid_lung(anat, _sides(side)[0]),
                    params={"seed": int(rng.integers(2**31))})
 
 
 def _peribronchial(rng: np.random.Generator, anat: Anatomy) -> Finding:
     anat.airway_wall_mm = float(rng.uniform(3.0, 3.8))
-    return Finding("Peribronchial thickening", side="bilateral", extent="diffuse", size_mm=anat.airway_wall_mm)
+    return Finding("Peribronchial thickening", side="bilateral", extent="diffuse", size_mm=anat.airway_wall_mm,
+                   center=_mid_lung(anat))
 
 
 def _bronchiectasis(rng: np.random.Generator, anat: Anatomy) -> Finding:
@@ -234,19 +247,24 @@ def _bronchiectasis(rng: np.random.Generator, anat: Anatomy) -> Finding:
     for s in _sides(side):
         anat.ectatic[s] = ("lower", "middle") if s == "right" else ("lower",)
     lobe = "lower lobes" if side == "bilateral" else _lobe_name(side, "lower")
-    return Finding("Bronchiectasis", side=side, lobe=lobe, extent="cylindrical")
+    first = _sides(side)[0]
+    lung = anat.lungs[first]
+    lower = [t for t in anat.airway_targets[first] if lung.lobe(first, *[np.array([v]) for v in t])[0] == "lower"]
+    center = anat.hilum(first) + 0.6 * (lower[0] - anat.hilum(first)) + np.array([0.0, 0.0, 6.0], np.float32)
+    return Finding("Bronchiectasis", side=side, lobe=lobe, extent="cylindrical", center=center)
 
 
 def _cardiomegaly(rng: np.random.Generator, anat: Anatomy) -> Finding:
     extent = str(rng.choice(("mild", "moderate", "marked")))
     anat.heart_scale = {"mild": 1.28, "moderate": 1.36, "marked": 1.45}[extent] * rng.uniform(0.98, 1.02)
-    return Finding("Cardiomegaly", extent=extent, region="heart")
+    return Finding("Cardiomegaly", extent=extent, region="heart", center=anat.heart()[0])
 
 
 def _pericardial(rng: np.random.Generator, anat: Anatomy) -> Finding:
     anat.pericardial_mm = float(np.round(rng.uniform(7, 18)))
     extent = "small" if anat.pericardial_mm < 11 else "moderate"
-    return Finding("Pericardial effusion", size_mm=anat.pericardial_mm, extent=extent, region="pericardium")
+    return Finding("Pericardial effusion", size_mm=anat.pericardial_mm, extent=extent, region="pericardium",
+                   center=anat.heart()[0])
 
 
 def _arterial(rng: np.random.Generator, anat: Anatomy) -> Finding:
@@ -261,7 +279,8 @@ def _arterial(rng: np.random.Generator, anat: Anatomy) -> Finding:
         c = anat.aorta[k] + t * (anat.aorta[k + 1] - anat.aorta[k])
         d = rng.normal(size=3)
         plaques.append(c + (anat.aorta_radius - 1.0) * d / np.linalg.norm(d))
-    return Finding("Arterial wall calcification", region=region, extent=extent, params={"plaques": plaques})
+    return Finding("Arterial wall calcification", region=region, extent=extent, center=plaques[0],
+                   params={"plaques": plaques})
 
 
 # Directions (patient frame, before scaling by the heart radii) of the coronary courses on the heart surface.
@@ -274,7 +293,10 @@ def _coronary(rng: np.random.Generator, anat: Anatomy) -> Finding:
     names = list(CORONARY_PATHS)
     chosen = sorted(rng.choice(names, size=int(rng.integers(1, 4)), replace=False), key=names.index)
     extent = str(rng.choice(("focal", "multifocal")))
+    heart_c, heart_r = anat.heart()
+    d = np.array(CORONARY_PATHS[chosen[0]][0], np.float32)
     return Finding("Coronary artery wall calcification", region=", ".join(chosen), extent=extent,
+                   center=heart_c + heart_r * d / np.linalg.norm(d),
                    params={"vessels": chosen, "per_vessel": 3 if extent == "focal" else 5})
 
 
@@ -314,7 +336,15 @@ def _device(rng: np.random.Generator, anat: Anatomy) -> Finding:
     device = str(rng.choice(DEVICES))
     side = None if device == "sternotomy wires" else ("left" if device == "pacemaker" and rng.random() < 0.8
                                                       else str(rng.choice(SIDES)))
-    return Finding("Medical material", side=side, region=device,
+    if device == "sternotomy wires":
+        z = 0.5 * (anat.carina[2] + 30.0 + anat.heart_center[2] - 20.0)
+        center = np.array([0.0, -anat.cavity_ay - 0.5 * anat.muscle_mm, z], np.float32)
+    elif device == "central venous catheter":
+        center = np.array([-0.1 * anat.cavity_ax, -0.3 * anat.cavity_ay, anat.carina[2]], np.float32)
+    else:  # the port reservoir or pacemaker generator in the anterior chest wall
+        center = np.array([SIGN[side] * 0.45 * anat.body_ax, -anat.body_ay + 0.5 * anat.fat_mm + 2.0,
+                           anat.lungs[side].z_apex - 35.0], np.float32)
+    return Finding("Medical material", side=side, region=device, center=center,
                    params={"device": device, "side": side, "n_wires": int(rng.integers(4, 7))})
 
 

@@ -18,7 +18,7 @@ from ctagrg.phantom.shapes import _soft, capsule, ellipsoid, lattice_field, pain
 
 METAL_HU = 2500.0
 CALCIUM_HU = 800.0
-FLUID_HU = 10.0
+FLUID_HU = HU["fluid"]
 SOLID_HU = 40.0
 
 
@@ -154,7 +154,7 @@ def _device(c: Canvas, a: Anatomy, f: Finding) -> None:
         return
     s, z_apex = SIGN[side], a.lungs[side].z_apex
     heart_c, heart_r = a.heart()
-    entry = np.array([s * 0.45 * a.body_ax, -a.body_ay + 0.5 * a.fat_mm + 2.0, z_apex - 35.0], np.float32)
+    entry = f.center  # reservoir / generator pocket (findings._device)
     vein = np.array([s * 0.2 * a.cavity_ax, -0.35 * a.cavity_ay, z_apex - 5.0], np.float32)
     svc = np.array([-0.1 * a.cavity_ax, -0.3 * a.cavity_ay, a.carina[2]], np.float32)
     atrium = np.array([-0.1 * a.cavity_ax, heart_c[1], heart_c[2] + 0.3 * heart_r[2]], np.float32)
