@@ -2,7 +2,8 @@
 
 Outputs in ``out_dir``: ``predictions.jsonl`` (the ``ctagrg report`` line format; resumable), ``metrics.json``
 (classification, clinical, NLG, grounding on phantoms, bootstrap 95% CIs), ``examples.json`` (every generated
-report beside its reference) and ``report.md`` / ``report.html`` with figures (see :mod:`ctagrg.evaluation.report_render`). What every number means is in docs/evaluation.md.
+report beside its reference) and ``report.md`` / ``report.html`` with figures (see
+:mod:`ctagrg.evaluation.report_render`). What every number means is in docs/evaluation.md.
 
 Volumes are read from the preprocessed cache when one exists (``--cache`` or ``<data>/cache`` with a
 ``manifest.csv``), so evaluation never repeats preprocessing; otherwise from the NIfTI files.
@@ -63,18 +64,14 @@ def classification_metrics(probs: np.ndarray, detected: np.ndarray, labels: np.n
     Macro AUROC averages the labels with both classes in the split; macro F1 the labels with a positive.
     Args: probs (N, 18) float in [0, 1]; detected (N, 18) 0/1; labels (N, 18) 0/1.
     """
-    from sklearn.metrics import roc_auc_score
+    from ctagrg.evaluation.classification import auroc_per_label  # the visual side's per-label AUROC
 
     clin = clinical_metrics(detected, labels)  # same P/R/F1 counting, applied to the classifier's decisions
-    per_label: dict[str, dict[str, Any]] = {}
-    aurocs = []
-    for j, name in enumerate(LABELS):
-        y = labels[:, j]
-        auroc = float(roc_auc_score(y, probs[:, j])) if 0 < y.sum() < len(y) else None
-        if auroc is not None:
-            aurocs.append(auroc)
-        per_label[name] = {"auroc": auroc, **clin["per_label"][name]}
-    return {"macro_auroc": float(np.mean(aurocs)) if aurocs else None, "macro_f1": clin["macro_f1"],
+    auroc = auroc_per_label(labels, probs)  # NaN where a label has one class
+    per_label = {name: {"auroc": None if np.isnan(auroc[j]) else float(auroc[j]), **clin["per_label"][name]}
+                 for j, name in enumerate(LABELS)}
+    aurocs = auroc[~np.isnan(auroc)]
+    return {"macro_auroc": float(aurocs.mean()) if aurocs.size else None, "macro_f1": clin["macro_f1"],
             "micro_f1": clin["micro_f1"], "auroc_labels": len(aurocs), "per_label": per_label}
 
 
