@@ -55,7 +55,7 @@ class RuleLabeler:
             clause = text[start:end]
             negated = negated_spans(clause)
             for concept in self.concepts:
-                if concept.label not in found and _mentions(concept, clause, negated):
+                if concept.label not in found and _mentions(concept, clause, negated, text):
                     found.add(concept.label)
         return found
 
@@ -82,15 +82,15 @@ class RuleLabeler:
         return np.stack(rows) if rows else np.zeros((0, len(LABELS)), dtype=np.int64)
 
 
-def _mentions(concept: Concept, clause: str, negated: list[tuple[int, int]]) -> bool:
-    """True when ``clause`` holds a non-negated, non-excluded mention of ``concept``."""
+def _mentions(concept: Concept, clause: str, negated: list[tuple[int, int]], sentence: str) -> bool:
+    """True when ``clause`` (of normalised ``sentence``) holds a non-negated, non-excluded mention of ``concept``."""
     for match in concept.include_re.finditer(clause):
         start, end = match.span()
         if is_negated(negated, start, end):
             continue
         if concept.reject_re and any(r.start() < end and start < r.end() for r in concept.reject_re.finditer(clause)):
             continue
-        if concept.require_re and not concept.require_re.search(clause):
+        if concept.require_re and not concept.require_re.search(sentence):
             continue
         if concept.exclude_re:
             lo, hi = max(0, start - concept.window), min(len(clause), end + concept.window)

@@ -7,8 +7,8 @@ Patterns run on normalised text (lower case, hyphens and slashes as spaces; ``co
 - ``exclude``: clause-level context that makes a mention about something else (a *thyroid* nodule, a *lymph
   node* calcification), checked within ``window`` characters of the mention in the same clause;
 - ``reject``: phrases that, when they overlap the mention, cancel it (e.g. "fibrocalcific atheroma");
-- ``require``: context that must appear in the same clause (generic words such as "density increase" only count
-  as lung opacity when the clause is about the lung).
+- ``require``: context that must appear in the same sentence (generic words such as "density increase" only count
+  as lung opacity when the sentence is about the lung).
 
 How the CT-RATE annotators treat edge cases (read from the development part of the 800 dev reports):
 "calcific plaques in the aorta" is arterial wall calcification; "emphysematous changes" is emphysema;
@@ -169,8 +169,8 @@ CONCEPTS: tuple[Concept, ...] = (
         include=(
             r"pericardial (?:\w+ )?effusion",
             r"pericardial (?:fluid|thickening effusion|effusion thickening)",
-            r"effusion (?:\w+ ){0,12}pericard",
-            r"fluid (?:\w+ ){0,6}pericard",
+            r"effusion (?:\w+ ){0,16}pericard",
+            r"fluid (?:\w+ ){0,12}pericard",
             r"pericard\w* (?:\w+ ){0,3}(?:effusion|fluid)",
             r"pericardial (?:space|recess)\w* (?:\w+ ){0,4}fluid",
             r"\bpericardial thickening",
@@ -180,7 +180,7 @@ CONCEPTS: tuple[Concept, ...] = (
     Concept(
         "Coronary artery wall calcification",
         include=(r"\bcoronar\w*", r"\blad\b", r"\brca\b", r"circumflex"),
-        exclude=(r"bypass|cabg|stent|graft",),
+        require=(r"calcif|plaque|atheros|atherom",),
         reject=(r"coronary (?:sinus|vein)",),
     ),
     Concept(
