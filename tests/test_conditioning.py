@@ -76,5 +76,7 @@ def test_bad_inputs_raise_clear_errors() -> None:
         phi(torch.randn(2, 9), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match=r"label_index must lie in \[0, 18\)"):
         phi(torch.randn(1, 8), torch.tensor([18]))
+    with pytest.raises(ConfigError, match="input_dim: must be set"):
+        BlockSparseConditioning(ConditioningConfig(input_dim=0))
     with pytest.raises(ConfigError, match="latent_noise_std"):
         small(latent_noise_std=-1.0)

@@ -191,7 +191,7 @@ def test_decoder_task_trains_through_the_loop(tmp_path: Path, gpt2_tokenizer_dir
         f"train.out_dir={tmp_path / 'run'}", "train.epochs=3", "train.batch_size=2", "train.grad_accum=1",
         "train.lr=1e-2", "train.scheduler=none", "train.tensorboard=false", "train.log_every=1",
         f"embeddings.out_dir={tmp_path / 'emb'}", f"model.tokenizer_path={gpt2_tokenizer_dir}",
-        "model.n_layer=2", "model.n_embd=32", "model.n_head=4", "model.conditioning.input_dim=16",
+        "model.n_layer=2", "model.n_embd=32", "model.n_head=4", "model.conditioning.input_dim=0",
         "model.conditioning.hidden_dims=[32]", "model.conditioning.output_dim=24"])
     task = DecoderTask(cfg)
     assert len(task.train_dataset()) == 3 and len(task.valid_dataset()) == 1
@@ -205,6 +205,7 @@ def test_decoder_task_trains_through_the_loop(tmp_path: Path, gpt2_tokenizer_dir
     losses = [float(r.split(",")[-1]) for r in rows if ",train,loss," in r]
     assert len(losses) == 6 and losses[-1] < losses[0]
     loaded = ReportDecoder.from_pretrained(best)
+    assert loaded.config.conditioning.input_dim == 16  # 0 in the config: taken from the embedding cache
     assert not any(p.requires_grad for p in loaded.gpt2.parameters())
     assert len(load_tokenizer(best / "tokenizer")) == 50257
     # "detected_and_present" with thresholds above every probability (0.5) leaves no training pair: a clear error.

@@ -156,3 +156,35 @@ def test_build_from_config_with_volume_cache(tmp_path: Path) -> None:
 def test_missing_cache_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="index.json missing"):
         load_embedding_cache(tmp_path)
+
+
+def test_build_from_report_and_label_folders(tmp_path: Path) -> None:
+    """CT-RATE layout: every CSV of radiology_text_reports/ and multi_abnormality_labels/, sentences by the labeler."""
+    from ctagrg.data.cache import cache_path, save_cached
+
+    for name in ("train_1_a_1", "valid_2_a_1"):
+        save_cached(cache_path(tmp_path / "vols", name), np.zeros((2, 3, 3), np.float32), -0.5, 1)
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "labels").mkdir()
+    texts = {"train_1_a_1": "A 6 mm nodule in the right upper lobe. Heart size is normal.",
+             "valid_2_a_1": "Left pleural effusion is present. No nodule was detected."}
+    for name, text in texts.items():
+        split = name.split("_")[0]
+        (tmp_path / "reports" / f"{split}_reports.csv").write_text(
+            f'VolumeName,Findings_EN,Impressions_EN\n{name}.nii.gz,"{text}",\n')
+        row = [1 if (label == "Lung nodule") == (split == "train") and label in ("Lung nodule", "Pleural effusion")
+               else 0 for label in LABELS]
+        (tmp_path / "labels" / f"{split}_labels.csv").write_text(
+            "VolumeName," + ",".join(LABELS) + f"\n{name}.nii.gz," + ",".join(map(str, row)) + "\n")
+    cfg = EmbeddingCacheConfig(out_dir=str(tmp_path / "emb"), volume_cache=str(tmp_path / "vols"),
+                               reports_csv=str(tmp_path / "reports"), labels_csv=str(tmp_path / "labels"))
+    build_from_config(cfg, step1=FakeStep1())
+    table = load_embedding_cache(tmp_path / "emb")
+    assert table.names == ["train_1_a_1", "valid_2_a_1"]
+    assert table.targets == [{"Lung nodule": "A 6 mm nodule in the right upper lobe."},
+                             {"Pleural effusion": "Left pleural effusion is present."}]
+    assert table.pairs("present") == [(0, 9, "A 6 mm nodule in the right upper lobe."),
+                                      (1, 12, "Left pleural effusion is present.")]
+    with pytest.raises(FileNotFoundError, match="no .csv files"):
+        build_from_config(EmbeddingCacheConfig(out_dir=str(tmp_path / "e2"), volume_cache=str(tmp_path / "vols"),
+                                               reports_csv=str(tmp_path / "vols")), step1=FakeStep1())

@@ -26,14 +26,14 @@ class ConditioningConfig:
     """Shape of Φ_T. Paper: 18 labels × 1024 → (4096, 1024) hidden → 1024."""
 
     num_labels: int = NUM_LABELS
-    input_dim: int = 1024  # size of one abnormality embedding hᵢ
+    input_dim: int = 1024  # size of one abnormality embedding hᵢ (0 in a training config: take it from the cache)
     hidden_dims: tuple[int, ...] = (4096, 1024)
     output_dim: int = 1024  # size of eᵢ, the input of the per-layer key/value projections
     latent_noise_std: float = 0.0  # σ of the Gaussian latent augmentation on hᵢ (training only)
 
     def __post_init__(self) -> None:
-        if self.num_labels < 1 or self.input_dim < 1 or self.output_dim < 1:
-            raise ConfigError("conditioning: num_labels, input_dim and output_dim must be >= 1")
+        if self.num_labels < 1 or self.input_dim < 0 or self.output_dim < 1:
+            raise ConfigError("conditioning: num_labels and output_dim must be >= 1, input_dim >= 0")
         if any(d < 1 for d in self.hidden_dims):
             raise ConfigError(f"conditioning.hidden_dims: every size must be >= 1, got {self.hidden_dims}")
         if self.latent_noise_std < 0:
@@ -54,6 +54,8 @@ class BlockSparseConditioning(nn.Module):
 
     def __init__(self, config: ConditioningConfig) -> None:
         super().__init__()
+        if config.input_dim < 1:
+            raise ConfigError("conditioning.input_dim: must be set (>= 1) to build the network")
         self.config = config
         dims = [config.num_labels * config.input_dim, *config.hidden_dims, config.output_dim]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))

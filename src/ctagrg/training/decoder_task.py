@@ -16,6 +16,7 @@ and the grounding metrics read sides and sizes ("4.5 mm") back from the generate
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from dataclasses import dataclass, field
@@ -175,8 +176,11 @@ class DecoderTask(Task):
 
     # -- model -----------------------------------------------------------------------------------------------
     def build_model(self) -> ReportDecoder:
-        model = ReportDecoder(self.cfg.model)
         table_dim = self.table().embeddings.shape[-1]
+        if self.cfg.model.conditioning.input_dim == 0:  # "from the cache": the step-1 heads' embed_dim
+            cond = dataclasses.replace(self.cfg.model.conditioning, input_dim=table_dim)
+            self.cfg.model = dataclasses.replace(self.cfg.model, conditioning=cond)
+        model = ReportDecoder(self.cfg.model)
         if table_dim != self.cfg.model.conditioning.input_dim:
             raise ConfigError(f"model.conditioning.input_dim is {self.cfg.model.conditioning.input_dim} but the "
                               f"embedding cache {self.cfg.embeddings.out_dir} holds {table_dim}-d embeddings")

@@ -42,9 +42,10 @@ class EmbeddingCacheConfig:
     out_dir: str = ""  # the cache folder
     step1_dir: str = ""  # step-1 checkpoint folder (config.json + model.safetensors; thresholds.json beside it)
     volume_cache: str = ""  # preprocessed volumes (``ctagrg preprocess`` output)
-    labels_csv: str = ""  # CT-RATE labels CSV (VolumeName + 18); empty: labels from the labeler's sentences
+    # A CSV path, or a folder whose *.csv files are all read (e.g. CT-RATE's radiology_text_reports/):
+    labels_csv: str = ""  # CT-RATE labels (VolumeName + 18); empty: a label is present when a sentence asserts it
     sentences_csv: str = ""  # ``ctagrg sentences`` output; or:
-    reports_csv: str = ""  # CT-RATE reports CSV, labelled sentence by sentence with ``labeler``
+    reports_csv: str = ""  # CT-RATE reports, labelled sentence by sentence with ``labeler``
     labeler: str = "rules"
     thresholds: str = ""  # thresholds.json; empty: step1_dir/thresholds.json if it exists
     batch_size: int = 2
@@ -83,6 +84,26 @@ def find_thresholds(step1_dir: str | Path) -> Path | None:
 
 
 # -- sentences ------------------------------------------------------------------------------------------------
+def csv_files(path: str | Path) -> list[Path]:
+    """``path`` itself, or the sorted *.csv files of a folder."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.glob("*.csv"))
+        if not files:
+            raise FileNotFoundError(f"{path}: no .csv files in this folder")
+        return files
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: CSV not found")
+    return [path]
+
+
+def _merged(reader: Callable[[Path], dict[str, Any]], path: str | Path) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for file in csv_files(path):
+        merged.update(reader(file))
+    return merged
+
+
 def read_sentences_csv(path: str | Path) -> dict[str, dict[str, str]]:
     """``ctagrg sentences`` output → {volume stem: {label: sentence}} (several rows for one pair are joined)."""
     from ctagrg.data.dataset import volume_stem
@@ -260,16 +281,18 @@ def load_embedding_cache(out_dir: str | Path) -> EmbeddingTable:
 # -- from a config ----------------------------------------------------------------------------------------------
 def build_from_config(cfg: EmbeddingCacheConfig, step1: Any | None = None) -> Path:
     """Build (or finish) the cache described by ``cfg``. ``step1`` defaults to loading ``cfg.step1_dir``."""
-    from ctagrg.data.dataset import CachedVolumeDataset, cached_names
+    from ctagrg.data.dataset import CachedVolumeDataset, cached_names, read_labels_csv
 
     for key in ("out_dir", "volume_cache"):
         if not getattr(cfg, key):
             raise ConfigError(f"embeddings.{key}: required to build the embedding cache")
     if bool(cfg.sentences_csv) == bool(cfg.reports_csv):
         raise ConfigError("embeddings: set exactly one of sentences_csv and reports_csv (the target sentences)")
-    sentences = read_sentences_csv(cfg.sentences_csv) if cfg.sentences_csv else \
-        sentences_from_reports(cfg.reports_csv, cfg.labeler)
-    labels: Any = cfg.labels_csv or None
+    if cfg.sentences_csv:
+        sentences = _merged(read_sentences_csv, cfg.sentences_csv)
+    else:
+        sentences = _merged(lambda f: sentences_from_reports(f, cfg.labeler), cfg.reports_csv)
+    labels: Any = _merged(read_labels_csv, cfg.labels_csv) if cfg.labels_csv else None
     if labels is None:  # no labels file: a label is present when a sentence asserts it (no sentences: normal)
         labels = {n: [1.0 if label in sentences.get(n, {}) else 0.0 for label in LABELS]
                   for n in cached_names(cfg.volume_cache)}
