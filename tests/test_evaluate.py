@@ -169,3 +169,75 @@ def test_cli_evaluate(dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert "4 of 4 volumes evaluated" in printed and "clinical.micro_f1" in printed
     assert main(["evaluate", "--model", "m", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o2")]) == 1
     assert "nowhere/radiology_text_reports/test_reports.csv: file not found" in capsys.readouterr().err
+
+
+# -- integration: real phantoms, real cache, a real (tiny, random) packaged Reporter -------------------------------
+SHAPE = (12, 32, 32)
+
+
+def _tiny_packaged_model(model_dir: Path, tokenizer_dir: Path) -> None:
+    import torch
+
+    from ctagrg.data.preprocess import PreprocessConfig
+    from ctagrg.generation.generate import GenerationSettings
+    from ctagrg.generation.reporter import Reporter, ReporterConfig
+    from ctagrg.models.conditioning import ConditioningConfig
+    from ctagrg.models.ctnet import CTNetConfig
+    from ctagrg.models.decoder import DecoderConfig, ReportDecoder, load_tokenizer
+    from ctagrg.models.heads import HeadsConfig
+    from ctagrg.models.resnet import ResNetConfig
+    from ctagrg.models.step1 import Step1Model, VisualModelConfig
+
+    torch.manual_seed(0)
+    ctnet = CTNetConfig(input_shape=SHAPE, trunk=ResNetConfig(width=4, layers=(1, 1, 1, 1)),
+                        reducer_channels=(4, 4, 4), reducer_kernels=((3, 1, 1), (3, 1, 1), (1, 1, 1)),
+                        reducer_strides=((3, 1, 1), (3, 1, 1), (1, 1, 1)), embed_dim=32)
+    visual = Step1Model(VisualModelConfig(ctnet=ctnet, heads=HeadsConfig(in_dim=32, embed_dim=16, classifier_hidden=8,
+                                                                         pretrain_hidden=(8, 8))))
+    cond = ConditioningConfig(input_dim=16, hidden_dims=(32,), output_dim=24)
+    decoder = ReportDecoder(DecoderConfig(n_layer=1, n_embd=32, n_head=4, n_positions=64, conditioning=cond))
+    reporter = Reporter(visual, decoder, load_tokenizer(tokenizer_dir), [0.5] * len(LABELS),
+                        PreprocessConfig(spacing=(8.0, 4.0, 4.0), shape=SHAPE),
+                        ReporterConfig(generation=GenerationSettings(strategy="greedy", max_new_tokens=6)))
+    reporter.save_pretrained(model_dir)
+
+
+@pytest.mark.slow
+def test_evaluate_with_real_parts(tmp_path: Path, gpt2_tokenizer_dir: Path) -> None:
+    """Phantoms -> ctagrg preprocess -> packaged Reporter -> evaluate: the parts' contracts fit together, and the
+    metrics equal an independent recomputation from predictions.jsonl."""
+    import torch
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    from ctagrg.cli.main import main
+    from ctagrg.evaluation.clinical import label_texts
+    from ctagrg.utils.atomic import write_text_atomic
+
+    torch.set_num_threads(1)
+    data, cache, model = tmp_path / "data", tmp_path / "cache", tmp_path / "model"
+    assert main(["phantom", "--out", str(data), "--n", "10", "--size", "tiny", "--seed", "3",
+                 "--split", "train=0.4,valid=0.2,test=0.4"]) == 0
+    cfg_yaml = tmp_path / "pre.yaml"
+    write_text_atomic(cfg_yaml, "spacing: [8.0, 4.0, 4.0]\nshape: [12, 32, 32]\n")
+    assert main(["preprocess", str(data), "--out", str(cache), "--config", str(cfg_yaml)]) == 0
+    _tiny_packaged_model(model, gpt2_tokenizer_dir)
+    out = tmp_path / "eval"
+    metrics = evaluate(model, data, out, EvaluateConfig(cache_dir=str(cache), meteor=False, bootstrap=50))
+    split = load_split(data, "test")
+    lines = read_predictions(out / "predictions.jsonl", split)
+    assert len(lines) == len(split.names) >= 2 and not any("error" in line for line in lines)
+    assert all(line["input"].endswith(".nii.gz") for line in lines)
+    det = np.array([[line["abnormalities"][n]["detected"] for n in LABELS] for line in lines], dtype=int)
+    probs = np.array([[line["abnormalities"][n]["probability"] for n in LABELS] for line in lines])
+    labels = split.labels
+    assert labels is not None
+    cls = metrics["classification"]["per_label"]
+    for j, name in enumerate(LABELS):
+        assert cls[name]["f1"] == pytest.approx(f1_score(labels[:, j], det[:, j], zero_division=0))
+        if 0 < labels[:, j].sum() < len(labels):
+            assert cls[name]["auroc"] == pytest.approx(roc_auc_score(labels[:, j], probs[:, j]))
+    gen = label_texts([line["report"] for line in lines])
+    tp, fp, fn = (gen & labels).sum(), (gen & ~labels.astype(bool)).sum(), (~gen.astype(bool) & labels).sum()
+    assert metrics["clinical"]["micro_f1"] == pytest.approx(2 * tp / max(2 * tp + fp + fn, 1))
+    assert "grounding" in metrics and metrics["meta"]["split"] == "test"
+    assert (out / "report.html").is_file() and (out / "roc_curves.png").is_file()

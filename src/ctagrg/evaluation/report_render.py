@@ -28,11 +28,11 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _save(fig: Any, path: Path) -> None:
+def _save(fig: Any, path: Path, tight: bool = True, dpi: int = 110) -> None:
     import matplotlib.pyplot as plt
 
     with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight" if tight else None, format="png")
     plt.close(fig)
 
 
@@ -73,12 +73,14 @@ def plot_roc_curves(probs: np.ndarray, labels: np.ndarray, path: Path) -> None:
         if 0 < y.sum() < len(y):
             fpr, tpr, _ = roc_curve(y, probs[:, j])
             ax.plot(fpr, tpr, lw=1.5)
-            ax.set_title(f"{LABELS[j][:26]}\nAUROC {roc_auc_score(y, probs[:, j]):.3f}", fontsize=7.5)
+            ax.set_title(f"{LABELS[j][:32]}\nAUROC {roc_auc_score(y, probs[:, j]):.3f}", fontsize=7.5)
         else:
-            ax.set_title(f"{LABELS[j][:26]}\n(one class only)", fontsize=7.5)
+            ax.set_title(f"{LABELS[j][:32]}\n(one class only)", fontsize=7.5)
     fig.supxlabel("false positive rate")
     fig.supylabel("true positive rate")
-    _save(fig, path)
+    # fixed margins: a "tight" bounding box costs an extra full draw of 18 axes (~2x the save time)
+    fig.subplots_adjust(left=0.05, right=0.99, top=0.93, bottom=0.07, hspace=0.45, wspace=0.1)
+    _save(fig, path, tight=False, dpi=90)
 
 
 def build_blocks(metrics: dict[str, Any], examples: list[dict[str, str]], failed: list[dict[str, Any]],
