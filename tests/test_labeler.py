@@ -41,6 +41,14 @@ def labeler() -> RuleLabeler:
         ("It was not found to be compatible with pneumonia; patchy ground glass opacities in the left lung.",
          {"Lung opacity"}),
         ("Mosaic attenuation pattern in both lungs (small airway disease?).", {"Mosaic attenuation pattern"}),
+        ("In the patient with a history of pleural effusion, atelectasis is seen in the right lower lobe.",
+         {"Atelectasis"}),
+        ("The aortic wall shows no calcification.", set()),
+        ("The coronary arteries are patent.", set()),
+        ("Ground glass areas consistent with alveolar hemorrhage in both lungs.", {"Lung opacity"}),
+        ("Liver parenchyma density is decreased in line with fatty deposits.", set()),
+        ("Lymph nodes in the mediastinum and hila are of normal size.", set()),
+        ("A well-circumscribed nodule of 4 mm is present in the right lower lobe.", {"Lung nodule"}),
     ],
 )
 def test_sentence_labels(labeler: RuleLabeler, sentence: str, expected: set[str]) -> None:

@@ -11,7 +11,11 @@ clause:
 - a *forward* trigger ("no", "without", "absence of") covers the clause from the trigger onward, but stops at a
   comma or "and" that follows the negated predicate ("no nodule was seen, atelectasis is present");
 - a *backward* trigger ("was not observed", "is normal") covers the clause back to the previous comma;
+- *history* triggers ("history of", "treated for") cover the clause up to the next comma;
 - *pseudo* triggers ("no significant change", "not only") are removed first, so they negate nothing.
+
+Uncertainty ("may be compatible with", "suspicious for", "?") is deliberately *not* a negation: on the
+development reports the annotators labelled hedged findings as present, and treating them as absent lowered F1.
 """
 
 from __future__ import annotations
@@ -66,6 +70,11 @@ PSEUDO_NEGATION = re.compile(
     r"|\b(?:cannot|could not) be (?:clearly )?(?:distinguished|differentiated|separated) from\b"
     r"|\b(?:cannot|could not) be (?:clearly )?characterized\b"
 )
+# History: a finding named as the reason for past treatment is not a current finding ("treated for pneumonia,
+# ground glass densities ..."). The scope ends at the next comma.
+HISTORY = re.compile(
+    r"\b(?:history of|(?:operated|treated|followed up|followed) for|known to have|known case of|due to previous)\b"
+)
 # The negated predicate has been stated; a following comma / "and" starts something new.
 _PREDICATE_END = re.compile(rf"\b{_SEEN}\b")
 _SOFT_BREAK = re.compile(r",|\band (?=(?:there|a|an|the|it|its|in|on|at|\w+ (?:is|are|was|were))\b)")
@@ -102,6 +111,9 @@ def negated_spans(clause: str) -> list[tuple[int, int]]:
             if soft:
                 end = soft.start()
         spans.append((match.start(), end))
+    for match in HISTORY.finditer(text):
+        comma = text.find(",", match.end())
+        spans.append((match.start(), comma if comma >= 0 else len(text)))
     for match in BACKWARD_NEGATION.finditer(text):
         spans.append((_backward_start(text, match.start()), match.end()))
     return spans
