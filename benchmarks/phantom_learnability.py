@@ -1,0 +1,212 @@
+"""Are the phantom findings learnable and groundable? A small 3D CNN, CPU, time-boxed.
+
+1. Generate 300 train and 100 test ``small`` phantoms (different seeds, so different patients) and time it.
+2. Preprocess them with the project's own preprocessing to SLP (64, 128, 128) at (4, 2.5, 2.5) mm.
+3. Train a 4-stage 3D CNN for at most ``--minutes`` (default 10) on CPU. It pools its last feature map
+   separately over the patient's left and right half, so the same network also has per-side outputs for the
+   lateralised findings (nodule, pleural effusion, consolidation): these are the side probe.
+4. Report per-label AUROC on the test set and side accuracy (left / right / bilateral) on the test findings.
+
+    .venv/bin/python benchmarks/phantom_learnability.py --out /tmp/phantom_bench [--minutes 10] [--threads 2]
+
+Writes ``results.json`` in --out and prints a Markdown table for BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import time
+from pathlib import Path
+
+import numpy as np
+
+SIDE_LABELS = ("Lung nodule", "Pleural effusion", "Consolidation")
+SHAPE, SPACING = (64, 128, 128), (4.0, 2.5, 2.5)
+
+
+def generate(out: Path, workers: int, n_train: int, n_test: int) -> dict[str, float]:
+    from ctagrg.phantom.generate import generate_dataset
+
+    times = {}
+    for name, n, seed in (("train", n_train, 0), ("test", n_test, 1)):
+        start = time.perf_counter()
+        generate_dataset(out / name, n=n, seed=seed, size="small", split={name: 1.0}, workers=workers)
+        times[f"generate_{name}_s"] = time.perf_counter() - start
+        print(f"generated {n} {name} volumes in {times[f'generate_{name}_s']:.1f} s ({workers} workers)", flush=True)
+    return times
+
+
+def _prep_one(path: str) -> np.ndarray:
+    import torch
+
+    from ctagrg.data.preprocess import PreprocessConfig, preprocess_file
+
+    torch.set_num_threads(1)
+    return preprocess_file(path, config=PreprocessConfig(spacing=SPACING, shape=SHAPE)).astype(np.float16)
+
+
+def load_split(root: Path, split: str, workers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Volumes (N, D, H, W) float16, labels (N, 18), side targets (N, 3 labels, 2 sides), names."""
+    from ctagrg.data.ctrate import CTRateIndex
+    from ctagrg.labels import LABELS
+
+    index = CTRateIndex(root)
+    names = index.names(split)
+    paths = [str(index.row(n)["path"]) for n in names]
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        vols = np.stack(pool.map(_prep_one, paths, chunksize=4))
+    labels = index.labels(names).astype(np.float32)
+    sides = np.zeros((len(names), len(SIDE_LABELS), 2), np.float32)  # [..., 0] = right, [..., 1] = left
+    for i, name in enumerate(names):
+        gt = json.loads((root / "ground_truth" / f"{name}.json").read_text())
+        for f in gt["findings"]:
+            if f["label"] in SIDE_LABELS:
+                k = SIDE_LABELS.index(f["label"])
+                sides[i, k, 0] = f["side"] in ("right", "bilateral")
+                sides[i, k, 1] = f["side"] in ("left", "bilateral")
+    assert labels.shape[1] == len(LABELS)
+    return vols, labels, sides, names
+
+
+def build_model(width: int = 16):
+    import torch
+    from torch import nn
+
+    def block(cin: int, cout: int) -> nn.Sequential:
+        return nn.Sequential(nn.Conv3d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm3d(cout),
+                             nn.ReLU(inplace=True))
+
+    class Net(nn.Module):
+        """(B, 1, 64, 128, 128) SLP → 18 label logits and (3, 2) per-side logits of the lateralised findings.
+
+        A patchify stem (2×4×4 voxels = 8×10×10 mm, no overlap) keeps small lesions while cutting the cost of the
+        full-resolution layer that dominates a plain strided CNN on CPU (measured 4× faster per step).
+        """
+
+        def __init__(self) -> None:
+            super().__init__()
+            w = width
+            stem = nn.Sequential(nn.Conv3d(1, 2 * w, (2, 4, 4), stride=(2, 4, 4)), nn.BatchNorm3d(2 * w),
+                                 nn.ReLU(inplace=True))
+            self.features = nn.Sequential(stem, block(2 * w, 4 * w), block(4 * w, 8 * w), block(8 * w, 8 * w))
+            self.labels = nn.Linear(4 * 8 * w, 18)
+            self.sides = nn.Linear(2 * 8 * w, len(SIDE_LABELS))  # shared over halves: "is it on this side?"
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            f = self.features(x)  # (B, C, d, l, p); axis l runs toward the patient's left
+            half = f.shape[3] // 2
+            per_side = []
+            for part in (f[:, :, :, :half], f[:, :, :, half:]):  # patient right half, left half
+                per_side.append(torch.cat([part.amax(dim=(2, 3, 4)), part.mean(dim=(2, 3, 4))], dim=1))
+            logits = self.labels(torch.cat(per_side, dim=1))
+            sides = torch.stack([self.sides(p) for p in per_side], dim=2)  # (B, 3, 2)
+            return logits, sides
+
+    return Net()
+
+
+def train(model, x: np.ndarray, y: np.ndarray, s: np.ndarray, minutes: float, batch: int = 8) -> dict[str, float]:
+    import torch
+    import torch.nn.functional as F
+
+    pos = y.mean(0).clip(1e-3, None)
+    pos_weight = torch.tensor(np.sqrt((1 - pos) / pos).clip(1.0, 4.0), dtype=torch.float32)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    rng = np.random.default_rng(0)
+    start, steps, epochs = time.perf_counter(), 0, 0
+    budget = minutes * 60.0
+    model.train()
+    while time.perf_counter() - start < budget:
+        order = rng.permutation(len(x))
+        for i in range(0, len(order) - batch + 1, batch):
+            idx = np.sort(order[i:i + batch])
+            xb = torch.from_numpy(x[idx].astype(np.float32)).unsqueeze(1) * 2.0
+            logits, sides = model(xb)
+            has = torch.from_numpy(y[idx][:, [LABEL_POS[k] for k in SIDE_LABELS]])[:, :, None].expand(-1, -1, 2)
+            side_loss = F.binary_cross_entropy_with_logits(sides, torch.from_numpy(s[idx]), weight=0.2 + has)
+            loss = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(y[idx]), pos_weight=pos_weight)
+            opt.zero_grad()
+            (loss + side_loss).backward()
+            opt.step()
+            steps += 1
+            if time.perf_counter() - start > budget:
+                break
+        epochs += 1
+        print(f"epoch {epochs}: step {steps}, loss {loss.item():.3f}, side {side_loss.item():.3f}, "
+              f"{(time.perf_counter() - start) / 60:.1f} min", flush=True)
+    return {"train_minutes": (time.perf_counter() - start) / 60, "steps": steps, "epochs": epochs}
+
+
+def evaluate(model, x: np.ndarray, y: np.ndarray, s: np.ndarray) -> dict:
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    from ctagrg.labels import LABELS
+
+    model.eval()
+    outs, side_outs = [], []
+    with torch.no_grad():
+        for i in range(0, len(x), 8):
+            logits, sides = model(torch.from_numpy(x[i:i + 8].astype(np.float32)).unsqueeze(1) * 2.0)
+            outs.append(torch.sigmoid(logits).numpy())
+            side_outs.append(torch.sigmoid(sides).numpy())
+    p, ps = np.concatenate(outs), np.concatenate(side_outs)
+    auroc = {name: float(roc_auc_score(y[:, j], p[:, j])) if 0 < y[:, j].sum() < len(y) else float("nan")
+             for j, name in enumerate(LABELS)}
+    side_acc = {}
+    for k, name in enumerate(SIDE_LABELS):
+        present = y[:, LABEL_POS[name]] == 1
+        pred = ps[present, k] > 0.5
+        # no side above 0.5: take the likelier one (the finding is known to be present here)
+        none = ~pred.any(axis=1)
+        pred[none, np.argmax(ps[present, k][none], axis=1)] = True
+        side_acc[name] = {"accuracy": float(np.mean(np.all(pred == (s[present, k] > 0.5), axis=1))),
+                          "n": int(present.sum())}
+    return {"auroc": auroc, "macro_auroc": float(np.nanmean(list(auroc.values()))), "side": side_acc,
+            "test_positives": {name: int(y[:, j].sum()) for j, name in enumerate(LABELS)}}
+
+
+LABEL_POS: dict[str, int] = {}
+
+
+def main() -> None:
+    import torch
+
+    from ctagrg.labels import LABELS
+
+    LABEL_POS.update({name: i for i, name in enumerate(LABELS)})
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--n-train", type=int, default=300)
+    parser.add_argument("--n-test", type=int, default=100)
+    parser.add_argument("--skip-generate", action="store_true", help="reuse the phantoms already in --out")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    results: dict = {}
+    if not args.skip_generate:
+        results.update(generate(args.out, args.workers, args.n_train, args.n_test))
+    start = time.perf_counter()
+    xtr, ytr, str_, _ = load_split(args.out / "train", "train", args.workers)
+    xte, yte, ste, _ = load_split(args.out / "test", "test", args.workers)
+    results["preprocess_s"] = time.perf_counter() - start
+    print(f"preprocessed {len(xtr)} + {len(xte)} volumes in {results['preprocess_s']:.1f} s", flush=True)
+    torch.set_num_threads(args.threads)
+    model = build_model()
+    results.update(train(model, xtr, ytr, str_, args.minutes))
+    results.update(evaluate(model, xte, yte, ste))
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    print("\n| label | test positives | AUROC |\n| --- | ---: | ---: |")
+    for name in LABELS:
+        print(f"| {name} | {results['test_positives'][name]} | {results['auroc'][name]:.3f} |")
+    print(f"| **macro** | | **{results['macro_auroc']:.3f}** |")
+    for name, v in results["side"].items():
+        print(f"side accuracy {name}: {v['accuracy']:.3f} (n={v['n']})")
+
+
+if __name__ == "__main__":
+    main()
