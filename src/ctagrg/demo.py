@@ -54,6 +54,7 @@ class DemoConfig:
     n_volumes: int = 0  # 0: the preset's
     overrides: list[str] = field(default_factory=list)
     force: str | None = None  # rerun this stage and every later one
+    until: str | None = None  # stop after this stage
 
     @property
     def preset(self) -> DemoPreset:
@@ -77,7 +78,8 @@ class DemoError(RuntimeError):
 def _paths(out: Path) -> dict[str, Path]:
     return {"data": out / "data", "cache": out / "cache", "pretrain": out / "runs" / "pretrain",
             "classifier": out / "runs" / "classifier", "embeddings": out / "embeddings",
-            "decoder": out / "runs" / "decoder", "model": out / "model", "eval": out / "eval", "text": out / "text"}
+            "decoder": out / "runs" / "decoder", "model": out / "model", "eval": out / "eval", "text": out / "text",
+            "tokenizer": out / "tokenizer"}
 
 
 def marker(out: Path, stage: str) -> Path:
@@ -96,6 +98,8 @@ def run_stages(stages: list[Stage], cfg: DemoConfig, log: Callable[[str], None] 
     """Run ``stages`` in order, skipping finished ones; return seconds per stage run (skipped: 0)."""
     out = Path(cfg.out_dir)
     todo = set(stages_to_run(out, cfg.force))
+    if cfg.until is not None and cfg.until not in [s.name for s in stages]:
+        raise DemoError(f"unknown stage {cfg.until!r}; stages: {', '.join(s.name for s in stages)}")
     seconds: dict[str, float] = {}
     for k, stage in enumerate(stages, 1):
         head = f"[{k}/{len(stages)}] {stage.name}"
@@ -113,6 +117,8 @@ def run_stages(stages: list[Stage], cfg: DemoConfig, log: Callable[[str], None] 
         seconds[stage.name] = round(time.perf_counter() - start, 1)
         write_json_atomic(marker(out, stage.name), {"seconds": seconds[stage.name], **info})
         log(f"{head}: finished in {seconds[stage.name]:.1f} s")
+        if stage.name == cfg.until:
+            break
     return seconds
 
 
@@ -178,14 +184,14 @@ def _train(task: str, out: Path, cfg: DemoConfig, overrides: list[str]) -> Path:
 
 def _visual_overrides(out: Path, cfg: DemoConfig, epochs: int) -> list[str]:
     p = _paths(out)
+    labels = p["data"] / "multi_abnormality_labels"
     return [f"train.epochs={epochs}", f"train.seed={cfg.seed}", f"data.cache_dir={p['cache']}",
-            f"data.labels_csv={p['text'] / 'labels.csv'}"]
+            f"data.train_labels={labels / 'train_predicted_labels.csv'}",
+            f"data.valid_labels={labels / 'valid_predicted_labels.csv'}"]
 
 
 def _pretrain(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     p = _paths(out)
-    _merge_csvs(p["data"], "multi_abnormality_labels", "{split}_predicted_labels.csv", ("train", "valid", "test"),
-                p["text"] / "labels.csv")
     best = _train("pretrain", out, cfg, _visual_overrides(out, cfg, cfg.preset.pretrain_epochs)
                   + [f"train.out_dir={p['pretrain']}"])
     return {"best": str(best)}
@@ -194,28 +200,54 @@ def _pretrain(out: Path, cfg: DemoConfig) -> dict[str, Any]:
 def _classifier(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     p = _paths(out)
     best = _train("classifier", out, cfg, _visual_overrides(out, cfg, cfg.preset.classifier_epochs)
-                  + [f"train.out_dir={p['classifier']}", f"init_from={p['pretrain'] / 'best'}"])
+                  + [f"train.out_dir={p['classifier']}", f"init.encoder_from={p['pretrain'] / 'best'}"])
     return {"best": str(best)}
 
 
+def train_tokenizer(texts: list[str], out_dir: Path, vocab_size: int = 2000) -> int:
+    """A byte-level BPE tokenizer in GPT-2's file format (vocab.json + merges.txt, ``<|endoftext|>`` = id 0),
+    trained on ``texts``. Returns its size.
+
+    Why not GPT-2's own: a fresh clone has no GPT-2 files and the demo never downloads; the demo's GPT-2 is
+    random and small anyway, and a 2k vocabulary instead of 50k makes its output layer 25x cheaper.
+    """
+    from tokenizers import ByteLevelBPETokenizer
+
+    tok = ByteLevelBPETokenizer()
+    tok.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=["<|endoftext|>"],
+                            show_progress=False)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok.save_model(str(out_dir))
+    return tok.get_vocab_size()
+
+
 def _embeddings(out: Path, cfg: DemoConfig) -> dict[str, Any]:
+    import pandas as pd
+
     from ctagrg.training.embedding_cache import EmbeddingCacheConfig, build_from_config
 
     p = _paths(out)
+    _merge_csvs(p["data"], "multi_abnormality_labels", "{split}_predicted_labels.csv", ("train", "valid", "test"),
+                p["text"] / "labels.csv")
     reports = _merge_csvs(p["data"], "radiology_text_reports", "{split}_reports.csv", ("train", "valid"),
                           p["text"] / "reports_train_valid.csv")
     sentences = p["text"] / "sentences_train_valid.csv"
     _cli(["sentences", reports, "--out", sentences, "--text-columns", "Findings_EN"])
+    vocab = train_tokenizer(pd.read_csv(sentences)["Sentence"].astype(str).tolist(), p["tokenizer"])
     build_from_config(EmbeddingCacheConfig(out_dir=str(p["embeddings"]), step1_dir=str(p["classifier"] / "best"),
                                            volume_cache=str(p["cache"]), labels_csv=str(p["text"] / "labels.csv"),
                                            sentences_csv=str(sentences), device="cpu"))
-    return {}
+    return {"vocab_size": vocab}
 
 
 def _decoder(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     p = _paths(out)
-    best = _train("decoder", out, cfg, [f"train.out_dir={p['decoder']}", f"train.epochs={cfg.preset.decoder_epochs}",
-                                        f"train.seed={cfg.seed}", f"embeddings.out_dir={p['embeddings']}"])
+    vocab = json.loads(marker(out, "embeddings").read_text())["vocab_size"]
+    best = _train("decoder", out, cfg, [
+        f"train.out_dir={p['decoder']}", f"train.epochs={cfg.preset.decoder_epochs}", f"train.seed={cfg.seed}",
+        f"embeddings.out_dir={p['embeddings']}", f"embeddings.step1_dir={p['classifier'] / 'best'}",
+        f"embeddings.volume_cache={p['cache']}", f"model.tokenizer_path={p['tokenizer']}",
+        f"model.vocab_size={vocab}", "model.bos_token_id=0", "model.eos_token_id=0", "model.pad_token_id=0"])
     return {"best": str(best)}
 
 
@@ -248,7 +280,7 @@ def build_stages() -> list[Stage]:
         Stage("preprocess", _preprocess, "preprocess into the volume cache (ctagrg preprocess)"),
         Stage("pretrain", _pretrain, "pretrain the encoder with an 18-label head"),
         Stage("classifier", _classifier, "step 1: 18 projection heads and classifiers, then thresholds"),
-        Stage("embeddings", _embeddings, "target sentences (ctagrg sentences) and the step-2 embedding cache"),
+        Stage("embeddings", _embeddings, "target sentences (ctagrg sentences), tokenizer, step-2 embedding cache"),
         Stage("decoder", _decoder, "step 2: GPT-2 decoder with pseudo self-attention"),
         Stage("package", _package, "package the model into DIR/model (Reporter.save_pretrained)"),
         Stage("evaluate", _evaluate, "evaluate on the phantom test split (ctagrg evaluate)"),
@@ -279,6 +311,9 @@ def main(cfg: DemoConfig, log: Callable[[str], None] = print) -> int:
     except DemoError as exc:
         print(f"ctagrg demo: {exc}", file=sys.stderr)
         return 1
+    if cfg.until is not None and cfg.until != STAGES[-1]:
+        log(f"stopped after stage {cfg.until} (--until); stage seconds: {json.dumps(seconds)}")
+        return 0
     metrics = load_metrics(_paths(out)["eval"] / "metrics.json")
     log("\nExample reports (phantom test split):\n" + examples_text(_paths(out)["eval"]))
     log("\nHeadline metrics (95% bootstrap CI):\n" + headline_table(metrics))
