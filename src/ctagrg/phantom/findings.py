@@ -308,13 +308,13 @@ def _hernia(rng: np.random.Generator, anat: Anatomy) -> Finding:
                    region="retrocardiac", center=c)
 
 
-LN_STATIONS = ("right paratracheal", "subcarinal", "prevascular", "right hilar", "left hilar", "aortopulmonary")
+LN_STATIONS = ("right paratracheal", "subcarinal", "prevascular", "right hilar", "left hilar", "left paratracheal")
 
 
 def _nodes_station_center(anat: Anatomy, station: str) -> np.ndarray:
     c, cax = anat.carina, anat.cavity_ax
     offsets = {"right paratracheal": (-20.0, 0.0, 28.0), "subcarinal": (0.0, 14.0, -24.0),
-               "prevascular": (0.0, -45.0, 40.0), "aortopulmonary": (22.0, -8.0, 12.0),
+               "prevascular": (0.0, -45.0, 40.0), "left paratracheal": (22.0, -8.0, 12.0),
                "right hilar": (-0.3 * cax, -8.0, -30.0), "left hilar": (0.3 * cax, -8.0, -30.0)}
     return c + np.array(offsets[station], np.float32)
 
