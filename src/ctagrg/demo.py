@@ -55,6 +55,7 @@ class DemoConfig:
     overrides: list[str] = field(default_factory=list)
     force: str | None = None  # rerun this stage and every later one
     until: str | None = None  # stop after this stage
+    configs: str | None = None  # folder with preprocess/pretrain/classifier/decoder YAML; None: configs/demo
 
     @property
     def preset(self) -> DemoPreset:
@@ -136,8 +137,12 @@ def stage_overrides(cfg: DemoConfig, stage: str) -> list[str]:
     return [o.split(".", 1)[1] for o in cfg.overrides if o.split("=", 1)[0].split(".", 1)[0] == stage and "." in o]
 
 
-def config_dir() -> Path:
-    """configs/demo of this checkout (the demo runs from a clone: ``make demo``)."""
+def config_dir(cfg: DemoConfig) -> Path:
+    """``cfg.configs``, else configs/demo of this checkout (the demo runs from a clone: ``make demo``)."""
+    if cfg.configs:
+        if not Path(cfg.configs).is_dir():
+            raise FileNotFoundError(f"{cfg.configs}: config folder not found")
+        return Path(cfg.configs)
     for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
         if (base / "configs" / "demo").is_dir():
             return base / "configs" / "demo"
@@ -154,7 +159,7 @@ def _phantoms(out: Path, cfg: DemoConfig) -> dict[str, Any]:
 
 def _preprocess(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     p = _paths(out)
-    _cli(["preprocess", p["data"], "--out", p["cache"], "--config", config_dir() / "preprocess.yaml",
+    _cli(["preprocess", p["data"], "--out", p["cache"], "--config", config_dir(cfg) / "preprocess.yaml",
           "--workers", cfg.threads])
     return {}
 
@@ -178,7 +183,7 @@ def _train(task: str, out: Path, cfg: DemoConfig, overrides: list[str]) -> Path:
     from ctagrg.training.task import get_task
 
     task_cls = get_task(task)
-    task_cfg = load_config(task_cls.Config, config_dir() / f"{task}.yaml", overrides + stage_overrides(cfg, task))
+    task_cfg = load_config(task_cls.Config, config_dir(cfg) / f"{task}.yaml", overrides + stage_overrides(cfg, task))
     return Path(train(task_cls(task_cfg)))
 
 
@@ -258,7 +263,7 @@ def _package(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     card = {"training_data": f"synthetic phantoms (ctagrg phantom --n {cfg.preset.n_volumes} --seed {cfg.seed} "
                              "--size small), train split; demo model, not for any clinical use"}
     reporter = Reporter.from_training_outputs(p["classifier"] / "best", p["decoder"] / "best",
-                                              preprocess=config_dir() / "preprocess.yaml", card=card)
+                                              preprocess=config_dir(cfg) / "preprocess.yaml", card=card)
     reporter.save_pretrained(p["model"])
     return {"model": str(p["model"])}
 

@@ -21,6 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
     parser.add_argument("--n", type=int, default=0, help="number of phantom volumes (default: the preset's)")
     parser.add_argument("--force", choices=STAGES, default=None, help="rerun this stage and every later one")
+    parser.add_argument("--configs", default=None,
+                        help="folder with preprocess/pretrain/classifier/decoder.yaml (default: configs/demo)")
     parser.add_argument("--until", choices=STAGES, default=None, help="stop after this stage")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.KEY=VALUE",
                         help="override a stage config value, e.g. --set pretrain.train.lr=3e-4 (repeatable)")
@@ -30,5 +32,6 @@ def run(args: argparse.Namespace) -> int:
     from ctagrg.demo import DemoConfig, main
 
     cfg = DemoConfig(out_dir=args.out, quick=args.quick, seed=args.seed, threads=args.threads, n_volumes=args.n,
-                     overrides=list(args.overrides), force=args.force, until=args.until)
+                     overrides=list(args.overrides), force=args.force, until=args.until,
+                     configs=args.configs)
     return main(cfg)
