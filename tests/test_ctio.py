@@ -126,6 +126,8 @@ def _write_zero_pixdim(path: Path) -> None:
     [
         (lambda p: p.write_bytes(gzip.compress(b"\x5c\x02" + b"\0" * 500)), "not a NIfTI file"),
         (lambda p: p.write_bytes(write_nifti(p, phantom_hu(), np.eye(4)).read_bytes()[:3000]), "cannot read"),
+        (lambda p: p.write_bytes(gzip.compress(gzip.decompress(write_nifti(p, phantom_hu(), np.eye(4)).read_bytes())
+                                               [:2000])), "truncated: header promises 7680 voxels"),
         (lambda p: write_nifti(p, np.zeros((20, 20), np.int16) - 1000, np.eye(4)), "expected a 3D volume"),
         (lambda p: write_nifti(p, np.zeros((8, 8, 6, 3), np.int16) - 1000, np.eye(4)), "expected a 3D volume"),
         (lambda p: write_nifti(p, np.full((8, 8, 6), 40, np.int16), np.eye(4)), "no value below -500"),
@@ -133,7 +135,7 @@ def _write_zero_pixdim(path: Path) -> None:
                                np.eye(4)), "1 NaN voxels"),
         (lambda p: _write_zero_pixdim(p), "missing or invalid voxel spacing"),
     ],
-    ids=["garbage", "truncated", "2d", "4d", "not-ct", "nan", "zero-spacing"],
+    ids=["garbage", "truncated-gz", "truncated-data", "2d", "4d", "not-ct", "nan", "zero-spacing"],
 )
 def test_bad_nifti_inputs_name_the_file(tmp_path: Path, make, message: str) -> None:
     path = tmp_path / "bad.nii.gz"

@@ -19,6 +19,7 @@ Conventions
 from __future__ import annotations
 
 import ast
+import io
 import math
 import warnings
 from collections.abc import Mapping
@@ -150,7 +151,7 @@ class CTVolume:
         """float32 HU, same shape and voxel order as the stored array."""
         if self._hu is None:
             if self.slope == 1.0 and self.intercept == 0.0 and self.raw.dtype == np.float32:
-                self._hu = self.raw
+                self._hu = self.raw if self.raw.flags.writeable else self.raw.copy()
             else:
                 self._hu = (self.raw.astype(np.float32) * np.float32(self.slope)) + np.float32(self.intercept)
         return self._hu
@@ -212,13 +213,15 @@ def _read_any(path: Path) -> CTVolume:
 
 
 def _read_nifti(path: Path) -> CTVolume:
-    """NIfTI-1/2 via nibabel. ``.nii.gz`` is streamed through isal's igzip, which decodes about 2× faster than
-    zlib (decoding dominates preprocessing time), straight into one int16 array (no intermediate bytes copy)."""
+    """NIfTI-1/2 via nibabel (header, affine, scaling). A ``.nii.gz`` is decompressed in one call with isal's
+    igzip (0.39 s CPU for 168 MB here vs 0.8 s with zlib, and 0.55 s when streamed through nibabel's readinto),
+    and the voxels are a zero-copy view of the decompressed bytes (read-only)."""
     import nibabel as nib
     from isal import igzip
 
-    opener = igzip.open if path.name.lower().endswith(".gz") else open
-    with opener(path, "rb") as fh:
+    gz = path.name.lower().endswith(".gz")
+    data = igzip.decompress(path.read_bytes()) if gz else None
+    with (io.BytesIO(data) if gz else open(path, "rb")) as fh:
         sizeof_hdr = int.from_bytes(fh.read(4), "little")
         fh.seek(0)
         if sizeof_hdr not in (348, 0x5C010000, 540, 0x1C020000):  # NIfTI-1/2, either byte order
@@ -228,7 +231,7 @@ def _read_nifti(path: Path) -> CTVolume:
         fh.seek(0)
         _check_nifti_spacing(unchecked, path)
         img = cls.from_stream(fh)
-        raw = np.asanyarray(img.dataobj.get_unscaled())
+        raw = _nifti_voxels(img, data, path) if gz else np.asanyarray(img.dataobj.get_unscaled())
     hdr = img.header
     if int(hdr["sform_code"]) == 0 and int(hdr["qform_code"]) == 0:
         warnings.warn(f"{path}: no sform/qform in the header; orientation assumed from pixdim only (RAS)",
@@ -237,7 +240,19 @@ def _read_nifti(path: Path) -> CTVolume:
     slope = 1.0 if slope is None or not np.isfinite(slope) or slope == 0 else float(slope)
     inter = 0.0 if inter is None or not np.isfinite(inter) else float(inter)
     raw = _squeeze_to_3d(raw, path)
+    if not raw.dtype.isnative:  # big-endian files: torch cannot view them
+        raw = raw.astype(raw.dtype.newbyteorder("="))
     return CTVolume(raw=raw, slope=slope, intercept=inter, affine=img.affine, source=str(path))
+
+
+def _nifti_voxels(img: Any, data: bytes, path: Path) -> np.ndarray:
+    proxy = img.dataobj  # nibabel's ArrayProxy knows the resolved offset/shape/dtype/order of the voxels
+    shape, dtype, offset = tuple(proxy.shape), np.dtype(proxy.dtype), int(proxy.offset)
+    count = int(np.prod(shape))
+    if offset + count * dtype.itemsize > len(data):
+        raise CTReadError(f"{path}: truncated: header promises {count} voxels of {dtype} after byte {offset}, "
+                          f"the file holds {max(0, len(data) - offset)} bytes of data")
+    return np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape, order=proxy.order)
 
 
 def _check_nifti_spacing(hdr: Any, path: Path) -> None:
