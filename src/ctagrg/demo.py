@@ -26,18 +26,22 @@ STAGES: tuple[str, ...] = ("phantoms", "preprocess", "pretrain", "classifier", "
 
 @dataclass
 class DemoPreset:
-    """Sizes and epochs of one demo flavour. ``full`` targets <= 15 min on 2 cores, ``quick`` <= 3 min."""
+    """Sizes and epochs of one demo flavour. ``full`` targets <= 15 min on 2 cores, ``quick`` <= 3 min.
+
+    An epoch count of None keeps the one in configs/demo/<stage>.yaml (tuned by the stage's owner).
+    """
 
     n_volumes: int
-    pretrain_epochs: int
-    classifier_epochs: int
-    decoder_epochs: int
+    pretrain_epochs: int | None
+    classifier_epochs: int | None
+    decoder_epochs: int | None
     bootstrap: int
     meteor: bool = True
 
 
 PRESETS: dict[str, DemoPreset] = {
-    "full": DemoPreset(n_volumes=400, pretrain_epochs=8, classifier_epochs=6, decoder_epochs=12, bootstrap=1000),
+    "full": DemoPreset(n_volumes=400, pretrain_epochs=None, classifier_epochs=None, decoder_epochs=None,
+                       bootstrap=1000),
     "quick": DemoPreset(n_volumes=80, pretrain_epochs=3, classifier_epochs=2, decoder_epochs=4, bootstrap=200),
 }
 
@@ -187,10 +191,15 @@ def _train(task: str, out: Path, cfg: DemoConfig, overrides: list[str]) -> Path:
     return Path(train(task_cls(task_cfg)))
 
 
-def _visual_overrides(out: Path, cfg: DemoConfig, epochs: int) -> list[str]:
+def _epochs(epochs: int | None) -> list[str]:
+    return [] if epochs is None else [f"train.epochs={epochs}"]
+
+
+def _visual_overrides(out: Path, cfg: DemoConfig, epochs: int | None) -> list[str]:
     p = _paths(out)
     labels = p["data"] / "multi_abnormality_labels"
-    return [f"train.epochs={epochs}", f"train.seed={cfg.seed}", f"data.cache_dir={p['cache']}",
+    # no augmentation: flips and axial rotations would hide the side of a finding, which the demo measures
+    return [*_epochs(epochs), f"train.seed={cfg.seed}", f"data.cache_dir={p['cache']}", "data.augment.enabled=false",
             f"data.train_labels={labels / 'train_predicted_labels.csv'}",
             f"data.valid_labels={labels / 'valid_predicted_labels.csv'}"]
 
@@ -249,7 +258,7 @@ def _decoder(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     p = _paths(out)
     vocab = json.loads(marker(out, "embeddings").read_text())["vocab_size"]
     best = _train("decoder", out, cfg, [
-        f"train.out_dir={p['decoder']}", f"train.epochs={cfg.preset.decoder_epochs}", f"train.seed={cfg.seed}",
+        f"train.out_dir={p['decoder']}", *_epochs(cfg.preset.decoder_epochs), f"train.seed={cfg.seed}",
         f"embeddings.out_dir={p['embeddings']}", f"embeddings.step1_dir={p['classifier'] / 'best'}",
         f"embeddings.volume_cache={p['cache']}", f"model.tokenizer_path={p['tokenizer']}",
         f"model.vocab_size={vocab}", "model.bos_token_id=0", "model.eos_token_id=0", "model.pad_token_id=0"])
