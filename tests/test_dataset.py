@@ -113,3 +113,11 @@ def test_augment_config_validation() -> None:
     with pytest.raises(ValueError, match="square axial plane"):
         augment_volume(torch.zeros(1, 2, 3, 4), AugmentConfig(enabled=True, max_shift=(0, 0, 0), flip_p=0,
                                                               rot90_p=1.0))
+
+
+def test_labels_from_a_dataframe(cache: Path) -> None:
+    import pandas as pd
+
+    table = pd.DataFrame([{"name": "train_3_a_1", **{label: float(i % 2) for i, label in enumerate(LABELS)}}])
+    ds = CachedVolumeDataset(cache, labels=table)
+    assert ds.names == ["train_3_a_1"] and ds[0]["labels"].tolist() == [float(i % 2) for i in range(18)]
