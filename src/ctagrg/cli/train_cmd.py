@@ -27,7 +27,6 @@ def run(args: argparse.Namespace) -> int:
     import yaml
 
     from ctagrg.config import ConfigError, load_config, to_dict
-    from ctagrg.training.checkpoint import CheckpointError
     from ctagrg.training.task import get_task
 
     try:
@@ -43,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         best = train(task_cls(cfg))
-    except (ConfigError, CheckpointError, TrainingError, FileNotFoundError) as exc:
+    except (ValueError, KeyError, TrainingError, FileNotFoundError) as exc:  # ConfigError/CheckpointError too
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"best checkpoint: {best}")

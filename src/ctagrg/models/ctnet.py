@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -34,6 +35,7 @@ class CTNetConfig:
     """CT-Net encoder. ``input_shape`` (D, H, W) sizes the reducer and the final Linear."""
 
     input_shape: Triple = (240, 480, 480)
+    input_pool: Triple = (1, 1, 1)  # average-pool the volume by this factor per axis first (CPU demo: (1, 2, 2))
     triplet: int = 3  # slices per 2D trunk image (the trunk's input channels)
     trunk: ResNetConfig = field(default_factory=ResNetConfig)
     reducer_channels: Triple = (64, 32, 16)
@@ -49,12 +51,19 @@ class CTNetConfig:
         self.trunk.in_channels = self.triplet
 
     @property
+    def pooled_shape(self) -> Triple:
+        if any(n % f for n, f in zip(self.input_shape, self.input_pool, strict=True)):
+            raise ValueError(f"CTNetConfig: input_shape {tuple(self.input_shape)} is not divisible by input_pool "
+                             f"{tuple(self.input_pool)}")
+        return tuple(n // f for n, f in zip(self.input_shape, self.input_pool, strict=True))  # type: ignore[return-value]
+
+    @property
     def n_triplets(self) -> int:
-        return self.input_shape[0] // self.triplet
+        return self.pooled_shape[0] // self.triplet
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """Per-sample shapes after each stage; ValueError naming the layer if a size drops below 1."""
-        h, w = self.input_shape[1:]
+        h, w = self.pooled_shape[1:]
         for k, s, p in ((7, 2, 3), (3, 2, 1), (3, 2, 1), (3, 2, 1), (3, 2, 1)):  # conv1, maxpool, layer2..4
             h, w = _conv_out(h, k, s, p), _conv_out(w, k, s, p)
         if self.n_triplets < 1:
@@ -107,11 +116,13 @@ class CTNetEncoder(nn.Module):
 
     def forward_features(self, volume: torch.Tensor) -> torch.Tensor:
         """(B, 1, D, H, W) -> (B, flat) reducer output; trailing ``D % triplet`` slices are ignored."""
-        b, c, d, h, w = volume.shape
+        if tuple(volume.shape[1:]) != (1, *self.config.input_shape):
+            raise ValueError(f"CTNetEncoder: expected (B, 1, {', '.join(map(str, self.config.input_shape))}) "
+                             f"(input_shape), got {tuple(volume.shape)}")
+        if any(f > 1 for f in self.config.input_pool):
+            volume = F.avg_pool3d(volume, tuple(self.config.input_pool))
+        b, _, d, h, w = volume.shape
         n, t = self.config.n_triplets, self.config.triplet
-        if c != 1 or d // t != n or (h, w) != tuple(self.config.input_shape[1:]):
-            raise ValueError(f"CTNetEncoder: expected (B, 1, {n * t}, {h}, {w})-like input matching input_shape "
-                             f"{tuple(self.config.input_shape)}, got {tuple(volume.shape)}")
         images = volume[:, 0, : n * t].reshape(b * n, t, h, w)
         maps = self._run_trunk(images)
         maps = maps.view(b, n, *maps.shape[1:])  # triplets become Conv3d channels

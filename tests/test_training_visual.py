@@ -1,0 +1,82 @@
+"""The pretrain and classifier stages end to end on a tiny synthetic cache: files, thresholds, encoder hand-over."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ctagrg.cli.main import main as cli_main
+from ctagrg.data.cache import cache_path, save_cached
+from ctagrg.labels import LABELS
+from ctagrg.models.step1 import Step1Model
+from ctagrg.training.checkpoint import load_state_file
+from ctagrg.training.thresholds import load_thresholds
+
+MODEL = ["model.ctnet.input_shape=[6,16,16]", "model.ctnet.trunk.width=4", "model.ctnet.trunk.layers=[1,1,1,1]",
+         "model.ctnet.reducer_kernels=[[1,1,1],[1,1,1],[2,1,1]]",
+         "model.ctnet.reducer_strides=[[2,1,1],[2,1,1],[1,1,1]]", "model.ctnet.embed_dim=32",
+         "model.heads.in_dim=32", "model.heads.embed_dim=8", "model.heads.classifier_hidden=4",
+         "model.heads.pretrain_hidden=[8,4]"]
+
+
+def write_cache(root, n: int, split: str, rng: np.random.Generator) -> str:
+    """Volumes whose label 0 is a bright blob; other labels random. Returns the labels CSV path."""
+    rows = []
+    for i in range(n):
+        y = rng.integers(0, 2, len(LABELS))
+        vol = rng.normal(0, 0.05, (6, 16, 16)).astype(np.float32)
+        if y[0]:
+            vol[2:4, 4:10, 4:10] += 0.5
+        save_cached(cache_path(root / "cache", f"{split}_{i}_a_1"), vol, -0.449, 0.551)
+        rows.append(f"{split}_{i}_a_1.nii.gz," + ",".join(map(str, y)))
+    csv = root / f"{split}_labels.csv"
+    csv.write_text("VolumeName," + ",".join(LABELS) + "\n" + "\n".join(rows) + "\n")
+    return str(csv)
+
+
+@pytest.mark.slow
+def test_pretrain_then_classifier_via_cli(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    train_csv, valid_csv = write_cache(tmp_path, 16, "train", rng), write_cache(tmp_path, 12, "valid", rng)
+    data = [f"data.cache_dir={tmp_path / 'cache'}", f"data.train_labels={train_csv}",
+            f"data.valid_labels={valid_csv}", "data.pos_weight=auto"]
+    common = ["train.batch_size=4", "train.tensorboard=false", "train.lr=0.003", *data, *MODEL]
+    assert cli_main(["train", "pretrain", "--set", f"train.out_dir={tmp_path / 'pre'}", "--set", "train.epochs=2",
+                     *sum((["--set", s] for s in common), [])]) == 0
+    pre = tmp_path / "pre" / "best"
+    assert json.loads((pre / "config.json").read_text())["model_type"] == "ctagrg-pretrain"
+    assert "Lung nodule" in (pre / "validation.md").read_text()
+    assert not (pre / "thresholds.json").exists()
+
+    assert cli_main(["train", "classifier", "--set", f"train.out_dir={tmp_path / 'cls'}", "--set", "train.epochs=1",
+                     "--set", f"init.encoder_from={pre}", "--set", "model.per_head_backward=true",
+                     "--set", "data.augment.enabled=true", "--set", "data.augment.rot90_p=0.5",
+                     *sum((["--set", s] for s in common), [])]) == 0
+    best = tmp_path / "cls" / "best"
+    assert "best checkpoint:" in capsys.readouterr().out
+    thr = load_thresholds(best)
+    assert thr.shape == (18,) and ((thr > 0) & (thr < 1)).all()
+    val = json.loads((best / "validation.json").read_text())
+    assert val["n"] == 12 and set(val["per_label"]) == set(LABELS)
+    model = Step1Model.from_pretrained(best)
+    out = model(torch.zeros(2, 1, 6, 16, 16))
+    assert out["logits"].shape == (2, 18) and out["embeddings"].shape == (2, 18, 8)
+    # the classifier started from the pretrained encoder: the first trunk conv was copied, then trained one epoch
+    w_pre = load_state_file(pre / "model.safetensors")["encoder.trunk.conv1.weight"]
+    w_init = torch.manual_seed(0) and Step1Model(model.config).encoder.trunk.conv1.weight
+    assert (model.encoder.trunk.conv1.weight - w_pre).abs().max() < (w_init - w_pre).abs().max()
+
+
+def test_cli_errors(tmp_path, capsys):
+    assert cli_main(["train", "pretrain", "--set", "data.cachedir=x"]) == 2
+    assert "unknown key 'cachedir' for VisualDataConfig; valid keys: cache_dir, train_labels" in capsys.readouterr().err
+    assert cli_main(["train", "pretrain", "--set", f"train.out_dir={tmp_path}", *sum((["--set", s] for s in MODEL), [])
+                     ]) == 1
+    assert "data.train_labels: not set" in capsys.readouterr().err
+    assert cli_main(["train", "pretrain", "--set", f"train.out_dir={tmp_path}", "--set", MODEL[0]]) == 1
+    assert "reducer conv 1 (kernel (3, 3, 3), stride (3, 1, 1)) leaves no output" in capsys.readouterr().err
+    assert cli_main(["train", "classifier", "--print-config", "--set", "train.lr=0.5"]) == 0
+    assert "lr: 0.5" in capsys.readouterr().out
