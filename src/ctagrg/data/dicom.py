@@ -144,6 +144,8 @@ def _pixels(path: Path, slices: list[Any]) -> tuple[np.ndarray, float | None, fl
     scales = [(float(ds.get("RescaleSlope", 1.0) or 1.0), float(ds.get("RescaleIntercept", 0.0) or 0.0))
               for ds in slices]
     raw = np.stack(arrays)
+    if raw.dtype == np.uint16 and raw.max() <= np.iinfo(np.int16).max:
+        raw = raw.view(np.int16)  # same values; int16 has fast torch kernels, uint16 does not
     if len(set(scales)) == 1:
         return raw, scales[0][0], scales[0][1]
     hu = np.empty(raw.shape, np.float32)

@@ -17,6 +17,7 @@ the HU rescale (linear) is applied after interpolation, which is mathematically 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,15 +163,30 @@ def _lerp_rows(x: Any, taps: tuple[Any, Any, Any], ws: _Workspace, name: str) ->
     return a.lerp_(b, w)
 
 
-def _gather_slices(base: np.ndarray, axis: int, idx: np.ndarray, ws: _Workspace, name: str) -> Any:
-    """float32 tensor (len(idx), ., .) of base's slices ``idx`` along ``axis`` (the remaining axes in memory order)."""
+# dtypes torch can multiply straight into a float32 buffer (uint16 has no CPU mul kernel)
+_DIRECT_DTYPES = (np.int8, np.uint8, np.int16, np.int32, np.float32, np.float64)
+
+
+def _lerp_slices(base: np.ndarray, axis: int, i0: np.ndarray, i1: np.ndarray, w: np.ndarray, ws: _Workspace
+                 ) -> Any:
+    """Interpolate along ``axis`` of the stored array: float32 (len(i0), ., .) = (1 − w)·base[i0] + w·base[i1],
+    the remaining axes in memory order."""
     import torch
 
-    if axis == 0:  # the usual case (NIfTI z, DICOM stack): slabs are contiguous, copy straight into a buffer
-        raw = ws(name + "raw", (len(idx), *base.shape[1:]), torch.from_numpy(np.empty(0, base.dtype)).dtype).numpy()
-        np.take(base, idx, axis=0, out=raw)
-        return ws(name, raw.shape, torch.float32).copy_(torch.from_numpy(raw))
-    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(base.take(idx, axis=axis), axis, 0))).float()
+    if axis == 0 and base.dtype.type in _DIRECT_DTYPES:
+        # the usual case (NIfTI z, DICOM stack): read each int16 slice once and convert while multiplying
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # read-only voxels: we only read them
+            src = torch.from_numpy(base)
+        y = ws("d", (len(i0), *base.shape[1:]), torch.float32)
+        for j, (a, b, wj) in enumerate(zip(i0.tolist(), i1.tolist(), w.tolist(), strict=True)):
+            torch.mul(src[a], 1.0 - wj, out=y[j])
+            if wj != 0.0:
+                y[j].add_(src[b], alpha=wj)
+        return y
+    a = torch.from_numpy(np.ascontiguousarray(np.moveaxis(base.take(i0, axis=axis), axis, 0))).float()
+    b = torch.from_numpy(np.ascontiguousarray(np.moveaxis(base.take(i1, axis=axis), axis, 0))).float()
+    return a.lerp_(b, torch.from_numpy(w).view(-1, 1, 1))
 
 
 def _file_layout(vol: CTVolume, p: PreprocessPlan) -> tuple[np.ndarray, list[int], list[bool]]:
@@ -223,20 +239,21 @@ def preprocess_volume(vol: CTVolume, config: PreprocessConfig | None = None) -> 
     # applied after interpolation (linear maps commute with lerp), so the int16 input is never scaled as a whole.
     scale = float(vol.slope) / (config.hu_max - config.hu_min)
     shift = (float(vol.intercept) - config.hu_min) / (config.hu_max - config.hu_min) - config.offset
+    scale_t, shift_t = torch.tensor(scale, dtype=torch.float32), torch.tensor(shift, dtype=torch.float32)
     ws = _Workspace()
     plane_taps = {a: tuple(torch.from_numpy(t) for t in taps[a][:2]) + (torch.from_numpy(taps[a][2]).view(1, -1, 1),)
                   for a in (first, second)}
     d0, d1, dw, dst = taps[0]
     for c in range(0, len(dw), CHUNK):
         sl = slice(c, c + CHUNK)
-        y = _gather_slices(base, base_axis[0], d0[sl], ws, "a")
-        y = y.lerp_(_gather_slices(base, base_axis[0], d1[sl], ws, "b"), torch.from_numpy(dw[sl]).view(-1, 1, 1))
+        y = _lerp_slices(base, base_axis[0], d0[sl], d1[sl], dw[sl], ws)
         y = _lerp_rows(y, plane_taps[first], ws, "h")
         y = ws("t", (y.shape[0], y.shape[2], y.shape[1]), torch.float32).copy_(y.transpose(1, 2))
         y = _lerp_rows(y, plane_taps[second], ws, "w")  # (C, out[second], out[first])
-        y = y.mul_(scale).add_(shift).clamp_(-config.offset, 1.0 - config.offset)
-        out_t[dst.start + c: dst.start + c + y.shape[0], taps[1][3], taps[2][3]] = y if second == 1 else y.transpose(
-            1, 2)
+        y = torch.addcmul(shift_t, y, scale_t, out=ws("s", tuple(y.shape), torch.float32))  # y·scale + shift
+        target = out_t[dst.start + c: dst.start + c + y.shape[0], taps[1][3], taps[2][3]]
+        # clip straight into the output (a view; transposed when the chunk's last dim is H)
+        torch.clamp(y, -config.offset, 1.0 - config.offset, out=target if second == 1 else target.transpose(1, 2))
     return out
 
 
