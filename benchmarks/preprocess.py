@@ -177,9 +177,8 @@ def main() -> None:
     print(f"speed-up {tb / to:.1f}x wall, {cb / co:.1f}x CPU time (target >= 5); peak memory ratio {mo / mb:.2f} "
           f"(target <= 0.33); max abs diff {diff:.2e} (target <= 1e-2)")
     print(f"cache: {cache['size_mb']:.1f} MB (target <= 60), load best {min(cache['load_times']):.3f} s of "
-          f"{' '.join(f'{t:.3f}' for t in cache['load_times'])}, best CPU {min(cache['load_cpu']):.3f} s (target <= 0.3), "
-          f"quantisation error "
-          f"{cache['max_abs_err']:.4f}")
+          f"{' '.join(f'{t:.3f}' for t in cache['load_times'])}, best CPU {min(cache['load_cpu']):.3f} s "
+          f"(target <= 0.3), quantisation error {cache['max_abs_err']:.4f}")
 
 
 if __name__ == "__main__":
