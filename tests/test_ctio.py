@@ -186,3 +186,20 @@ def test_real_a0001_nifti_and_dicom_same_voxels_in_patient_space(shared_data: Pa
     probe = np.array([100, 200, 30, 1.0])
     np.testing.assert_allclose(nii.affine @ probe, dcm.affine @ probe[[2, 1, 0, 3]], atol=1e-3)
     assert LPS_TO_RAS.shape == (4, 4)
+
+
+def test_metadata_equal_to_the_files_own_rescale_is_applied_once_quietly(tmp_path: Path) -> None:
+    hu = phantom_hu()
+    path = write_nifti(tmp_path / "scl.nii.gz", (hu + 1024).astype(np.int16), np.eye(4), slope=1.0, inter=-1024.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        vol = load_ct(path, CTMetadata(slope=1.0, intercept=-1024.0))
+    np.testing.assert_array_equal(vol.hu, hu.astype(np.float32))
+
+
+def test_metadata_differing_from_the_files_own_rescale_is_ignored_with_a_warning(tmp_path: Path) -> None:
+    hu = phantom_hu()
+    path = write_nifti(tmp_path / "scl.nii.gz", (hu + 1024).astype(np.int16), np.eye(4), slope=1.0, inter=-1024.0)
+    with pytest.warns(CTReadWarning, match="has its own rescale"):
+        vol = load_ct(path, CTMetadata(slope=1.0, intercept=-2048.0))
+    np.testing.assert_array_equal(vol.hu, hu.astype(np.float32))

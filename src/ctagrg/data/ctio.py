@@ -339,7 +339,9 @@ def _apply_metadata(vol: CTVolume, meta: CTMetadata) -> CTVolume:
         m_slope = 1.0 if meta.slope is None else meta.slope
         m_inter = 0.0 if meta.intercept is None else meta.intercept
         file_scaled = (vol.slope, vol.intercept) != (1.0, 0.0)
-        if file_scaled and (m_slope, m_inter) != (vol.slope, vol.intercept):
+        if (m_slope, m_inter) == (vol.slope, vol.intercept):
+            pass  # the file already carries the metadata's rescale (e.g. NIfTI scl_inter -1024): apply it once
+        elif file_scaled:
             warnings.warn(f"{vol.source}: the file has its own rescale (slope {vol.slope:g}, intercept "
                           f"{vol.intercept:g}); ignoring the metadata's ({m_slope:g}, {m_inter:g})",
                           CTReadWarning, stacklevel=3)
