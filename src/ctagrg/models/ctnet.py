@@ -38,6 +38,9 @@ class CTNetConfig:
     input_pool: Triple = (1, 1, 1)  # average-pool the volume by this factor per axis first (CPU demo: (1, 2, 2))
     triplet: int = 3  # slices per 2D trunk image (the trunk's input channels)
     trunk: ResNetConfig = field(default_factory=ResNetConfig)
+    # conv3d: CT-Net's reducer (position-specific, as published). pool: global max + mean of the trunk maps over
+    # triplets and positions (2 x trunk channels): position-invariant, learns from few volumes (the CPU demo).
+    reducer: str = "conv3d"
     reducer_channels: Triple = (64, 32, 16)
     reducer_kernels: tuple[Triple, Triple, Triple] = ((3, 3, 3), (3, 3, 3), (3, 2, 2))
     reducer_strides: tuple[Triple, Triple, Triple] = ((3, 1, 1), (3, 1, 1), (3, 2, 2))
@@ -69,6 +72,10 @@ class CTNetConfig:
         if self.n_triplets < 1:
             raise ValueError(f"CTNetConfig: input depth {self.input_shape[0]} has no slice triplet of {self.triplet}")
         out = {"trunk": (self.n_triplets, self.trunk.out_channels, h, w)}
+        if self.reducer == "pool":
+            return out | {"flat": (2 * self.trunk.out_channels,), "embedding": (self.embed_dim,)}
+        if self.reducer != "conv3d":
+            raise ValueError(f"CTNetConfig.reducer: expected conv3d or pool, got {self.reducer!r}")
         dims = (self.trunk.out_channels, h, w)
         for i, (ch, k, s) in enumerate(zip(self.reducer_channels, self.reducer_kernels, self.reducer_strides,
                                            strict=True)):
@@ -92,7 +99,8 @@ class CTNetEncoder(nn.Module):
         self.trunk = ResNetTrunk(config.trunk)
         layers: list[nn.Module] = []
         in_ch = config.n_triplets
-        for ch, k, s in zip(config.reducer_channels, config.reducer_kernels, config.reducer_strides, strict=True):
+        specs = zip(config.reducer_channels, config.reducer_kernels, config.reducer_strides, strict=True)
+        for ch, k, s in [] if config.reducer == "pool" else specs:
             layers += [nn.Conv3d(in_ch, ch, tuple(k), stride=tuple(s)), nn.ReLU(inplace=True)]
             in_ch = ch
         self.reducer = nn.Sequential(*layers)
@@ -126,6 +134,9 @@ class CTNetEncoder(nn.Module):
         images = volume[:, 0, : n * t].reshape(b * n, t, h, w)
         maps = self._run_trunk(images)
         maps = maps.view(b, n, *maps.shape[1:])  # triplets become Conv3d channels
+        if self.config.reducer == "pool":
+            maps = maps.transpose(1, 2).flatten(2)  # (B, C, triplets * h * w)
+            return torch.cat([maps.amax(-1), maps.mean(-1)], dim=1)
         return self.reducer(maps).flatten(1)
 
     def forward(self, volume: torch.Tensor) -> torch.Tensor:
