@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     for r in failed:
         print(r.get("error") or f"{r['source']}: failed", file=sys.stderr)
     for r in rows:
-        if r.get("warnings"):
+        if r.get("warnings") and not r.get("skipped"):
             print(f"warning: {r['warnings']}", file=sys.stderr)
     shard = f" (shard {args.shard[0]}/{args.shard[1]})" if args.shard[1] > 1 else ""
     done = len(rows) - len(failed) - skipped
