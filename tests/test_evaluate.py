@@ -137,6 +137,21 @@ def test_failed_volume_is_recorded_and_others_scored(dataset: Path, tmp_path: Pa
     assert "Failed volumes" in (out / "report.md").read_text()
 
 
+def test_without_label_csv_uses_labelled_reference_reports(dataset: Path, tmp_path: Path) -> None:
+    (dataset / "multi_abnormality_labels" / "test_predicted_labels.csv").unlink()
+    with pytest.raises(ValueError, match="needs the dataset's label CSV"):
+        evaluate(tmp_path / "m", dataset, tmp_path / "e1", EvaluateConfig(meteor=False, bootstrap=0),
+                 reporter=StandInReporter())
+    metrics = evaluate(tmp_path / "m", dataset, tmp_path / "e2",
+                       EvaluateConfig(meteor=False, bootstrap=100, clinical_reference="reports"),
+                       reporter=StandInReporter())
+    assert "classification" not in metrics and "classification.macro_auroc" not in metrics["headline"]
+    assert metrics["clinical"]["reference"] == "reports"
+    assert metrics["headline"]["clinical.micro_f1"] == pytest.approx(1.0)
+    assert set(metrics["ci95"]) >= {"clinical.micro_f1", "nlg.bleu_4"}
+    assert (tmp_path / "e2" / "f1_per_label.png").is_file() and not (tmp_path / "e2" / "roc_curves.png").exists()
+
+
 def test_classification_metrics_auroc_and_f1() -> None:
     labels = np.zeros((4, 18), dtype=int)
     labels[:2, 0] = 1

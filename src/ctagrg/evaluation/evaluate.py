@@ -81,16 +81,17 @@ def _arrays(preds: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
     return probs.reshape(-1, len(LABELS)), det.reshape(-1, len(LABELS))
 
 
-def _confidence_intervals(cfg: EvaluateConfig, probs: np.ndarray, det: np.ndarray, labels: np.ndarray,
+def _confidence_intervals(cfg: EvaluateConfig, probs: np.ndarray, det: np.ndarray, labels: np.ndarray | None,
                           clin_counts: dict[str, np.ndarray], hyps: list[str], refs: list[str],
                           rouge_each: list[float], cider_each: list[float]) -> dict[str, list[float] | None]:
     from ctagrg.evaluation.nlg import tokenize
 
     w = bs.resample_weights(len(hyps), cfg.bootstrap, cfg.seed)
     ci: dict[str, list[float] | None] = {}
-    ci["classification.macro_auroc"] = bs.percentile_interval(bs.macro_auroc_samples(probs, labels, w))
-    cls = bs.clinical_samples(confusion_counts(det, labels), w)
-    ci["classification.macro_f1"] = bs.percentile_interval(cls["macro_f1"])
+    if labels is not None:
+        ci["classification.macro_auroc"] = bs.percentile_interval(bs.macro_auroc_samples(probs, labels, w))
+        cls = bs.clinical_samples(confusion_counts(det, labels), w)
+        ci["classification.macro_f1"] = bs.percentile_interval(cls["macro_f1"])
     clin = bs.clinical_samples(clin_counts, w)
     for key in ("micro_f1", "macro_f1", "micro_precision", "micro_recall"):
         ci[f"clinical.{key}"] = bs.percentile_interval(clin[key])
@@ -128,7 +129,7 @@ def compute_metrics(preds: list[dict[str, Any]], split: Any, cfg: EvaluateConfig
     if ground_truth_dir is not None:
         out["grounding"] = grounding_metrics(ok, ground_truth_dir)
     out["headline"] = {k: _lookup(out, k) for k in HEADLINE_KEYS if _lookup(out, k, missing=True) is not _MISSING}
-    if cfg.bootstrap and labels is not None:
+    if cfg.bootstrap:
         ci = _confidence_intervals(cfg, probs, det, labels, confusion_counts(gen_lab, ref_lab), hyps, refs,
                                    nlg.per_report["rouge_l"], nlg.per_report["cider"])
         out["ci95"] = {k: v for k, v in ci.items() if k in out["headline"]}
