@@ -253,3 +253,24 @@ def test_real_a0001_nifti_and_dicom_agree_default_config(shared_data: Path) -> N
     assert np.abs(a - b).max() < 1e-5
     vol = load_ct(ct / "lung-pet-ct-dx-A0001.nii.gz")
     assert plan(vol, PreprocessConfig()).resampled_shape == (213, 574, 574)
+
+
+# ---------------------------------------------------------------- ctagrg inspect
+
+
+def test_inspect_prints_geometry_and_plan(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from ctagrg.cli.main import main
+
+    path = write_nifti(tmp_path / "p.nii.gz", phantom_hu((20, 20, 10)), np.diag([-2.0, -2.0, 5.0, 1.0]))
+    assert main(["inspect", str(path), "--run", "--set", "shape=[40,32,32]", "--set", "spacing=[1.5,1.0,1.0]"]) == 0
+    out = capsys.readouterr().out
+    assert "shape:        20 x 20 x 10" in out and "spacing:      2 x 2 x 5 mm" in out
+    assert "orientation:  LPS (axis i points toward Left, Posterior, Superior)" in out
+    assert "resampled:  33 x 40 x 40" in out  # int(10 * 5 / 1.5) = 33, int(20 * 2 / 1) = 40
+    assert "D (S): pad 3 before, 4 after with -0.449 (air)" in out
+    assert "H (L): crop 4 before, 4 after (4 / 4 mm of the scan dropped)" in out
+    assert "output:       40 x 32 x 32 float32" in out and "ran:" in out
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"nope")
+    assert main(["inspect", str(bad)]) == 1
+    assert capsys.readouterr().err.startswith(str(bad))
