@@ -239,3 +239,17 @@ def test_load_ctclip_reports_bad_keys(tmp_path):
     torch.save(sd, tmp_path / "partial.pt")
     with pytest.raises(CheckpointError, match=r"missing \[1\]: temporal.blocks.0.attn.to_q.weight"):
         load_ctclip_ctvit(CTViTEncoder(CFG), tmp_path / "partial.pt")
+
+
+def test_ctnet_pool_reducer_is_invariant_to_triplet_order():
+    torch.manual_seed(0)
+    enc = create_encoder("ctnet", input_shape=(12, 32, 32), input_pool=(1, 2, 2), reducer="pool", trunk={"width": 4},
+                         embed_dim=24, dropout=0.0).eval()
+    assert enc.shapes == {"trunk": (4, 32, 1, 1), "flat": (64,), "embedding": (24,)} and len(enc.reducer) == 0
+    x = torch.randn(2, 1, 12, 32, 32)
+    swapped = torch.cat([x[:, :, 6:9], x[:, :, 0:3], x[:, :, 9:12], x[:, :, 3:6]], dim=2)  # triplets reordered
+    with torch.no_grad():
+        torch.testing.assert_close(enc(swapped), enc(x))
+        assert not torch.allclose(enc(x.flip(2)), enc(x))  # slice order inside a triplet still matters
+    with pytest.raises(ValueError, match=r"input_shape \(12, 32, 32\) is not divisible by input_pool \(1, 3, 3\)"):
+        create_encoder("ctnet", input_shape=(12, 32, 32), input_pool=(1, 3, 3), reducer="pool")
