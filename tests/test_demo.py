@@ -71,3 +71,65 @@ def test_examples_text(tmp_path: Path) -> None:
         [{"name": f"v{i}", "generated": f"gen {i}", "reference": f"ref {i}"} for i in range(5)]))
     text = demo.examples_text(tmp_path, n=3)
     assert text.count("generated:") == 3 and "--- v2" in text and "v3" not in text
+
+
+TINY_CONFIGS = {
+    "preprocess.yaml": "spacing: [8.0, 4.0, 4.0]\nshape: [12, 32, 32]\n",
+    "pretrain.yaml": """
+train: {epochs: 1, batch_size: 4, lr: 1.0e-3, tensorboard: false, log_every: 1}
+model:
+  ctnet:
+    input_shape: [12, 32, 32]
+    trunk: {width: 4, layers: [1, 1, 1, 1]}
+    reducer_channels: [4, 4, 4]
+    reducer_kernels: [[3, 1, 1], [3, 1, 1], [1, 1, 1]]
+    reducer_strides: [[3, 1, 1], [3, 1, 1], [1, 1, 1]]
+    embed_dim: 32
+  heads: {in_dim: 32, embed_dim: 16, classifier_hidden: 8, pretrain_hidden: [8, 8]}
+""",
+    "decoder.yaml": """
+train: {epochs: 1, batch_size: 8, optimizer: adamw, lr: 1.0e-3, tensorboard: false, log_every: 1}
+model:
+  n_layer: 1
+  n_embd: 32
+  n_head: 4
+  n_positions: 64
+  freeze_gpt2: false
+  conditioning: {input_dim: 0, hidden_dims: [32], output_dim: 32}
+pairs: present
+target: {max_tokens: 20}
+generation: {strategy: greedy, max_new_tokens: 8}
+""",
+}
+
+
+@pytest.mark.slow
+def test_reduced_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every real stage on 16 tiny phantoms with tiny models: the wiring between the parts works, the packaged
+    model loads, and a rerun skips every stage."""
+    import torch
+
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    for name, text in TINY_CONFIGS.items():
+        (configs / name).write_text(text)
+    (configs / "classifier.yaml").write_text(TINY_CONFIGS["pretrain.yaml"])
+    out = tmp_path / "demo"
+    cfg = DemoConfig(out_dir=str(out), quick=True, n_volumes=16, threads=1, configs=str(configs),
+                     phantom_size="tiny", overrides=["decoder.train.epochs=1"])
+    torch.set_num_threads(1)
+    assert demo.main(cfg) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    assert metrics["meta"]["failed"] == 0 and metrics["meta"]["evaluated"] >= 1
+    assert "Headline metrics" in printed and "clinical.micro_f1" in printed
+    assert printed.count("generated:") == min(3, metrics["meta"]["evaluated"])
+    assert {"classification.macro_auroc", "nlg.bleu_4", "grounding.side_accuracy"} <= set(metrics["headline"])
+    from ctagrg.generation.reporter import Reporter
+
+    reporter = Reporter.from_pretrained(out / "model")
+    assert len(reporter.tokenizer) == json.loads(marker(out, "embeddings").read_text())["vocab_size"]
+    assert all(marker(out, s).is_file() for s in STAGES)
+    logs: list[str] = []
+    run_stages(demo.build_stages(), cfg, logs.append)
+    assert all("skipped" in line for line in logs)

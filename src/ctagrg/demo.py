@@ -60,6 +60,7 @@ class DemoConfig:
     force: str | None = None  # rerun this stage and every later one
     until: str | None = None  # stop after this stage
     configs: str | None = None  # folder with preprocess/pretrain/classifier/decoder YAML; None: configs/demo
+    phantom_size: str = "small"  # ctagrg phantom --size (tests use "tiny")
 
     @property
     def preset(self) -> DemoPreset:
@@ -156,7 +157,7 @@ def config_dir(cfg: DemoConfig) -> Path:
 
 def _phantoms(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     n = cfg.preset.n_volumes
-    _cli(["phantom", "--out", _paths(out)["data"], "--n", n, "--seed", cfg.seed, "--size", "small",
+    _cli(["phantom", "--out", _paths(out)["data"], "--n", n, "--seed", cfg.seed, "--size", cfg.phantom_size,
           "--workers", cfg.threads])
     return {"volumes": n}
 
@@ -270,7 +271,7 @@ def _package(out: Path, cfg: DemoConfig) -> dict[str, Any]:
 
     p = _paths(out)
     card = {"training_data": f"synthetic phantoms (ctagrg phantom --n {cfg.preset.n_volumes} --seed {cfg.seed} "
-                             "--size small), train split; demo model, not for any clinical use"}
+                             "--size {cfg.phantom_size}), train split; demo model, not for any clinical use"}
     reporter = Reporter.from_training_outputs(p["classifier"] / "best", p["decoder"] / "best",
                                               preprocess=config_dir(cfg) / "preprocess.yaml", card=card)
     reporter.save_pretrained(p["model"])
