@@ -203,3 +203,22 @@ def test_metadata_differing_from_the_files_own_rescale_is_ignored_with_a_warning
     with pytest.warns(CTReadWarning, match="has its own rescale"):
         vol = load_ct(path, CTMetadata(slope=1.0, intercept=-2048.0))
     np.testing.assert_array_equal(vol.hu, hu.astype(np.float32))
+
+
+def test_oblique_volume_warns(tmp_path: Path) -> None:
+    angle = np.radians(12.0)
+    aff = np.eye(4)
+    aff[:3, :3] = [[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]]
+    with pytest.warns(CTReadWarning, match=r"oblique by up to 12\.0 degrees"):
+        load_ct(write_nifti(tmp_path / "tilt.nii.gz", phantom_hu(), aff))
+
+
+def test_dicom_without_geometry_is_an_error(tmp_path: Path) -> None:
+    import pydicom
+
+    paths = write_dicom_series(tmp_path / "s", phantom_hu((4, 8, 8)))
+    ds = pydicom.dcmread(paths[0])
+    del ds.PixelSpacing
+    ds.save_as(paths[0])
+    with pytest.raises(CTReadError, match="missing spacing/geometry"):
+        load_ct(tmp_path / "s")

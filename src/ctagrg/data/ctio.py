@@ -36,6 +36,8 @@ MIN_HU_REQUIRED = -500.0
 # HU range of outside air and lung, used to tell stored HU from stored raw detector values.
 AIR_LUNG_HU = (-1200.0, -600.0)
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+# Above this tilt between voxel and patient axes, load_ct warns (preprocessing does not resample obliquity away).
+OBLIQUE_WARN_DEGREES = 5.0
 
 
 class CTReadError(ValueError):
@@ -307,10 +309,21 @@ def _validate(vol: CTVolume) -> None:
         raise CTReadError(f"{src}: {int(np.isnan(vol.raw).sum())} NaN voxels")
     if vol.raw.dtype.kind not in "iuf":
         raise CTReadError(f"{src}: unsupported voxel type {vol.raw.dtype}")
+    tilt = _obliquity_degrees(vol.affine)
+    if tilt > OBLIQUE_WARN_DEGREES:
+        warnings.warn(f"{src}: voxel axes are oblique by up to {tilt:.1f} degrees (gantry tilt?); preprocessing maps "
+                      f"them to the nearest patient axes without resampling the obliquity away", CTReadWarning,
+                      stacklevel=3)
     lo, hi = vol.hu_range()
     if lo > MIN_HU_REQUIRED:
         raise CTReadError(f"{src}: intensities cannot be CT in HU: no value below {MIN_HU_REQUIRED:g} "
                           f"(range {lo:g} .. {hi:g}); is this an MR, a mask, or raw values without their rescale?")
+
+
+def _obliquity_degrees(affine: np.ndarray) -> float:
+    """Largest angle between a voxel axis and its nearest patient axis, in degrees."""
+    cols = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
+    return float(np.degrees(np.arccos(np.clip(np.abs(cols).max(axis=0), 0.0, 1.0))).max())
 
 
 def _air_fraction(raw_sample: np.ndarray, slope: float, intercept: float) -> float:
