@@ -190,7 +190,7 @@ def headline_table(metrics: dict[str, Any]) -> str:
         shown = "null" if value is None else f"{value:.3f}"
         interval = ci.get(key)
         extra = f"  [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""
-        note = metrics.get("nlg", {}).get("notes", {}).get("meteor", "") if value is None else ""
+        note = metrics.get("nlg", {}).get("notes", {}).get("meteor", "") if key == "nlg.meteor" else ""
         lines.append(f"  {key:<30} {shown}{extra}{'  (' + note + ')' if note else ''}")
     return "\n".join(lines)
 
