@@ -140,3 +140,13 @@ def test_ctrate_root_input_uses_metadata(tmp_path: Path) -> None:
     assert main(["preprocess", str(root), "--out", str(out), *SMALL]) == 0
     row = _read_manifest(out)["valid_3_a_1"]
     assert row["spacing"] == "2x2x4" and row["hu_min"].startswith("-10")
+
+
+def test_lost_manifest_is_rebuilt_from_the_cache_files(scans: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cache"
+    good = str(scans / "good1.nii.gz")
+    assert main(["preprocess", good, "--out", str(out), *SMALL]) == 0
+    (out / "manifest.csv").unlink()
+    assert main(["preprocess", good, "--out", str(out), *SMALL]) == 0
+    row = _read_manifest(out)["good1"]
+    assert (row["status"], row["shape"], row["spacing"], row["out_shape"]) == ("ok", "16x16x8", "2x2x4", "12x16x16")

@@ -146,8 +146,7 @@ def build_cache(items: Sequence[InputItem], out_dir: str | Path, config: Preproc
     for item in mine:
         if cache_path(out_dir, item.name).is_file():
             old = previous.get(item.name)
-            row = dict(old) if old and old.get("status") == "ok" else {"name": item.name, "source": item.source,
-                                                                        "status": "ok", "seconds": "0"}
+            row = dict(old) if old and old.get("status") == "ok" else _row_from_cache_file(item, out_dir)
             rows.append({**row, "skipped": True})  # "skipped" is not a manifest column; callers count it
         else:
             todo.append(item)
@@ -159,6 +158,21 @@ def build_cache(items: Sequence[InputItem], out_dir: str | Path, config: Preproc
             write_manifest(out_dir / f"manifest.shard-{shard[0]}-of-{shard[1]}.csv", rows)
         merge_manifests(out_dir, rows)
     return rows
+
+
+def _row_from_cache_file(item: InputItem, out_dir: Path) -> dict[str, Any]:
+    """A manifest row for a cached volume the manifest does not know (e.g. a lost manifest), from the file's
+    provenance metadata."""
+    from ctagrg.data.cache import CacheError, read_cache_metadata
+
+    row: dict[str, Any] = {"name": item.name, "source": item.source, "status": "ok", "error": "", "seconds": "0"}
+    try:
+        meta = read_cache_metadata(cache_path(out_dir, item.name))
+    except CacheError as exc:
+        return {**row, "status": "failed", "error": str(exc)}
+    extra = meta["extra"]
+    row.update({k: extra[k] for k in ("shape", "spacing", "axcodes") if k in extra}, out_shape=_fmt(meta["shape"]))
+    return row
 
 
 def _run(todo: Sequence[InputItem], out_dir: Path, config: PreprocessConfig, workers: int
