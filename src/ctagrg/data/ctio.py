@@ -129,6 +129,7 @@ class CTVolume:
         self.affine = np.asarray(affine, dtype=np.float64)
         self.source = str(source)
         self._hu: np.ndarray | None = None
+        self._raw_range: tuple[float, float] | None = None
         if spacing is not None and not np.allclose(spacing, self.spacing, rtol=1e-3):
             raise ValueError(f"{source}: spacing {tuple(spacing)} disagrees with the affine's {self.spacing}")
 
@@ -159,8 +160,10 @@ class CTVolume:
         return self._hu
 
     def hu_range(self) -> tuple[float, float]:
-        """(min, max) HU without building the float32 copy (slope may be negative in theory)."""
-        lo, hi = (float(v) * self.slope + self.intercept for v in (self.raw.min(), self.raw.max()))
+        """(min, max) HU without building the float32 copy (slope may be negative in theory); computed once."""
+        if self._raw_range is None:
+            self._raw_range = (float(self.raw.min()), float(self.raw.max()))
+        lo, hi = (v * self.slope + self.intercept for v in self._raw_range)
         return (min(lo, hi), max(lo, hi))
 
     def __repr__(self) -> str:
