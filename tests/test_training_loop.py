@@ -169,3 +169,13 @@ def test_config_errors_and_registry():
         apply_overrides(ToyConfig(), ["train.precision=fp8"])
     with pytest.raises(ConfigError, match="unknown key 'lrr' for TrainConfig; valid keys: out_dir, seed"):
         apply_overrides(ToyConfig(), ["train.lrr=1"])
+
+
+def test_bf16_autocast_clipping_and_checkpointing_flag(tmp_path):
+    best = train(ToyTask(toy_cfg(tmp_path / "bf16", epochs=1, precision="bf16", grad_clip=0.5, grad_clip_value=0.1)))
+    metrics = (best / "metrics.json").read_text()
+    assert '"score"' in metrics
+    losses = read_rows(tmp_path / "bf16" / "metrics.csv")
+    assert len(losses) == 3 and all(0 < v < 2 for _, v in losses)
+    with pytest.raises(ConfigError, match="activation_checkpointing: Sequential does not support it"):
+        train(ToyTask(toy_cfg(tmp_path / "ckpt", activation_checkpointing=True)))
