@@ -222,3 +222,15 @@ def test_dicom_without_geometry_is_an_error(tmp_path: Path) -> None:
     ds.save_as(paths[0])
     with pytest.raises(CTReadError, match="missing spacing/geometry"):
         load_ct(tmp_path / "s")
+
+
+def test_multiframe_dicom_is_a_clear_error(tmp_path: Path) -> None:
+    import pydicom
+
+    paths = write_dicom_series(tmp_path / "mf", phantom_hu((2, 8, 8)))
+    ds = pydicom.dcmread(paths[0])
+    ds.NumberOfFrames = 2
+    ds.PixelData = ds.PixelData * 2
+    ds.save_as(paths[0])
+    with pytest.raises(CTReadError, match="multi-frame"):
+        load_ct(tmp_path / "mf")

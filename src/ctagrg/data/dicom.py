@@ -91,6 +91,10 @@ def _geometry(path: Path, ds: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
 
 
 def _stack(path: Path, slices: list[Any]) -> CTVolume:
+    multi = next((ds for ds in slices if int(ds.get("NumberOfFrames", 1) or 1) > 1), None)
+    if multi is not None:
+        raise CTReadError(f"{path}: multi-frame (enhanced) DICOM ({multi.filename}, {multi.NumberOfFrames} frames) "
+                          f"is not supported; convert it to NIfTI first (e.g. with dcm2niix)")
     if len(slices) < 2:
         raise CTReadError(f"{path}: expected a 3D volume, got a single slice ({slices[0].filename})")
     row_dir, col_dir, _, ps = _geometry(path, slices[0])
