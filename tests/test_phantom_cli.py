@@ -27,3 +27,20 @@ def test_errors_name_the_problem(tmp_path, capsys):
     assert "name=fraction" in capsys.readouterr().err
     assert main(["phantom", "--preview", str(tmp_path), "--out", str(tmp_path / "p.png")]) == 2
     assert f"{tmp_path}: no ground_truth/ folder" in capsys.readouterr().err
+
+
+def test_ctagrg_preprocess_reads_a_phantom_root(tmp_path):
+    import csv
+
+    import pytest
+
+    pytest.importorskip("ctagrg.cli.preprocess_cmd", reason="ctagrg preprocess not available")
+    root = tmp_path / "ph"
+    assert main(["phantom", "--out", str(root), "--n", "2", "--size", "tiny", "--split", "valid=1"]) == 0
+    cache = tmp_path / "cache"
+    assert main(["preprocess", str(root), "--out", str(cache), "--set", "shape=[16,32,32]",
+                 "--set", "spacing=[16,10,10]"]) == 0
+    with open(cache / "manifest.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
+    assert {r["name"] for r in rows} == {p.name[:-7] for p in root.glob("valid/*/*/*.nii.gz")}
