@@ -75,13 +75,13 @@ def read_done(out: Path) -> set[str]:
 def _report_batch(reporter: Any, items: list[Any]) -> list[dict[str, Any]]:
     """Preprocess each item (failures become error lines), then report the good ones in one model batch."""
     lines: list[dict[str, Any] | None] = [None] * len(items)
+    from ctagrg.data.ctio import load_ct
+    from ctagrg.data.preprocess import preprocess_volume
+
     arrays, where, seconds = [], [], []
     for k, item in enumerate(items):
         start = time.perf_counter()
         try:
-            from ctagrg.data.ctio import load_ct
-            from ctagrg.data.preprocess import preprocess_volume
-
             arrays.append(preprocess_volume(load_ct(item.source, item.metadata), reporter.preprocess))
             where.append(k)
             seconds.append(time.perf_counter() - start)
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         items = discover_inputs(expand_csv_lists(args.scans), args.metadata)
         reporter = Reporter.from_pretrained(args.model, device=device)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: e.g. --device cuda without a GPU
         print(f"{exc}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else None
