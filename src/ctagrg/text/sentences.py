@@ -56,7 +56,7 @@ _EDGE = " \t\"'”“"
 
 def _is_abbreviation(text: str, end: int) -> bool:
     """True when the period at ``text[end]`` closes a known abbreviation (e.g. "lab." before "correlation")."""
-    match = _WORD_BEFORE.search(text, 0, end)
+    match = _WORD_BEFORE.search(text, max(0, end - 40), end)  # a bounded look-back keeps splitting linear
     if not match:
         return False
     return match.group(1).lower().rstrip(".") in ABBREVIATIONS
