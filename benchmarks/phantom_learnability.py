@@ -50,20 +50,22 @@ def _cpu_seconds() -> float:
 
 
 # HU bins of the fixed stem: air/emphysema, lung, dense lung, ground glass, lines, fat, fluid, soft tissue,
-# bone, calcium/metal. Fluid (5 HU) and soft tissue (45 HU) get their own bins: effusions differ only there.
-HU_EDGES = (-950.0, -800.0, -650.0, -350.0, -150.0, -40.0, 25.0, 80.0, 400.0)
+# bone, cortex/calcium, metal. Fluid (5 HU) and soft tissue (45 HU) get their own bins: effusions differ only there.
+HU_EDGES = (-950.0, -800.0, -650.0, -350.0, -150.0, -40.0, 25.0, 80.0, 400.0, 1500.0)
+N_STEM = len(HU_EDGES) + 3
 PATCH = (2, 4, 4)  # 8 x 10 x 10 mm
 
 
 def hu_bin_stem(hu: np.ndarray) -> np.ndarray:
-    """(D, H, W) HU → (len(HU_EDGES) + 2, D/2, H/4, W/4) float16: per 2x4x4 patch, the fraction of voxels in each
-    HU bin plus the mean HU / 1000. A fixed, non-learned first layer: it keeps what a radiologist reads (how
-    much of a patch is air, ground glass, fluid, calcium) at a quarter of the in-plane resolution."""
+    """(D, H, W) HU → (N_STEM, D/2, H/4, W/4) float16: per 2x4x4 patch, the fraction of voxels in each HU bin,
+    the mean and the max HU / 1000. A fixed, non-learned first layer: it keeps what a radiologist reads (how much
+    of a patch is air, ground glass, fluid, calcium, metal) at a quarter of the in-plane resolution."""
     d, h, w = (n // k for n, k in zip(hu.shape, PATCH, strict=True))
     patches = hu[: d * PATCH[0], : h * PATCH[1], : w * PATCH[2]].reshape(d, PATCH[0], h, PATCH[1], w, PATCH[2])
     bins = np.digitize(patches, HU_EDGES).astype(np.int8)
     out = [(bins == b).mean(axis=(1, 3, 5)) for b in range(len(HU_EDGES) + 1)]
     out.append(np.clip(patches.mean(axis=(1, 3, 5)), -1000, 1000) / 1000.0)
+    out.append(np.clip(patches.max(axis=(1, 3, 5)), -1000, 3000) / 1000.0)
     return np.stack(out).astype(np.float16)
 
 
@@ -116,9 +118,10 @@ def build_model(width: int = 8):
         def __init__(self) -> None:
             super().__init__()
             w = width
-            cin = len(HU_EDGES) + 2
+            cin = N_STEM
             self.features = nn.Sequential(nn.Conv3d(cin, 2 * w, 1), nn.ReLU(inplace=True),  # mixes the bins
                                           block(2 * w, 2 * w), block(2 * w, 4 * w), block(4 * w, 8 * w))
+            self.dropout = nn.Dropout(0.3)
             self.labels = nn.Linear(4 * 8 * w, 18)
             self.sides = nn.Linear(2 * 8 * w, len(SIDE_LABELS))  # shared over halves: "is it on this side?"
 
@@ -128,6 +131,7 @@ def build_model(width: int = 8):
             per_side = []
             for part in (f[:, :, :, :half], f[:, :, :, half:]):  # patient right half, left half
                 per_side.append(torch.cat([part.amax(dim=(2, 3, 4)), part.mean(dim=(2, 3, 4))], dim=1))
+            per_side = [self.dropout(p) for p in per_side]
             logits = self.labels(torch.cat(per_side, dim=1))
             sides = torch.stack([self.sides(p) for p in per_side], dim=2)  # (B, 3, 2)
             return logits, sides
@@ -141,7 +145,7 @@ def train(model, x: np.ndarray, y: np.ndarray, s: np.ndarray, minutes: float, ba
 
     pos = y.mean(0).clip(1e-3, None)
     pos_weight = torch.tensor(np.sqrt((1 - pos) / pos).clip(1.0, 4.0), dtype=torch.float32)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-2)
     rng = np.random.default_rng(0)
     start, steps, epochs = time.perf_counter(), 0, 0
     budget = minutes * 60.0
@@ -153,6 +157,8 @@ def train(model, x: np.ndarray, y: np.ndarray, s: np.ndarray, minutes: float, ba
             xb, sb = torch.from_numpy(x[idx].astype(np.float32)), torch.from_numpy(s[idx])
             if rng.random() < 0.5:  # mirror left-right (axis l) and swap the side targets
                 xb, sb = xb.flip(3), sb.flip(2)
+            shift = tuple(int(v) for v in rng.integers(-1, 2, 3))  # +-1 patch (8-10 mm) translation
+            xb = torch.roll(xb, shifts=shift, dims=(2, 3, 4))
             logits, sides = model(xb)
             has = torch.from_numpy(y[idx][:, [LABEL_POS[k] for k in SIDE_LABELS]])[:, :, None].expand(-1, -1, 2)
             side_loss = F.binary_cross_entropy_with_logits(sides, sb, weight=0.2 + has)

@@ -297,7 +297,7 @@ def render_airways(canvas: Canvas, anat: Anatomy) -> None:
             lobe = str(lung.lobe(side, *[np.array([v]) for v in target])[0])
             ectatic = lobe in anat.ectatic.get(side, ())
             for (a, b), r in zip(((hilum, mid), (mid, target)), (3.0, 1.6), strict=True):
-                lumen = 6.0 if ectatic else r
+                lumen = 7.0 if ectatic else r
                 wall = 1.2 if ectatic else anat.airway_wall_mm
                 paint(canvas.hu, capsule(g, a + offset, b + offset, lumen + wall), HU["wall"], within=mask)
                 paint(canvas.hu, capsule(g, a + offset, b + offset, lumen), HU["air"], within=mask)

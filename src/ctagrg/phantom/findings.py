@@ -237,7 +237,7 @@ def _septal(rng: np.random.Generator, anat: Anatomy) -> Finding:
 
 
 def _peribronchial(rng: np.random.Generator, anat: Anatomy) -> Finding:
-    anat.airway_wall_mm = float(rng.uniform(3.0, 3.8))
+    anat.airway_wall_mm = float(rng.uniform(3.5, 4.5))
     return Finding("Peribronchial thickening", side="bilateral", extent="diffuse", size_mm=anat.airway_wall_mm,
                    center=_mid_lung(anat))
 
@@ -271,7 +271,7 @@ def _arterial(rng: np.random.Generator, anat: Anatomy) -> Finding:
     region = str(rng.choice(("aortic arch", "descending aorta", "thoracic aorta")))
     extent = str(rng.choice(("few", "scattered", "extensive")))
     segments = {"aortic arch": range(1, 6), "descending aorta": range(5, 7), "thoracic aorta": range(0, 7)}[region]
-    n = {"few": 5, "scattered": 9, "extensive": 15}[extent]
+    n = {"few": 8, "scattered": 14, "extensive": 22}[extent]
     plaques = []
     for _ in range(n):
         k = int(rng.choice(list(segments)))
@@ -297,7 +297,7 @@ def _coronary(rng: np.random.Generator, anat: Anatomy) -> Finding:
     d = np.array(CORONARY_PATHS[chosen[0]][0], np.float32)
     return Finding("Coronary artery wall calcification", region=", ".join(chosen), extent=extent,
                    center=heart_c + heart_r * d / np.linalg.norm(d),
-                   params={"vessels": chosen, "per_vessel": 3 if extent == "focal" else 5})
+                   params={"vessels": chosen, "per_vessel": 4 if extent == "focal" else 6})
 
 
 def _hernia(rng: np.random.Generator, anat: Anatomy) -> Finding:

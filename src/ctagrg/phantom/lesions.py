@@ -106,14 +106,24 @@ def _septal(c: Canvas, a: Anatomy, f: Finding) -> None:
 
 
 def _fibrosis(c: Canvas, a: Anatomy, f: Finding) -> None:
+    """Linear scars in the upper lobes plus apical pleuroparenchymal thickening (a soft-tissue cap)."""
     lung = c.lung_union()
     for p0, p1 in f.params["lines"]:
-        paint(c.hu, capsule(c.grid, p0, p1, 1.8), -40.0, within=lung)
+        paint(c.hu, capsule(c.grid, p0, p1, 2.5), 0.0, within=lung)
+    for side in _sides(f.side):
+        geo = a.lung(side)
+        z_cap = geo.z_recess + 0.8 * (geo.z_apex - geo.z_recess)
+        box = c.grid.box(np.array([geo.xc - geo.ax, geo.yc - geo.ay, z_cap]),
+                         np.array([geo.xc + geo.ax, geo.yc + geo.ay, geo.z_apex]))
+        if box is None:
+            continue
+        depth = geo.signed_mm(*c.grid.coords(box))
+        paint(c.hu, (box, _soft(7.0 - depth, c.grid.edge)), 10.0, within=c.lungs[side])
 
 
 def _arterial(c: Canvas, a: Anatomy, f: Finding) -> None:
     for p in f.params["plaques"]:
-        paint(c.hu, ellipsoid(c.grid, p, np.array([3.2, 3.2, 3.2])), CALCIUM_HU)
+        paint(c.hu, ellipsoid(c.grid, p, np.array([4.0, 4.0, 4.0])), CALCIUM_HU)
 
 
 def _coronary(c: Canvas, a: Anatomy, f: Finding) -> None:
@@ -123,7 +133,7 @@ def _coronary(c: Canvas, a: Anatomy, f: Finding) -> None:
         for t in np.linspace(0.0, 1.0, f.params["per_vessel"]):
             d = start + t * (end - start)
             p = center + radii * d / np.linalg.norm(d)
-            c.organ(ellipsoid(c.grid, p, np.array([3.0, 3.0, 3.0])), CALCIUM_HU)
+            c.organ(ellipsoid(c.grid, p, np.array([3.5, 3.5, 3.5])), CALCIUM_HU)
 
 
 def _hernia(c: Canvas, a: Anatomy, f: Finding) -> None:
