@@ -149,8 +149,13 @@ def test_from_training_outputs(reporter: Reporter, tmp_path: Path) -> None:
     reporter.tokenizer.save_pretrained(str(tmp_path / "dec" / "best" / "tokenizer"))
     (tmp_path / "dec" / "best" / "generation.json").write_text(json.dumps({"generation": {"max_new_tokens": 8}}))
     (tmp_path / "pre.json").write_text(json.dumps({"spacing": [8.0, 4.0, 4.0], "shape": list(SHAPE)}))
+    (tmp_path / "dec" / "best" / "metrics.json").write_text(json.dumps({"epoch": 3, "loss": 1.5, "perplexity": 4.5}))
+    (tmp_path / "step1" / "best" / "metrics.json").write_text(
+        '{"epoch": 2, "macro_auroc": 0.8, "auroc/Cardiomegaly": NaN, "loss": 0.3}')
     built = Reporter.from_training_outputs(tmp_path / "step1" / "best", tmp_path / "dec" / "best",
                                            preprocess=tmp_path / "pre.json")
     assert built.config.generation.max_new_tokens == 8 and built.thresholds == reporter.thresholds
+    assert built.card["metrics"] == {"step 1 validation macro_auroc": 0.8, "step 1 validation loss": 0.3,
+                                     "decoder validation loss": 1.5, "decoder validation perplexity": 4.5}
     vol = volumes(1, seed=4)[0]
     assert built.report(vol).to_dict() == reporter.report(vol).to_dict()

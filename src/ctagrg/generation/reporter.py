@@ -214,6 +214,8 @@ class Reporter:
         preprocess: a preprocess.json / YAML path or a PreprocessConfig (default: the seed's PreprocessConfig).
         tokenizer_dir: default ``decoder_dir/tokenizer`` (written by the decoder stage).
         config: default: generation settings from ``decoder_dir/generation.json`` when present.
+        card: model-card fields; without ``metrics``, the validation metrics of both ``best/`` folders
+            (``metrics.json``, written by the training loop) are used.
         """
         from ctagrg.data.preprocess import PreprocessConfig
         from ctagrg.models.step1 import Step1Model
@@ -233,9 +235,23 @@ class Reporter:
             gen_path = decoder_dir / "generation.json"
             gen = _read_json(gen_path).get("generation", {}) if gen_path.is_file() else {}
             config = ReporterConfig(generation=from_dict(GenerationSettings, gen, where=str(gen_path)))
+        card = dict(card or {})
+        if "metrics" not in card:
+            card["metrics"] = {**_validation_metrics(Path(step1_dir), "step 1 validation"),
+                               **_validation_metrics(decoder_dir, "decoder validation")}
         return cls(visual=Step1Model.from_pretrained(step1_dir), decoder=ReportDecoder.from_pretrained(decoder_dir),
                    tokenizer=load_tokenizer(tokenizer_dir or decoder_dir / "tokenizer"), thresholds=thr,
                    preprocess=preprocess, config=config, card=card, device=device)
+
+
+def _validation_metrics(best: Path, prefix: str) -> dict[str, float]:
+    """Headline numbers of a ``best/metrics.json`` (scalars, no per-label entries, no NaN)."""
+    path = best / "metrics.json"
+    if not path.is_file():
+        return {}
+    data = _read_json(path)
+    return {f"{prefix} {k}": float(v) for k, v in data.items() if isinstance(v, (int, float)) and v == v
+            and "/" not in k and k not in ("epoch", "step", "score")}
 
 
 def _read_json(path: Path) -> dict[str, Any]:
