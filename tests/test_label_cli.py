@@ -75,3 +75,8 @@ def test_undecodable_bytes_give_line_number(tmp_path: Path, capsys) -> None:
 def test_missing_file(tmp_path: Path, capsys) -> None:
     assert main(["label", str(tmp_path / "none.csv"), "--out", str(tmp_path / "x.csv")]) == 1
     assert "none.csv: file not found" in capsys.readouterr().err
+
+
+def test_bad_labeler_spec(reports_csv: Path, tmp_path: Path, capsys) -> None:
+    assert main(["label", str(reports_csv), "--out", str(tmp_path / "x.csv"), "--labeler", "radbert:/nope"]) == 1
+    assert "/nope: RadBERT folder or checkpoint not found" in capsys.readouterr().err
