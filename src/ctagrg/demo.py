@@ -100,6 +100,17 @@ def stages_to_run(out: Path, force: str | None) -> list[str]:
     return [s for s in STAGES if s in forced or not marker(out, s).is_file()]
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (worker processes), all threads, in seconds.
+
+    On a shared machine wall time says little; CPU-seconds / cores is what the same stage needs on idle cores.
+    """
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def run_stages(stages: list[Stage], cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, float]:
     """Run ``stages`` in order, skipping finished ones; return seconds per stage run (skipped: 0)."""
     out = Path(cfg.out_dir)
@@ -115,14 +126,15 @@ def run_stages(stages: list[Stage], cfg: DemoConfig, log: Callable[[str], None] 
             continue
         log(f"{head}: {stage.describe}")
         marker(out, stage.name).unlink(missing_ok=True)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), cpu_seconds()
         try:
             info = stage.run(out, cfg) or {}
         except Exception as exc:
             raise DemoError(f"stage {stage.name} failed: {type(exc).__name__}: {exc}") from exc
         seconds[stage.name] = round(time.perf_counter() - start, 1)
-        write_json_atomic(marker(out, stage.name), {"seconds": seconds[stage.name], **info})
-        log(f"{head}: finished in {seconds[stage.name]:.1f} s")
+        cpu = round(cpu_seconds() - cpu_start, 1)
+        write_json_atomic(marker(out, stage.name), {"seconds": seconds[stage.name], "cpu_seconds": cpu, **info})
+        log(f"{head}: finished in {seconds[stage.name]:.1f} s ({cpu:.0f} CPU-s)")
         if stage.name == cfg.until:
             break
     return seconds
@@ -332,6 +344,8 @@ def main(cfg: DemoConfig, log: Callable[[str], None] = print) -> int:
     metrics = load_metrics(_paths(out)["eval"] / "metrics.json")
     log("\nExample reports (phantom test split):\n" + examples_text(_paths(out)["eval"]))
     log("\nHeadline metrics (95% bootstrap CI):\n" + headline_table(metrics))
-    log(f"\nstage seconds: {json.dumps(seconds)}; total {sum(seconds.values()):.0f} s")
+    cpu = sum(json.loads(marker(out, s).read_text()).get("cpu_seconds", 0.0) for s in STAGES)
+    log(f"\nstage seconds (this run; 0 = skipped): {json.dumps(seconds)}; total {sum(seconds.values()):.0f} s; "
+        f"all stages used {cpu:.0f} CPU-s")
     log(f"next: ctagrg report {_paths(out)['data']}/test --model {_paths(out)['model']} --out reports.jsonl")
     return 0
