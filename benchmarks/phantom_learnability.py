@@ -3,8 +3,8 @@
 1. Generate 300 train and 100 test ``small`` phantoms (different seeds, so different patients) and time it.
 2. Preprocess them with the project's own preprocessing to SLP (64, 128, 128) at (4, 2.5, 2.5) mm.
 3. Train a 4-stage 3D CNN for at most ``--minutes`` (default 10) on CPU. It pools its last feature map
-   separately over the patient's left and right half, so the same network also has per-side outputs for the
-   lateralised findings (nodule, pleural effusion, consolidation): these are the side probe.
+   per octant (so it knows left from right), and its per-side outputs for the lateralised findings (nodule,
+   pleural effusion, consolidation) are the side probe.
 4. Report per-label AUROC on the test set and side accuracy (left / right / bilateral) on the test findings.
 
     .venv/bin/python benchmarks/phantom_learnability.py --out /tmp/phantom_bench [--minutes 10] [--threads 2]
@@ -50,8 +50,8 @@ def _cpu_seconds() -> float:
 
 
 # HU bins of the fixed stem: air/emphysema, lung, dense lung, ground glass, lines, fat, fluid, soft tissue,
-# bone, cortex/calcium, metal. Fluid (5 HU) and soft tissue (45 HU) get their own bins: effusions differ only there.
-HU_EDGES = (-950.0, -800.0, -650.0, -350.0, -150.0, -40.0, 25.0, 80.0, 400.0, 1500.0)
+# bone, cortex, calcium, metal. Fluid (5 HU) and soft tissue (45 HU) get their own bins: effusions differ only there.
+HU_EDGES = (-950.0, -800.0, -650.0, -350.0, -150.0, -40.0, 25.0, 80.0, 400.0, 900.0, 1500.0)
 N_STEM = len(HU_EDGES) + 3
 PATCH = (2, 4, 4)  # 8 x 10 x 10 mm
 
@@ -104,36 +104,42 @@ def load_split(root: Path, split: str, workers: int) -> tuple[np.ndarray, np.nda
     return vols, labels, sides, names
 
 
-def build_model(width: int = 8):
+def build_model(width: int = 12):
     import torch
+    import torch.nn.functional as F
     from torch import nn
 
     def block(cin: int, cout: int) -> nn.Sequential:
         return nn.Sequential(nn.Conv3d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm3d(cout),
                              nn.ReLU(inplace=True))
 
+    def octants(t: torch.Tensor) -> torch.Tensor:
+        """(B, C, d, l, p) → (B, 2C, 2, 2, 2): max and mean over each octant (superior/inferior, right/left,
+        anterior/posterior), so the heads know roughly where a feature fired."""
+        return torch.cat([F.adaptive_max_pool3d(t, 2), F.adaptive_avg_pool3d(t, 2)], dim=1)
+
     class Net(nn.Module):
-        """HU-bin stem (C, 32, 32, 32) → 18 label logits and (3, 2) per-side logits of the lateralised findings."""
+        """HU-bin stem (C, 32, 32, 32) → 18 label logits and (3, 2) per-side logits of the lateralised findings.
+
+        Two branches feed the heads, both pooled per octant: the CNN's features, and the stem's own statistics
+        (max and mean of every HU bin per octant), which carry "metal somewhere up front" directly.
+        """
 
         def __init__(self) -> None:
             super().__init__()
             w = width
-            cin = N_STEM
-            self.features = nn.Sequential(nn.Conv3d(cin, 2 * w, 1), nn.ReLU(inplace=True),  # mixes the bins
+            self.features = nn.Sequential(nn.Conv3d(N_STEM, 2 * w, 1), nn.ReLU(inplace=True),  # mixes the bins
                                           block(2 * w, 2 * w), block(2 * w, 4 * w), block(4 * w, 8 * w))
-            self.dropout = nn.Dropout(0.3)
-            self.labels = nn.Linear(4 * 8 * w, 18)
-            self.sides = nn.Linear(2 * 8 * w, len(SIDE_LABELS))  # shared over halves: "is it on this side?"
+            per_octant = 2 * 8 * w + 2 * N_STEM
+            self.dropout = nn.Dropout(0.2)
+            self.labels = nn.Linear(8 * per_octant, 18)
+            self.sides = nn.Linear(4 * per_octant, len(SIDE_LABELS))  # shared over sides: "is it on this side?"
 
         def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            f = self.features(x)  # (B, C, d, l, p); axis l runs toward the patient's left
-            half = f.shape[3] // 2
-            per_side = []
-            for part in (f[:, :, :, :half], f[:, :, :, half:]):  # patient right half, left half
-                per_side.append(torch.cat([part.amax(dim=(2, 3, 4)), part.mean(dim=(2, 3, 4))], dim=1))
-            per_side = [self.dropout(p) for p in per_side]
-            logits = self.labels(torch.cat(per_side, dim=1))
-            sides = torch.stack([self.sides(p) for p in per_side], dim=2)  # (B, 3, 2)
+            f = torch.cat([octants(self.features(x)), octants(x)], dim=1)  # (B, K, 2, 2, 2); axis 3 → left
+            f = self.dropout(f)
+            logits = self.labels(f.flatten(1))
+            sides = torch.stack([self.sides(f[:, :, :, i].flatten(1)) for i in (0, 1)], dim=2)  # right, left
             return logits, sides
 
     return Net()
@@ -145,7 +151,7 @@ def train(model, x: np.ndarray, y: np.ndarray, s: np.ndarray, minutes: float, ba
 
     pos = y.mean(0).clip(1e-3, None)
     pos_weight = torch.tensor(np.sqrt((1 - pos) / pos).clip(1.0, 4.0), dtype=torch.float32)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-2)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-3)
     rng = np.random.default_rng(0)
     start, steps, epochs = time.perf_counter(), 0, 0
     budget = minutes * 60.0

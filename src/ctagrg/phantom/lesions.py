@@ -17,7 +17,7 @@ from ctagrg.phantom.findings import CORONARY_PATHS, Case, Finding
 from ctagrg.phantom.shapes import _soft, capsule, ellipsoid, lattice_field, paint
 
 METAL_HU = 2500.0
-CALCIUM_HU = 800.0
+CALCIUM_HU = 1100.0  # dense calcified plaque; above cortical bone (600) as in heavily calcified vessels
 FLUID_HU = HU["fluid"]
 SOLID_HU = 40.0
 
