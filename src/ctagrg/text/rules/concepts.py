@@ -69,6 +69,8 @@ _LUNG = r"\blungs?\b|\blobes?\b|segment|parenchym|pulmonar|subpleural|lingul|\bb
 _OPACITY_EXCLUDE = (
     _EXTRAPULMONARY + r"|fat density|fatty|sequel|fibro|hepatosteat|pleuroparenchymal|pleural parenchymal"
     r"|soft tissue|water|fluid|material|stent|suture|calcific densit|bone|osteo|sclero|cyst"
+    # Low-attenuation, air, fat, mucus or calcified "densities" are not parenchymal opacities.
+    r"|low densit|air densit|fat densit|mucus|mucous|plug|calcified densit|metal"
 )
 _OPACITY_REJECT = (
     r"\bactive infiltrat\w*",
@@ -309,11 +311,11 @@ CONCEPTS: tuple[Concept, ...] = (
         ),
         window=50,
     ),
+    # Mentions that name the pleura (or its fluid) themselves: only pericardial wording cancels them.
     Concept(
         "Pleural effusion",
         include=(
             r"pleural (?:\w+ )?effusion",
-            r"\beffusion\b",
             r"hydrothorax",
             r"hydropneumothorax",
             r"hydropnomothorax",
@@ -322,12 +324,18 @@ CONCEPTS: tuple[Concept, ...] = (
             r"\bempyema",
             r"pleural fluid",
         ),
+        reject=(r"pericardial (?:\w+ )?effusion", r"effusion (?:\w+ ){0,3}pericard"),
+    ),
+    # A bare "effusion" is pleural unless its clause places it in the pericardium, a joint or the abdomen.
+    Concept(
+        "Pleural effusion",
+        include=(r"\beffusion\b",),
         exclude=(
             r"pericard|joint|subdeltoid|peritone|abdominal|pelvi|ascit|perirenal|perinephr|kidney|renal|spleen|liver"
             r"|subcapsular|gallbladder|perihepatic|perisplenic",
         ),
-        reject=(r"pericardial (?:\w+ )?effusion", r"effusion (?:\w+ ){0,3}pericard"),
-        window=60,
+        reject=(r"pleural (?:\w+ )?effusion", r"pericardial (?:\w+ )?effusion", r"effusion (?:\w+ ){0,3}pericard"),
+        window=200,
     ),
     Concept("Mosaic attenuation pattern", include=(r"mosaic",)),
     Concept(
