@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 4])
     args = parser.parse_args(argv)
-    for name, cfg in paper_configs().items():
+    for cfg in paper_configs().values():
         for b in args.batch:
             print(json.dumps(measure(cfg, b)))
 
