@@ -28,7 +28,7 @@ from ctagrg.data.augment import AugmentConfig, augment_volume
 from ctagrg.evaluation.classification import classification_report, markdown_table
 from ctagrg.labels import LABELS
 from ctagrg.models.step1 import PretrainModel, Step1Model, VisualModelConfig, load_encoder_from
-from ctagrg.training.checkpoint import load_model_weights
+from ctagrg.training.checkpoint import load_model_weights, unwrap
 from ctagrg.training.config import TrainConfig
 from ctagrg.training.task import Task
 from ctagrg.training.thresholds import compute_thresholds, save_thresholds
@@ -218,6 +218,11 @@ class ClassifierTask(_VisualTask):
     Config = ClassifierTaskConfig
     model_cls = Step1Model
     write_thresholds = True
+
+    def training_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
+        if self.cfg.freeze_encoder:  # a frozen encoder also keeps its BatchNorm statistics and skips dropout
+            unwrap(model).encoder.eval()
+        return super().training_step(model, batch)
 
     def param_groups(self, model: nn.Module) -> list[Any]:
         if self.cfg.freeze_encoder:
