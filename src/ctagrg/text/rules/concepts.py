@@ -57,11 +57,13 @@ _EXTRAPULMONARY = (
     r"|pleura(?:l)? (?:based )?(?:nodular )?thicken|myelom|chest wall|mediastin"
 )
 
-# Non-coronary, thoracic arterial locations (lookbehinds drop "coronary arteries" and "abdominal aorta").
+# Non-coronary, thoracic arterial locations (lookbehinds drop "coronary arteries", "abdominal aorta" and the
+# abdominal / pelvic arteries).
 _ARTERY = (
     r"(?<!abdominal )aort(?!ic valve)|\barch\b|vascular structures|\bvessels?\b|carotid|subclavian|brachiocephalic"
     r"|supraaortic|thoracic|thoracoabdominal|vascular wall"
-    r"|(?<!coronary )(?<!descending )(?<!circumflex )\barter(?:y|ies|ial)\b"
+    r"|(?<!coronary )(?<!descending )(?<!circumflex )(?<!iliac )(?<!renal )(?<!femoral )(?<!mesenteric )"
+    r"\barter(?:y|ies|ial)\b"
 )
 
 # Words placing a clause in the lung (generic "density" / "infiltration" elsewhere is not lung opacity).
@@ -144,7 +146,7 @@ CONCEPTS: tuple[Concept, ...] = (
         # A location outside the coronaries is required: coronary-only plaques are the coronary label, and the
         # annotators did not count abdominal-aorta-only or aortic-valve calcification.
         include=(
-            rf"(?:atheros|atherom|calcif|plaque)\w*(?: \w+){{0,9}}? (?:{_ARTERY})",
+            rf"(?:atheros|atherom|calcif|plaque)\w*(?: \w+){{0,14}}? (?:{_ARTERY})",
             rf"(?:{_ARTERY})\w*(?: \w+){{0,6}}? (?:atheros|atherom|calcif|plaque)",
         ),
         window=80,
@@ -375,6 +377,10 @@ CONCEPTS: tuple[Concept, ...] = (
             r"\binterstitial (?:\w+ )?thicken\w*",
             r"interlobular (?:\w+ ){0,2}lines?",
             r"\bseptal lines?",
+            # "Prominent septa" ("septal clarification" in translation) describes thickened septa.
+            r"(?:prominen\w*|clarification) (?:\w+ ){0,3}(?:interlobular )?septa",
+            r"interlobular septa\w* (?:\w+ ){0,2}(?:prominen|clarification)",
+            r"thicken\w* (?:\w+ ){0,6}interstiti",
         ),
     ),
 )
