@@ -229,11 +229,14 @@ def preprocess_volume(vol: CTVolume, config: PreprocessConfig | None = None) -> 
         n = p.reoriented_shape[a]
         # reorientation is folded into the taps: a flipped axis reads index n - 1 - i (no data copy)
         taps.append((n - 1 - i0, n - 1 - i1, w, dst) if flipped[a] else (i0, i1, w, dst))
+    out = _padded_output(p.out_shape, taps, config.pad_value)
+    if any(len(t[2]) == 0 for t in taps):
+        return out  # nothing of the scan inside the output box
+    base, taps = _crop_to_taps(base, base_axis, taps)
     # the chunk's dims 1, 2 are the remaining base axes in memory order; which output axis each one is:
     plane = sorted({0, 1, 2} - {base_axis[0]})
     out_of = {base_axis[a]: a for a in (1, 2)}
     first, second = out_of[plane[0]], out_of[plane[1]]
-    out = _padded_output(p.out_shape, taps, config.pad_value)
     out_t = torch.from_numpy(out)
     # HU = raw·slope + intercept, window to [0, 1], minus offset == clamp(raw·scale + shift, -offset, 1 - offset);
     # applied after interpolation (linear maps commute with lerp), so the int16 input is never scaled as a whole.
@@ -255,6 +258,19 @@ def preprocess_volume(vol: CTVolume, config: PreprocessConfig | None = None) -> 
         # clip straight into the output (a view; transposed when the chunk's last dim is H)
         torch.clamp(y, -config.offset, 1.0 - config.offset, out=target if second == 1 else target.transpose(1, 2))
     return out
+
+
+def _crop_to_taps(base: np.ndarray, base_axis: list[int], taps: list[Any]) -> tuple[np.ndarray, list[Any]]:
+    """Restrict ``base`` (a view, no copy) to the voxels the taps read, and shift the taps to match. The centre
+    crop often drops a third of each in-plane axis (A0001 at 1 mm: 360 of 512 columns), so every later pass
+    touches less memory."""
+    ranges: list[slice] = [slice(None)] * 3
+    shifted = []
+    for a, (i0, i1, w, dst) in enumerate(taps):
+        lo, hi = int(min(i0.min(), i1.min())), int(max(i0.max(), i1.max())) + 1
+        ranges[base_axis[a]] = slice(lo, hi)
+        shifted.append((i0 - lo, i1 - lo, w, dst))
+    return base[tuple(ranges)], shifted
 
 
 def _padded_output(shape: tuple[int, int, int], taps: list[Any], pad_value: float) -> np.ndarray:
