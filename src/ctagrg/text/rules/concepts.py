@@ -267,9 +267,19 @@ CONCEPTS: tuple[Concept, ...] = (
         ),
         window=80,
     ),
+    # "Ground glass" and "crazy paving" describe lung parenchyma only: a neighbouring sequela, cyst or pleural
+    # word does not make them something else. Bone words do: a ground glass bone matrix, or lung next to an
+    # osteophyte.
     Concept(
         "Lung opacity",
-        include=(r"ground glass", r"\bopacit\w*", r"\bhazy", r"crazy paving"),
+        include=(r"ground glass", r"crazy paving"),
+        exclude=(r"bone|osteo|\bribs?\b|vertebra|sternum|fibrous dysplasia",),
+        reject=_OPACITY_REJECT,
+        window=40,
+    ),
+    Concept(
+        "Lung opacity",
+        include=(r"\bopacit\w*", r"\bhazy"),
         exclude=(_OPACITY_EXCLUDE,),
         reject=_OPACITY_REJECT,
         window=40,
