@@ -57,7 +57,8 @@ BACKWARD_NEGATION = re.compile(
     rf"\b(?:{_VERB} not (?:\w+ )?{_SEEN}|{_VERB} not (?:present|available|noted)|not {_SEEN}"
     rf"|{_VERB} (?:of |within )?(?:normal|natural)(?: limits)?"
     rf"|(?:shows?|has|have|demonstrates?|contains?) no|{_VERB} absent|{_VERB} (?:excluded|ruled out)"
-    rf"|(?:has|have) (?:completely )?(?:disappeared|resolved|regressed)|{_VERB} (?:no longer|not) (?:\w+ )?{_SEEN}"
+    rf"|(?:has|have|is|are|was|were) (?:completely )?(?:disappeared|resolved|regressed)"
+    rf"|{_VERB} (?:no longer|not) (?:\w+ )?{_SEEN}"
     rf"|{_VERB} not|did not (?:develop|occur)|disappeared|(?:was|were) (?:surgically )?removed"
     rf"|(?:cannot|could not) be (?:clearly )?(?:distinguished|detected|seen|observed|identified|evaluated))\b"
 )
