@@ -49,6 +49,16 @@ def labeler() -> RuleLabeler:
         ("Liver parenchyma density is decreased in line with fatty deposits.", set()),
         ("Lymph nodes in the mediastinum and hila are of normal size.", set()),
         ("A well-circumscribed nodule of 4 mm is present in the right lower lobe.", {"Lung nodule"}),
+        ("In the previous examination, there was a consolidation in the right lower lobe.", set()),
+        ("The consolidation seen in the previous examination has increased in size.", {"Consolidation"}),
+        ("An effusion of 9 mm is observed in the thickest part of the pericardium.", {"Pericardial effusion"}),
+        ("Calcified plaques are seen in the coronary arteries of this patient in the ascending aorta.",
+         {"Arterial wall calcification", "Coronary artery wall calcification"}),
+        ("Calcified plaques in the abdominal aorta and iliac arteries.", set()),
+        ("Ground glass areas and sequelae changes in the left lower lobe.",
+         {"Lung opacity", "Pulmonary fibrotic sequela"}),
+        ("The ground glass areas in the right lower lobe are completely regressed.", set()),
+        ("Prominent interlobular septa in both lower lobes.", {"Interlobular septal thickening"}),
     ],
 )
 def test_sentence_labels(labeler: RuleLabeler, sentence: str, expected: set[str]) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 
 from ctagrg.labels import LABEL_INDEX, LABELS
 from ctagrg.text.rules.concepts import CONCEPTS, Concept
-from ctagrg.text.rules.context import clauses, is_negated, negated_spans, normalise
+from ctagrg.text.rules.context import clauses, describes_past_only, is_negated, negated_spans, normalise
 from ctagrg.text.sentences import split_sentences
 
 
@@ -66,8 +66,12 @@ class RuleLabeler:
     def _sentence_labels(self, sentence: str) -> set[str]:
         text = normalise(sentence)
         found: set[str] = set()
+        previous = ""
         for start, end in clauses(text):
             clause = text[start:end]
+            past, previous = describes_past_only(clause, previous), clause
+            if past:
+                continue
             negated = negated_spans(clause)
             for concept in self.concepts:
                 if concept.label not in found and _mentions(concept, clause, negated, text):

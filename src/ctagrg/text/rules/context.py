@@ -76,6 +76,14 @@ PSEUDO_NEGATION = re.compile(
 HISTORY = re.compile(
     r"\b(?:history of|(?:operated|treated|followed up|followed) for|known to have|known case of|due to previous)\b"
 )
+# A finding placed only in an earlier study ("in the previous examination, there is a consolidation ...") is not a
+# current finding, unless the clause also speaks of the current study, a change or persistence.
+PAST_ONLY = re.compile(r"\b(?:in|on) the (?:previous|old|prior) (?:ct |thorax ct )?(?:examination|exam|ct|scan)s?\b")
+_PAST_THERE = re.compile(r"\bthere (?:is|are|was|were)\b")
+_CURRENT = re.compile(
+    r"\b(?:current|present|today|this examination|now|also|still|again|stable|persist\w*|compared|new\w*"
+    r"|increas\w*|decreas\w*|progress\w*|regress\w*|grow\w*|reduc\w*|(?:was|were|is|are) measured)\b"
+)
 # The negated predicate has been stated; a following comma / "and" starts something new.
 _PREDICATE_END = re.compile(rf"\b{_SEEN}\b")
 _SOFT_BREAK = re.compile(r",|\band (?=(?:there|a|an|the|it|its|in|on|at|\w+ (?:is|are|was|were))\b)")
@@ -118,6 +126,14 @@ def negated_spans(clause: str) -> list[tuple[int, int]]:
     for match in BACKWARD_NEGATION.finditer(text):
         spans.append((_backward_start(text, match.start()), match.end()))
     return spans
+
+
+def describes_past_only(clause: str, previous: str = "") -> bool:
+    """True for "there is X" placed in an earlier study, by this clause or by a bare lead-in clause before it."""
+    if not _PAST_THERE.search(clause) or _CURRENT.search(clause):
+        return False
+    lead_in = previous if len(previous.split()) <= 8 and not _CURRENT.search(previous) else ""
+    return bool(PAST_ONLY.search(clause) or PAST_ONLY.search(lead_in))
 
 
 def _backward_start(text: str, trigger: int) -> int:
