@@ -239,9 +239,15 @@ CONCEPTS: tuple[Concept, ...] = (
             r"atelektas\w*",
             r"\bcollapse of the (?:\w+ ){0,3}lobe",
             r"\blobe collapse",
+            r"\b(?:lobe|lung|segment)s? (?:is |are |was |were )?(?:\w+ )?collapsed",
         ),
         # The annotators file fibroatelectasis and band atelectasis under fibrotic sequelae only.
-        reject=(r"\bfibro ?atel\w*", r"\bband (?:like )?atel\w*", r"\batelectasis\?"),
+        reject=(
+            r"\bfibro ?atel\w*",
+            r"\bband (?:like )?atel\w*",
+            r"\batelectasis\?",
+            r"(?:sequel\w*|fibrotic) (?:of )?atelecta\w*",
+        ),
     ),
     Concept(
         "Lung nodule",
