@@ -59,6 +59,8 @@ def labeler() -> RuleLabeler:
          {"Lung opacity", "Pulmonary fibrotic sequela"}),
         ("The ground glass areas in the right lower lobe are completely regressed.", set()),
         ("Prominent interlobular septa in both lower lobes.", {"Interlobular septal thickening"}),
+        ("A small pleural effusion on the right was not seen in the previous examination.", {"Pleural effusion"}),
+        ("The right middle lobe is collapsed.", {"Atelectasis"}),
     ],
 )
 def test_sentence_labels(labeler: RuleLabeler, sentence: str, expected: set[str]) -> None:

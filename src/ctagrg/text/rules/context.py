@@ -70,6 +70,8 @@ PSEUDO_NEGATION = re.compile(
     r"|\b(?:did|does|do) not (?:differ|change)\b|\bnot (?:changed|differ|different)\b"
     r"|\b(?:cannot|could not) be (?:clearly )?(?:distinguished|differentiated|separated) from\b"
     r"|\b(?:cannot|could not) be (?:clearly )?characterized\b"
+    # "... which was not seen in the previous examination" says the finding is new, not absent.
+    rf"|\b(?:{_VERB} )?not (?:\w+ )?{_SEEN} (?:in|on|at) (?:the |his |her |its )?(?:previous|prior|old|earlier)\b"
 )
 # History: a finding named as the reason for past treatment is not a current finding ("treated for pneumonia,
 # ground glass densities ..."). The scope ends at the next comma.
