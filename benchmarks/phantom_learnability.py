@@ -89,8 +89,13 @@ def load_split(root: Path, split: str, workers: int) -> tuple[np.ndarray, np.nda
     index = CTRateIndex(root)
     names = index.names(split)
     paths = [str(index.row(n)["path"]) for n in names]
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
-        vols = np.stack(pool.map(_prep_one, paths, chunksize=4))
+    cache = root / f"stem_{split}.npy"
+    if cache.is_file():
+        vols = np.load(cache)
+    else:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            vols = np.stack(pool.map(_prep_one, paths, chunksize=4))
+        np.save(cache, vols)
     labels = index.labels(names).astype(np.float32)
     sides = np.zeros((len(names), len(SIDE_LABELS), 2), np.float32)  # [..., 0] = right, [..., 1] = left
     for i, name in enumerate(names):
@@ -104,7 +109,7 @@ def load_split(root: Path, split: str, workers: int) -> tuple[np.ndarray, np.nda
     return vols, labels, sides, names
 
 
-def build_model(width: int = 12):
+def build_model(width: int = 8):
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -134,12 +139,18 @@ def build_model(width: int = 12):
             self.dropout = nn.Dropout(0.2)
             self.labels = nn.Linear(8 * per_octant, 18)
             self.sides = nn.Linear(4 * per_octant, len(SIDE_LABELS))  # shared over sides: "is it on this side?"
+            self.regions = nn.Linear(2 * N_STEM * 64, 18)
+            self.side_regions = nn.Linear(2 * N_STEM * 32, len(SIDE_LABELS))
 
         def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             f = torch.cat([octants(self.features(x)), octants(x)], dim=1)  # (B, K, 2, 2, 2); axis 3 → left
             f = self.dropout(f)
-            logits = self.labels(f.flatten(1))
-            sides = torch.stack([self.sides(f[:, :, :, i].flatten(1)) for i in (0, 1)], dim=2)  # right, left
+            # the stem's statistics on a 4x4x4 grid of regions (e.g. "soft tissue where paratracheal fat should be")
+            r = self.dropout(torch.cat([F.adaptive_max_pool3d(x, 4), F.adaptive_avg_pool3d(x, 4)], dim=1))
+            logits = self.labels(f.flatten(1)) + self.regions(r.flatten(1))
+            halves = (r[:, :, :, 0:2], r[:, :, :, 2:4].flip(3))  # right, mirrored left: lateral matches lateral
+            sides = torch.stack([self.sides(f[:, :, :, i].flatten(1)) + self.side_regions(halves[i].flatten(1))
+                                 for i in (0, 1)], dim=2)
             return logits, sides
 
     return Net()
