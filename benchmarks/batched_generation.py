@@ -61,7 +61,7 @@ def main() -> None:
           f"{' x4 beams' if args.strategy == 'beam' else ''}, {args.max_new_tokens} tokens; 18 sentences, "
           f"{tokens} tokens generated; torch {torch.__version__}, {args.threads} thread(s), {args.device}, "
           f"{platform.processor() or platform.machine()}")
-    print("| mode | seconds (best of %d) | speed-up |" % args.repeats)
+    print(f"| mode | seconds (best of {args.repeats}) | speed-up |")
     print("| --- | --- | --- |")
     for name, sec in timings.items():
         print(f"| {name} | {sec:.2f} | {timings['one at a time'] / sec:.1f}x |")
