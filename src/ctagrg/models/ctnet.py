@@ -10,6 +10,10 @@ Shapes at the paper's input (B, 1, 240, 480, 480), default config::
 
 Every size is configurable so small volumes work (see ``configs/demo``); :meth:`CTNetConfig.shapes` reports the
 intermediate shapes for a config and raises a clear error when a layer would shrink to nothing.
+
+Options for small CPU runs (defaults keep the published network): ``input_windows`` re-windows the preprocessed
+input into a few HU-window channels per slice (the trunk then sees ``triplet * len(input_windows)`` channels), and
+``trunk.stem: light`` (:mod:`ctagrg.models.resnet`) downsamples by 2 instead of 4 before the residual stages.
 """
 
 from __future__ import annotations
@@ -47,11 +51,20 @@ class CTNetConfig:
     embed_dim: int = 2048
     dropout: float = 0.5
     trunk_chunk: int = 0  # triplets per trunk call (0: all at once); with checkpointing bounds activation memory
+    # HU windows (lo, hi) applied to every slice before the trunk, each clamp((HU - lo) / (hi - lo), 0, 1) - 0.5:
+    # e.g. lung / soft tissue / dense, so 40 HU (fluid vs. muscle) or 150 HU (emphysema vs. lung) differences become
+    # large input steps. Empty: the preprocessed input as is (the paper). Needs ``input_hu`` to invert the input.
+    input_windows: tuple[tuple[float, float], ...] = ()
+    # (hu_min, hu_max, offset) of the preprocessing: input = (HU - hu_min) / (hu_max - hu_min) - offset
+    input_hu: tuple[float, float, float] = (-1000.0, 200.0, 0.449)
 
     def __post_init__(self) -> None:
         if isinstance(self.trunk, dict):
             self.trunk = ResNetConfig(**self.trunk)
-        self.trunk.in_channels = self.triplet
+        for lo, hi in self.input_windows:
+            if not hi > lo:
+                raise ValueError(f"CTNetConfig.input_windows: window ({lo}, {hi}) needs hi > lo")
+        self.trunk.in_channels = self.triplet * max(1, len(self.input_windows))
 
     @property
     def pooled_shape(self) -> Triple:
@@ -67,7 +80,8 @@ class CTNetConfig:
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """Per-sample shapes after each stage; ValueError naming the layer if a size drops below 1."""
         h, w = self.pooled_shape[1:]
-        for k, s, p in ((7, 2, 3), (3, 2, 1), (3, 2, 1), (3, 2, 1), (3, 2, 1)):  # conv1, maxpool, layer2..4
+        stem = ((3, 2, 1),) if self.trunk.stem == "light" else ((7, 2, 3), (3, 2, 1))  # conv1 (+ maxpool)
+        for k, s, p in (*stem, (3, 2, 1), (3, 2, 1), (3, 2, 1)):  # then layer2..4
             h, w = _conv_out(h, k, s, p), _conv_out(w, k, s, p)
         if self.n_triplets < 1:
             raise ValueError(f"CTNetConfig: input depth {self.input_shape[0]} has no slice triplet of {self.triplet}")
@@ -122,6 +136,13 @@ class CTNetEncoder(nn.Module):
                 outs.append(self.trunk(part))
         return torch.cat(outs)
 
+    def _windows(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, t, h, w) preprocessed slices -> (N, t * len(input_windows), h, w), channels slice-major."""
+        hu_min, hu_max, offset = self.config.input_hu
+        hu = (images + offset) * (hu_max - hu_min) + hu_min
+        chans = [((hu - lo) / (hi - lo)).clamp(0.0, 1.0) - 0.5 for lo, hi in self.config.input_windows]
+        return torch.stack(chans, dim=2).flatten(1, 2)
+
     def forward_features(self, volume: torch.Tensor) -> torch.Tensor:
         """(B, 1, D, H, W) -> (B, flat) reducer output; trailing ``D % triplet`` slices are ignored."""
         if tuple(volume.shape[1:]) != (1, *self.config.input_shape):
@@ -132,6 +153,8 @@ class CTNetEncoder(nn.Module):
         b, _, d, h, w = volume.shape
         n, t = self.config.n_triplets, self.config.triplet
         images = volume[:, 0, : n * t].reshape(b * n, t, h, w)
+        if self.config.input_windows:
+            images = self._windows(images)
         maps = self._run_trunk(images)
         maps = maps.view(b, n, *maps.shape[1:])  # triplets become Conv3d channels
         if self.config.reducer == "pool":

@@ -20,6 +20,13 @@ class ResNetConfig:
     in_channels: int = 3
     width: int = 64
     layers: tuple[int, int, int, int] = (2, 2, 2, 2)
+    # resnet: torchvision's stem, 7x7 stride-2 conv + 3x3 stride-2 max-pool (/4). light: one 3x3 stride-2 conv, no
+    # max-pool (/2): for small inputs (the CPU demo's 128² slices), where /4 leaves a 4 mm nodule under one pixel.
+    stem: str = "resnet"
+
+    def __post_init__(self) -> None:
+        if self.stem not in ("resnet", "light"):
+            raise ValueError(f"ResNetConfig.stem: expected resnet or light, got {self.stem!r}")
 
     @property
     def out_channels(self) -> int:
@@ -46,16 +53,21 @@ class BasicBlock(nn.Module):
 
 
 class ResNetTrunk(nn.Module):
-    """(N, in_channels, H, W) -> (N, 8 * width, ceil(H / 32), ceil(W / 32)); 480 x 480 -> 15 x 15."""
+    """(N, in_channels, H, W) -> (N, 8 * width, ceil(H / 32), ceil(W / 32)); 480 x 480 -> 15 x 15.
+
+    With ``stem="light"`` the output is (N, 8 * width, ceil(H / 16), ceil(W / 16)); 128 x 128 -> 8 x 8.
+    """
 
     def __init__(self, config: ResNetConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or ResNetConfig()
         w = config.width
-        self.conv1 = nn.Conv2d(config.in_channels, w, 7, stride=2, padding=3, bias=False)
+        light = config.stem == "light"
+        self.conv1 = nn.Conv2d(config.in_channels, w, 3 if light else 7, stride=2, padding=1 if light else 3,
+                               bias=False)
         self.bn1 = nn.BatchNorm2d(w)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.maxpool: nn.Module = nn.Identity() if light else nn.MaxPool2d(3, stride=2, padding=1)
         chans = [w, w * 2, w * 4, w * 8]
         in_ch = w
         for i, (ch, n) in enumerate(zip(chans, config.layers, strict=True)):
