@@ -24,3 +24,15 @@ def gpt2_tokenizer_dir(shared_data: Path) -> Path:
     if not (path / "vocab.json").is_file():
         pytest.skip(f"GPT-2 tokenizer files not found in {path}")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a test module: on a shared 2-core machine, thread oversubscription makes small-model
+    tests 10-20x slower. Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -8,14 +8,7 @@ import torch
 from ctagrg.config import ConfigError
 from ctagrg.models.conditioning import BlockSparseConditioning, ConditioningConfig
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on the shared 2-core machine, thread oversubscription makes these tests 10-20x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small(**kw) -> ConditioningConfig:

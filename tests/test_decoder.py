@@ -13,14 +13,7 @@ from ctagrg.labels import LABELS
 from ctagrg.models.conditioning import ConditioningConfig
 from ctagrg.models.decoder import DecoderConfig, ReportDecoder, load_tokenizer, next_token_loss
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on the shared 2-core machine, thread oversubscription makes these tests 10-20x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_config(**kw) -> DecoderConfig:

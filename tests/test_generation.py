@@ -13,14 +13,7 @@ from ctagrg.generation.generate import GenerationSettings, generate_sentences, g
 from ctagrg.models.conditioning import ConditioningConfig
 from ctagrg.models.decoder import DecoderConfig, ReportDecoder, load_tokenizer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on the shared 2-core machine, thread oversubscription makes these tests 10-20x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

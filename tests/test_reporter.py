@@ -19,13 +19,7 @@ from ctagrg.models.decoder import DecoderConfig, ReportDecoder, load_tokenizer
 SHAPE = (12, 32, 32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on the shared 2-core machine, thread oversubscription makes these tests 10-20x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_visual() -> torch.nn.Module:
