@@ -64,7 +64,7 @@ def process_item(item: InputItem, out_dir: str | Path, config: PreprocessConfig)
             row["error"] = f"{item.source}: unexpected {type(exc).__name__}: {exc}"
             row["traceback"] = traceback.format_exc()
     row["warnings"] = " | ".join(str(w.message) for w in caught)
-    row["seconds"] = f"{time.perf_counter() - t0:.2f}"
+    row["seconds"] = f"{time.perf_counter() - t0:.4f}"
     return row
 
 
