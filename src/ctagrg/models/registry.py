@@ -13,12 +13,14 @@ from typing import Any
 from torch import nn
 
 from ctagrg.config import from_dict
+from ctagrg.models.cnn3d import CNN3DConfig, CNN3DEncoder
 from ctagrg.models.ctnet import CTNetConfig, CTNetEncoder
 from ctagrg.models.ctvit import CTViTConfig, CTViTEncoder
 
 ENCODERS: dict[str, tuple[type, type[nn.Module]]] = {
     "ctnet": (CTNetConfig, CTNetEncoder),
     "ctvit": (CTViTConfig, CTViTEncoder),
+    "cnn3d": (CNN3DConfig, CNN3DEncoder),  # small CPU encoder for the demo (not in the paper)
 }
 
 

@@ -24,10 +24,11 @@ from torch import nn
 
 from ctagrg.config import from_dict, to_dict
 from ctagrg.labels import LABELS
+from ctagrg.models.cnn3d import CNN3DConfig
 from ctagrg.models.ctnet import CTNetConfig
 from ctagrg.models.ctvit import CTViTConfig
 from ctagrg.models.heads import AbnormalityHeads, HeadsConfig, PretrainHead
-from ctagrg.models.registry import create_encoder
+from ctagrg.models.registry import ENCODERS, create_encoder
 from ctagrg.training.checkpoint import CheckpointError, load_model_weights, save_model
 from ctagrg.utils.atomic import write_text_atomic
 
@@ -36,9 +37,10 @@ from ctagrg.utils.atomic import write_text_atomic
 class VisualModelConfig:
     """Encoder choice and sizes plus head sizes. Only the section named by ``encoder`` is used."""
 
-    encoder: str = "ctnet"  # ctnet | ctvit
+    encoder: str = "ctnet"  # ctnet | ctvit | cnn3d (a small 3D CNN for CPU demos, not the published method)
     ctnet: CTNetConfig = field(default_factory=CTNetConfig)
     ctvit: CTViTConfig = field(default_factory=CTViTConfig)
+    cnn3d: CNN3DConfig = field(default_factory=CNN3DConfig)
     heads: HeadsConfig = field(default_factory=HeadsConfig)
     # CT-AGRG's per-head backward (step 1): heads also learn from their loss on a detached encoder output, which
     # gives the same gradients as its "per-head backward with frozen backbone, then summed backward" in one pass.
@@ -54,8 +56,9 @@ class _VisualModel(nn.Module):
     def __init__(self, config: VisualModelConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or VisualModelConfig()
-        if config.encoder not in ("ctnet", "ctvit"):
-            raise ValueError(f"VisualModelConfig.encoder: expected ctnet or ctvit, got {config.encoder!r}")
+        if config.encoder not in ENCODERS:
+            raise ValueError(f"VisualModelConfig.encoder: expected one of {', '.join(ENCODERS)}, "
+                             f"got {config.encoder!r}")
         enc_cfg = config.encoder_config()
         if enc_cfg.embed_dim != config.heads.in_dim:
             raise ValueError(f"encoder embed_dim {enc_cfg.embed_dim} != heads.in_dim {config.heads.in_dim}")
@@ -67,7 +70,7 @@ class _VisualModel(nn.Module):
     # -- save / load ------------------------------------------------------------------------------------------
     def config_dict(self) -> dict[str, Any]:
         data = to_dict(self.config)
-        for name in ("ctnet", "ctvit"):
+        for name in ENCODERS:
             if name != self.config.encoder:
                 data.pop(name)
         return {"model_type": self.model_type, "labels": list(LABELS), **data}

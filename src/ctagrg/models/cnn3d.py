@@ -1,0 +1,186 @@
+"""A small 3D CNN for CPU-sized volumes (the demo): a fixed HU-bin stem, three 3D conv stages, region pooling.
+
+Not part of the published CT-AGRG. It exists because CT-Net's 2D ResNet trunk, run on every slice triplet, does
+not learn the phantom findings in a few CPU minutes (measured in docs/training.md), while this network, at about a
+tenth of the work per volume, does. At CT-RATE scale use ``ctnet`` or ``ctvit``.
+
+Shapes for the demo input (B, 1, 64, 128, 128) at (4, 2, 2) mm, default config::
+
+    input -> HU                     (B, 1, 64, 128, 128)   undo the preprocessing window (``input_hu``)
+    HU-bin stem (fixed)             (B, 14, 32, 32, 32)    per 2x4x4 patch (8 mm): square root of the fraction of
+                                                           voxels in each of 12 HU bins (air, lung, ground glass,
+                                                           fat, fluid, soft tissue, bone, calcium, metal, ...),
+                                                           mean and max HU
+    1x1 conv + conv3 at 32^3        (B, 2w, 32, 32, 32)
+    stride-2 stages                 (B, 4w, 16, 16, 16) -> (B, 8w, 8, 8, 8)
+    region pooling                  per octant (superior/inferior x right/left x anterior/posterior) max + mean of
+                                    the CNN features, their global max, and the stem's own max + mean on a
+                                    ``region_grid``^3 grid of regions: position is kept, so the side of a finding
+                                    can be read from the embedding (grounding)
+    Linear, ReLU, dropout           (B, embed_dim)
+
+The stem has no weights: it turns HU into tissue fractions (what a radiologist reads first), so the CNN need not
+learn HU windows from a few hundred volumes. It needs the full HU range, so pair the encoder with a preprocessing
+whose window keeps calcium and metal (``configs/demo/preprocess.yaml``: [-1000, 1500] HU), and set ``input_hu``
+to that window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+Triple = tuple[int, int, int]
+
+# Bin edges (HU): air/emphysema | lung | dense lung | ground glass | reticulation | fat | fluid | soft tissue |
+# bone | cortex | calcium | metal. Fluid (~5 HU) and soft tissue (~45 HU) get their own bins: effusions differ
+# from muscle only there.
+HU_EDGES: tuple[float, ...] = (-950.0, -800.0, -650.0, -350.0, -150.0, -40.0, 25.0, 80.0, 400.0, 900.0, 1400.0)
+
+
+@dataclass
+class CNN3DConfig:
+    """Small 3D CNN encoder. ``input_shape`` (D, H, W) must be divisible by ``patch`` x 4 (two stride-2 stages)."""
+
+    input_shape: Triple = (64, 128, 128)
+    # (hu_min, hu_max, offset) of the preprocessing: input = (HU - hu_min) / (hu_max - hu_min) - offset
+    input_hu: tuple[float, float, float] = (-1000.0, 1500.0, 0.0)
+    hu_edges: tuple[float, ...] = HU_EDGES
+    patch: Triple = (2, 4, 4)  # stem patch in voxels (D, H, W)
+    width: int = 8  # channels: 2w at the stem grid, 4w, then 8w
+    region_grid: int = 4  # the stem's statistics are pooled on this many regions per axis
+    embed_dim: int = 2048
+    dropout: float = 0.2
+
+    def __post_init__(self) -> None:
+        self.input_shape = tuple(int(v) for v in self.input_shape)  # type: ignore[assignment]
+        self.patch = tuple(int(v) for v in self.patch)  # type: ignore[assignment]
+        self.input_hu = tuple(float(v) for v in self.input_hu)  # type: ignore[assignment]
+        self.hu_edges = tuple(float(v) for v in self.hu_edges)
+        if list(self.hu_edges) != sorted(self.hu_edges):
+            raise ValueError(f"CNN3DConfig.hu_edges must increase, got {list(self.hu_edges)}")
+        for n, p, axis in zip(self.input_shape, self.patch, "DHW", strict=True):
+            if n % (4 * p):
+                raise ValueError(f"CNN3DConfig: input_shape {axis}={n} is not divisible by 4 x patch ({4 * p})")
+        if self.input_hu[1] <= self.input_hu[0]:
+            raise ValueError(f"CNN3DConfig.input_hu: hu_max must exceed hu_min, got {list(self.input_hu)}")
+
+    @property
+    def stem_channels(self) -> int:
+        return len(self.hu_edges) + 1 + 2
+
+    @property
+    def grid(self) -> Triple:
+        return tuple(n // p for n, p in zip(self.input_shape, self.patch, strict=True))  # type: ignore[return-value]
+
+    @property
+    def pooled_dim(self) -> int:
+        c = 8 * self.width
+        return 8 * 2 * c + c + 2 * self.stem_channels * self.region_grid**3
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        d, h, w = self.grid
+        return {"input": (1, *self.input_shape), "stem": (self.stem_channels, d, h, w),
+                "stage1": (2 * self.width, d, h, w), "stage2": (4 * self.width, d // 2, h // 2, w // 2),
+                "stage3": (8 * self.width, d // 4, h // 4, w // 4), "pooled": (self.pooled_dim,),
+                "embedding": (self.embed_dim,)}
+
+
+def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv3d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm3d(cout),
+                         nn.ReLU(inplace=True))
+
+
+class HUBinStem(nn.Module):
+    """(B, 1, D, H, W) preprocessed → (B, len(edges) + 3, D/pd, H/ph, W/pw): per patch, the square root of the
+    fraction of voxels in each HU bin, then mean HU / 1000 and max HU / 1000 (clipped to
+    [-1, 3]). No weights, no gradient."""
+
+    def __init__(self, config: CNN3DConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.register_buffer("edges", torch.tensor(config.hu_edges, dtype=torch.float32), persistent=False)
+
+    @torch.no_grad()
+    def forward(self, volume: torch.Tensor) -> torch.Tensor:
+        hu_min, hu_max, offset = self.config.input_hu
+        scale = hu_max - hu_min
+        x = volume[:, 0].float()
+        b, d, h, w = x.shape
+        pd, ph, pw = self.config.patch
+        gd, gh, gw = d // pd, h // ph, w // pw
+        nb, n_patch = len(self.config.hu_edges) + 1, gd * gh * gw
+        # bins straight from the preprocessed values (edges mapped into its units), then one int32 bincount over
+        # (bin, sample, patch): ~10x cheaper than a one-hot (B, bins, D, H, W) tensor and average pooling.
+        bins = torch.bucketize(x, (self.edges - hu_min) / scale - offset, out_int32=True)
+        flat = (bins * (b * n_patch)).add_(self._base(b, d, h, w, x.device)).flatten()
+        counts = torch.bincount(flat, minlength=nb * b * n_patch).view(nb, b, gd, gh, gw).transpose(0, 1)
+        # square root: a few calcium or metal voxels in a patch (fraction ~0.01) become a visible 0.1
+        fractions = (counts.to(x.dtype) / float(pd * ph * pw)).sqrt_()
+        mean = ((F.avg_pool3d(x[:, None], self.config.patch) + offset) * scale + hu_min) / 1000.0
+        peak = ((F.max_pool3d(x[:, None], self.config.patch) + offset) * scale + hu_min).clamp(-1000.0, 3000.0)
+        return torch.cat([fractions, mean, peak / 1000.0], dim=1)
+
+    def _base(self, b: int, d: int, h: int, w: int, device: torch.device) -> torch.Tensor:
+        """(B, D, H, W) int32: sample * n_patch + the voxel's patch index (cached per shape)."""
+        key = (b, d, h, w, str(device))
+        if getattr(self, "_base_key", None) != key:
+            pd, ph, pw = self.config.patch
+            gh, gw = h // ph, w // pw
+            i32 = torch.int32
+            patch = (torch.arange(d, device=device, dtype=i32) // pd)[:, None, None] * (gh * gw) \
+                + (torch.arange(h, device=device, dtype=i32) // ph)[None, :, None] * gw \
+                + (torch.arange(w, device=device, dtype=i32) // pw)[None, None, :]
+            n_patch = (d // pd) * gh * gw
+            self._base_cache = (torch.arange(b, device=device, dtype=i32)[:, None, None, None] * n_patch
+                                + patch[None]).contiguous()
+            self._base_key = key
+        return self._base_cache
+
+
+class CNN3DEncoder(nn.Module):
+    """(B, 1, D, H, W) float32 preprocessed CT (SLP) -> (B, embed_dim) embedding ``h``."""
+
+    def __init__(self, config: CNN3DConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or CNN3DConfig()
+        self.shapes = config.shapes()
+        w, c = config.width, config.stem_channels
+        self.stem = HUBinStem(config)
+        self.features = nn.Sequential(
+            nn.Conv3d(c, 2 * w, 1), nn.ReLU(inplace=True),  # mixes the bins into tissue features
+            _block(2 * w, 2 * w, 1), _block(2 * w, 4 * w, 2), _block(4 * w, 8 * w, 2), _block(8 * w, 8 * w, 1))
+        # standardise the pooled features: rare-bin statistics (calcium, metal) are ~100x smaller than lung ones
+        # and would otherwise be learned last
+        self.norm = nn.BatchNorm1d(config.pooled_dim)
+        self.fc = nn.Linear(config.pooled_dim, config.embed_dim)
+        self.dropout = nn.Dropout(config.dropout)
+        self.gradient_checkpointing = False
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Recompute the conv stages in backward instead of storing their activations."""
+        self.gradient_checkpointing = True
+
+    def forward_features(self, volume: torch.Tensor) -> torch.Tensor:
+        """(B, 1, D, H, W) -> (B, pooled_dim) region-pooled features."""
+        if tuple(volume.shape[1:]) != (1, *self.config.input_shape):
+            raise ValueError(f"CNN3DEncoder: expected (B, 1, {', '.join(map(str, self.config.input_shape))}) "
+                             f"(input_shape), got {tuple(volume.shape)}")
+        stem = self.stem(volume)
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            maps = checkpoint(self.features, stem, use_reentrant=False)
+        else:
+            maps = self.features(stem)
+        # octants: axis 2 = superior half first, axis 3 = right half first (SLP: index grows toward left)
+        parts = [F.adaptive_max_pool3d(maps, 2).flatten(1), F.adaptive_avg_pool3d(maps, 2).flatten(1),
+                 maps.amax(dim=(2, 3, 4)),
+                 F.adaptive_max_pool3d(stem, self.config.region_grid).flatten(1),
+                 F.adaptive_avg_pool3d(stem, self.config.region_grid).flatten(1)]
+        return torch.cat(parts, dim=1)
+
+    def forward(self, volume: torch.Tensor) -> torch.Tensor:
+        return self.dropout(torch.relu(self.fc(self.norm(self.forward_features(volume)))))

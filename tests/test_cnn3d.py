@@ -1,0 +1,117 @@
+"""The small 3D CNN encoder (demo): HU-bin stem values, shapes, side-awareness, config errors, registry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ctagrg.models.cnn3d import CNN3DConfig, CNN3DEncoder, HUBinStem
+from ctagrg.models.registry import create_encoder
+from ctagrg.models.step1 import PretrainModel, Step1Model, VisualModelConfig
+
+SMALL = {"input_shape": (8, 16, 16), "input_hu": (-1000.0, 1500.0, 0.449), "width": 2, "embed_dim": 32,
+         "region_grid": 2}
+
+
+def _preprocessed(hu: np.ndarray, cfg: CNN3DConfig) -> torch.Tensor:
+    lo, hi, off = cfg.input_hu
+    return torch.from_numpy(((hu - lo) / (hi - lo) - off).astype(np.float32))[None, None]
+
+
+def test_stem_matches_a_numpy_reference() -> None:
+    cfg = CNN3DConfig(**SMALL)
+    rng = np.random.default_rng(0)
+    hu = rng.uniform(-1000, 1500, (8, 16, 16)).astype(np.float32)
+    out = HUBinStem(cfg)(torch.cat([_preprocessed(hu, cfg), _preprocessed(hu[::-1].copy(), cfg)])).numpy()
+    assert out.shape == (2, cfg.stem_channels, 4, 4, 4)
+    patches = hu.reshape(4, 2, 4, 4, 4, 4)
+    bins = np.digitize(patches, cfg.hu_edges)
+    fractions = np.stack([(bins == k).mean(axis=(1, 3, 5)) for k in range(len(cfg.hu_edges) + 1)])
+    np.testing.assert_allclose(out[0, :-2], np.sqrt(fractions), atol=1e-6)
+    np.testing.assert_allclose(out[0, -2], patches.mean(axis=(1, 3, 5)) / 1000.0, atol=2e-4)
+    np.testing.assert_allclose(out[0, -1], patches.max(axis=(1, 3, 5)) / 1000.0, atol=2e-4)
+    np.testing.assert_allclose(out[0, :-2].__pow__(2).sum(0), 1.0, atol=1e-6)  # every voxel is in one bin
+    # the second sample (flipped along D) is binned on its own, not mixed with the first
+    np.testing.assert_allclose(out[1, :-2], out[0, :-2][:, ::-1], atol=1e-6)
+
+
+def test_stem_sees_calcium_that_a_soft_tissue_window_would_clip() -> None:
+    cfg = CNN3DConfig(**SMALL)
+    hu = np.full((8, 16, 16), 40.0, np.float32)
+    hu[0, 0, 0] = 1100.0  # one calcified voxel in the first patch
+    out = HUBinStem(cfg)(_preprocessed(hu, cfg))[0]
+    calcium = cfg.hu_edges.index(900.0) + 1
+    assert out[calcium, 0, 0, 0].item() == pytest.approx(np.sqrt(1 / 32), abs=1e-6)
+    assert out[calcium].sum().item() == pytest.approx(np.sqrt(1 / 32), abs=1e-6)
+    assert out[-1, 0, 0, 0].item() == pytest.approx(1.1, abs=0.01)
+
+
+def test_encoder_shapes_and_registry() -> None:
+    enc = create_encoder("cnn3d", **SMALL)
+    assert isinstance(enc, CNN3DEncoder)
+    enc.eval()
+    h = enc(torch.zeros(3, 1, 8, 16, 16))
+    assert h.shape == (3, 32)
+    assert enc.forward_features(torch.zeros(1, 1, 8, 16, 16)).shape == (1, enc.config.pooled_dim)
+    assert enc.shapes["stage3"] == (16, 1, 1, 1)
+    with pytest.raises(ValueError, match=r"expected \(B, 1, 8, 16, 16\)"):
+        enc(torch.zeros(1, 1, 8, 16, 8))
+
+
+def test_pooled_features_know_left_from_right() -> None:
+    """A bright blob in the left half and its mirror image in the right half give different features."""
+    cfg = CNN3DConfig(**SMALL)
+    torch.manual_seed(0)
+    enc = CNN3DEncoder(cfg).eval()
+    hu = np.full((8, 16, 16), -860.0, np.float32)
+    left = hu.copy()
+    left[2:6, 10:14, 4:8] = 40.0  # SLP: axis 1 grows toward the patient's left
+    right = left[:, ::-1].copy()
+    with torch.no_grad():
+        fl = enc.forward_features(_preprocessed(left, cfg))
+        fr = enc.forward_features(_preprocessed(right, cfg))
+    assert not torch.allclose(fl, fr)
+    # globally pooled parts (the CNN's global max) are mirror-invariant only up to the learned kernels; the stem's
+    # region statistics are exactly mirrored: the left region's values move to the right region
+    n_stem = 2 * cfg.stem_channels * cfg.region_grid**3
+    stem_l = fl[0, -n_stem:].view(2, cfg.stem_channels, 2, 2, 2)
+    stem_r = fr[0, -n_stem:].view(2, cfg.stem_channels, 2, 2, 2)
+    torch.testing.assert_close(stem_l, stem_r.flip(3))
+
+
+def test_checkpointing_gives_the_same_gradients() -> None:
+    torch.manual_seed(0)
+    enc = CNN3DEncoder(CNN3DConfig(**{**SMALL, "dropout": 0.0}))
+    x = torch.randn(2, 1, 8, 16, 16) * 0.3
+    enc(x).square().sum().backward()
+    plain = [p.grad.clone() for p in enc.parameters()]
+    enc.zero_grad()
+    enc.gradient_checkpointing_enable()
+    enc(x).square().sum().backward()
+    for a, p in zip(plain, enc.parameters(), strict=True):
+        torch.testing.assert_close(a, p.grad)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"input_shape": (8, 16, 12)}, "W=12 is not divisible"),
+    ({"hu_edges": (0.0, -100.0)}, "hu_edges must increase"),
+    ({"input_hu": (100.0, -100.0, 0.0)}, "hu_max must exceed hu_min"),
+])
+def test_config_errors(bad: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        CNN3DConfig(**{**SMALL, **bad})
+
+
+def test_visual_models_build_on_cnn3d_and_save_only_its_section(tmp_path) -> None:
+    cfg = VisualModelConfig(encoder="cnn3d", cnn3d=CNN3DConfig(**SMALL))
+    cfg.heads.in_dim = 32
+    cfg.heads.embed_dim = 16
+    model = Step1Model(cfg).eval()
+    out = model(torch.zeros(2, 1, 8, 16, 16))
+    assert out["logits"].shape == (2, 18) and out["embeddings"].shape == (2, 18, 16)
+    data = model.config_dict()
+    assert data["encoder"] == "cnn3d" and "cnn3d" in data and "ctnet" not in data and "ctvit" not in data
+    assert PretrainModel(cfg).eval()(torch.zeros(1, 1, 8, 16, 16))["logits"].shape == (1, 18)
+    with pytest.raises(ValueError, match="expected one of ctnet, ctvit, cnn3d"):
+        Step1Model(VisualModelConfig(encoder="resnet3d"))
