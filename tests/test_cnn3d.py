@@ -115,3 +115,20 @@ def test_visual_models_build_on_cnn3d_and_save_only_its_section(tmp_path) -> Non
     assert PretrainModel(cfg).eval()(torch.zeros(1, 1, 8, 16, 16))["logits"].shape == (1, 18)
     with pytest.raises(ValueError, match="expected one of ctnet, ctvit, cnn3d"):
         Step1Model(VisualModelConfig(encoder="resnet3d"))
+
+
+def test_embed_dim_zero_makes_the_pooled_features_the_embedding() -> None:
+    cfg = CNN3DConfig(**{**SMALL, "embed_dim": 0})
+    enc = CNN3DEncoder(cfg).eval()
+    assert enc.fc is None and cfg.out_dim == cfg.pooled_dim == enc.shapes["embedding"][0]
+    x = torch.randn(2, 1, 8, 16, 16) * 0.3
+    with torch.no_grad():
+        torch.testing.assert_close(enc(x), enc.norm(enc.forward_features(x)))
+    vis = VisualModelConfig(encoder="cnn3d", cnn3d=cfg)
+    vis.heads.in_dim, vis.heads.pretrain_hidden = cfg.pooled_dim, ()
+    model = PretrainModel(vis).eval()
+    linears = [m for m in model.head.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(cfg.pooled_dim, 18)]  # a linear read-out
+    vis.heads.in_dim = 32
+    with pytest.raises(ValueError, match=f"embedding width {cfg.pooled_dim} .* != heads.in_dim 32"):
+        PretrainModel(vis)

@@ -17,7 +17,7 @@ Shapes for the demo input (B, 1, 64, 128, 128) at (4, 2, 2) mm, default config::
                                     the CNN features, their global max, and the stem's own max + mean on a
                                     ``region_grid``^3 grid of regions: position is kept, so the side of a finding
                                     can be read from the embedding (grounding)
-    Linear, ReLU, dropout           (B, embed_dim)
+    BatchNorm1d, Linear, ReLU, dropout  (B, embed_dim); with embed_dim 0: BatchNorm1d, dropout (B, pooled_dim)
 
 The stem has no weights: it turns HU into tissue fractions (what a radiologist reads first), so the CNN need not
 learn HU windows from a few hundred volumes. It needs the full HU range, so pair the encoder with a preprocessing
@@ -53,6 +53,8 @@ class CNN3DConfig:
     patch: Triple = (2, 4, 4)  # stem patch in voxels (D, H, W)
     width: int = 8  # channels: 2w at the stem grid, 4w, then 8w
     region_grid: int = 4  # the stem's statistics are pooled on this many regions per axis
+    # 0: no projection, the standardised pooled features are the embedding (``pooled_dim`` wide; the CPU demo, where
+    # a 2048-d Linear + ReLU in front of the heads overfit ~300 volumes, docs/training.md); else Linear + ReLU to it
     embed_dim: int = 2048
     dropout: float = 0.2
 
@@ -78,6 +80,11 @@ class CNN3DConfig:
         return tuple(n // p for n, p in zip(self.input_shape, self.patch, strict=True))  # type: ignore[return-value]
 
     @property
+    def out_dim(self) -> int:
+        """Width of the embedding ``h``: ``embed_dim``, or ``pooled_dim`` when ``embed_dim`` is 0."""
+        return self.embed_dim or self.pooled_dim
+
+    @property
     def pooled_dim(self) -> int:
         c = 8 * self.width
         return 8 * 2 * c + c + 2 * self.stem_channels * self.region_grid**3
@@ -87,7 +94,7 @@ class CNN3DConfig:
         return {"input": (1, *self.input_shape), "stem": (self.stem_channels, d, h, w),
                 "stage1": (2 * self.width, d, h, w), "stage2": (4 * self.width, d // 2, h // 2, w // 2),
                 "stage3": (8 * self.width, d // 4, h // 4, w // 4), "pooled": (self.pooled_dim,),
-                "embedding": (self.embed_dim,)}
+                "embedding": (self.out_dim,)}
 
 
 def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
@@ -157,7 +164,7 @@ class CNN3DEncoder(nn.Module):
         # standardise the pooled features: rare-bin statistics (calcium, metal) are ~100x smaller than lung ones
         # and would otherwise be learned last
         self.norm = nn.BatchNorm1d(config.pooled_dim)
-        self.fc = nn.Linear(config.pooled_dim, config.embed_dim)
+        self.fc = nn.Linear(config.pooled_dim, config.embed_dim) if config.embed_dim else None
         self.dropout = nn.Dropout(config.dropout)
         self.gradient_checkpointing = False
 
@@ -183,4 +190,5 @@ class CNN3DEncoder(nn.Module):
         return torch.cat(parts, dim=1)
 
     def forward(self, volume: torch.Tensor) -> torch.Tensor:
-        return self.dropout(torch.relu(self.fc(self.norm(self.forward_features(volume)))))
+        h = self.norm(self.forward_features(volume))
+        return self.dropout(h if self.fc is None else torch.relu(self.fc(h)))

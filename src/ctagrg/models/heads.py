@@ -21,7 +21,9 @@ class HeadsConfig:
     in_dim: int = 2048
     num_labels: int = NUM_LABELS
     dropout: float = 0.5
-    pretrain_hidden: tuple[int, int] = (512, 128)
+    # hidden sizes of the pretraining head; () makes it one Linear(in_dim, 18), a linear read-out (the CPU demo:
+    # with ~300 volumes the published 512 -> 128 MLP overfits, measured in docs/training.md)
+    pretrain_hidden: tuple[int, ...] = (512, 128)
     embed_dim: int = 1024  # per-abnormality embedding (step 2 consumes it)
     classifier_hidden: int = 128
 
@@ -31,12 +33,12 @@ class PretrainHead(nn.Module):
 
     def __init__(self, cfg: HeadsConfig) -> None:
         super().__init__()
-        a, b = cfg.pretrain_hidden
-        self.net = nn.Sequential(
-            nn.Linear(cfg.in_dim, a), nn.ReLU(), nn.Dropout(cfg.dropout),
-            nn.Linear(a, b), nn.ReLU(), nn.Dropout(cfg.dropout),
-            nn.Linear(b, cfg.num_labels),
-        )
+        layers: list[nn.Module] = []
+        width = cfg.in_dim
+        for hidden in cfg.pretrain_hidden:
+            layers += [nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(cfg.dropout)]
+            width = hidden
+        self.net = nn.Sequential(*layers, nn.Linear(width, cfg.num_labels))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.net(h)

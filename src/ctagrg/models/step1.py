@@ -60,8 +60,9 @@ class _VisualModel(nn.Module):
             raise ValueError(f"VisualModelConfig.encoder: expected one of {', '.join(ENCODERS)}, "
                              f"got {config.encoder!r}")
         enc_cfg = config.encoder_config()
-        if enc_cfg.embed_dim != config.heads.in_dim:
-            raise ValueError(f"encoder embed_dim {enc_cfg.embed_dim} != heads.in_dim {config.heads.in_dim}")
+        out_dim = getattr(enc_cfg, "out_dim", enc_cfg.embed_dim)
+        if out_dim != config.heads.in_dim:
+            raise ValueError(f"encoder embedding width {out_dim} (embed_dim) != heads.in_dim {config.heads.in_dim}")
         self.encoder = create_encoder(config.encoder, enc_cfg)
 
     def gradient_checkpointing_enable(self) -> None:
