@@ -189,6 +189,14 @@ class CNN3DEncoder(nn.Module):
                  F.adaptive_avg_pool3d(stem, self.config.region_grid).flatten(1)]
         return torch.cat(parts, dim=1)
 
+    def _standardise(self, features: torch.Tensor) -> torch.Tensor:
+        """BatchNorm1d, except that a training batch of one (an epoch's last, partial batch) has no batch
+        statistics: it is normalised with the running ones, which it does not update."""
+        if self.training and features.shape[0] == 1:
+            n = self.norm
+            return F.batch_norm(features, n.running_mean, n.running_var, n.weight, n.bias, False, 0.0, n.eps)
+        return self.norm(features)
+
     def forward(self, volume: torch.Tensor) -> torch.Tensor:
-        h = self.norm(self.forward_features(volume))
+        h = self._standardise(self.forward_features(volume))
         return self.dropout(h if self.fc is None else torch.relu(self.fc(h)))
