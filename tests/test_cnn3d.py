@@ -137,11 +137,11 @@ def test_embed_dim_zero_makes_the_pooled_features_the_embedding() -> None:
 def test_a_training_batch_of_one_uses_the_running_statistics() -> None:
     """The last, partial batch of an epoch can hold one volume: BatchNorm1d has no batch statistics for it."""
     torch.manual_seed(0)
-    enc = CNN3DEncoder(CNN3DConfig(**{**SMALL, "dropout": 0.0}))
+    enc = CNN3DEncoder(CNN3DConfig(**{**SMALL, "dropout": 0.0, "input_shape": (16, 32, 32)}))
     enc.train()
-    enc(torch.randn(4, 1, 8, 16, 16) * 0.3)  # updates the running statistics
+    enc(torch.randn(4, 1, 16, 32, 32) * 0.3)  # updates the running statistics
     before = enc.norm.running_mean.clone()
-    x = torch.randn(1, 1, 8, 16, 16) * 0.3
+    x = torch.randn(1, 1, 16, 32, 32) * 0.3
     h = enc(x)
     assert h.shape == (1, 32)
     torch.testing.assert_close(enc.norm.running_mean, before)  # not updated by the single volume
