@@ -61,6 +61,13 @@ def labeler() -> RuleLabeler:
         ("Prominent interlobular septa in both lower lobes.", {"Interlobular septal thickening"}),
         ("A small pleural effusion on the right was not seen in the previous examination.", {"Pleural effusion"}),
         ("The right middle lobe is collapsed.", {"Atelectasis"}),
+        # A density the report itself calls atelectasis or consolidation is that finding, not an opacity ...
+        ("Patchy densities consistent with subsegmental atelectasis are seen in the left lower lobe.", {"Atelectasis"}),
+        ("In the right lower lobe an increase in density is seen, which is compatible with the consolidation area.",
+         {"Consolidation"}),
+        # ... but a qualified attribution, or ground glass next to the attribution, still counts as opacity.
+        ("Linear density increase consistent with band atelectasis in the lingula.", {"Lung opacity"}),
+        ("Ground glass densities consistent with atelectasis in both lung bases.", {"Lung opacity", "Atelectasis"}),
     ],
 )
 def test_sentence_labels(labeler: RuleLabeler, sentence: str, expected: set[str]) -> None:

@@ -74,7 +74,17 @@ _OPACITY_EXCLUDE = (
     # Low-attenuation, air, fat, mucus or calcified "densities" are not parenchymal opacities.
     r"|low densit|air densit|fat densit|mucus|mucous|plug|calcified densit|metal"
 )
+# A density that the report itself calls (plain or subsegmental) atelectasis or a consolidation is that finding, not
+# a separate opacity ("densities consistent with subsegmental atelectasis", "an increase in density is observed,
+# which is compatible with the consolidation area"). Qualified attributions ("linear density consistent with band
+# atelectasis or sequelae", "... with mild compressive atelectasis") were labelled opacity on develop: kept.
+_ATTRIBUTED_DENSITY = (
+    r"\bdensit\w*(?: increases?)?(?: (?:is|are|was|were) (?:observed|seen|noted|detected))?,?"
+    r" (?:which (?:is|are|was|were) )?(?:consistent with|compatible with|in favou?r of|in accordance with)"
+    r" (?:the )?(?:(?:subsegment\w*|segmental|lobar|focal|small|large) )?(?:atelecta\w*|consolidat\w*)"
+)
 _OPACITY_REJECT = (
+    _ATTRIBUTED_DENSITY,
     r"\bactive infiltrat\w*",
     r"\bpleuroparenchymal \w+ densit\w*",
     r"ground glass (?:\w+ )?nodul\w*",
