@@ -148,7 +148,9 @@ def _lobe_name(side: str, lobe: str) -> str:
 def _nodule(rng: np.random.Generator, anat: Anatomy) -> Finding:
     side = str(rng.choice(SIDES))
     lobe = str(rng.choice(("upper", "middle", "lower") if side == "right" else ("upper", "lower")))
-    size = float(np.round(np.exp(rng.uniform(np.log(4.0), np.log(30.0)))))
+    # Uniform, not log-uniform, over 4-30 mm: below ~8 mm a nodule is as wide as a vessel cross-section on the
+    # small (2.5 mm) grid, and a third of log-uniform nodules would be that small, i.e. nearly invisible there.
+    size = float(np.round(rng.uniform(4.0, 30.0)))
     center = point_in_lobe(rng, anat, side, lobe, margin=size / 2 + 4.0)
     return Finding("Lung nodule", side=side, lobe=_lobe_name(side, lobe), size_mm=size, extent="solid",
                    center=center, params={"radii": size / 2 * rng.uniform(0.9, 1.1, 3)})

@@ -150,6 +150,11 @@ def _hernia(c: Canvas, a: Anatomy, f: Finding) -> None:
 
 
 def _lymph(c: Canvas, a: Anatomy, f: Finding) -> None:
+    """Enlarged nodes in a 3 mm rim of mediastinal fat, as nodes sit in fat: without it a node drawn against the
+    heart or aorta (both ~45 HU) would be invisible."""
+    for center, short in f.params["nodes"]:
+        radii = np.array([short / 2, short / 2, short * 0.65])
+        c.organ(ellipsoid(c.grid, center, radii + 3.0), HU["fat"])
     for center, short in f.params["nodes"]:
         c.organ(ellipsoid(c.grid, center, np.array([short / 2, short / 2, short * 0.65])), SOLID_HU)
 
