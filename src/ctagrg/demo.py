@@ -45,7 +45,7 @@ class DemoPreset:
 PRESETS: dict[str, DemoPreset] = {
     "full": DemoPreset(n_volumes=400, pretrain_epochs=None, classifier_epochs=None, decoder_epochs=None,
                        bootstrap=1000),
-    "quick": DemoPreset(n_volumes=80, pretrain_epochs=3, classifier_epochs=2, decoder_epochs=4, bootstrap=200),
+    "quick": DemoPreset(n_volumes=120, pretrain_epochs=6, classifier_epochs=3, decoder_epochs=4, bootstrap=200),
 }
 
 
@@ -214,8 +214,8 @@ def _epochs(epochs: int | None) -> list[str]:
 def _visual_overrides(out: Path, cfg: DemoConfig, epochs: int | None) -> list[str]:
     p = _paths(out)
     labels = p["data"] / "multi_abnormality_labels"
-    # no augmentation: flips and axial rotations would hide the side of a finding, which the demo measures
-    return [*_epochs(epochs), f"train.seed={cfg.seed}", f"data.cache_dir={p['cache']}", "data.augment.enabled=false",
+    # augmentation is the config's: pretraining mirrors left-right (labels have no side), step 1 does not
+    return [*_epochs(epochs), f"train.seed={cfg.seed}", f"data.cache_dir={p['cache']}",
             f"data.train_labels={labels / 'train_predicted_labels.csv'}",
             f"data.valid_labels={labels / 'valid_predicted_labels.csv'}"]
 
