@@ -1,10 +1,12 @@
 """Are the phantom findings learnable and groundable? A small 3D CNN, CPU, time-boxed.
 
 1. Generate 300 train and 100 test ``small`` phantoms (different seeds, so different patients) and time it.
-2. Preprocess them with the project's own preprocessing to SLP (64, 128, 128) at (4, 2.5, 2.5) mm.
-3. Train a 4-stage 3D CNN for at most ``--minutes`` (default 10) on CPU. It pools its last feature map
-   per octant (so it knows left from right), and its per-side outputs for the lateralised findings (nodule,
-   pleural effusion, consolidation) are the side probe.
+2. Preprocess them as the demo does (``configs/demo/preprocess.yaml``: SLP (64, 128, 128) at (4, 2, 2) mm, window
+   [-1000, 1500] HU) and compute the demo encoder's fixed HU-bin stem once (``ctagrg.models.cnn3d``).
+3. Train the demo's model, the cnn3d encoder with a linear read-out, for at most ``--minutes`` (default 10) on CPU,
+   with left-right mirroring and +-1-patch shifts. A side probe shares the encoder: the same pooling on each half
+   of the volume (the left one mirrored) and one linear read-out per lateralised finding (nodule, pleural
+   effusion, consolidation): "is it on this side?".
 4. Report per-label AUROC on the test set and side accuracy (left / right / bilateral) on the test findings.
 
     .venv/bin/python benchmarks/phantom_learnability.py --out /tmp/phantom_bench [--minutes 10] [--threads 2]
@@ -49,36 +51,27 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-# HU bins of the fixed stem: air/emphysema, lung, dense lung, ground glass, lines, fat, fluid, soft tissue,
-# bone, cortex, calcium, metal. Fluid (5 HU) and soft tissue (45 HU) get their own bins: effusions differ only there.
-HU_EDGES = (-950.0, -800.0, -650.0, -350.0, -150.0, -40.0, 25.0, 80.0, 400.0, 900.0, 1500.0)
-N_STEM = len(HU_EDGES) + 3
-PATCH = (2, 4, 4)  # 8 x 10 x 10 mm
+# The project's demo preprocessing and encoder: SLP (64, 128, 128) at (4, 2, 2) mm, window [-1000, 1500] HU, and
+# the cnn3d encoder (fixed HU-bin stem, 3D CNN, region pooling). The stem has no weights, so it is computed once.
+SHAPE, SPACING, WINDOW = (64, 128, 128), (4.0, 2.0, 2.0), (-1000.0, 1500.0, 0.449)
 
 
-def hu_bin_stem(hu: np.ndarray) -> np.ndarray:
-    """(D, H, W) HU → (N_STEM, D/2, H/4, W/4) float16: per 2x4x4 patch, the fraction of voxels in each HU bin,
-    the mean and the max HU / 1000. A fixed, non-learned first layer: it keeps what a radiologist reads (how much
-    of a patch is air, ground glass, fluid, calcium, metal) at a quarter of the in-plane resolution."""
-    d, h, w = (n // k for n, k in zip(hu.shape, PATCH, strict=True))
-    patches = hu[: d * PATCH[0], : h * PATCH[1], : w * PATCH[2]].reshape(d, PATCH[0], h, PATCH[1], w, PATCH[2])
-    bins = np.digitize(patches, HU_EDGES).astype(np.int8)
-    out = [(bins == b).mean(axis=(1, 3, 5)) for b in range(len(HU_EDGES) + 1)]
-    out.append(np.clip(patches.mean(axis=(1, 3, 5)), -1000, 1000) / 1000.0)
-    out.append(np.clip(patches.max(axis=(1, 3, 5)), -1000, 3000) / 1000.0)
-    return np.stack(out).astype(np.float16)
+def encoder_config():
+    from ctagrg.models.cnn3d import CNN3DConfig
+
+    return CNN3DConfig(input_shape=SHAPE, input_hu=WINDOW, width=8, region_grid=4, embed_dim=0, dropout=0.0)
 
 
 def _prep_one(path: str) -> np.ndarray:
     import torch
 
     from ctagrg.data.preprocess import PreprocessConfig, preprocess_file
+    from ctagrg.models.cnn3d import HUBinStem
 
     torch.set_num_threads(1)
-    # the project's preprocessing (reorient to SLP, resample, crop/pad), with the full CT range kept
-    cfg = PreprocessConfig(spacing=SPACING, shape=SHAPE, hu_min=-1024.0, hu_max=3071.0, offset=0.0)
-    x = preprocess_file(path, config=cfg)
-    return hu_bin_stem(x * (cfg.hu_max - cfg.hu_min) + cfg.hu_min)
+    cfg = PreprocessConfig(spacing=SPACING, shape=SHAPE, hu_min=WINDOW[0], hu_max=WINDOW[1], offset=WINDOW[2])
+    x = torch.from_numpy(preprocess_file(path, config=cfg))[None, None]
+    return HUBinStem(encoder_config())(x)[0].numpy().astype(np.float16)
 
 
 def load_split(root: Path, split: str, workers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
@@ -109,49 +102,50 @@ def load_split(root: Path, split: str, workers: int) -> tuple[np.ndarray, np.nda
     return vols, labels, sides, names
 
 
-def build_model(width: int = 8):
+def build_model():
     import torch
     import torch.nn.functional as F
     from torch import nn
 
-    def block(cin: int, cout: int) -> nn.Sequential:
-        return nn.Sequential(nn.Conv3d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm3d(cout),
-                             nn.ReLU(inplace=True))
-
-    def octants(t: torch.Tensor) -> torch.Tensor:
-        """(B, C, d, l, p) → (B, 2C, 2, 2, 2): max and mean over each octant (superior/inferior, right/left,
-        anterior/posterior), so the heads know roughly where a feature fired."""
-        return torch.cat([F.adaptive_max_pool3d(t, 2), F.adaptive_avg_pool3d(t, 2)], dim=1)
+    from ctagrg.models.cnn3d import CNN3DEncoder
 
     class Net(nn.Module):
-        """HU-bin stem (C, 32, 32, 32) → 18 label logits and (3, 2) per-side logits of the lateralised findings.
+        """Stem features (B, 14, 32, 32, 32) → 18 label logits and (3, 2) per-side logits of the lateralised findings.
 
-        Two branches feed the heads, both pooled per octant: the CNN's features, and the stem's own statistics
-        (max and mean of every HU bin per octant), which carry "metal somewhere up front" directly.
+        Labels: the demo's model, i.e. cnn3d's region-pooled, standardised features and a linear read-out. Sides:
+        the same features computed on each half (right; left mirrored, so lateral matches lateral) and one shared
+        linear read-out per lateralised label: "is it on this side?".
         """
 
         def __init__(self) -> None:
             super().__init__()
-            w = width
-            self.features = nn.Sequential(nn.Conv3d(N_STEM, 2 * w, 1), nn.ReLU(inplace=True),  # mixes the bins
-                                          block(2 * w, 2 * w), block(2 * w, 4 * w), block(4 * w, 8 * w))
-            per_octant = 2 * 8 * w + 2 * N_STEM
+            self.encoder = CNN3DEncoder(encoder_config())
+            cfg = self.encoder.config
+            c = 8 * cfg.width
+            self.labels = nn.Linear(cfg.pooled_dim, 18)
+            half = 4 * 2 * c + 2 * cfg.stem_channels * 32  # per half: 4 octants x (max, mean), 4 x 2 x 4 regions
+            self.side_norm = nn.BatchNorm1d(half)
+            self.sides = nn.Linear(half, len(SIDE_LABELS))
             self.dropout = nn.Dropout(0.2)
-            self.labels = nn.Linear(8 * per_octant, 18)
-            self.sides = nn.Linear(4 * per_octant, len(SIDE_LABELS))  # shared over sides: "is it on this side?"
-            self.regions = nn.Linear(2 * N_STEM * 64, 18)
-            self.side_regions = nn.Linear(2 * N_STEM * 32, len(SIDE_LABELS))
 
-        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            f = torch.cat([octants(self.features(x)), octants(x)], dim=1)  # (B, K, 2, 2, 2); axis 3 → left
-            f = self.dropout(f)
-            # the stem's statistics on a 4x4x4 grid of regions (e.g. "soft tissue where paratracheal fat should be")
-            r = self.dropout(torch.cat([F.adaptive_max_pool3d(x, 4), F.adaptive_avg_pool3d(x, 4)], dim=1))
-            logits = self.labels(f.flatten(1)) + self.regions(r.flatten(1))
-            halves = (r[:, :, :, 0:2], r[:, :, :, 2:4].flip(3))  # right, mirrored left: lateral matches lateral
-            sides = torch.stack([self.sides(f[:, :, :, i].flatten(1)) + self.side_regions(halves[i].flatten(1))
-                                 for i in (0, 1)], dim=2)
-            return logits, sides
+        def forward(self, stem: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            enc = self.encoder
+            maps = enc.features(stem)
+            pooled = torch.cat([F.adaptive_max_pool3d(maps, 2).flatten(1), F.adaptive_avg_pool3d(maps, 2).flatten(1),
+                                maps.amax(dim=(2, 3, 4)), F.adaptive_max_pool3d(stem, 4).flatten(1),
+                                F.adaptive_avg_pool3d(stem, 4).flatten(1)], dim=1)
+            logits = self.labels(self.dropout(enc.norm(pooled)))
+            w = maps.shape[3] // 2
+            sides = []
+            hs = stem.shape[3] // 2
+            halves = ((maps[:, :, :, :w], stem[:, :, :, :hs]), (maps[:, :, :, w:].flip(3), stem[:, :, :, hs:].flip(3)))
+            for m, s in halves:
+                f = torch.cat([F.adaptive_max_pool3d(m, (2, 1, 2)).flatten(1),
+                               F.adaptive_avg_pool3d(m, (2, 1, 2)).flatten(1),
+                               F.adaptive_max_pool3d(s, (4, 2, 4)).flatten(1),
+                               F.adaptive_avg_pool3d(s, (4, 2, 4)).flatten(1)], dim=1)
+                sides.append(self.sides(self.dropout(self.side_norm(f))))
+            return logits, torch.stack(sides, dim=2)
 
     return Net()
 
