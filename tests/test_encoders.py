@@ -17,6 +17,7 @@ TINY = {
                   reducer_kernels=[[3, 1, 1], [3, 1, 1], [2, 1, 1]], reducer_strides=[[2, 1, 1], [2, 1, 1], [1, 1, 1]]),
     "ctvit": dict(input_shape=(8, 16, 16), dim=32, patch_size=4, temporal_patch_size=2, spatial_depth=1,
                   temporal_depth=1, heads=2, dim_head=16, pool_grid=(2, 2), embed_dim=24, dropout=0.0),
+    "cnn3d": dict(input_shape=(16, 32, 32), width=2, region_grid=2, embed_dim=24, dropout=0.0),
 }
 
 
