@@ -147,3 +147,11 @@ def test_a_training_batch_of_one_uses_the_running_statistics() -> None:
     torch.testing.assert_close(enc.norm.running_mean, before)  # not updated by the single volume
     h.sum().backward()
     assert enc.fc.weight.grad is not None
+
+
+def test_model_card_states_the_window_the_encoder_expects(tmp_path) -> None:
+    cfg = VisualModelConfig(encoder="cnn3d", cnn3d=CNN3DConfig(**SMALL))
+    cfg.heads.in_dim, cfg.heads.embed_dim = 32, 8
+    card = (Step1Model(cfg).save_pretrained(tmp_path / "m") / "README.md").read_text()
+    assert "HU windowed to [-1000, 1500], mapped to [0, 1] then minus 0.449" in card
+    assert "not for diagnostic use" in card

@@ -152,6 +152,11 @@ def load_encoder_from(model: _VisualModel, directory: str | Path) -> None:
 def _model_card(model: _VisualModel) -> str:
     cfg = model.config.encoder_config()
     n = sum(p.numel() for p in model.parameters())
+    if hasattr(cfg, "input_hu"):  # the window the encoder was configured for (ctnet, cnn3d)
+        lo, hi, off = cfg.input_hu
+        window = f"HU windowed to [{lo:g}, {hi:g}], mapped to [0, 1] then minus {off:g}"
+    else:
+        window = "with the preprocessing of its training data (a packaged model's preprocess.json)"
     return f"""# ctagrg visual model ({model.model_type})
 
 Research software, **not for diagnostic use**. Part of ctagrg, an implementation of CT-AGRG (Di Piazza et al.,
@@ -159,7 +164,7 @@ ISBI 2025).
 
 - Encoder: `{model.config.encoder}`, {n / 1e6:.1f}M parameters in total.
 - Input: `(B, 1, {", ".join(map(str, cfg.input_shape))})` float32, axes (D, H, W) in SLP order, preprocessed by
-  `ctagrg preprocess` (HU windowed to [-1000, 200], mapped to [0, 1] then minus 0.449).
+  `ctagrg preprocess` ({window}).
 - Output: one logit per CT-RATE label, in this order: {", ".join(LABELS)}.
 - Load: `Step1Model.from_pretrained(dir)` / `PretrainModel.from_pretrained(dir)` (ctagrg.models.step1).
 - torch {torch.__version__}; config fields: {", ".join(f.name for f in dataclasses.fields(model.config))}.
