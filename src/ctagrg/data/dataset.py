@@ -1,5 +1,6 @@
 """A torch Dataset over the preprocessed cache: ``{"volume": (1, D, H, W) float32, "labels": (18,) float32,
-"name": str}``.
+"name": str}``, or with ``dtype="uint8"`` the stored uint8 levels plus ``lo``/``hi`` for :func:`dequantize` on the
+training device.
 
 >>> ds = CachedVolumeDataset("cache/", labels="multi_abnormality_labels/train_predicted_labels.csv")  # doctest: +SKIP
 >>> item = ds[0]; item["volume"].shape, item["labels"].shape                                          # doctest: +SKIP
@@ -11,12 +12,12 @@ from __future__ import annotations
 import csv
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from ctagrg.data.augment import AugmentConfig, augment_volume
-from ctagrg.data.cache import SUFFIX, cache_path, load_cached
+from ctagrg.data.cache import SUFFIX, cache_path, load_cached, load_cached_raw
 from ctagrg.labels import LABELS
 
 LabelSource = Mapping[str, Sequence[float]] | str | Path | Any | None
@@ -88,15 +89,26 @@ class CachedVolumeDataset:
             or None (labels are then NaN, so a loss computed on them is loudly NaN rather than quietly wrong).
         names: the volumes to use (stems or VolumeNames). Default: every cached volume that has labels.
         augment: :class:`AugmentConfig`; None or ``enabled=False`` returns volumes as stored.
+        dtype: ``"float32"`` (default) dequantises in the loader; ``"uint8"`` returns the stored levels, a quarter
+            of the bytes and no float32 copy in the worker or the collate, for :func:`ctagrg.data.cache.dequantize`
+            on the training device (bit-identical result). Not combinable with ``augment``, which works on floats.
 
-    Items: ``{"volume": (1, D, H, W) float32 tensor, "labels": (18,) float32 tensor, "name": str}``.
+    Items: ``{"volume": (1, D, H, W) float32 tensor, "labels": (18,) float32 tensor, "name": str}``; with
+    ``dtype="uint8"`` the volume is the (1, D, H, W) uint8 tensor as stored, plus ``"lo"`` and ``"hi"``: float64
+    0-d tensors, the value range (float64 because the file stores them as such; :func:`dequantize` must derive the
+    float32 scale from the same numbers as :func:`load_cached` to match it bit for bit).
     """
 
     def __init__(self, cache_dir: str | Path, labels: LabelSource = None, names: Sequence[str] | None = None,
-                 augment: AugmentConfig | None = None) -> None:
+                 augment: AugmentConfig | None = None, dtype: Literal["float32", "uint8"] = "float32") -> None:
         self.cache_dir = Path(cache_dir)
         if not self.cache_dir.is_dir():
             raise FileNotFoundError(f"{self.cache_dir}: cache folder not found (run `ctagrg preprocess` first)")
+        if dtype not in ("float32", "uint8"):
+            raise ValueError(f"CachedVolumeDataset dtype: expected 'float32' or 'uint8', got {dtype!r}")
+        if dtype == "uint8" and augment is not None and augment.enabled:
+            raise ValueError("CachedVolumeDataset: augment needs dtype='float32' (augment after dequantize for uint8)")
+        self.dtype = dtype
         self.labels = _labels_table(labels)
         self.augment = augment
         if names is None:
@@ -128,8 +140,14 @@ class CachedVolumeDataset:
         import torch
 
         name = self.names[index]
+        labels = self.labels[name] if self.labels is not None else np.full(len(LABELS), np.nan, np.float32)
+        item: dict[str, Any] = {"labels": torch.from_numpy(labels.copy()), "name": name}
+        if self.dtype == "uint8":
+            q, lo, hi = load_cached_raw(cache_path(self.cache_dir, name))
+            item |= {"volume": torch.from_numpy(q).unsqueeze(0), "lo": torch.tensor(lo, dtype=torch.float64),
+                     "hi": torch.tensor(hi, dtype=torch.float64)}
+            return item
         volume = torch.from_numpy(load_cached(cache_path(self.cache_dir, name))).unsqueeze(0)
         if self.augment is not None and self.augment.enabled:
             volume = augment_volume(volume, self.augment)
-        labels = self.labels[name] if self.labels is not None else np.full(len(LABELS), np.nan, np.float32)
-        return {"volume": volume, "labels": torch.from_numpy(labels.copy()), "name": name}
+        return {"volume": volume, **item}
