@@ -1,6 +1,11 @@
 """The visual stages: ``pretrain`` (encoder + 18-label head) and ``classifier`` (step 1: encoder + abnormality
 heads, then per-label thresholds). Both read the preprocessed cache through ``CachedVolumeDataset``.
 
+The loaders deliver the cache's uint8 levels (``dtype="uint8"``): a worker then only reads the file (no float32
+copy in the worker or in the default collate, a quarter of the bytes to pin and send), and ``training_step`` /
+``predict`` dequantise the batch on the training device (:func:`ctagrg.data.cache.dequantize`), bit-identical to
+the float32 dataset (BENCHMARKS.md, "Training data loading").
+
 ``ctagrg train pretrain --config configs/demo/pretrain.yaml``;
 ``ctagrg train classifier --config configs/demo/classifier.yaml --set init.encoder_from=runs/pretrain/best``.
 
@@ -25,6 +30,7 @@ from torch import nn
 
 from ctagrg.config import ConfigError
 from ctagrg.data.augment import AugmentConfig, augment_volume
+from ctagrg.data.cache import dequantize
 from ctagrg.evaluation.classification import classification_report, markdown_table
 from ctagrg.labels import LABELS
 from ctagrg.models.step1 import PretrainModel, Step1Model, VisualModelConfig, load_encoder_from
@@ -97,7 +103,7 @@ class _VisualTask(Task):
 
         if not self.cfg.data.cache_dir:
             raise ConfigError("data.cache_dir: not set (the folder written by `ctagrg preprocess`)")
-        ds = CachedVolumeDataset(self.cfg.data.cache_dir, labels=labels_csv)
+        ds = CachedVolumeDataset(self.cfg.data.cache_dir, labels=labels_csv, dtype="uint8")
         if len(ds) == 0:
             raise ConfigError(f"{labels_csv}: none of its volumes is in {self.cfg.data.cache_dir}")
         return ds
@@ -150,8 +156,19 @@ class _VisualTask(Task):
         pw = self._pos_weight.to(logits.device) if self._pos_weight is not None else None
         return F.binary_cross_entropy_with_logits(logits.float(), labels, pos_weight=pw)
 
-    def training_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
+    def _volumes(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The batch's volumes as float32 (B, 1, D, H, W) on ``self.device``.
+
+        A uint8 batch (with (B,) ``lo``/``hi``) is moved as uint8 and dequantised there; a float batch (a dataset
+        built with the default dtype) is moved as is.
+        """
         x = batch["volume"].to(self.device, non_blocking=True)
+        if x.dtype == torch.uint8:
+            x = dequantize(x, batch["lo"], batch["hi"])  # lo/hi stay on the CPU: B float64 scalars
+        return x
+
+    def training_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
+        x = self._volumes(batch)  # dequantised before augmentation: its pad value is in normalised units
         y = batch["labels"].to(self.device, non_blocking=True)
         if self.cfg.data.augment.enabled:
             x = torch.stack([augment_volume(v, self.cfg.data.augment) for v in x])
@@ -165,7 +182,7 @@ class _VisualTask(Task):
         """(labels (N, 18), probabilities (N, 18), names) over ``loader`` with ``model`` in eval mode."""
         labels, probs, names = [], [], []
         for batch in loader:
-            logits = model(batch["volume"].to(self.device, non_blocking=True))["logits"]
+            logits = model(self._volumes(batch))["logits"]
             probs.append(torch.sigmoid(logits.float()).cpu().numpy())
             labels.append(batch["labels"].numpy())
             names += list(batch["name"])
