@@ -54,12 +54,14 @@ def _cpu_seconds() -> float:
 # The project's demo preprocessing and encoder: SLP (64, 128, 128) at (4, 2, 2) mm, window [-1000, 1500] HU, and
 # the cnn3d encoder (fixed HU-bin stem, 3D CNN, region pooling). The stem has no weights, so it is computed once.
 SHAPE, SPACING, WINDOW = (64, 128, 128), (4.0, 2.0, 2.0), (-1000.0, 1500.0, 0.449)
+PATCH = [2, 4, 4]  # the stem's patch (--patch); the demo's is 2x4x4 voxels = 8 mm
 
 
 def encoder_config():
     from ctagrg.models.cnn3d import CNN3DConfig
 
-    return CNN3DConfig(input_shape=SHAPE, input_hu=WINDOW, width=8, region_grid=4, embed_dim=0, dropout=0.0)
+    return CNN3DConfig(input_shape=SHAPE, input_hu=WINDOW, patch=tuple(PATCH), width=8, region_grid=4, embed_dim=0,
+                       dropout=0.0)
 
 
 def _prep_one(path: str) -> np.ndarray:
@@ -82,7 +84,7 @@ def load_split(root: Path, split: str, workers: int) -> tuple[np.ndarray, np.nda
     index = CTRateIndex(root)
     names = index.names(split)
     paths = [str(index.row(n)["path"]) for n in names]
-    cache = root / f"stem_{split}.npy"
+    cache = root / f"stem_{split}_{'x'.join(map(str, PATCH))}.npy"
     if cache.is_file():
         vols = np.load(cache)
     else:
@@ -235,8 +237,11 @@ def main() -> None:
     parser.add_argument("--min-prevalence", type=float, default=0.15,
                         help="label probability floor (0.15: every label has test positives; 0: CT-RATE-like)")
     parser.add_argument("--n-test", type=int, default=100)
+    parser.add_argument("--patch", type=int, nargs=3, default=PATCH, metavar=("D", "H", "W"),
+                        help="stem patch in voxels (default 2 4 4, the demo's; 2 2 2 halves it in-plane: 4 mm)")
     parser.add_argument("--skip-generate", action="store_true", help="reuse the phantoms already in --out")
     args = parser.parse_args()
+    PATCH[:] = args.patch
     torch.manual_seed(0)
     results: dict = {}
     if not args.skip_generate:
