@@ -132,10 +132,7 @@ def build_model():
 
         def forward(self, stem: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             enc = self.encoder
-            maps = enc.features(stem)
-            pooled = torch.cat([F.adaptive_max_pool3d(maps, 2).flatten(1), F.adaptive_avg_pool3d(maps, 2).flatten(1),
-                                maps.amax(dim=(2, 3, 4)), F.adaptive_max_pool3d(stem, 4).flatten(1),
-                                F.adaptive_avg_pool3d(stem, 4).flatten(1)], dim=1)
+            pooled, maps = enc.features_from_stem(stem)
             logits = self.labels(self.dropout(enc.norm(pooled)))
             w = maps.shape[3] // 2
             sides = []

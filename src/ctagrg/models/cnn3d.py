@@ -177,7 +177,14 @@ class CNN3DEncoder(nn.Module):
         if tuple(volume.shape[1:]) != (1, *self.config.input_shape):
             raise ValueError(f"CNN3DEncoder: expected (B, 1, {', '.join(map(str, self.config.input_shape))}) "
                              f"(input_shape), got {tuple(volume.shape)}")
-        stem = self.stem(volume)
+        return self.features_from_stem(self.stem(volume))[0]
+
+    def features_from_stem(self, stem: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stem output (B, stem_channels, d, h, w) -> (pooled (B, pooled_dim), CNN maps (B, 8w, d/4, h/4, w/4)).
+
+        Separate from :meth:`forward_features` so that callers who computed the (weightless) stem once, e.g.
+        benchmarks/phantom_learnability.py, run the same network on it.
+        """
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             maps = checkpoint(self.features, stem, use_reentrant=False)
         else:
@@ -187,7 +194,7 @@ class CNN3DEncoder(nn.Module):
                  maps.amax(dim=(2, 3, 4)),
                  F.adaptive_max_pool3d(stem, self.config.region_grid).flatten(1),
                  F.adaptive_avg_pool3d(stem, self.config.region_grid).flatten(1)]
-        return torch.cat(parts, dim=1)
+        return torch.cat(parts, dim=1), maps
 
     def _standardise(self, features: torch.Tensor) -> torch.Tensor:
         """BatchNorm1d, except that a training batch of one (an epoch's last, partial batch) has no batch
