@@ -137,7 +137,6 @@ def test_bad_settings_are_reported():
 
 
 def test_ctrate_loader_reads_the_dataset_unchanged(dataset):
-    pytest.importorskip("ctagrg.data.ctrate", reason="foundation CT-RATE loader not available")
     from ctagrg.data.ctio import load_ct
     from ctagrg.data.ctrate import CTRateIndex
 
@@ -152,7 +151,6 @@ def test_ctrate_loader_reads_the_dataset_unchanged(dataset):
 
 
 def test_after_preprocessing_to_slp_heart_is_left_anterior_and_spine_posterior(tmp_path):
-    pytest.importorskip("ctagrg.data.preprocess", reason="foundation preprocessing not available")
     from ctagrg.data.preprocess import PreprocessConfig, preprocess_file
     from ctagrg.phantom.findings import Case
     from ctagrg.phantom.generate import _nifti_bytes
