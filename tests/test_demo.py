@@ -128,6 +128,7 @@ def test_reduced_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[s
     from ctagrg.generation.reporter import Reporter
 
     reporter = Reporter.from_pretrained(out / "model")
+    assert "ctagrg phantom --n 16 --seed 0 --size tiny" in (out / "model" / "README.md").read_text()
     assert len(reporter.tokenizer) == json.loads(marker(out, "embeddings").read_text())["vocab_size"]
     assert all(marker(out, s).is_file() for s in STAGES)
     logs: list[str] = []

@@ -286,7 +286,7 @@ def _package(out: Path, cfg: DemoConfig) -> dict[str, Any]:
 
     p = _paths(out)
     card = {"training_data": f"synthetic phantoms (ctagrg phantom --n {cfg.preset.n_volumes} --seed {cfg.seed} "
-                             "--size {cfg.phantom_size}), train split; demo model, not for any clinical use"}
+                             f"--size {cfg.phantom_size}), train split; demo model, not for any clinical use"}
     reporter = Reporter.from_training_outputs(p["classifier"] / "best", p["decoder"] / "best",
                                               preprocess=config_dir(cfg) / "preprocess.yaml", card=card)
     reporter.save_pretrained(p["model"])
