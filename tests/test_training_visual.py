@@ -80,3 +80,39 @@ def test_cli_errors(tmp_path, capsys):
     assert "reducer conv 1 (kernel (3, 3, 3), stride (3, 1, 1)) leaves no output" in capsys.readouterr().err
     assert cli_main(["train", "classifier", "--print-config", "--set", "train.lr=0.5"]) == 0
     assert "lr: 0.5" in capsys.readouterr().out
+
+@pytest.mark.slow
+def test_frozen_encoder_cache_trains_the_same_heads(tmp_path, monkeypatch):
+    """With a frozen encoder the classifier computes h once per volume; the heads it trains are those the
+    uncached path trains (same loss sequence, same weights), and the encoder is untouched."""
+    rng = np.random.default_rng(1)
+    train_csv, valid_csv = write_cache(tmp_path, 12, "train", rng), write_cache(tmp_path, 8, "valid", rng)
+    common = ["train.batch_size=4", "train.tensorboard=false", "train.lr=0.01", "train.epochs=3", "train.log_every=1",
+              f"data.cache_dir={tmp_path / 'cache'}", f"data.train_labels={train_csv}",
+              f"data.valid_labels={valid_csv}", "freeze_encoder=true", *MODEL]
+    from ctagrg.models.ctnet import CTNetEncoder
+
+    encoded, forward = [], CTNetEncoder.forward
+    monkeypatch.setattr(CTNetEncoder, "forward", lambda self, x: encoded.append(len(x)) or forward(self, x))
+    runs, volumes_encoded = {}, {}
+    for cached in (True, False):
+        encoded.clear()
+        out = tmp_path / f"cls_{cached}"
+        assert cli_main(["train", "classifier", "--set", f"train.out_dir={out}",
+                         "--set", f"cache_frozen_encoder={str(cached).lower()}",
+                         *sum((["--set", s] for s in common), [])]) == 0
+        runs[cached] = (load_state_file(out / "last" / "model.safetensors"),
+                        (out / "metrics.csv").read_text())
+        volumes_encoded[cached] = sum(encoded)
+    # cached: each of the 12 + 8 volumes once; uncached: 3 epochs of train + valid, then valid for thresholds
+    assert volumes_encoded == {True: 20, False: 3 * 20 + 8}
+    (w_c, log_c), (w_u, log_u) = runs[True], runs[False]
+    assert set(w_c) == set(w_u)
+    for key in w_c:
+        torch.testing.assert_close(w_c[key], w_u[key], rtol=1e-5, atol=1e-6, msg=key)
+
+    def losses(log: str) -> list[float]:
+        return [float(r.split(",")[4]) for r in log.splitlines()[1:] if r.split(",")[3] == "loss"]
+
+    assert len(losses(log_c)) >= 6
+    np.testing.assert_allclose(losses(log_c), losses(log_u), rtol=1e-5)

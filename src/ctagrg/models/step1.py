@@ -128,8 +128,14 @@ class Step1Model(_VisualModel):
         super().__init__(config)
         self.heads = AbnormalityHeads(self.config.heads)
 
-    def forward(self, volume: torch.Tensor) -> dict[str, torch.Tensor]:
-        h = self.encoder(volume)
+    def forward(self, volume: torch.Tensor | None = None, *, h: torch.Tensor | None = None
+                ) -> dict[str, torch.Tensor]:
+        """``volume`` (B, 1, D, H, W), or ``h`` (B, in_dim): an encoder output computed earlier (a frozen encoder's,
+        cached by the classifier task), which skips the encoder."""
+        if (volume is None) == (h is None):
+            raise ValueError("Step1Model: give exactly one of volume or h")
+        if h is None:
+            h = self.encoder(volume)
         logits, embeddings = self.heads(h)
         out = {"logits": logits, "embeddings": embeddings}
         if self.training and self.config.per_head_backward:
