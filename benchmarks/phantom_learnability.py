@@ -55,13 +55,14 @@ def _cpu_seconds() -> float:
 # the cnn3d encoder (fixed HU-bin stem, 3D CNN, region pooling). The stem has no weights, so it is computed once.
 SHAPE, SPACING, WINDOW = (64, 128, 128), (4.0, 2.0, 2.0), (-1000.0, 1500.0, 0.449)
 PATCH = [2, 4, 4]  # the stem's patch (--patch); the demo's is 2x4x4 voxels = 8 mm
+CONTEXT = [True]  # the stem's "solid surrounded by lung" channels (--no-context: without them)
 
 
 def encoder_config():
     from ctagrg.models.cnn3d import CNN3DConfig
 
     return CNN3DConfig(input_shape=SHAPE, input_hu=WINDOW, patch=tuple(PATCH), width=8, region_grid=4, embed_dim=0,
-                       dropout=0.0)
+                       dropout=0.0, context=CONTEXT[0])
 
 
 def _prep_one(path: str) -> np.ndarray:
@@ -84,7 +85,7 @@ def load_split(root: Path, split: str, workers: int) -> tuple[np.ndarray, np.nda
     index = CTRateIndex(root)
     names = index.names(split)
     paths = [str(index.row(n)["path"]) for n in names]
-    cache = root / f"stem_{split}_{'x'.join(map(str, PATCH))}.npy"
+    cache = root / f"stem_{split}_{'x'.join(map(str, PATCH))}{'_context' if CONTEXT[0] else ''}.npy"
     if cache.is_file():
         vols = np.load(cache)
     else:
@@ -125,7 +126,8 @@ def build_model():
             cfg = self.encoder.config
             c = 8 * cfg.width
             self.labels = nn.Linear(cfg.pooled_dim, 18)
-            half = 4 * 2 * c + 2 * cfg.stem_channels * 32  # per half: 4 octants x (max, mean), 4 x 2 x 4 regions
+            # per half: 4 octants x (max, mean), 4 x 2 x 4 regions x (max, mean), the stem's max
+            half = 4 * 2 * c + 2 * cfg.stem_channels * 32 + cfg.stem_channels
             self.side_norm = nn.BatchNorm1d(half)
             self.sides = nn.Linear(half, len(SIDE_LABELS))
             self.dropout = nn.Dropout(0.2)
@@ -142,7 +144,7 @@ def build_model():
                 f = torch.cat([F.adaptive_max_pool3d(m, (2, 1, 2)).flatten(1),
                                F.adaptive_avg_pool3d(m, (2, 1, 2)).flatten(1),
                                F.adaptive_max_pool3d(s, (4, 2, 4)).flatten(1),
-                               F.adaptive_avg_pool3d(s, (4, 2, 4)).flatten(1)], dim=1)
+                               F.adaptive_avg_pool3d(s, (4, 2, 4)).flatten(1), s.amax(dim=(2, 3, 4))], dim=1)
                 sides.append(self.sides(self.dropout(self.side_norm(f))))
             return logits, torch.stack(sides, dim=2)
 
@@ -236,9 +238,12 @@ def main() -> None:
     parser.add_argument("--n-test", type=int, default=100)
     parser.add_argument("--patch", type=int, nargs=3, default=PATCH, metavar=("D", "H", "W"),
                         help="stem patch in voxels (default 2 4 4, the demo's; 2 2 2 halves it in-plane: 4 mm)")
+    parser.add_argument("--no-context", action="store_true",
+                        help="the stem without its context channels (the encoder before 2026-11-28)")
     parser.add_argument("--skip-generate", action="store_true", help="reuse the phantoms already in --out")
     args = parser.parse_args()
     PATCH[:] = args.patch
+    CONTEXT[0] = not args.no_context
     torch.manual_seed(0)
     results: dict = {}
     if not args.skip_generate:

@@ -155,3 +155,28 @@ def test_model_card_states_the_window_the_encoder_expects(tmp_path) -> None:
     card = (Step1Model(cfg).save_pretrained(tmp_path / "m") / "README.md").read_text()
     assert "HU windowed to [-1000, 1500], mapped to [0, 1] then minus 0.449" in card
     assert "not for diagnostic use" in card
+
+
+def test_context_channels_mark_solid_tissue_surrounded_by_lung() -> None:
+    """Stem grid 8x8x8 (patch 2x4x4 on 16x32x32): a solid 8 mm patch inside lung scores 1 x 1; the same patch
+    against soft tissue (the body wall) scores by the lung fraction around it only; values by hand."""
+    cfg = CNN3DConfig(input_shape=(16, 32, 32), input_hu=(-1000.0, 1500.0, 0.449), width=2, region_grid=2,
+                      embed_dim=0, context=True)
+    assert cfg.stem_channels == 16 and cfg.lung_bins == [0, 1, 2] and cfg.solid_bins == [6, 7, 8]
+    hu = np.full((16, 32, 32), -860.0, np.float32)  # lung everywhere
+    hu[8:10, 8:12, 8:12] = 40.0  # one solid stem patch (grid (4, 2, 2)) surrounded by lung
+    hu[:, :, 28:] = 45.0  # a soft-tissue wall: the last stem column (grid w = 7)
+    hu[8:10, 8:12, 24:28] = 40.0  # a solid patch touching it (grid (4, 2, 6))
+    stem = HUBinStem(cfg)(_preprocessed(hu, cfg))[0]
+    around, isolated = stem[-2], stem[-1]
+    assert isolated[4, 2, 2].item() == pytest.approx(1.0)
+    # the wall patch: 5 of its 6 neighbours two patches away are lung, the one at w = 8 is past the edge and
+    # replicates the wall column (w = 7, soft tissue)
+    assert around[4, 2, 6].item() == pytest.approx(5 / 6)
+    assert isolated[4, 2, 6].item() == pytest.approx(5 / 6)
+    assert isolated[0, 0, 0].item() == 0.0  # lung is not solid
+    enc = CNN3DEncoder(cfg).eval()
+    with torch.no_grad():
+        assert enc.forward_features(_preprocessed(hu, cfg)).shape == (1, cfg.pooled_dim)
+    with pytest.raises(ValueError, match="lung_hu_max: -700 HU is not one of hu_edges"):
+        CNN3DConfig(context=True, lung_hu_max=-700.0)
