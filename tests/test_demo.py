@@ -40,8 +40,20 @@ def test_force_reruns_stage_and_later_ones(tmp_path: Path) -> None:
     calls: list[str] = []
     run_stages(_stages(calls), DemoConfig(out_dir=str(tmp_path)), lambda s: None)
     calls.clear()
-    run_stages(_stages(calls), DemoConfig(out_dir=str(tmp_path), force="decoder"), lambda s: None)
+    # a finished training stage's run folder would make the loop resume a finished run (train nothing): a forced
+    # rerun removes it, an interrupted one (no marker) keeps it to resume
+    (tmp_path / "runs" / "decoder" / "last").mkdir(parents=True)
+    (tmp_path / "runs" / "pretrain" / "last").mkdir(parents=True)
+    logs: list[str] = []
+    run_stages(_stages(calls), DemoConfig(out_dir=str(tmp_path), force="decoder"), logs.append)
     assert calls == ["decoder", "package", "evaluate"]
+    assert not (tmp_path / "runs" / "decoder").exists() and (tmp_path / "runs" / "pretrain" / "last").is_dir()
+    assert any("removed" in line and "decoder" in line for line in logs)
+    calls.clear()
+    marker(tmp_path, "classifier").unlink()
+    (tmp_path / "runs" / "classifier" / "last").mkdir(parents=True)
+    run_stages(_stages(calls), DemoConfig(out_dir=str(tmp_path)), lambda s: None)
+    assert calls == ["classifier"] and (tmp_path / "runs" / "classifier" / "last").is_dir()
     with pytest.raises(DemoError, match="unknown stage 'nope'"):
         stages_to_run(tmp_path, "nope")
 

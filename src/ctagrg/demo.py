@@ -128,6 +128,8 @@ def run_stages(stages: list[Stage], cfg: DemoConfig, log: Callable[[str], None] 
             seconds[stage.name] = 0.0
             continue
         log(f"{head}: {stage.describe}")
+        if marker(out, stage.name).is_file():  # forced rerun of a finished stage: start it afresh
+            _clear_run_dir(out, stage.name, log)
         marker(out, stage.name).unlink(missing_ok=True)
         start, cpu_start = time.perf_counter(), cpu_seconds()
         try:
@@ -141,6 +143,17 @@ def run_stages(stages: list[Stage], cfg: DemoConfig, log: Callable[[str], None] 
         if stage.name == cfg.until:
             break
     return seconds
+
+
+def _clear_run_dir(out: Path, stage: str, log: Callable[[str], None]) -> None:
+    """Remove a training stage's run folder (``runs/<stage>``): the training loop resumes from ``last/``, which
+    for a finished run means not training at all. An interrupted stage (no marker) keeps it and resumes."""
+    run_dir = out / "runs" / stage
+    if stage in ("pretrain", "classifier", "decoder") and run_dir.is_dir():
+        import shutil
+
+        shutil.rmtree(run_dir)
+        log(f"  removed {run_dir} (forced: training starts over instead of resuming the finished run)")
 
 
 def _cli(argv: list[str]) -> None:
