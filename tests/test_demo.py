@@ -8,7 +8,17 @@ from pathlib import Path
 import pytest
 
 from ctagrg import demo
-from ctagrg.demo import STAGES, DemoConfig, DemoError, Stage, marker, run_stages, stage_overrides, stages_to_run
+from ctagrg.demo import (
+    STAGE_OUTPUTS,
+    STAGES,
+    DemoConfig,
+    DemoError,
+    Stage,
+    marker,
+    run_stages,
+    stage_overrides,
+    stages_to_run,
+)
 
 
 def _stages(calls: list[str], fail: str | None = None) -> list[Stage]:
@@ -40,15 +50,18 @@ def test_force_reruns_stage_and_later_ones(tmp_path: Path) -> None:
     calls: list[str] = []
     run_stages(_stages(calls), DemoConfig(out_dir=str(tmp_path)), lambda s: None)
     calls.clear()
-    # a finished training stage's run folder would make the loop resume a finished run (train nothing): a forced
-    # rerun removes it, an interrupted one (no marker) keeps it to resume
+    # a finished stage's outputs would be reused (the loop resumes a finished run and trains nothing; evaluate skips
+    # predictions it has): a forced rerun removes them, an interrupted stage (no marker) keeps them to resume
+    (tmp_path / "eval" / "predictions.jsonl").parent.mkdir()
+    (tmp_path / "eval" / "predictions.jsonl").write_text("{}\n")
     (tmp_path / "runs" / "decoder" / "last").mkdir(parents=True)
     (tmp_path / "runs" / "pretrain" / "last").mkdir(parents=True)
     logs: list[str] = []
     run_stages(_stages(calls), DemoConfig(out_dir=str(tmp_path), force="decoder"), logs.append)
     assert calls == ["decoder", "package", "evaluate"]
     assert not (tmp_path / "runs" / "decoder").exists() and (tmp_path / "runs" / "pretrain" / "last").is_dir()
-    assert any("removed" in line and "decoder" in line for line in logs)
+    assert set(STAGE_OUTPUTS) == set(STAGES)
+    assert any("removed" in line and "decoder" in line for line in logs) and not (tmp_path / "eval").exists()
     calls.clear()
     marker(tmp_path, "classifier").unlink()
     (tmp_path / "runs" / "classifier" / "last").mkdir(parents=True)

@@ -129,7 +129,7 @@ def run_stages(stages: list[Stage], cfg: DemoConfig, log: Callable[[str], None] 
             continue
         log(f"{head}: {stage.describe}")
         if marker(out, stage.name).is_file():  # forced rerun of a finished stage: start it afresh
-            _clear_run_dir(out, stage.name, log)
+            _clear_outputs(out, stage.name, log)
         marker(out, stage.name).unlink(missing_ok=True)
         start, cpu_start = time.perf_counter(), cpu_seconds()
         try:
@@ -145,15 +145,25 @@ def run_stages(stages: list[Stage], cfg: DemoConfig, log: Callable[[str], None] 
     return seconds
 
 
-def _clear_run_dir(out: Path, stage: str, log: Callable[[str], None]) -> None:
-    """Remove a training stage's run folder (``runs/<stage>``): the training loop resumes from ``last/``, which
-    for a finished run means not training at all. An interrupted stage (no marker) keeps it and resumes."""
-    run_dir = out / "runs" / stage
-    if stage in ("pretrain", "classifier", "decoder") and run_dir.is_dir():
-        import shutil
+# What each stage writes. A forced rerun of a finished stage removes it first: the training loop resumes from
+# runs/<stage>/last, and the cache, the embedding cache and evaluate's predictions skip what they already hold, so
+# a finished stage rerun in place would keep its old results.
+STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "phantoms": ("data",), "preprocess": ("cache",), "pretrain": ("pretrain",), "classifier": ("classifier",),
+    "embeddings": ("text", "tokenizer", "embeddings"), "decoder": ("decoder",), "package": ("model",),
+    "evaluate": ("eval",)}
 
-        shutil.rmtree(run_dir)
-        log(f"  removed {run_dir} (forced: training starts over instead of resuming the finished run)")
+
+def _clear_outputs(out: Path, stage: str, log: Callable[[str], None]) -> None:
+    """Remove a finished stage's output folders before a forced rerun. An interrupted stage (no marker) keeps
+    them and resumes."""
+    import shutil
+
+    for key in STAGE_OUTPUTS.get(stage, ()):
+        path = _paths(out)[key]
+        if path.is_dir():
+            shutil.rmtree(path)
+            log(f"  removed {path} (forced: the stage starts over instead of reusing its earlier results)")
 
 
 def _cli(argv: list[str]) -> None:

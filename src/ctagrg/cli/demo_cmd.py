@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
     parser.add_argument("--n", type=int, default=0, help="number of phantom volumes (default: the preset's)")
-    parser.add_argument("--force", choices=STAGES, default=None, help="rerun this stage and every later one from scratch")
+    parser.add_argument("--force", choices=STAGES, default=None,
+                        help="rerun this stage and every later one from scratch")
     parser.add_argument("--configs", default=None,
                         help="folder with preprocess/pretrain/classifier/decoder.yaml (default: configs/demo)")
     parser.add_argument("--until", choices=STAGES, default=None, help="stop after this stage")
