@@ -64,8 +64,8 @@ class CNN3DConfig:
     # fraction around each patch (mean over the 6 patches ``context_patches`` away along the axes) and the solid
     # fraction times it, "solid tissue surrounded by aerated lung" (a nodule, a lung mass). The CNN did not learn
     # this from ~300 phantoms on its own (lung nodule AUROC at chance); with it, the learnability benchmark's macro
-    # AUROC rose from 0.897 (10 min) to 0.917 (6 min) (BENCHMARKS.md). Off by default so that checkpoints saved
-    # without it still load.
+    # AUROC rose from 0.897 to 0.914 (10 min each; nodules still ~0.56; BENCHMARKS.md). Off by default so that
+    # checkpoints saved without it still load.
     context: bool = False
     context_patches: int = 2
     lung_hu_max: float = -650.0  # "aerated lung": the bins below this edge
@@ -158,12 +158,13 @@ class HUBinStem(nn.Module):
         flat = (bins * (b * n_patch)).add_(self._base(b, d, h, w, x.device)).flatten()
         counts = torch.bincount(flat, minlength=nb * b * n_patch).view(nb, b, gd, gh, gw).transpose(0, 1)
         # square root: a few calcium or metal voxels in a patch (fraction ~0.01) become a visible 0.1
-        fractions = (counts.to(x.dtype) / float(pd * ph * pw)).sqrt_()
+        frac = counts.to(x.dtype) / float(pd * ph * pw)
+        fractions = frac.sqrt()
         mean = ((F.avg_pool3d(x[:, None], self.config.patch) + offset) * scale + hu_min) / 1000.0
         peak = ((F.max_pool3d(x[:, None], self.config.patch) + offset) * scale + hu_min).clamp(-1000.0, 3000.0)
         out = [fractions, mean, peak / 1000.0]
         if self.config.context:
-            out += self._context(counts.to(x.dtype) / float(pd * ph * pw))
+            out += self._context(frac)
         return torch.cat(out, dim=1)
 
     def _context(self, frac: torch.Tensor) -> list[torch.Tensor]:
