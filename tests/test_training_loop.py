@@ -179,3 +179,22 @@ def test_bf16_autocast_clipping_and_checkpointing_flag(tmp_path):
     assert len(losses) == 3 and all(0 < v < 2 for _, v in losses)
     with pytest.raises(ConfigError, match="activation_checkpointing: Sequential does not support it"):
         train(ToyTask(toy_cfg(tmp_path / "ckpt", activation_checkpointing=True)))
+
+
+def test_drop_last_skips_the_partial_batch(tmp_path):
+    """26 samples in batches of 4: 7 batches (the last of 2) without drop_last, 6 full ones with it."""
+    sizes: dict[bool, list[float]] = {}
+    for drop in (False, True):
+        cfg = toy_cfg(tmp_path / str(drop), epochs=2, grad_accum=1, drop_last=drop)
+        cfg.data.n_train = 26
+        train(ToyTask(cfg))
+        sizes[drop] = [v for _, v in read_rows(tmp_path / str(drop) / "metrics.csv", name="batch_size")]
+        state = load_train_state(tmp_path / str(drop) / "last")
+        assert state["batches_per_epoch"] == (6 if drop else 7) and state["step"] == 2 * state["batches_per_epoch"]
+    assert sizes[False].count(2.0) == 2 and sizes[True] == [4.0] * 12
+
+
+def test_drop_last_refuses_a_dataset_smaller_than_a_batch(tmp_path):
+    cfg = toy_cfg(tmp_path, batch_size=32, drop_last=True)
+    with pytest.raises(ConfigError, match="train.drop_last: each process gets 24 training volumes.*32"):
+        train(ToyTask(cfg))

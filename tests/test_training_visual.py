@@ -90,13 +90,17 @@ def test_frozen_encoder_cache_trains_the_same_heads(tmp_path, monkeypatch):
     common = ["train.batch_size=4", "train.tensorboard=false", "train.lr=0.01", "train.epochs=3", "train.log_every=1",
               f"data.cache_dir={tmp_path / 'cache'}", f"data.train_labels={train_csv}",
               f"data.valid_labels={valid_csv}", "freeze_encoder=true", *MODEL]
+    import ctagrg.data.dataset as dataset_module
     from ctagrg.models.ctnet import CTNetEncoder
 
     encoded, forward = [], CTNetEncoder.forward
     monkeypatch.setattr(CTNetEncoder, "forward", lambda self, x: encoded.append(len(x)) or forward(self, x))
-    runs, volumes_encoded = {}, {}
+    reads, read = [], dataset_module.load_cached_raw
+    monkeypatch.setattr(dataset_module, "load_cached_raw", lambda path: reads.append(path) or read(path))
+    runs, volumes_encoded, volumes_read = {}, {}, {}
     for cached in (True, False):
         encoded.clear()
+        reads.clear()
         out = tmp_path / f"cls_{cached}"
         assert cli_main(["train", "classifier", "--set", f"train.out_dir={out}",
                          "--set", f"cache_frozen_encoder={str(cached).lower()}",
@@ -104,8 +108,10 @@ def test_frozen_encoder_cache_trains_the_same_heads(tmp_path, monkeypatch):
         runs[cached] = (load_state_file(out / "last" / "model.safetensors"),
                         (out / "metrics.csv").read_text())
         volumes_encoded[cached] = sum(encoded)
+        volumes_read[cached] = len(reads)
     # cached: each of the 12 + 8 volumes once; uncached: 3 epochs of train + valid, then valid for thresholds
     assert volumes_encoded == {True: 20, False: 3 * 20 + 8}
+    assert volumes_read == volumes_encoded  # the cached run's epochs read no volume files either
     (w_c, log_c), (w_u, log_u) = runs[True], runs[False]
     assert set(w_c) == set(w_u)
     for key in w_c:

@@ -92,6 +92,8 @@ class CachedVolumeDataset:
         dtype: ``"float32"`` (default) dequantises in the loader; ``"uint8"`` returns the stored levels, a quarter
             of the bytes and no float32 copy in the worker or the collate, for :func:`ctagrg.data.cache.dequantize`
             on the training device (bit-identical result). Not combinable with ``augment``, which works on floats.
+        volumes: False returns items without ``"volume"`` (nothing is read but the labels): for a caller that holds
+            every volume's features already, e.g. step 1 on a frozen encoder's cached outputs. Settable later.
 
     Items: ``{"volume": (1, D, H, W) float32 tensor, "labels": (18,) float32 tensor, "name": str}``; with
     ``dtype="uint8"`` the volume is the (1, D, H, W) uint8 tensor as stored, plus ``"lo"`` and ``"hi"``: float64
@@ -100,7 +102,9 @@ class CachedVolumeDataset:
     """
 
     def __init__(self, cache_dir: str | Path, labels: LabelSource = None, names: Sequence[str] | None = None,
-                 augment: AugmentConfig | None = None, dtype: Literal["float32", "uint8"] = "float32") -> None:
+                 augment: AugmentConfig | None = None, dtype: Literal["float32", "uint8"] = "float32",
+                 volumes: bool = True) -> None:
+        self.volumes = volumes
         self.cache_dir = Path(cache_dir)
         if not self.cache_dir.is_dir():
             raise FileNotFoundError(f"{self.cache_dir}: cache folder not found (run `ctagrg preprocess` first)")
@@ -142,6 +146,8 @@ class CachedVolumeDataset:
         name = self.names[index]
         labels = self.labels[name] if self.labels is not None else np.full(len(LABELS), np.nan, np.float32)
         item: dict[str, Any] = {"labels": torch.from_numpy(labels.copy()), "name": name}
+        if not self.volumes:
+            return item
         if self.dtype == "uint8":
             q, lo, hi = load_cached_raw(cache_path(self.cache_dir, name))
             item |= {"volume": torch.from_numpy(q).unsqueeze(0), "lo": torch.tensor(lo, dtype=torch.float64),

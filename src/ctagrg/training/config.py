@@ -36,6 +36,9 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many optimizer steps (0: no limit); the schedule still spans ``epochs``
     batch_size: int = 4
     eval_batch_size: int = 0  # 0: same as batch_size
+    # drop each epoch's last, partial training batch: a batch of one gives BatchNorm no batch statistics, and a
+    # small one a noisy step; validation always sees every volume
+    drop_last: bool = False
     grad_accum: int = 1
     optimizer: str = "adam"  # adam | adamw | sgd
     lr: float = 1e-4

@@ -137,9 +137,13 @@ class Trainer:
         self.train_loader = DataLoader(
             train_ds, batch_size=tc.batch_size, sampler=self.sampler, num_workers=tc.num_workers,
             collate_fn=self.task.collate, pin_memory=tc.pin_memory and info.device.type == "cuda",
-            generator=self.loader_gen, persistent_workers=False,
+            generator=self.loader_gen, persistent_workers=False, drop_last=tc.drop_last,
         )
-        self.batches_per_epoch = math.ceil(self.sampler.per_rank / tc.batch_size)
+        if tc.drop_last and self.sampler.per_rank < tc.batch_size:
+            raise ConfigError(f"train.drop_last: each process gets {self.sampler.per_rank} training volumes, fewer "
+                              f"than one batch (train.batch_size={tc.batch_size}): every batch would be dropped")
+        rounding = math.floor if tc.drop_last else math.ceil
+        self.batches_per_epoch = rounding(self.sampler.per_rank / tc.batch_size)
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / tc.grad_accum)
         valid_ds = self.task.valid_dataset() if tc.val_every_epochs else None
         self.valid_loader = None

@@ -19,6 +19,8 @@ on the validation set once more to write ``best/validation.json`` + ``best/valid
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, Subset
 
 from ctagrg.config import ConfigError
 from ctagrg.data.augment import AugmentConfig, augment_volume
@@ -39,6 +42,7 @@ from ctagrg.training.config import TrainConfig
 from ctagrg.training.task import Task
 from ctagrg.training.thresholds import compute_thresholds, save_thresholds
 from ctagrg.utils.atomic import write_json_atomic, write_text_atomic
+from ctagrg.utils.progress import progress
 
 
 @dataclass
@@ -207,8 +211,6 @@ class _VisualTask(Task):
         valid = self.valid_dataset()
         if valid is None:
             return
-        from torch.utils.data import DataLoader
-
         tc = self.cfg.train
         loader = DataLoader(valid, batch_size=tc.eval_batch_size or tc.batch_size, num_workers=tc.num_workers)
         with torch.no_grad():
@@ -243,24 +245,55 @@ class ClassifierTask(_VisualTask):
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
         self._h_cache: dict[str, torch.Tensor] = {}  # volume name -> frozen encoder output (in_dim,), on the CPU
+        self._encoder: nn.Module | None = None
 
     @property
     def _caching(self) -> bool:
         c = self.cfg
         return c.freeze_encoder and c.cache_frozen_encoder and not c.data.augment.enabled
 
-    def _cached_h(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        """(B, in_dim) frozen-encoder outputs for the batch, computed (eval mode, no gradient) on first sight of a
-        volume. Exact: an encoder in eval mode is deterministic, and it is not trained."""
-        names = list(batch["name"])
-        missing = [i for i, n in enumerate(names) if n not in self._h_cache]
+    # -- frozen-encoder cache: h is computed once per volume before training, then the datasets read no volumes --
+    def build_model(self) -> nn.Module:
+        model = super().build_model()
+        self._encoder = model.encoder  # the loop builds the model before the datasets, which encode with it
+        return model
+
+    def train_dataset(self) -> Any:
+        return self._encoded(super().train_dataset())
+
+    def valid_dataset(self) -> Any | None:
+        ds = super().valid_dataset()
+        return None if ds is None else self._encoded(ds)
+
+    def _encoded(self, ds: Any) -> Any:
+        """With caching on: encode ``ds``'s volumes not yet in the cache, then make ``ds`` yield labels and names
+        only, so that no epoch reads a volume again."""
+        if not self._caching:
+            return ds
+        missing = [i for i, n in enumerate(ds.names) if n not in self._h_cache]
         if missing:
-            encoder = unwrap(model).encoder
-            encoder.eval()
-            with torch.no_grad():
-                x = self._volumes({k: v[missing] for k, v in batch.items() if k in ("volume", "lo", "hi")})
-                h = encoder(x).float().cpu()
-            self._h_cache.update({names[i]: h[j] for j, i in enumerate(missing)})
+            if self._encoder is None:
+                raise RuntimeError("ClassifierTask: build_model() must run before the datasets are built")
+            self._encode(Subset(ds, missing))
+        ds.volumes = False
+        return ds
+
+    @torch.no_grad()
+    def _encode(self, ds: Any) -> None:
+        """Frozen-encoder outputs of every volume of ``ds`` into the cache (eval mode: deterministic, exact)."""
+        tc, encoder = self.cfg.train, self._encoder
+        assert encoder is not None
+        encoder.eval()
+        start = time.perf_counter()
+        loader = DataLoader(ds, batch_size=tc.eval_batch_size or tc.batch_size, num_workers=tc.num_workers)
+        for batch in progress(loader, desc="encoding (frozen encoder, once)", total=len(loader)):
+            h = encoder(self._volumes(batch)).float().cpu()
+            self._h_cache.update(zip(batch["name"], h, strict=True))
+        print(f"frozen encoder: {len(ds)} volumes encoded once in {time.perf_counter() - start:.1f} s; "
+              "epochs train the heads on the cached outputs", flush=True)
+
+    def _cached_h(self, names: Sequence[str]) -> torch.Tensor:
+        """(B, in_dim) cached encoder outputs of ``names`` on ``self.device``."""
         return torch.stack([self._h_cache[n] for n in names]).to(self.device, non_blocking=True)
 
     def training_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
@@ -268,7 +301,7 @@ class ClassifierTask(_VisualTask):
             unwrap(model).encoder.eval()
         if not self._caching:
             return super().training_step(model, batch)
-        out = model(h=self._cached_h(model, batch))
+        out = model(h=self._cached_h(batch["name"]))
         y = batch["labels"].to(self.device, non_blocking=True)
         return {"loss": self._loss(out["logits"], y)}  # per_head_backward is moot: the encoder gets no gradient
 
@@ -277,7 +310,7 @@ class ClassifierTask(_VisualTask):
             return super().predict(model, loader)
         labels, probs, names = [], [], []
         for batch in loader:
-            logits = model(h=self._cached_h(model, batch))["logits"]
+            logits = model(h=self._cached_h(batch["name"]))["logits"]
             probs.append(torch.sigmoid(logits.float()).cpu().numpy())
             labels.append(batch["labels"].numpy())
             names += list(batch["name"])
