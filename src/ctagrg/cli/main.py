@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("ctagrg.cli.train_cmd", "train a stage: pretrain | classifier | decoder"),
     "report": ("ctagrg.cli.report_cmd", "generate reports for scans with a trained model"),
     "evaluate": ("ctagrg.cli.evaluate_cmd", "evaluate a model on a dataset split"),
+    "serve": ("ctagrg.cli.serve_cmd", "serve a model over HTTP with a slice viewer (localhost by default)"),
     "demo": ("ctagrg.cli.demo_cmd", "run the whole pipeline on synthetic phantoms"),
 }
 

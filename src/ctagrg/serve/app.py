@@ -1,0 +1,422 @@
+"""``ctagrg serve``: one Reporter behind a small HTTP service (standard library only) with a slice viewer.
+
+Research software, not for diagnostic use. There is no authentication: bind to localhost (the default) and put a
+reverse proxy with authentication in front before exposing it. See docs/serve.md for the endpoints.
+
+>>> server = make_server(Reporter.from_pretrained("model/"), host="127.0.0.1", port=8000)   # doctest: +SKIP
+>>> server.serve_forever()                                                                   # doctest: +SKIP
+
+Routes (JSON unless noted; errors are ``{"error": "..."}`` with a 4xx/5xx status):
+
+- ``GET /``: the viewer page (HTML).
+- ``POST /api/report?filename=NAME``: body = the raw bytes of one scan file → the report and a scan id.
+- ``GET /api/scans/<id>``: what ``POST /api/report`` returned for that scan.
+- ``GET /api/scans/<id>/slice/<plane>/<index>.png?window=lung|mediastinum|bone`` (or ``?wl=L&ww=W``): PNG.
+- ``GET /api/health``, ``GET /api/model``.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+import secrets
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+from urllib.parse import SplitResult, parse_qs, urlsplit
+
+import numpy as np
+
+from ctagrg.config import to_dict
+from ctagrg.labels import LABELS
+from ctagrg.serve.slices import (
+    PLANES,
+    WINDOWS,
+    level_width_to_bounds,
+    num_slices,
+    render_slice_png,
+    volume_to_hu,
+    window_bounds,
+)
+
+if TYPE_CHECKING:
+    from ctagrg.generation.reporter import Reporter
+
+INTENDED_USE = (
+    "Research software, not for diagnostic use. The reports are machine-generated drafts for research on report "
+    "generation; they have not been validated clinically, can miss abnormalities or invent them, and must not "
+    "inform the care of any patient."
+)
+# Single-file formats only: .mhd/.nhdr headers point to a separate data file that an upload cannot carry.
+UPLOAD_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha", ".zip")
+MIB = 1 << 20
+# A rejected body up to this size is read and discarded before answering: closing a socket with unread data makes
+# the kernel send a reset, and the client would then see "connection reset" instead of our JSON error.
+DRAIN_LIMIT = 64 * MIB
+
+
+@dataclass
+class ServeConfig:
+    """Service settings.
+
+    Attributes:
+        max_upload_mb: largest accepted upload, MiB.
+        keep: scans kept in memory for the viewer, least recently used dropped first. Each costs 2 bytes a voxel
+            (int16 HU): 105 MiB at the seed's (240, 480, 480).
+        log_requests: print one line a request to stderr (successful slice PNGs are never logged: too many).
+    """
+
+    max_upload_mb: float = 2048.0
+    keep: int = 8
+    log_requests: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.max_upload_mb > 0:
+            raise ValueError(f"ServeConfig.max_upload_mb: expected > 0, got {self.max_upload_mb}")
+        if self.keep < 1:
+            raise ValueError(f"ServeConfig.keep: expected >= 1, got {self.keep}")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * MIB)
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": message}`` with HTTP ``status``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class Scan:
+    """A reported scan kept for the viewer.
+
+    Attributes:
+        info: the JSON ``POST /api/report`` returned.
+        hu: (D, H, W) int16 HU, SLP, clipped to the model's preprocessing window.
+    """
+
+    info: dict[str, Any]
+    hu: np.ndarray
+
+
+class ScanStore:
+    """The last ``keep`` scans by id; thread-safe; reading a scan makes it the most recently used."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self._scans: collections.OrderedDict[str, Scan] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, info: dict[str, Any], hu: np.ndarray) -> dict[str, Any]:
+        """Store a scan under a new id; returns ``{"id": id, **info}``, the JSON kept for it."""
+        scan_id = secrets.token_hex(8)  # unguessable: ids are the only thing separating one user's scans from another's
+        scan = Scan(info={"id": scan_id, **info}, hu=hu)
+        with self._lock:
+            self._scans[scan_id] = scan
+            while len(self._scans) > self.keep:
+                self._scans.popitem(last=False)
+        return scan.info
+
+    def get(self, scan_id: str) -> Scan:
+        with self._lock:
+            scan = self._scans.get(scan_id)
+            if scan is None:
+                raise ApiError(404, f"unknown scan id {scan_id!r} (never created, or dropped: only the last "
+                                    f"{self.keep} scans are kept)")
+            self._scans.move_to_end(scan_id)
+            return scan
+
+
+def upload_name(filename: str | None) -> str:
+    """The base name of an uploaded file, checked for a supported extension."""
+    name = re.split(r"[\\/]", filename or "")[-1].strip()
+    if not name:
+        raise ApiError(400, "missing file name: POST the raw file bytes to /api/report?filename=NAME")
+    if not name.lower().endswith(UPLOAD_SUFFIXES):
+        raise ApiError(400, f"{name}: unsupported file type; expected one of {', '.join(UPLOAD_SUFFIXES)} "
+                            f"(a DICOM series as one .zip)")
+    return name
+
+
+def safe_filename(name: str) -> str:
+    """``name`` reduced to [A-Za-z0-9._-], at most 100 characters, the extension kept (the reader keys on it)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)[-100:].lstrip(".")
+    return safe or "upload"
+
+
+class ReportService:
+    """What the routes do, without HTTP: uploads → reports (one model call at a time), stored scans → slices.
+
+    Args:
+        reporter: a loaded :class:`~ctagrg.generation.reporter.Reporter`.
+        config: service settings.
+
+    Uploads are written only into ``workdir``, a private (0700) temporary folder removed by :meth:`close`.
+    """
+
+    def __init__(self, reporter: Reporter, config: ServeConfig | None = None) -> None:
+        self.reporter = reporter
+        self.config = config or ServeConfig()
+        self.store = ScanStore(self.config.keep)
+        self.page = resources.files("ctagrg.serve").joinpath("page.html").read_bytes()
+        self.workdir = Path(tempfile.mkdtemp(prefix="ctagrg-serve-"))
+        # One model and a few hundred MB to GB of working memory per scan: reading, preprocessing and the model
+        # run one upload at a time. torch already spreads each call over every core.
+        self._model_lock = threading.Lock()
+
+    def close(self) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # -- model ---------------------------------------------------------------------------------------------------
+    @property
+    def hu_window(self) -> tuple[float, float]:
+        return float(self.reporter.preprocess.hu_min), float(self.reporter.preprocess.hu_max)
+
+    def model_info(self) -> dict[str, Any]:
+        from ctagrg import __version__
+
+        windows = {}
+        for name, (lower, upper) in WINDOWS.items():
+            try:
+                windows[name] = list(window_bounds(lower, upper, *self.hu_window))
+            except ValueError:
+                continue  # a preset the model's HU window keeps nothing of
+        return {"labels": list(LABELS), "thresholds": dict(zip(LABELS, self.reporter.thresholds, strict=True)),
+                "preprocess": to_dict(self.reporter.preprocess), "intended_use": INTENDED_USE,
+                "windows": windows, "planes": list(PLANES), "max_upload_mb": self.config.max_upload_mb,
+                "keep": self.config.keep, "device": str(self.reporter.device), "version": __version__}
+
+    # -- reports -------------------------------------------------------------------------------------------------
+    def report_upload(self, filename: str, body: BinaryIO, length: int) -> dict[str, Any]:
+        """Write ``length`` bytes of ``body`` to the private folder, report the scan, store it for the viewer.
+
+        Returns ``{id, input, report, abnormalities, seconds, shape, spacing, hu_window}``.
+        """
+        folder = Path(tempfile.mkdtemp(dir=self.workdir))  # one folder per upload: equal names cannot collide
+        path = folder / safe_filename(filename)
+        try:
+            _receive(body, length, path, filename)
+            with self._model_lock:
+                start = time.perf_counter()
+                volume = self._read(path, filename)
+                report = self.reporter.report_volumes(volume[None])[0]
+                seconds = time.perf_counter() - start
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        pre = self.reporter.preprocess
+        info = {"input": filename, **report.to_dict(), "seconds": round(seconds, 3), "shape": list(volume.shape),
+                "spacing": list(pre.spacing), "hu_window": list(self.hu_window)}
+        return self.store.add(info, volume_to_hu(volume, hu_min=pre.hu_min, hu_max=pre.hu_max, offset=pre.offset))
+
+    def _read(self, path: Path, filename: str) -> np.ndarray:
+        """Read + preprocess; reader errors (ValueError, e.g. CTReadError) become 400s naming the upload."""
+        try:
+            return self.reporter.load_input(path)
+        except ValueError as exc:
+            # the reader names its path: show the user's file name, not our temporary path
+            message = str(exc).replace(str(path), filename).replace(str(path.parent), "")
+            raise ApiError(400, message if filename in message else f"{filename}: {message}") from None
+
+    # -- viewer --------------------------------------------------------------------------------------------------
+    def scan_info(self, scan_id: str) -> dict[str, Any]:
+        return self.store.get(scan_id).info
+
+    def slice_png(self, scan_id: str, plane: str, index: str, query: dict[str, list[str]]) -> bytes:
+        """PNG of one slice; 404 for an unknown id or an index out of range, 400 for a bad plane or window."""
+        scan = self.store.get(scan_id)
+        if plane not in PLANES:
+            raise ApiError(400, f"unknown plane {plane!r}: expected one of {', '.join(PLANES)}")
+        lower, upper = self._window(query)
+        n = num_slices(scan.hu.shape, plane)
+        if not re.fullmatch(r"-?\d+", index) or not 0 <= int(index) < n:
+            raise ApiError(404, f"{plane} slice {index!r} out of range: valid indices are 0..{n - 1}")
+        return render_slice_png(scan.hu, plane, int(index), lower, upper)
+
+    def _window(self, query: dict[str, list[str]]) -> tuple[float, float]:
+        """(lower, upper) HU from ``?window=NAME`` or ``?wl=L&ww=W`` (default: lung), clipped to the model's."""
+        name = query.get("window", [None])[0]
+        wl, ww = query.get("wl", [None])[0], query.get("ww", [None])[0]
+        try:
+            if wl is not None or ww is not None:
+                if name is not None or wl is None or ww is None:
+                    raise ValueError("give either window=NAME or both wl= and ww= (HU)")
+                bounds = level_width_to_bounds(float(wl), float(ww))
+            elif (name or "lung") in WINDOWS:
+                bounds = WINDOWS[name or "lung"]
+            else:
+                raise ValueError(f"unknown window {name!r}: expected one of {', '.join(WINDOWS)}, or wl= and ww=")
+            return window_bounds(*bounds, *self.hu_window)
+        except ValueError as exc:  # float() of a non-number lands here too
+            raise ApiError(400, str(exc)) from None
+
+
+def _receive(body: BinaryIO, length: int, path: Path, filename: str) -> None:
+    """Copy ``length`` bytes of the request body to ``path`` in 1 MiB pieces (an upload can be GBs).
+
+    Not an atomic write: the file lives in a private per-upload folder that nothing else reads, it is read only
+    after this returns, and the folder is removed whatever happens.
+    """
+    left = length
+    with open(path, "wb") as fh:
+        while left > 0:
+            chunk = body.read(min(left, MIB))
+            if not chunk:
+                raise ApiError(400, f"{filename}: upload ended after {length - left} of {length} bytes")
+            fh.write(chunk)
+            left -= len(chunk)
+
+
+# -- HTTP ------------------------------------------------------------------------------------------------------------
+_SLICE = re.compile(r"^/api/scans/(?P<id>[^/]+)/slice/(?P<plane>[^/]+)/(?P<index>[^/]+)\.png$")
+_SCAN = re.compile(r"^/api/scans/(?P<id>[^/]+)$")
+# Everything the page loads comes from this server: a browser refuses any outside script, font or image.
+_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'")
+
+
+class Handler(BaseHTTPRequestHandler):
+    """Routes requests to the server's :class:`ReportService`; every error is a JSON ``{"error": ...}``."""
+
+    server: ReportServer
+    server_version = "ctagrg-serve"
+
+    def do_GET(self) -> None:
+        self._handle(self._get)
+
+    def do_POST(self) -> None:
+        self._handle(self._post)
+
+    def _handle(self, route: Callable[[SplitResult], None]) -> None:
+        try:
+            route(urlsplit(self.path))
+        except ApiError as exc:
+            self._send_json(exc.status, {"error": exc.message})
+        except Exception as exc:  # noqa: BLE001 - one failed request must not take the service down
+            traceback.print_exc(file=sys.stderr)
+            self._send_json(500, {"error": f"internal error ({type(exc).__name__}: {exc})"})
+
+    def _get(self, url: SplitResult) -> None:
+        service = self.server.service
+        query = parse_qs(url.query)
+        if url.path == "/":
+            self._send(200, "text/html; charset=utf-8", service.page, {"Content-Security-Policy": _CSP})
+        elif url.path == "/api/health":
+            self._send_json(200, {"status": "ok"})
+        elif url.path == "/api/model":
+            self._send_json(200, service.model_info())
+        elif m := _SCAN.match(url.path):
+            self._send_json(200, service.scan_info(m["id"]))
+        elif m := _SLICE.match(url.path):
+            png = service.slice_png(m["id"], m["plane"], m["index"], query)
+            # a scan id's slices never change; the browser may reuse them while the viewer scrolls back and forth
+            self._send(200, "image/png", png, {"Cache-Control": "private, max-age=3600"})
+        else:
+            raise ApiError(404, f"no such page: GET {url.path}")
+
+    def _post(self, url: SplitResult) -> None:
+        if url.path != "/api/report":
+            self._discard_body()
+            raise ApiError(404, f"no such endpoint: POST {url.path} (uploads go to /api/report?filename=NAME)")
+        service = self.server.service
+        length = self._content_length()
+        try:
+            name = upload_name(parse_qs(url.query).get("filename", [None])[0])
+            if length == 0:
+                raise ApiError(400, f"{name}: empty upload (no file bytes in the request body)")
+            limit = service.config.max_upload_bytes
+            if length > limit:
+                raise ApiError(413, f"{name}: {length / MIB:.1f} MiB is over the upload limit of "
+                                    f"{service.config.max_upload_mb:g} MiB (ctagrg serve --max-upload-mb)")
+        except ApiError:
+            self._discard_body()
+            raise
+        self._send_json(200, service.report_upload(name, self.rfile, length))
+
+    def _content_length(self) -> int:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self.close_connection = True
+            raise ApiError(411, "chunked uploads are not supported: send the file with a Content-Length")
+        raw = self.headers.get("Content-Length")
+        if raw is None:
+            return 0  # HTTP: no Content-Length and no Transfer-Encoding means no body
+        if not raw.strip().isdigit():
+            self.close_connection = True
+            raise ApiError(400, f"invalid Content-Length {raw!r}")
+        return int(raw)
+
+    def _discard_body(self) -> None:
+        """Read and drop a rejected body (up to DRAIN_LIMIT) so the client gets our answer, not a reset."""
+        raw = self.headers.get("Content-Length", "")
+        left = int(raw) if raw.strip().isdigit() else 0
+        if left > DRAIN_LIMIT:
+            self.close_connection = True
+            return
+        while left > 0:
+            chunk = self.rfile.read(min(left, MIB))
+            if not chunk:
+                break
+            left -= len(chunk)
+
+    def _send_json(self, status: int, obj: dict[str, Any]) -> None:
+        self._send(status, "application/json", json.dumps(obj).encode("utf-8"))
+
+    def _send(self, status: int, content_type: str, data: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("X-Content-Type-Options", "nosniff")
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        if self.server.service.config.log_requests and not (code == 200 and "/slice/" in self.path):
+            super().log_request(code, size)
+
+
+class ReportServer(ThreadingHTTPServer):
+    """A threading HTTP server owning a :class:`ReportService`; ``server_close`` removes its temporary folder."""
+
+    daemon_threads = True  # Ctrl-C must not wait for a browser's idle connection
+
+    def __init__(self, address: tuple[str, int], service: ReportService) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6  # read by TCPServer.__init__ when it creates the socket
+        self.service = service
+        super().__init__(address, Handler)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://[{host}]:{port}/" if ":" in str(host) else f"http://{host}:{port}/"
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.service.close()
+
+
+def make_server(reporter: Reporter, *, host: str = "127.0.0.1", port: int = 8000,
+                config: ServeConfig | None = None) -> ReportServer:
+    """A bound (not yet serving) server for ``reporter``; port 0 picks a free port (see ``server.url``)."""
+    service = ReportService(reporter, config)
+    try:
+        return ReportServer((host, port), service)
+    except BaseException:
+        service.close()
+        raise
