@@ -248,8 +248,8 @@ class CNN3DEncoder(nn.Module):
 
     def _standardise(self, features: torch.Tensor) -> torch.Tensor:
         """BatchNorm1d, except that a training batch of one has no batch statistics: it is normalised with the
-        running ones, which it does not update. The training loop avoids such batches with ``train.drop_last``
-        (the demo configs set it); this keeps a direct caller's batch of one from failing."""
+        running ones, which it does not update (the demo's pretraining meets one each epoch: 281 volumes in
+        batches of 8). ``train.drop_last`` avoids such batches altogether."""
         if self.training and features.shape[0] == 1:
             n = self.norm
             return F.batch_norm(features, n.running_mean, n.running_var, n.weight, n.bias, False, 0.0, n.eps)
