@@ -122,3 +122,34 @@ def test_frozen_encoder_cache_trains_the_same_heads(tmp_path, monkeypatch):
 
     assert len(losses(log_c)) >= 6
     np.testing.assert_allclose(losses(log_c), losses(log_u), rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_frozen_encoder_cache_after_resume_uses_the_checkpoint_encoder(tmp_path):
+    """A cached classifier run stopped after 3 steps and resumed ends with the weights of an uninterrupted run, even
+    when init.encoder_from points elsewhere at resume time: h is computed from the resumed (checkpoint) encoder."""
+    rng = np.random.default_rng(2)
+    train_csv, valid_csv = write_cache(tmp_path, 12, "train", rng), write_cache(tmp_path, 8, "valid", rng)
+    common = ["train.batch_size=4", "train.tensorboard=false", "train.lr=0.01", "train.epochs=3",
+              f"data.cache_dir={tmp_path / 'cache'}", f"data.train_labels={train_csv}",
+              f"data.valid_labels={valid_csv}", "freeze_encoder=true", *MODEL]
+
+    def run(out, *extra: str) -> int:
+        return cli_main(["train", "classifier", "--set", f"train.out_dir={out}",
+                         *sum((["--set", s] for s in [*common, *extra]), [])])
+
+    # another encoder: one pretraining epoch from a different seed
+    assert cli_main(["train", "pretrain", "--set", f"train.out_dir={tmp_path / 'other'}", "--set", "train.epochs=1",
+                     "--set", "train.seed=7", *sum((["--set", s] for s in common if "epochs" not in s and
+                                                    "freeze" not in s), [])]) == 0
+    assert run(tmp_path / "full") == 0
+    assert run(tmp_path / "cut", "train.max_steps=3") == 0
+    assert run(tmp_path / "cut", f"init.encoder_from={tmp_path / 'other' / 'best'}") == 0
+    full = load_state_file(tmp_path / "full" / "last" / "model.safetensors")
+    cut = load_state_file(tmp_path / "cut" / "last" / "model.safetensors")
+    other = load_state_file(tmp_path / "other" / "best" / "model.safetensors")
+    key = "encoder.trunk.conv1.weight"
+    assert not torch.equal(other[key], full[key])  # the other encoder really differs
+    assert full.keys() == cut.keys()
+    for k in full:
+        torch.testing.assert_close(cut[k], full[k], rtol=1e-5, atol=1e-6, msg=k)

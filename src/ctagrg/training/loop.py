@@ -73,7 +73,8 @@ def lr_factor(step: int, tc: TrainConfig, steps_per_epoch: int, total_steps: int
     return 1.0
 
 
-def _autocast(tc: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
+def autocast_context(tc: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    """The forward-pass context of ``tc.precision``: nothing for fp32, else autocast to bf16/fp16."""
     if tc.precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if tc.precision == "bf16" else torch.float16
@@ -121,6 +122,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(info.device.type, enabled=tc.precision == "fp16")
         torch.manual_seed(tc.seed + 1_000 * info.rank)  # per-rank dropout/augmentation streams
         resumed = self._maybe_resume()
+        self.task.on_train_start(self.model)
         if info.enabled:
             ids = [info.device.index] if info.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(
@@ -217,7 +219,7 @@ class Trainer:
         sync = i + 1 == group_start + group_size
         no_sync = getattr(self.model, "no_sync", None)
         with (contextlib.nullcontext() if sync or no_sync is None else no_sync()):
-            with _autocast(self.tc, self.info.device):
+            with autocast_context(self.tc, self.info.device):
                 out = self.task.training_step(self.model, batch)
             loss = out["loss"]
             if not torch.isfinite(loss.detach()).all():
@@ -288,7 +290,7 @@ class Trainer:
 
     def _validate(self, model: nn.Module) -> dict[str, float]:
         model.eval()
-        with torch.no_grad(), _autocast(self.tc, self.info.device):
+        with torch.no_grad(), autocast_context(self.tc, self.info.device):
             metrics = self.task.validate(model, self.valid_loader)
         model.train()
         if "score" not in metrics:

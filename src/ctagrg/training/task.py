@@ -68,6 +68,10 @@ class Task:
         """Evaluate ``model`` (eval mode, no grad) on ``loader``; must include ``"score"`` (higher is better)."""
         raise NotImplementedError
 
+    def on_train_start(self, model: Any) -> None:
+        """Called once the model holds the weights it trains from (initial, or resumed from ``last/``), before the
+        first batch and before any DDP wrapping. Default: nothing."""
+
     def on_train_end(self, model: Any, out_dir: Path) -> None:
         """Write stage artefacts (e.g. thresholds.json into ``out_dir / "best"``). ``model`` holds the best weights."""
 

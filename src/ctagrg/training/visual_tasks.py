@@ -39,6 +39,7 @@ from ctagrg.labels import LABELS
 from ctagrg.models.step1 import PretrainModel, Step1Model, VisualModelConfig, load_encoder_from
 from ctagrg.training.checkpoint import load_model_weights, unwrap
 from ctagrg.training.config import TrainConfig
+from ctagrg.training.loop import autocast_context
 from ctagrg.training.task import Task
 from ctagrg.training.thresholds import compute_thresholds, save_thresholds
 from ctagrg.utils.atomic import write_json_atomic, write_text_atomic
@@ -245,7 +246,8 @@ class ClassifierTask(_VisualTask):
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
         self._h_cache: dict[str, torch.Tensor] = {}  # volume name -> frozen encoder output (in_dim,), on the CPU
-        self._encoder: nn.Module | None = None
+        self._encoder: nn.Module | None = None  # set by on_train_start: the encoder whose outputs are cached
+        self._pending: list[Any] = []  # datasets built before on_train_start, encoded there
 
     @property
     def _caching(self) -> bool:
@@ -253,11 +255,8 @@ class ClassifierTask(_VisualTask):
         return c.freeze_encoder and c.cache_frozen_encoder and not c.data.augment.enabled
 
     # -- frozen-encoder cache: h is computed once per volume before training, then the datasets read no volumes --
-    def build_model(self) -> nn.Module:
-        model = super().build_model()
-        self._encoder = model.encoder  # the loop builds the model before the datasets, which encode with it
-        return model
-
+    # The loop builds the datasets before it resumes, so they are encoded in on_train_start, with the encoder the
+    # run actually trains on (a resumed run's from last/, not whatever init.encoder_from points to now).
     def train_dataset(self) -> Any:
         return self._encoded(super().train_dataset())
 
@@ -265,15 +264,23 @@ class ClassifierTask(_VisualTask):
         ds = super().valid_dataset()
         return None if ds is None else self._encoded(ds)
 
+    def on_train_start(self, model: nn.Module) -> None:
+        if self._caching:
+            self._encoder = unwrap(model).encoder
+            pending, self._pending = self._pending, []
+            for ds in pending:
+                self._encoded(ds)
+
     def _encoded(self, ds: Any) -> Any:
         """With caching on: encode ``ds``'s volumes not yet in the cache, then make ``ds`` yield labels and names
-        only, so that no epoch reads a volume again."""
+        only, so that no epoch reads a volume again. Before ``on_train_start`` the dataset is only registered."""
         if not self._caching:
+            return ds
+        if self._encoder is None:
+            self._pending.append(ds)
             return ds
         missing = [i for i, n in enumerate(ds.names) if n not in self._h_cache]
         if missing:
-            if self._encoder is None:
-                raise RuntimeError("ClassifierTask: build_model() must run before the datasets are built")
             self._encode(Subset(ds, missing))
         ds.volumes = False
         return ds
@@ -285,9 +292,13 @@ class ClassifierTask(_VisualTask):
         assert encoder is not None
         encoder.eval()
         start = time.perf_counter()
-        loader = DataLoader(ds, batch_size=tc.eval_batch_size or tc.batch_size, num_workers=tc.num_workers)
+        # its own generator: iterating a loader draws a seed from the global RNG, which the training run's dropout
+        # and augmentation streams (seeded just before this) must not see
+        loader = DataLoader(ds, batch_size=tc.eval_batch_size or tc.batch_size, num_workers=tc.num_workers,
+                            generator=torch.Generator().manual_seed(0))
         for batch in progress(loader, desc="encoding (frozen encoder, once)", total=len(loader)):
-            h = encoder(self._volumes(batch)).float().cpu()
+            with autocast_context(tc, self.device):  # as the uncached path computes h
+                h = encoder(self._volumes(batch)).float().cpu()
             self._h_cache.update(zip(batch["name"], h, strict=True))
         print(f"frozen encoder: {len(ds)} volumes encoded once in {time.perf_counter() - start:.1f} s; "
               "epochs train the heads on the cached outputs", flush=True)
@@ -303,7 +314,10 @@ class ClassifierTask(_VisualTask):
             return super().training_step(model, batch)
         out = model(h=self._cached_h(batch["name"]))
         y = batch["labels"].to(self.device, non_blocking=True)
-        return {"loss": self._loss(out["logits"], y)}  # per_head_backward is moot: the encoder gets no gradient
+        loss = self._loss(out["logits"], y)
+        if "logits_detached" in out:  # as the uncached path: with a frozen encoder this only doubles the heads' loss
+            loss = loss + self._loss(out["logits_detached"], y)
+        return {"loss": loss}
 
     def predict(self, model: nn.Module, loader: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
         if not self._caching:
