@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import gzip
+import http.client
 import io
 import json
+import socket
 import threading
+import time
 import urllib.error
 import urllib.request
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +22,9 @@ import pytest
 import torch
 
 from ctagrg.labels import LABELS
-from ctagrg.serve.app import ServeConfig, make_server, safe_filename
+from ctagrg.serve.app import Handler, ServeConfig, make_server, safe_filename
+from ctagrg.serve.hosts import host_allowed, host_names
+from ctagrg.serve.limits import UnsafeUpload, VolumeTooLarge, check_upload
 from ctagrg.serve.slices import (
     WINDOWS,
     apply_window,
@@ -135,20 +143,32 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory, gpt2_tokenizer_dir: Path
     return reporter.save_pretrained(tmp_path_factory.mktemp("model") / "model")
 
 
-@pytest.fixture(scope="module")
-def server(model_dir: Path) -> Iterator[Any]:
+MAX_VOXELS = 20_000  # the tiny model's (12, 32, 32) = 12288 voxels fit; 64 x 64 x 12 = 49152 do not
+
+
+@contextlib.contextmanager
+def serving(model_dir: Path, **config: Any) -> Iterator[Any]:
+    """A server for the tiny model on a free localhost port, serving in a thread; stopped and checked clean after."""
     from ctagrg.generation.reporter import Reporter
 
-    srv = make_server(Reporter.from_pretrained(model_dir), host="127.0.0.1", port=0,
-                      config=ServeConfig(max_upload_mb=0.05, keep=2, log_requests=False))  # 0.05 MiB = 52428 bytes
+    config = {"max_upload_mb": 0.05, "max_voxels": MAX_VOXELS, "keep": 2, "log_requests": False, **config}
+    srv = make_server(Reporter.from_pretrained(model_dir), host="127.0.0.1", port=0, config=ServeConfig(**config))
     # a short poll interval only makes shutdown() return sooner; nothing waits on time
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    thread.join()
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join()
     assert not srv.service.workdir.exists()  # uploads leave nothing behind
+
+
+@pytest.fixture(scope="module")
+def server(model_dir: Path) -> Iterator[Any]:
+    with serving(model_dir) as srv:  # max_upload_mb 0.05 MiB = 52428 bytes
+        yield srv
 
 
 def call(server: Any, path: str, data: bytes | None = None) -> tuple[int, str, bytes]:
@@ -168,9 +188,67 @@ def call_json(server: Any, path: str, data: bytes | None = None) -> tuple[int, d
     return status, json.loads(body)
 
 
+def raw_call(server: Any, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> tuple[int, Any]:
+    """(status, JSON) of a request with exactly these headers (no Host, Content-Type or Content-Length added)."""
+    conn = http.client.HTTPConnection(*server.server_address[:2], timeout=60)
+    try:
+        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        for key, value in headers.items():
+            conn.putheader(key, value)
+        conn.endheaders(body or None)
+        resp = conn.getresponse()
+        assert resp.headers["Content-Type"] == "application/json"
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+def upload_head(server: Any, filename: str, length: int) -> bytes:
+    """The request line and headers of an upload of ``length`` bytes, for a raw socket."""
+    return (f"POST /api/report?filename={filename} HTTP/1.1\r\nHost: 127.0.0.1:{server.server_address[1]}\r\n"
+            f"Content-Type: application/octet-stream\r\nContent-Length: {length}\r\n\r\n").encode()
+
+
+def read_response(sock: socket.socket) -> tuple[int, dict[str, Any]]:
+    """(status, JSON) of the one response the server sends on ``sock`` before closing it."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
 # HU of the four markers; with the mediastinum window (-160, 200) they map to 255, 128, 64 and 191.
 MARKERS = {"superior right anterior": 200, "superior left anterior": 20, "superior right posterior": -70,
            "inferior right anterior": 110}
+
+
+def nifti_bytes(hu: np.ndarray, tmp_path: Path, name: str = "scan.nii.gz") -> bytes:
+    """``hu`` (x, y, z) as a .nii.gz of 4 x 4 x 8 mm voxels."""
+    import nibabel as nib
+
+    path = tmp_path / name
+    nib.save(nib.Nifti1Image(hu, np.diag([4.0, 4.0, 8.0, 1.0])), path)
+    return path.read_bytes()
+
+
+def itk_bytes(hu_kji: np.ndarray, path: Path) -> bytes:
+    """``hu_kji`` written by SimpleITK (compressed) to ``path`` (.nrrd or .mha)."""
+    import SimpleITK as sitk
+
+    sitk.WriteImage(sitk.GetImageFromArray(hu_kji), str(path), useCompression=True)
+    return path.read_bytes()
+
+
+def dicom_zip(hu: np.ndarray, tmp_path: Path, name: str) -> Path:
+    """``hu`` (slices, rows, cols) as a DICOM series in a .zip."""
+    from ct_fixtures import write_dicom_series
+
+    path = tmp_path / name
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for dcm in write_dicom_series(tmp_path / f"{name}.d", hu, spacing=(8.0, 4.0, 4.0)):
+            archive.write(dcm, f"series/{dcm.name}")
+    return path
 
 
 def marked_nifti(tmp_path: Path) -> bytes:
@@ -290,16 +368,205 @@ def test_only_the_last_scans_are_kept(server: Any, tmp_path: Path) -> None:
     assert all(call_json(server, f"/api/scans/{i}")[0] == 200 for i in ids[1:])
 
 
+# -- limits: uploads that would unpack to too much, or read something else -----------------------------------------
+def test_check_upload_passes_scans_within_the_limit(tmp_path: Path) -> None:
+    air = np.full((12, 32, 32), -1000, dtype=np.int16)  # 12288 voxels
+    (tmp_path / "ok.nii.gz").write_bytes(nifti_bytes(air.T, tmp_path, "ok.nii.gz"))
+    itk_bytes(air, tmp_path / "ok.nrrd")
+    itk_bytes(air, tmp_path / "ok.mha")
+    dicom_zip(air, tmp_path, "ok.zip")
+    for name in ("ok.nii.gz", "ok.nrrd", "ok.mha", "ok.zip"):
+        check_upload(tmp_path / name, name, max_voxels=MAX_VOXELS)
+        with pytest.raises(VolumeTooLarge, match=rf"^{name}: .*12,288 voxels.* exceed the limit of 12,287 voxels"):
+            check_upload(tmp_path / name, name, max_voxels=12_287)
+
+
+def test_check_upload_refuses_bombs_and_detached_headers(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    # a valid 12288-voxel NIfTI followed by 4 MiB of zeros: 4 kB compressed
+    nii = nib.Nifti1Image(np.zeros((32, 32, 12), np.int16), np.diag([4.0, 4.0, 8.0, 1.0])).to_bytes()
+    (tmp_path / "bomb.nii.gz").write_bytes(gzip.compress(nii + bytes(4 << 20)))
+    with pytest.raises(VolumeTooLarge, match=r"^bomb\.nii\.gz: decompresses to more than the 1,073,504 bytes"):
+        check_upload(tmp_path / "bomb.nii.gz", "bomb.nii.gz", max_voxels=MAX_VOXELS)
+    (tmp_path / "junk.nii.gz").write_bytes(b"not gzip" * 50)
+    with pytest.raises(UnsafeUpload, match=r"^junk\.nii\.gz: cannot read the NIfTI header") as err:
+        check_upload(tmp_path / "junk.nii.gz", "junk.nii.gz", max_voxels=MAX_VOXELS)
+    assert str(tmp_path) not in str(err.value)
+    # headers naming another file as their voxels: SimpleITK would read it (here a "private" file of ours)
+    secret = tmp_path / "secret.raw"
+    secret.write_bytes(bytes(8 * 8 * 4 * 2))
+    (tmp_path / "d.nrrd").write_text(f"NRRD0004\ntype: short\ndimension: 3\nsizes: 8 8 4\nencoding: raw\n"
+                                     f"endian: little\ndata file: {secret}\n\n")
+    (tmp_path / "d.mha").write_text(f"ObjectType = Image\nNDims = 3\nDimSize = 8 8 4\nElementType = MET_SHORT\n"
+                                    f"ElementDataFile = {secret}\n")
+    for name in ("d.nrrd", "d.mha"):
+        with pytest.raises(UnsafeUpload, match=rf"^{name}: the header names a separate data file"):
+            check_upload(tmp_path / name, name, max_voxels=MAX_VOXELS)
+    (tmp_path / "pad.nrrd").write_bytes(b"NRRD0004\n" + b"# padding\n" * 120_000 + f"data file: {secret}\n\n".encode())
+    with pytest.raises(UnsafeUpload, match=r"^pad\.nrrd: no end of the header in its first 1 MiB"):
+        check_upload(tmp_path / "pad.nrrd", "pad.nrrd", max_voxels=MAX_VOXELS)
+
+
+def test_oversized_uploads_are_413_before_decoding(server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                   ) -> None:
+    def never(path: Any) -> None:
+        raise AssertionError(f"the reader was called for {path}")
+
+    monkeypatch.setattr(server.service.reporter, "load_input", never)
+    big = np.full((12, 64, 64), -1000, dtype=np.int16)  # 49152 voxels, a few kB compressed
+    uploads = {"big.nii.gz": nifti_bytes(big.T, tmp_path), "big.nrrd": itk_bytes(big, tmp_path / "big.nrrd"),
+               "big.mha": itk_bytes(big, tmp_path / "big.mha")}
+    for name, data in uploads.items():
+        assert len(data) < server.service.config.max_upload_bytes
+        status, err = call_json(server, f"/api/report?filename={name}", data)
+        assert status == 413, err
+        assert err["error"].startswith(f"{name}: 64x64x12 = 49,152 voxels exceed the limit of 20,000 voxels")
+        assert "--max-voxels" in err["error"]
+    status, err = call_json(server, "/api/report?filename=series.zip",
+                            dicom_zip(np.zeros((24, 32, 32), np.int16), tmp_path, "series.zip").read_bytes())
+    assert status == 413
+    assert err["error"] == ("series.zip: its DICOM files hold 24,576 voxels in all, which exceed the limit of "
+                            "20,000 voxels (ctagrg serve --max-voxels)")
+    zeros = io.BytesIO()  # 17 MiB unpacked (over 2 x 20000 + 16 MiB), 17 kB packed
+    with zipfile.ZipFile(zeros, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("zeros.dcm", bytes(17 << 20))
+    status, err = call_json(server, "/api/report?filename=zeros.zip", zeros.getvalue())
+    assert status == 413 and err["error"].startswith("zeros.zip: unpacks to 17.0 MiB, over the 16.0 MiB allowed")
+    assert list(server.service.workdir.iterdir()) == []
+
+
+# -- HTTP hardening ----------------------------------------------------------------------------------------------
+def test_uploads_need_the_octet_stream_content_type(server: Any) -> None:
+    port = server.server_address[1]
+    path = "/api/report?filename=a.nii.gz"
+    # urllib, like a cross-site HTML form, sends application/x-www-form-urlencoded unless told otherwise
+    request = urllib.request.Request(server.url.rstrip("/") + path, data=b"abc", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        urllib.request.urlopen(request, timeout=60)
+    assert exc.value.code == 415
+    assert json.loads(exc.value.read())["error"] == ("a.nii.gz: expected Content-Type: application/octet-stream "
+                                                     "(the raw file bytes), got 'application/x-www-form-urlencoded'")
+    for ctype in ({}, {"Content-Type": "text/plain"}, {"Content-Type": "multipart/form-data; boundary=x"}):
+        status, err = raw_call(server, "POST", path, {"Host": f"127.0.0.1:{port}", "Content-Length": "3", **ctype},
+                               b"abc")
+        assert status == 415 and err["error"].startswith("a.nii.gz: expected Content-Type"), (ctype, err)
+    # parameters and case do not matter: this one reaches the reader, which refuses the bytes
+    status, err = raw_call(server, "POST", path, {"Host": f"127.0.0.1:{port}", "Content-Length": "3",
+                                                  "Content-Type": "Application/Octet-Stream; x=1"}, b"abc")
+    assert status == 400 and err["error"].startswith("a.nii.gz: cannot read the NIfTI header")
+
+
+def test_requests_must_name_this_server(server: Any) -> None:
+    port = server.server_address[1]
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LOCALHOST:{port}", f"[::1]:{port}"):
+        assert raw_call(server, "GET", "/api/health", {"Host": host}) == (200, {"status": "ok"}), host
+    for host in (f"attacker.example:{port}", f"127.0.0.1:{port + 1}", "127.0.0.1", f"evil@127.0.0.1:{port}", ""):
+        status, err = raw_call(server, "GET", "/api/model", {"Host": host} if host else {})
+        assert status == 403 and "does not name this server" in err["error"] and "DNS rebinding" in err["error"]
+    status, err = raw_call(server, "POST", "/api/report?filename=a.nii.gz",
+                           {"Host": f"attacker.example:{port}", "Content-Type": "application/octet-stream",
+                            "Content-Length": "3"}, b"abc")
+    assert status == 403 and "'attacker.example:" in err["error"]
+
+
+def test_host_names_by_bound_address() -> None:
+    loopback = host_names("localhost", "127.0.0.1")
+    assert loopback == {"localhost", "127.0.0.1", "::1"}
+    assert host_allowed("localhost:8000", loopback, 8000) and not host_allowed("localhost:8001", loopback, 8000)
+    assert not host_allowed("192.168.1.7:8000", loopback, 8000)
+    one = host_names("ws12.lab", "192.168.1.7", ("ws12.lab.example.org",))
+    assert one == {"ws12.lab", "192.168.1.7", "ws12.lab.example.org"}
+    assert host_allowed("ws12.lab.example.org:8000", one, 8000) and not host_allowed("localhost:8000", one, 8000)
+    assert host_allowed("ws12.lab", one, 80) and not host_allowed("ws12.lab", one, 8000)  # no port means 80
+    assert host_names("0.0.0.0", "0.0.0.0") is None and host_names("::", "::") is None
+    # bound to all addresses: any IP address (a DNS-rebinding page uses a DNS name), localhost and the extra names
+    for header in ("10.0.0.5:8000", "[fe80::1]:8000", "localhost:8000", "ws12:8000"):
+        assert host_allowed(header, None, 8000, ("ws12",)), header
+    for header in ("attacker.example:8000", "10.0.0.5:8001", "10.0.0.5", "a b:8000"):
+        assert not host_allowed(header, None, 8000, ("ws12",)), header
+
+
+def test_bad_numbers_are_4xx_not_500(server: Any, tmp_path: Path) -> None:
+    port = server.server_address[1]
+    status, err = raw_call(server, "POST", "/api/report?filename=a.nii.gz",
+                           {"Host": f"127.0.0.1:{port}", "Content-Type": "application/octet-stream",
+                            "Content-Length": "²"})  # str.isdigit() is true for it, int() refuses it
+    assert status == 400 and err["error"] == "invalid Content-Length '²'"
+    status, result = call_json(server, "/api/report?filename=marked.nii.gz", marked_nifti(tmp_path))
+    assert status == 200
+    for index in ("9" * 5000, "1" * 10, "%C2%B2", "1e3"):  # int() of 5000 digits raises
+        status, err = call_json(server, f"/api/scans/{result['id']}/slice/axial/{index}.png")
+        assert status == 404 and "valid indices are 0..11" in err["error"], index
+
+
+def test_a_client_leaving_mid_answer_is_quiet(server: Any, capsys: pytest.CaptureFixture) -> None:
+    client, ours = socket.socketpair()
+    client.sendall(f"GET /api/model HTTP/1.1\r\nHost: 127.0.0.1:{server.server_address[1]}\r\n\r\n".encode())
+    client.close()  # gone before the answer: writing it raises BrokenPipeError
+    handler = Handler(ours, ("client", 0), server)  # handles the request here, in this thread
+    ours.close()
+    assert handler.close_connection
+    assert capsys.readouterr().err == ""  # no traceback, and no second exception escaped
+
+
+def test_too_many_uploads_are_503_busy(model_dir: Path, tmp_path: Path) -> None:
+    data = marked_nifti(tmp_path)
+    with serving(model_dir, max_pending=1) as srv, socket.create_connection(srv.server_address[:2]) as first:
+        first.sendall(upload_head(srv, "first.nii.gz", len(data)) + data[:100])
+        deadline = time.monotonic() + 30
+        while not any(srv.service.workdir.iterdir()):  # the first upload's folder: it holds the only slot
+            assert time.monotonic() < deadline, "the first upload never started"
+            time.sleep(0.01)
+        status, err = call_json(srv, "/api/report?filename=second.nii.gz", data)
+        assert status == 503
+        assert err["error"] == ("second.nii.gz: busy, try again: the server is already receiving or reporting 1 "
+                                "uploads (ctagrg serve --max-pending)")
+        first.sendall(data[100:])
+        status, result = read_response(first)
+        assert status == 200 and result["input"] == "first.nii.gz"
+        assert call_json(srv, "/api/report?filename=third.nii.gz", data)[0] == 200  # the slot was given back
+
+
+def test_a_stalled_upload_times_out_and_frees_its_slot(model_dir: Path, tmp_path: Path) -> None:
+    data = marked_nifti(tmp_path)
+    with serving(model_dir, max_pending=1, timeout_s=0.3) as srv, \
+            socket.create_connection(srv.server_address[:2]) as stalled:
+        stalled.sendall(upload_head(srv, "slow.nii.gz", len(data)) + data[:100])  # and then nothing
+        stalled.settimeout(30)
+        status, err = read_response(stalled)
+        assert status == 408
+        assert err["error"] == (f"slow.nii.gz: upload stalled after 100 of {len(data)} bytes: no data within the "
+                                f"server's timeout")
+        assert call_json(srv, "/api/report?filename=next.nii.gz", data)[0] == 200
+
+
 def test_cli_parses_and_fails_clearly(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from ctagrg.cli.main import build_parser, main
 
     args = build_parser().parse_args(["serve", "--model", "m"])
     assert (args.host, args.port, args.device, args.max_upload_mb, args.keep) == ("127.0.0.1", 8000, "auto",
                                                                                  2048.0, 8)
+    assert (args.max_voxels, args.max_pending, args.timeout, args.allow_host) == (600_000_000, 2, 60.0, [])
+    defaults = ServeConfig()  # the CLI writes its defaults out (no numpy import for --help): they must agree
+    assert (defaults.max_upload_mb, defaults.max_voxels, defaults.max_pending, defaults.timeout_s, defaults.keep) == (
+        args.max_upload_mb, args.max_voxels, args.max_pending, args.timeout, args.keep)
+    args = build_parser().parse_args(["serve", "--model", "m", "--port", "65535", "--allow-host", "a",
+                                      "--allow-host", "b", "--max-voxels", "1_000"])
+    assert (args.port, args.allow_host, args.max_voxels) == (65535, ["a", "b"], 1000)
     assert main(["serve", "--model", str(tmp_path)]) == 2
     assert "not a packaged ctagrg model" in capsys.readouterr().err
-    assert main(["serve", "--model", str(tmp_path), "--keep", "0"]) == 2
-    assert "--keep" in capsys.readouterr().err
+    bad = [("--port", "65536", "expected a port number 0..65535, got 65536"), ("--port", "-1", "0..65535"),
+           ("--port", "²", "expected a port number 0..65535, got '²'"),
+           ("--max-upload-mb", "nan", "expected a finite number > 0, got nan"), ("--max-upload-mb", "inf", "inf"),
+           ("--max-upload-mb", "0", "got 0"), ("--max-upload-mb", "-5", "got -5"), ("--timeout", "0", "got 0"),
+           ("--keep", "0", "expected an integer >= 1, got 0"), ("--max-voxels", "1e9", "got '1e9'"),
+           ("--max-pending", "0", "got 0")]
+    for flag, value, message in bad:
+        with pytest.raises(SystemExit) as exc:
+            main(["serve", "--model", str(tmp_path), flag, value])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and f"argument {flag}: " in err and message in err, (flag, value, err)
 
 
 def test_cli_serves_until_interrupted_then_cleans_up(model_dir: Path, monkeypatch: pytest.MonkeyPatch,

@@ -1,8 +1,13 @@
-"""``ctagrg serve --model DIR [--host H] [--port P] [--device D] [--max-upload-mb MB] [--keep N]``."""
+"""``ctagrg serve --model DIR [--host H] [--port P] [--device D] [--max-upload-mb MB] [--keep N]``.
+
+Also ``--max-voxels N``, ``--max-pending N``, ``--timeout S`` and ``--allow-host NAME`` (repeatable); see
+docs/serve.md.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 from types import FrameType
@@ -17,12 +22,53 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # defaults written out rather than read from ServeConfig: importing ctagrg.serve.app would load numpy
     parser.add_argument("--model", required=True, help="packaged model folder")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    parser.add_argument("--port", type=port_number, default=8000, help="port (default 8000; 0 picks a free one)")
     parser.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (default)")
-    parser.add_argument("--max-upload-mb", type=float, default=2048.0, help="largest upload in MiB (default 2048)")
-    parser.add_argument("--keep", type=int, default=8, help="scans kept in memory for the viewer (default 8)")
+    parser.add_argument("--max-upload-mb", type=positive_float, default=2048.0,
+                        help="largest upload in MiB, as sent (default 2048)")
+    parser.add_argument("--max-voxels", type=positive_int, default=600_000_000,
+                        help="largest scan in voxels, read from its header before decoding (default 600000000)")
+    parser.add_argument("--max-pending", type=positive_int, default=2,
+                        help="uploads received or reported at once; more are answered 503 busy (default 2)")
+    parser.add_argument("--timeout", type=positive_float, default=60.0,
+                        help="seconds a connection may stay silent before it is dropped (default 60)")
+    parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                        help="another name clients may use for this server in the Host header (repeatable)")
+    parser.add_argument("--keep", type=positive_int, default=8, help="scans kept in memory for the viewer (default 8)")
+
+
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 0..65535."""
+    value = _parse(int, text, "a port number 0..65535")
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0..65535, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = _parse(int, text, "an integer >= 1")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (not nan or inf)."""
+    value = _parse(float, text, "a number > 0")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return value
+
+
+def _parse(kind: type, text: str, expected: str) -> int | float:
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,11 +77,9 @@ def run(args: argparse.Namespace) -> int:
     from ctagrg.generation.reporter import Reporter
     from ctagrg.serve.app import ServeConfig, make_server
 
-    if not args.max_upload_mb > 0 or args.keep < 1:
-        print(f"--max-upload-mb must be > 0 and --keep >= 1, got {args.max_upload_mb:g} and {args.keep}",
-              file=sys.stderr)
-        return 2
-    config = ServeConfig(max_upload_mb=args.max_upload_mb, keep=args.keep)
+    config = ServeConfig(max_upload_mb=args.max_upload_mb, max_voxels=args.max_voxels,
+                         max_pending=args.max_pending, timeout_s=args.timeout,
+                         allowed_hosts=tuple(args.allow_host), keep=args.keep)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         reporter = Reporter.from_pretrained(args.model, device=device)

@@ -13,12 +13,18 @@ Routes (JSON unless noted; errors are ``{"error": "..."}`` with a 4xx/5xx status
 - ``GET /api/scans/<id>``: what ``POST /api/report`` returned for that scan.
 - ``GET /api/scans/<id>/slice/<plane>/<index>.png?window=lung|mediastinum|bone`` (or ``?wl=L&ww=W``): PNG.
 - ``GET /api/health``, ``GET /api/model``.
+
+Every request must name this server in its ``Host`` header, and an upload must be sent as
+``Content-Type: application/octet-stream``: together they keep other web sites, open in a browser on this machine,
+from using the service (DNS rebinding, cross-site form posts).
 """
 
 from __future__ import annotations
 
 import collections
+import io
 import json
+import math
 import re
 import secrets
 import shutil
@@ -33,13 +39,15 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, parse_qs, urlsplit
 
 import numpy as np
 
 from ctagrg.config import to_dict
 from ctagrg.labels import LABELS
+from ctagrg.serve.hosts import host_allowed, host_names
+from ctagrg.serve.limits import UnsafeUpload, VolumeTooLarge, check_upload
 from ctagrg.serve.slices import (
     PLANES,
     WINDOWS,
@@ -71,21 +79,36 @@ class ServeConfig:
     """Service settings.
 
     Attributes:
-        max_upload_mb: largest accepted upload, MiB.
+        max_upload_mb: largest accepted upload, MiB (the bytes sent, compressed or not).
+        max_voxels: largest accepted scan, voxels, read from its header before it is decoded. The default,
+            600 million, is 512 x 512 x 2288 slices: 1.2 GB as int16 before preprocessing adds its own copies.
+        max_pending: uploads received or reported at the same time; one more is answered 503. Bounds the
+            temporary folder to ``max_pending x max_upload_mb``.
+        timeout_s: seconds a connection may stay silent (mid-request or mid-upload) before it is dropped.
+        allowed_hosts: extra names the ``Host`` header may give besides the bound address (and localhost when
+            bound to loopback), e.g. this machine's DNS name when bound to all addresses.
         keep: scans kept in memory for the viewer, least recently used dropped first. Each costs 2 bytes a voxel
             (int16 HU): 105 MiB at the seed's (240, 480, 480).
         log_requests: print one line a request to stderr (successful slice PNGs are never logged: too many).
     """
 
     max_upload_mb: float = 2048.0
+    max_voxels: int = 600_000_000
+    max_pending: int = 2
+    timeout_s: float = 60.0
+    allowed_hosts: tuple[str, ...] = ()
     keep: int = 8
     log_requests: bool = True
 
     def __post_init__(self) -> None:
-        if not self.max_upload_mb > 0:
-            raise ValueError(f"ServeConfig.max_upload_mb: expected > 0, got {self.max_upload_mb}")
-        if self.keep < 1:
-            raise ValueError(f"ServeConfig.keep: expected >= 1, got {self.keep}")
+        for name in ("max_upload_mb", "timeout_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"ServeConfig.{name}: expected a finite number > 0, got {value}")
+        for name in ("max_voxels", "max_pending", "keep"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ServeConfig.{name}: expected >= 1, got {getattr(self, name)}")
+        self.allowed_hosts = tuple(h.lower() for h in self.allowed_hosts)
 
     @property
     def max_upload_bytes(self) -> int:
@@ -178,6 +201,8 @@ class ReportService:
         # One model and a few hundred MB to GB of working memory per scan: reading, preprocessing and the model
         # run one upload at a time. torch already spreads each call over every core.
         self._model_lock = threading.Lock()
+        # Uploads being received or waiting for the model; each holds up to max_upload_mb in the temporary folder.
+        self._pending = threading.BoundedSemaphore(self.config.max_pending)
 
     def close(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
@@ -199,10 +224,20 @@ class ReportService:
         return {"labels": list(LABELS), "thresholds": dict(zip(LABELS, self.reporter.thresholds, strict=True)),
                 "preprocess": to_dict(self.reporter.preprocess), "intended_use": INTENDED_USE,
                 "windows": windows, "planes": list(PLANES), "max_upload_mb": self.config.max_upload_mb,
-                "keep": self.config.keep, "device": str(self.reporter.device), "version": __version__}
+                "max_voxels": self.config.max_voxels, "keep": self.config.keep, "device": str(self.reporter.device),
+                "version": __version__}
 
     # -- reports -------------------------------------------------------------------------------------------------
-    def report_upload(self, filename: str, body: BinaryIO, length: int) -> dict[str, Any]:
+    def reserve_upload(self, filename: str) -> None:
+        """Take one of the ``max_pending`` upload slots (503 when none is free); :meth:`release_upload` returns it."""
+        if not self._pending.acquire(blocking=False):
+            raise ApiError(503, f"{filename}: busy, try again: the server is already receiving or reporting "
+                                f"{self.config.max_pending} uploads (ctagrg serve --max-pending)")
+
+    def release_upload(self) -> None:
+        self._pending.release()
+
+    def report_upload(self, filename: str, body: io.BufferedIOBase, length: int) -> dict[str, Any]:
         """Write ``length`` bytes of ``body`` to the private folder, report the scan, store it for the viewer.
 
         Returns ``{id, input, report, abnormalities, seconds, shape, spacing, hu_window}``.
@@ -211,6 +246,7 @@ class ReportService:
         path = folder / safe_filename(filename)
         try:
             _receive(body, length, path, filename)
+            self._check_size(path, filename)
             with self._model_lock:
                 start = time.perf_counter()
                 volume = self._read(path, filename)
@@ -222,6 +258,15 @@ class ReportService:
         info = {"input": filename, **report.to_dict(), "seconds": round(seconds, 3), "shape": list(volume.shape),
                 "spacing": list(pre.spacing), "hu_window": list(self.hu_window)}
         return self.store.add(info, volume_to_hu(volume, hu_min=pre.hu_min, hu_max=pre.hu_max, offset=pre.offset))
+
+    def _check_size(self, path: Path, filename: str) -> None:
+        """Headers only, before the reader decodes anything: 413 past ``max_voxels``, 400 for an unsafe header."""
+        try:
+            check_upload(path, filename, max_voxels=self.config.max_voxels)
+        except VolumeTooLarge as exc:
+            raise ApiError(413, str(exc)) from None
+        except UnsafeUpload as exc:
+            raise ApiError(400, str(exc)) from None
 
     def _read(self, path: Path, filename: str) -> np.ndarray:
         """Read + preprocess; reader errors (ValueError, e.g. CTReadError) become 400s naming the upload."""
@@ -243,7 +288,7 @@ class ReportService:
             raise ApiError(400, f"unknown plane {plane!r}: expected one of {', '.join(PLANES)}")
         lower, upper = self._window(query)
         n = num_slices(scan.hu.shape, plane)
-        if not re.fullmatch(r"-?\d+", index) or not 0 <= int(index) < n:
+        if not re.fullmatch(r"-?[0-9]{1,9}", index) or not 0 <= int(index) < n:
             raise ApiError(404, f"{plane} slice {index!r} out of range: valid indices are 0..{n - 1}")
         return render_slice_png(scan.hu, plane, int(index), lower, upper)
 
@@ -265,8 +310,8 @@ class ReportService:
             raise ApiError(400, str(exc)) from None
 
 
-def _receive(body: BinaryIO, length: int, path: Path, filename: str) -> None:
-    """Copy ``length`` bytes of the request body to ``path`` in 1 MiB pieces (an upload can be GBs).
+def _receive(body: io.BufferedIOBase, length: int, path: Path, filename: str) -> None:
+    """Copy ``length`` bytes of the request body to ``path`` in pieces of up to 1 MiB (an upload can be GBs).
 
     Not an atomic write: the file lives in a private per-upload folder that nothing else reads, it is read only
     after this returns, and the folder is removed whatever happens.
@@ -274,7 +319,11 @@ def _receive(body: BinaryIO, length: int, path: Path, filename: str) -> None:
     left = length
     with open(path, "wb") as fh:
         while left > 0:
-            chunk = body.read(min(left, MIB))
+            try:
+                chunk = body.read1(min(left, MIB))  # what has arrived: a stall is then counted exactly
+            except TimeoutError:  # the socket timeout (ServeConfig.timeout_s): the client stopped sending
+                raise ApiError(408, f"{filename}: upload stalled after {length - left} of {length} bytes: no data "
+                                    f"within the server's timeout") from None
             if not chunk:
                 raise ApiError(400, f"{filename}: upload ended after {length - left} of {length} bytes")
             fh.write(chunk)
@@ -287,6 +336,9 @@ _SCAN = re.compile(r"^/api/scans/(?P<id>[^/]+)$")
 # Everything the page loads comes from this server: a browser refuses any outside script, font or image.
 _CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
         "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'")
+# The only upload type a browser page may send cross-site without a CORS preflight is a "simple" one (form or
+# text types); this one needs a preflight, which the server never grants.
+UPLOAD_CONTENT_TYPE = "application/octet-stream"
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -294,6 +346,12 @@ class Handler(BaseHTTPRequestHandler):
 
     server: ReportServer
     server_version = "ctagrg-serve"
+
+    def setup(self) -> None:
+        # read by StreamRequestHandler.setup as the socket timeout: a silent client cannot hold a thread (and an
+        # upload slot) for ever
+        self.timeout = self.server.service.config.timeout_s
+        super().setup()
 
     def do_GET(self) -> None:
         self._handle(self._get)
@@ -303,14 +361,26 @@ class Handler(BaseHTTPRequestHandler):
 
     def _handle(self, route: Callable[[SplitResult], None]) -> None:
         try:
+            self._answer(route)
+        except (ConnectionError, TimeoutError) as exc:
+            # The client left (or stopped reading) while we answered: nobody is there to read an error either.
+            self.close_connection = True
+            if self.server.service.config.log_requests:
+                self.log_message("%s %s: connection lost (%s)", self.command, self.path, type(exc).__name__)
+
+    def _answer(self, route: Callable[[SplitResult], None]) -> None:
+        try:
             route(urlsplit(self.path))
         except ApiError as exc:
             self._send_json(exc.status, {"error": exc.message})
+        except (ConnectionError, TimeoutError):
+            raise
         except Exception as exc:  # noqa: BLE001 - one failed request must not take the service down
             traceback.print_exc(file=sys.stderr)
             self._send_json(500, {"error": f"internal error ({type(exc).__name__}: {exc})"})
 
     def _get(self, url: SplitResult) -> None:
+        self._check_host()
         service = self.server.service
         query = parse_qs(url.query)
         if url.path == "/":
@@ -329,23 +399,45 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(404, f"no such page: GET {url.path}")
 
     def _post(self, url: SplitResult) -> None:
-        if url.path != "/api/report":
-            self._discard_body()
-            raise ApiError(404, f"no such endpoint: POST {url.path} (uploads go to /api/report?filename=NAME)")
         service = self.server.service
-        length = self._content_length()
         try:
-            name = upload_name(parse_qs(url.query).get("filename", [None])[0])
-            if length == 0:
-                raise ApiError(400, f"{name}: empty upload (no file bytes in the request body)")
-            limit = service.config.max_upload_bytes
-            if length > limit:
-                raise ApiError(413, f"{name}: {length / MIB:.1f} MiB is over the upload limit of "
-                                    f"{service.config.max_upload_mb:g} MiB (ctagrg serve --max-upload-mb)")
+            name, length = self._check_upload(url)
+            service.reserve_upload(name)
         except ApiError:
             self._discard_body()
             raise
-        self._send_json(200, service.report_upload(name, self.rfile, length))
+        try:
+            result = service.report_upload(name, self.rfile, length)
+        except BaseException:
+            self.close_connection = True  # the body may be partly read: this connection cannot carry another request
+            raise
+        finally:
+            service.release_upload()
+        self._send_json(200, result)
+
+    def _check_upload(self, url: SplitResult) -> tuple[str, int]:
+        """(file name, body length) of an acceptable upload request; ApiError otherwise (nothing read yet)."""
+        self._check_host()
+        if url.path != "/api/report":
+            raise ApiError(404, f"no such endpoint: POST {url.path} (uploads go to /api/report?filename=NAME)")
+        name = upload_name(parse_qs(url.query).get("filename", [None])[0])
+        if self.headers.get_content_type() != UPLOAD_CONTENT_TYPE:
+            raise ApiError(415, f"{name}: expected Content-Type: {UPLOAD_CONTENT_TYPE} (the raw file bytes), got "
+                                f"{self.headers.get('Content-Type', 'none')!r}")
+        length = self._content_length()
+        if length == 0:
+            raise ApiError(400, f"{name}: empty upload (no file bytes in the request body)")
+        config = self.server.service.config
+        if length > config.max_upload_bytes:
+            raise ApiError(413, f"{name}: {length / MIB:.1f} MiB is over the upload limit of "
+                                f"{config.max_upload_mb:g} MiB (ctagrg serve --max-upload-mb)")
+        return name, length
+
+    def _check_host(self) -> None:
+        if not self.server.accepts_host(self.headers.get("Host")):
+            raise ApiError(403, f"Host {self.headers.get('Host')!r} does not name this server: open "
+                                f"{self.server.url} (a guard against DNS rebinding; ctagrg serve --allow-host NAME "
+                                f"adds a name)")
 
     def _content_length(self) -> int:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -354,7 +446,7 @@ class Handler(BaseHTTPRequestHandler):
         raw = self.headers.get("Content-Length")
         if raw is None:
             return 0  # HTTP: no Content-Length and no Transfer-Encoding means no body
-        if not raw.strip().isdigit():
+        if not _is_decimal(raw):
             self.close_connection = True
             raise ApiError(400, f"invalid Content-Length {raw!r}")
         return int(raw)
@@ -362,7 +454,7 @@ class Handler(BaseHTTPRequestHandler):
     def _discard_body(self) -> None:
         """Read and drop a rejected body (up to DRAIN_LIMIT) so the client gets our answer, not a reset."""
         raw = self.headers.get("Content-Length", "")
-        left = int(raw) if raw.strip().isdigit() else 0
+        left = int(raw) if _is_decimal(raw) else 0
         if left > DRAIN_LIMIT:
             self.close_connection = True
             return
@@ -390,6 +482,13 @@ class Handler(BaseHTTPRequestHandler):
             super().log_request(code, size)
 
 
+def _is_decimal(text: str) -> bool:
+    """Whether ``text`` (spaces around allowed) is ASCII digits: ``str.isdigit`` is also true for "²", which
+    ``int`` refuses."""
+    text = text.strip()
+    return text.isascii() and text.isdigit()
+
+
 class ReportServer(ThreadingHTTPServer):
     """A threading HTTP server owning a :class:`ReportService`; ``server_close`` removes its temporary folder."""
 
@@ -400,11 +499,16 @@ class ReportServer(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6  # read by TCPServer.__init__ when it creates the socket
         self.service = service
         super().__init__(address, Handler)
+        self._host_names = host_names(address[0], str(self.server_address[0]), service.config.allowed_hosts)
 
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
         return f"http://[{host}]:{port}/" if ":" in str(host) else f"http://{host}:{port}/"
+
+    def accepts_host(self, header: str | None) -> bool:
+        """Whether a request's ``Host`` header names this server (see :func:`host_allowed`)."""
+        return host_allowed(header, self._host_names, self.server_address[1], self.service.config.allowed_hosts)
 
     def server_close(self) -> None:
         super().server_close()
