@@ -110,6 +110,11 @@ def test_evaluate_writes_metrics_predictions_and_report(dataset: Path, tmp_path:
     assert lo <= h["nlg.bleu_1"] <= hi
     assert saved["meta"]["evaluated"] == 4 and saved["meta"]["failed"] == 0
     assert metrics["headline"] == saved["headline"]
+    from ctagrg.evaluation.diversity import unique_fraction
+
+    lines_ = read_predictions(out / "predictions.jsonl")
+    assert h["diversity.unique_reports"] == pytest.approx(unique_fraction([line["report"] for line in lines_]))
+    assert 0 < saved["diversity"]["distinct_2"] <= 1 and 0 < saved["diversity"]["reference_distinct_2"] <= 1
     lines = read_predictions(out / "predictions.jsonl")
     assert [line["name"] for line in lines] == list(VOLUMES)
     assert set(lines[0]) >= {"input", "report", "abnormalities", "seconds"}

@@ -22,6 +22,7 @@ import numpy as np
 from ctagrg.evaluation import bootstrap as bs
 from ctagrg.evaluation.clinical import REFERENCE_SOURCES, clinical_metrics, confusion_counts, label_texts
 from ctagrg.evaluation.clinical import reference_labels as choose_reference
+from ctagrg.evaluation.diversity import diversity_metrics
 from ctagrg.evaluation.predict import load_split, predict_split, read_predictions
 from ctagrg.labels import LABELS
 
@@ -29,7 +30,7 @@ HEADLINE_KEYS: tuple[str, ...] = (
     "classification.macro_auroc", "classification.macro_f1",
     "clinical.micro_f1", "clinical.macro_f1", "clinical.micro_precision", "clinical.micro_recall",
     "nlg.bleu_1", "nlg.bleu_2", "nlg.bleu_3", "nlg.bleu_4", "nlg.meteor", "nlg.rouge_l", "nlg.cider",
-    "grounding.side_accuracy",
+    "grounding.side_accuracy", "diversity.unique_reports",
 )
 
 
@@ -128,6 +129,7 @@ def compute_metrics(preds: list[dict[str, Any]], split: Any, cfg: EvaluateConfig
     out["nlg"] = {**nlg.scores, "notes": nlg.notes, "reference_columns": list(cfg.reference_columns)}
     if ground_truth_dir is not None:
         out["grounding"] = grounding_metrics(ok, ground_truth_dir)
+    out["diversity"] = diversity_metrics(hyps, refs)
     out["headline"] = {k: _lookup(out, k) for k in HEADLINE_KEYS if _lookup(out, k, missing=True) is not _MISSING}
     if cfg.bootstrap:
         ci = _confidence_intervals(cfg, probs, det, labels, confusion_counts(gen_lab, ref_lab), hyps, refs,
