@@ -100,7 +100,6 @@ def _report_batch(reporter: Any, items: list[Any]) -> list[dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     from ctagrg.data.inputs import discover_inputs
     from ctagrg.generation.reporter import Reporter
@@ -109,10 +108,9 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         print(f"--batch-size: expected >= 1, got {args.batch_size}", file=sys.stderr)
         return 2
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         items = discover_inputs(expand_csv_lists(args.scans), args.metadata)
-        reporter = Reporter.from_pretrained(args.model, device=device)
+        reporter = Reporter.from_pretrained(args.model, device=args.device)
     except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: e.g. --device cuda without a GPU
         print(f"{exc}", file=sys.stderr)
         return 2

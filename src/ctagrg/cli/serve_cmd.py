@@ -72,7 +72,6 @@ def _parse(kind: type, text: str, expected: str) -> int | float:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     from ctagrg.generation.reporter import Reporter
     from ctagrg.serve.app import ServeConfig, make_server
@@ -80,9 +79,8 @@ def run(args: argparse.Namespace) -> int:
     config = ServeConfig(max_upload_mb=args.max_upload_mb, max_voxels=args.max_voxels,
                          max_pending=args.max_pending, timeout_s=args.timeout,
                          allowed_hosts=tuple(args.allow_host), keep=args.keep)
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        reporter = Reporter.from_pretrained(args.model, device=device)
+        reporter = Reporter.from_pretrained(args.model, device=args.device)
     except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: e.g. --device cuda without a GPU
         print(f"{exc}", file=sys.stderr)
         return 2
@@ -91,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:  # port in use, address not on this machine, port below 1024 without privileges
         print(f"{args.host}:{args.port}: cannot listen ({exc.strerror or exc})", file=sys.stderr)
         return 2
-    print(f"ctagrg serve: {args.model} on {device}; open {server.url} (Ctrl-C stops). "
+    print(f"ctagrg serve: {args.model} on {reporter.device}; open {server.url} (Ctrl-C stops). "
           "Research software, not for diagnostic use.", flush=True)
     # SIGTERM (systemd, docker stop, kill) stops like Ctrl-C, so the temporary upload folder is removed too
     previous = signal.signal(signal.SIGTERM, _interrupt)

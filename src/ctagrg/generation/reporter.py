@@ -35,7 +35,7 @@ from ctagrg.generation.generate import GenerationSettings, generate_sentences
 from ctagrg.generation.model_card import render_model_card
 from ctagrg.labels import LABELS, NUM_LABELS
 from ctagrg.models.decoder import ReportDecoder, load_tokenizer
-from ctagrg.training.embedding_cache import read_thresholds
+from ctagrg.training.embedding_cache import read_thresholds, resolve_device
 from ctagrg.utils.atomic import write_json_atomic, write_text_atomic
 
 Input = str | Path | np.ndarray | torch.Tensor
@@ -85,6 +85,7 @@ class Reporter:
         preprocess: a ``ctagrg.data.preprocess.PreprocessConfig``.
         config: generation/assembly settings.
         card: extra model-card fields (``training_data``, ``metrics``) kept for ``save_pretrained``.
+        device: "cpu", "cuda", "cuda:N", "auto" (CUDA when available) or a torch.device.
     """
 
     def __init__(self, visual: torch.nn.Module, decoder: ReportDecoder, tokenizer: Any, thresholds: Sequence[float],
@@ -92,7 +93,8 @@ class Reporter:
                  device: str | torch.device = "cpu") -> None:
         if len(thresholds) != NUM_LABELS:
             raise ConfigError(f"Reporter: expected 18 thresholds, got {len(thresholds)}")
-        self.device = torch.device(device)
+        # "auto": CUDA when available, else the CPU
+        self.device = resolve_device(device) if isinstance(device, str) else torch.device(device)
         self.visual = visual.to(self.device).eval()
         self.decoder = decoder.to(self.device).eval()
         self.tokenizer = tokenizer
