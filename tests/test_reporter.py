@@ -126,7 +126,8 @@ def test_save_and_load_roundtrip(reporter: Reporter, tmp_path: Path) -> None:
     card = (tmp_path / "model" / "README.md").read_text()
     assert "Not for diagnostic use" in card and "unit-test phantoms" in card and "clinical F1 (test)" in card
     assert "(12, 32, 32)" in card or "[12, 32, 32]" in card
-    loaded = Reporter.from_pretrained(tmp_path / "model")
+    loaded = Reporter.from_pretrained(tmp_path / "model", device="auto")
+    assert loaded.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
     assert loaded.thresholds == pytest.approx(reporter.thresholds)
     assert loaded.config == reporter.config and tuple(loaded.preprocess.shape) == SHAPE
     vols = list(volumes(2, seed=3))
