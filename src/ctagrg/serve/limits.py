@@ -89,7 +89,7 @@ def _check_gzip_length(path: Path, name: str, limit: int) -> None:
 
     The reader decompresses the whole file into memory in one call, so a header promising a small volume followed
     by gigabytes of zeros must be stopped here. This costs one extra, streamed decompression with isal, as the
-    reader uses (not timed here; ctagrg.data.ctio notes 0.39 s CPU for its one-call decompression of 168 MB).
+    reader uses: 0.30 s for Lung-PET-CT-Dx A0001 (17 MB .nii.gz), whose default preprocessing takes 2.2 s.
     """
     from isal import igzip
 
