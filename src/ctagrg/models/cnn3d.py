@@ -145,6 +145,21 @@ class HUBinStem(nn.Module):
 
     @torch.no_grad()
     def forward(self, volume: torch.Tensor) -> torch.Tensor:
+        return self.assemble(self.measure(volume))
+
+    @property
+    def measure_channels(self) -> int:
+        """Channels of :meth:`measure`: one fraction per HU bin, mean HU / 1000, max HU / 1000."""
+        return len(self.config.hu_edges) + 3
+
+    @torch.no_grad()
+    def measure(self, volume: torch.Tensor) -> torch.Tensor:
+        """(B, 1, D, H, W) preprocessed → (B, bins + 2, D/pd, H/ph, W/pw) float32: per patch, the fraction of voxels
+        in each HU bin, mean HU / 1000 and max HU / 1000 (clipped to [-1, 3]).
+
+        Everything the stem reads from the voxels. The patch grid commutes with flips and whole-patch shifts, so
+        a caller may compute this once per volume and augment it (:meth:`assemble` then gives what the stem of
+        the augmented volume gives): ``cache_stem`` in pretraining."""
         hu_min, hu_max, offset = self.config.input_hu
         scale = hu_max - hu_min
         x = volume[:, 0].float()
@@ -157,12 +172,27 @@ class HUBinStem(nn.Module):
         bins = torch.bucketize(x, (self.edges - hu_min) / scale - offset, out_int32=True)
         flat = (bins * (b * n_patch)).add_(self._base(b, d, h, w, x.device)).flatten()
         counts = torch.bincount(flat, minlength=nb * b * n_patch).view(nb, b, gd, gh, gw).transpose(0, 1)
-        # square root: a few calcium or metal voxels in a patch (fraction ~0.01) become a visible 0.1
         frac = counts.to(x.dtype) / float(pd * ph * pw)
-        fractions = frac.sqrt()
-        mean = ((F.avg_pool3d(x[:, None], self.config.patch) + offset) * scale + hu_min) / 1000.0
+        # summed in float64: exact for these values, so the mean does not depend on the order of the voxels, and a
+        # flipped or rotated volume's patch means are exactly the flipped or rotated means (cache_stem relies on it)
+        mean = ((F.avg_pool3d(x[:, None].double(), self.config.patch).float() + offset) * scale + hu_min) / 1000.0
         peak = ((F.max_pool3d(x[:, None], self.config.patch) + offset) * scale + hu_min).clamp(-1000.0, 3000.0)
-        out = [fractions, mean, peak / 1000.0]
+        return torch.cat([frac, mean, peak / 1000.0], dim=1)
+
+    @torch.no_grad()
+    def measure_padding(self, pad_value: float, device: torch.device | str = "cpu") -> torch.Tensor:
+        """(bins + 2, 1, 1, 1): :meth:`measure` of a patch filled with ``pad_value`` (what a shift brings in).
+        Measured on a whole input-shaped volume, so that the pooling rounds as it does inside a volume."""
+        full = torch.full((1, 1, *self.config.input_shape), float(pad_value), device=device)
+        return self.measure(full)[0, :, :1, :1, :1].clone()
+
+    def assemble(self, measured: torch.Tensor) -> torch.Tensor:
+        """(B, bins + 2, d, h, w) from :meth:`measure` → (B, stem_channels, d, h, w): the square root of each
+        fraction (a few calcium or metal voxels in a patch, fraction ~0.01, become a visible 0.1), mean and max
+        HU / 1000, and with ``context`` the two context channels."""
+        nb = len(self.config.hu_edges) + 1
+        frac = measured[:, :nb]
+        out = [frac.sqrt(), measured[:, nb:]]
         if self.config.context:
             out += self._context(frac)
         return torch.cat(out, dim=1)
@@ -209,6 +239,10 @@ class CNN3DEncoder(nn.Module):
         self.features = nn.Sequential(
             nn.Conv3d(c, 2 * w, 1), nn.ReLU(inplace=True),  # mixes the bins into tissue features
             _block(2 * w, 2 * w, 1), _block(2 * w, 4 * w, 2), _block(4 * w, 8 * w, 2), _block(8 * w, 8 * w, 1))
+        # channels-last (N, D, H, W, C) weights and inputs: oneDNN's 3D convolutions on the CPU run a training step
+        # ~1.6x faster so (0.38 -> 0.24 s for a batch of 8 at the demo shape, BENCHMARKS.md); values equal up to
+        # float rounding, and checkpoints are written contiguous
+        self.features.to(memory_format=torch.channels_last_3d)
         # standardise the pooled features: rare-bin statistics (calcium, metal) are ~100x smaller than lung ones
         # and would otherwise be learned last
         self.norm = nn.BatchNorm1d(config.pooled_dim)
@@ -222,10 +256,13 @@ class CNN3DEncoder(nn.Module):
 
     def forward_features(self, volume: torch.Tensor) -> torch.Tensor:
         """(B, 1, D, H, W) -> (B, pooled_dim) region-pooled features."""
+        return self.features_from_stem(self.stem(self._checked(volume)))[0]
+
+    def _checked(self, volume: torch.Tensor) -> torch.Tensor:
         if tuple(volume.shape[1:]) != (1, *self.config.input_shape):
             raise ValueError(f"CNN3DEncoder: expected (B, 1, {', '.join(map(str, self.config.input_shape))}) "
                              f"(input_shape), got {tuple(volume.shape)}")
-        return self.features_from_stem(self.stem(volume))[0]
+        return volume
 
     def features_from_stem(self, stem: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Stem output (B, stem_channels, d, h, w) -> (pooled (B, pooled_dim), CNN maps (B, 8w, d/4, h/4, w/4)).
@@ -233,10 +270,11 @@ class CNN3DEncoder(nn.Module):
         Separate from :meth:`forward_features` so that callers who computed the (weightless) stem once, e.g.
         benchmarks/phantom_learnability.py, run the same network on it.
         """
+        x = stem.contiguous(memory_format=torch.channels_last_3d)
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            maps = checkpoint(self.features, stem, use_reentrant=False)
+            maps = checkpoint(self.features, x, use_reentrant=False)
         else:
-            maps = self.features(stem)
+            maps = self.features(x)
         # octants: axis 2 = superior half first, axis 3 = right half first (SLP: index grows toward left)
         parts = [F.adaptive_max_pool3d(maps, 2).flatten(1), F.adaptive_avg_pool3d(maps, 2).flatten(1),
                  maps.amax(dim=(2, 3, 4))]
@@ -256,5 +294,10 @@ class CNN3DEncoder(nn.Module):
         return self.norm(features)
 
     def forward(self, volume: torch.Tensor) -> torch.Tensor:
-        h = self._standardise(self.forward_features(volume))
+        return self.forward_from_stem(self.stem(self._checked(volume)))
+
+    def forward_from_stem(self, stem: torch.Tensor) -> torch.Tensor:
+        """(B, stem_channels, d, h, w) stem output (e.g. :meth:`HUBinStem.assemble` of measurements computed
+        once) -> (B, embed_dim) ``h``, as :meth:`forward` of the volume."""
+        h = self._standardise(self.features_from_stem(stem)[0])
         return self.dropout(h if self.fc is None else torch.relu(self.fc(h)))

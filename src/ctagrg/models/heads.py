@@ -67,6 +67,33 @@ class AbnormalityHeads(nn.Module):
             nn.init.uniform_(w, -bound, bound)
             nn.init.uniform_(b, -bound, bound)
 
+    @torch.no_grad()
+    def warm_start(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Start from a linear read-out ``z = h @ weight.T + bias`` ((L, in_dim), (L,)), e.g. a linear pretraining
+        head: label i's projection gets the units ReLU(z_i) and ReLU(-z_i) (embedding dims 0 and 1), its classifier
+        the hidden units ReLU(e_0 - e_1) and ReLU(e_1 - e_0) with output weights +1 and -1, and every other hidden
+        unit an output weight of 0. So in eval mode the logits equal ``z`` exactly, and training goes on from there
+        (the zeroed output weights get gradients, so the other units join in). Needs embed_dim and
+        classifier_hidden >= 2."""
+        L, E = self.num_labels, self.embed_dim
+        hd = self.fc2_weight.shape[1]
+        if E < 2 or hd < 2:
+            raise ValueError(f"AbnormalityHeads.warm_start needs embed_dim and classifier_hidden >= 2, got {E}, {hd}")
+        if tuple(weight.shape) != (L, self.project.in_features) or tuple(bias.shape) != (L,):
+            raise ValueError(f"AbnormalityHeads.warm_start: expected weight ({L}, {self.project.in_features}) and "
+                             f"bias ({L},), got {tuple(weight.shape)} and {tuple(bias.shape)}")
+        w = self.project.weight.view(L, E, -1)
+        b = self.project.bias.view(L, E)
+        w[:, 0], w[:, 1] = weight, -weight
+        b[:, 0], b[:, 1] = bias, -bias
+        self.fc1_weight[:, :2, :] = 0.0
+        self.fc1_weight[:, 0, 0], self.fc1_weight[:, 0, 1] = 1.0, -1.0
+        self.fc1_weight[:, 1, 0], self.fc1_weight[:, 1, 1] = -1.0, 1.0
+        self.fc1_bias[:, :2] = 0.0
+        self.fc2_weight.zero_()
+        self.fc2_weight[:, 0], self.fc2_weight[:, 1] = 1.0, -1.0
+        self.fc2_bias.zero_()
+
     def embed(self, h: torch.Tensor) -> torch.Tensor:
         """(B, in_dim) -> (B, L, E) abnormality embeddings."""
         return torch.relu(self.project(h)).view(h.shape[0], self.num_labels, self.embed_dim)

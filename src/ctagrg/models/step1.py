@@ -113,8 +113,13 @@ class PretrainModel(_VisualModel):
         super().__init__(config)
         self.head = PretrainHead(self.config.heads)
 
-    def forward(self, volume: torch.Tensor) -> dict[str, torch.Tensor]:
-        h = self.encoder(volume)
+    def forward(self, volume: torch.Tensor | None = None, *, stem: torch.Tensor | None = None
+                ) -> dict[str, torch.Tensor]:
+        """``volume`` (B, 1, D, H, W), or for the cnn3d encoder ``stem`` (B, stem_channels, d, h, w): its fixed
+        stem's output computed elsewhere (pretraining's ``cache_stem``)."""
+        if (volume is None) == (stem is None):
+            raise ValueError("PretrainModel: give exactly one of volume or stem")
+        h = self.encoder(volume) if stem is None else self.encoder.forward_from_stem(stem)
         return {"logits": self.head(h), "h": h}
 
 

@@ -19,7 +19,6 @@ on the validation set once more to write ``best/validation.json`` + ``best/valid
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +28,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from ctagrg.config import ConfigError
-from ctagrg.data.augment import AugmentConfig, augment_volume
+from ctagrg.data.augment import AugmentConfig, apply_augmentation, augment_volume, draw_augmentation
 from ctagrg.data.cache import dequantize
 from ctagrg.evaluation.classification import classification_report, markdown_table
 from ctagrg.labels import LABELS
@@ -42,8 +41,8 @@ from ctagrg.training.config import TrainConfig
 from ctagrg.training.loop import autocast_context
 from ctagrg.training.task import Task
 from ctagrg.training.thresholds import compute_thresholds, save_thresholds
+from ctagrg.training.volume_cache import PerVolumeCache
 from ctagrg.utils.atomic import write_json_atomic, write_text_atomic
-from ctagrg.utils.progress import progress
 
 
 @dataclass
@@ -65,6 +64,11 @@ class InitConfig:
     encoder_from: str = ""  # a visual checkpoint folder (e.g. pretraining's best/): its encoder.* tensors
     resnet18: str = ""  # torchvision ImageNet resnet18 state dict -> CT-Net trunk (width 64 only)
     ctclip: str = ""  # CT-CLIP checkpoint -> CT-ViT encoder
+    # step 1: start the abnormality heads from encoder_from's linear pretraining head (heads.pretrain_hidden: []),
+    # so that step 1 begins with pretraining's logits (AbnormalityHeads.warm_start) instead of random heads. Not in
+    # the published method: on ~300 phantoms randomly initialised heads on the frozen encoder lost ~0.08 validation
+    # macro-AUROC against the pretraining head (docs/training.md)
+    heads_from_pretrain: bool = False
 
 
 def _pretrain_train() -> TrainConfig:
@@ -84,6 +88,11 @@ class PretrainTaskConfig:
     data: VisualDataConfig = field(default_factory=VisualDataConfig)
     model: VisualModelConfig = field(default_factory=VisualModelConfig)
     init: InitConfig = field(default_factory=InitConfig)
+    # cnn3d only: its HU-bin stem has no weights, so measure each volume's patches once, keep them in memory
+    # (float32, (bins + 2) x the patch grid: 1.8 MB per volume at the demo's shape; not for CT-RATE-sized sets)
+    # and augment them instead of the volume. Needs whole-patch shifts (data.augment.shift_step a multiple of
+    # model.cnn3d.patch). The same losses and weights as computing the stem every step, exactly (tested).
+    cache_stem: bool = False
 
 
 @dataclass
@@ -152,7 +161,30 @@ class _VisualTask(Task):
             print(f"{init.ctclip}: {load_ctclip_ctvit(model.encoder, init.ctclip).summary()}")
         if init.encoder_from:
             load_encoder_from(model, init.encoder_from)
+        if init.heads_from_pretrain:
+            self._warm_start_heads(model)
         return model
+
+    def _warm_start_heads(self, model: nn.Module) -> None:
+        """init.heads_from_pretrain: step 1's heads from init.encoder_from's linear pretraining head."""
+        from ctagrg.training.checkpoint import load_state_file
+
+        init = self.cfg.init
+        if not isinstance(model, Step1Model):
+            raise ConfigError("init.heads_from_pretrain: only for step 1 (train classifier)")
+        if not init.encoder_from:
+            raise ConfigError("init.heads_from_pretrain: needs init.encoder_from (the pretraining checkpoint folder)")
+        path = Path(init.encoder_from) / "model.safetensors"
+        state = load_state_file(path)
+        head = sorted(k for k in state if k.startswith("head.net."))
+        if head != ["head.net.0.bias", "head.net.0.weight"]:
+            raise ConfigError(f"init.heads_from_pretrain: {path} has no linear pretraining head (expected "
+                              f"head.net.0.weight and head.net.0.bias, i.e. heads.pretrain_hidden: [], found "
+                              f"{', '.join(head) or 'no head.* tensors'})")
+        try:
+            model.heads.warm_start(state["head.net.0.weight"], state["head.net.0.bias"])
+        except ValueError as exc:
+            raise ConfigError(f"init.heads_from_pretrain ({path}): {exc}") from None
 
     def save_model(self, model: nn.Module, directory: Path) -> None:
         model.save_pretrained(directory)
@@ -197,6 +229,18 @@ class _VisualTask(Task):
             names += list(batch["name"])
         return np.concatenate(labels), np.concatenate(probs), names
 
+    @staticmethod
+    def _predict_with(model: nn.Module, loader: Any, inputs: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """:meth:`predict` for batches without volumes: ``inputs(names)`` gives the model's keyword inputs
+        (cached stems or encoder outputs)."""
+        labels, probs, names = [], [], []
+        for batch in loader:
+            logits = model(**inputs(batch["name"]))["logits"]
+            probs.append(torch.sigmoid(logits.float()).cpu().numpy())
+            labels.append(batch["labels"].numpy())
+            names += list(batch["name"])
+        return np.concatenate(labels), np.concatenate(probs), names
+
     def validate(self, model: nn.Module, loader: Any) -> dict[str, float]:
         labels, probs, _ = self.predict(model, loader)
         eps = 1e-7
@@ -235,6 +279,68 @@ class PretrainTask(_VisualTask):
     Config = PretrainTaskConfig
     model_cls = PretrainModel
 
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        self._stems = PerVolumeCache("stem: {n} volumes measured once in {s:.1f} s; epochs augment the measurements")
+        self._stem: Any = None  # the encoder's HUBinStem, set by on_train_start
+        self._pad: torch.Tensor | None = None  # measurements of a patch of data.augment.pad_value
+        if cfg.cache_stem:
+            self._check_cache_stem()
+
+    def _check_cache_stem(self) -> None:
+        cfg = self.cfg
+        if cfg.model.encoder != "cnn3d":
+            raise ConfigError(f"cache_stem: only for the cnn3d encoder (its stem has no weights), not "
+                              f"{cfg.model.encoder!r}")
+        aug, patch = cfg.data.augment, cfg.model.cnn3d.patch
+        if aug.enabled:
+            bad = [a for a in range(3) if aug.max_shift[a] >= aug.shift_step[a] and aug.shift_step[a] % patch[a]]
+            if bad:
+                raise ConfigError(f"cache_stem: data.augment.shift_step {list(aug.shift_step)} must be a multiple of "
+                                  f"model.cnn3d.patch {list(patch)} along each shifted axis (whole-patch shifts), "
+                                  f"or max_shift 0 there")
+            if aug.rot90_p > 0 and patch[1] != patch[2]:
+                raise ConfigError(f"cache_stem: data.augment.rot90_p > 0 needs square patches in-plane, got "
+                                  f"model.cnn3d.patch {list(patch)}")
+
+    # -- stem cache: each volume's patch measurements are computed once, then the datasets read no volumes ------
+    def train_dataset(self) -> Any:
+        ds = super().train_dataset()
+        return self._stems.register(ds) if self.cfg.cache_stem else ds
+
+    def valid_dataset(self) -> Any | None:
+        ds = super().valid_dataset()
+        return self._stems.register(ds) if self.cfg.cache_stem and ds is not None else ds
+
+    def on_train_start(self, model: nn.Module) -> None:
+        if not self.cfg.cache_stem:
+            return
+        self._stem = stem = unwrap(model).encoder.stem
+        self._pad = stem.measure_padding(self.cfg.data.augment.pad_value)
+        tc = self.cfg.train
+        self._stems.start(lambda batch: stem.measure(self._volumes(batch)).cpu(),
+                          batch_size=tc.eval_batch_size or tc.batch_size, num_workers=tc.num_workers)
+
+    def _stem_batch(self, names: Sequence[str], augment: bool) -> torch.Tensor:
+        """(B, stem_channels, d, h, w): the stem of each volume from its cached measurements, augmented per volume
+        with the same random draws as :func:`augment_volume` makes (so the run equals the uncached one)."""
+        m = self._stems.gather(names, "cpu")
+        if augment:
+            aug, patch = self.cfg.data.augment, self.cfg.model.cnn3d.patch
+            m = torch.stack([apply_augmentation(v, draw_augmentation(aug), self._pad, scale=patch) for v in m])
+        return self._stem.assemble(m.to(self.device, non_blocking=True))
+
+    def training_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
+        if not self.cfg.cache_stem:
+            return super().training_step(model, batch)
+        out = model(stem=self._stem_batch(batch["name"], self.cfg.data.augment.enabled))
+        return {"loss": self._loss(out["logits"], batch["labels"].to(self.device, non_blocking=True))}
+
+    def predict(self, model: nn.Module, loader: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        if not self.cfg.cache_stem:
+            return super().predict(model, loader)
+        return self._predict_with(model, loader, lambda names: {"stem": self._stem_batch(names, False)})
+
 
 class ClassifierTask(_VisualTask):
     """Step 1: encoder (initialised from pretraining) + 18 projection heads and classifiers; writes thresholds."""
@@ -245,9 +351,9 @@ class ClassifierTask(_VisualTask):
 
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
-        self._h_cache: dict[str, torch.Tensor] = {}  # volume name -> frozen encoder output (in_dim,), on the CPU
-        self._encoder: nn.Module | None = None  # set by on_train_start: the encoder whose outputs are cached
-        self._pending: list[Any] = []  # datasets built before on_train_start, encoded there
+        # volume name -> frozen encoder output (in_dim,), on the CPU
+        self._h = PerVolumeCache("frozen encoder: {n} volumes encoded once in {s:.1f} s; epochs train the heads on "
+                                 "the cached outputs")
 
     @property
     def _caching(self) -> bool:
@@ -255,64 +361,32 @@ class ClassifierTask(_VisualTask):
         return c.freeze_encoder and c.cache_frozen_encoder and not c.data.augment.enabled
 
     # -- frozen-encoder cache: h is computed once per volume before training, then the datasets read no volumes --
-    # The loop builds the datasets before it resumes, so they are encoded in on_train_start, with the encoder the
-    # run actually trains on (a resumed run's from last/, not whatever init.encoder_from points to now).
     def train_dataset(self) -> Any:
-        return self._encoded(super().train_dataset())
+        ds = super().train_dataset()
+        return self._h.register(ds) if self._caching else ds
 
     def valid_dataset(self) -> Any | None:
         ds = super().valid_dataset()
-        return None if ds is None else self._encoded(ds)
+        return self._h.register(ds) if self._caching and ds is not None else ds
 
     def on_train_start(self, model: nn.Module) -> None:
-        if self._caching:
-            self._encoder = unwrap(model).encoder
-            pending, self._pending = self._pending, []
-            for ds in pending:
-                self._encoded(ds)
-
-    def _encoded(self, ds: Any) -> Any:
-        """With caching on: encode ``ds``'s volumes not yet in the cache, then make ``ds`` yield labels and names
-        only, so that no epoch reads a volume again. Before ``on_train_start`` the dataset is only registered."""
         if not self._caching:
-            return ds
-        if self._encoder is None:
-            self._pending.append(ds)
-            return ds
-        missing = [i for i, n in enumerate(ds.names) if n not in self._h_cache]
-        if missing:
-            self._encode(Subset(ds, missing))
-        ds.volumes = False
-        return ds
+            return
+        encoder, tc = unwrap(model).encoder, self.cfg.train
 
-    @torch.no_grad()
-    def _encode(self, ds: Any) -> None:
-        """Frozen-encoder outputs of every volume of ``ds`` into the cache (eval mode: deterministic, exact)."""
-        tc, encoder = self.cfg.train, self._encoder
-        assert encoder is not None
-        encoder.eval()
-        start = time.perf_counter()
-        # its own generator: iterating a loader draws a seed from the global RNG, which the training run's dropout
-        # and augmentation streams (seeded just before this) must not see
-        loader = DataLoader(ds, batch_size=tc.eval_batch_size or tc.batch_size, num_workers=tc.num_workers,
-                            generator=torch.Generator().manual_seed(0))
-        for batch in progress(loader, desc="encoding (frozen encoder, once)", total=len(loader)):
+        def encode(batch: dict[str, Any]) -> torch.Tensor:
+            encoder.eval()  # deterministic, exact: BatchNorm statistics kept, no dropout
             with autocast_context(tc, self.device):  # as the uncached path computes h
-                h = encoder(self._volumes(batch)).float().cpu()
-            self._h_cache.update(zip(batch["name"], h, strict=True))
-        print(f"frozen encoder: {len(ds)} volumes encoded once in {time.perf_counter() - start:.1f} s; "
-              "epochs train the heads on the cached outputs", flush=True)
+                return encoder(self._volumes(batch)).float().cpu()
 
-    def _cached_h(self, names: Sequence[str]) -> torch.Tensor:
-        """(B, in_dim) cached encoder outputs of ``names`` on ``self.device``."""
-        return torch.stack([self._h_cache[n] for n in names]).to(self.device, non_blocking=True)
+        self._h.start(encode, batch_size=tc.eval_batch_size or tc.batch_size, num_workers=tc.num_workers)
 
     def training_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
         if self.cfg.freeze_encoder:  # a frozen encoder also keeps its BatchNorm statistics and skips dropout
             unwrap(model).encoder.eval()
         if not self._caching:
             return super().training_step(model, batch)
-        out = model(h=self._cached_h(batch["name"]))
+        out = model(h=self._h.gather(batch["name"], self.device))
         y = batch["labels"].to(self.device, non_blocking=True)
         loss = self._loss(out["logits"], y)
         if "logits_detached" in out:  # as the uncached path: with a frozen encoder this only doubles the heads' loss
@@ -322,13 +396,7 @@ class ClassifierTask(_VisualTask):
     def predict(self, model: nn.Module, loader: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
         if not self._caching:
             return super().predict(model, loader)
-        labels, probs, names = [], [], []
-        for batch in loader:
-            logits = model(h=self._cached_h(batch["name"]))["logits"]
-            probs.append(torch.sigmoid(logits.float()).cpu().numpy())
-            labels.append(batch["labels"].numpy())
-            names += list(batch["name"])
-        return np.concatenate(labels), np.concatenate(probs), names
+        return self._predict_with(model, loader, lambda names: {"h": self._h.gather(names, self.device)})
 
     def param_groups(self, model: nn.Module) -> list[Any]:
         if self.cfg.freeze_encoder:
