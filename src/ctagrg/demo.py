@@ -45,7 +45,7 @@ class DemoPreset:
 PRESETS: dict[str, DemoPreset] = {
     "full": DemoPreset(n_volumes=400, pretrain_epochs=None, classifier_epochs=None, decoder_epochs=None,
                        bootstrap=1000),
-    "quick": DemoPreset(n_volumes=150, pretrain_epochs=8, classifier_epochs=20, decoder_epochs=12, bootstrap=200),
+    "quick": DemoPreset(n_volumes=150, pretrain_epochs=12, classifier_epochs=None, decoder_epochs=12, bootstrap=200),
 }
 
 
