@@ -198,3 +198,53 @@ def test_drop_last_refuses_a_dataset_smaller_than_a_batch(tmp_path):
     cfg = toy_cfg(tmp_path, batch_size=32, drop_last=True)
     with pytest.raises(ConfigError, match="train.drop_last: each process gets 24 training volumes.*32"):
         train(ToyTask(cfg))
+
+
+def test_model_ema_update_rule():
+    from ctagrg.training.ema import ModelEMA
+
+    model = nn.Sequential(nn.Linear(2, 1), nn.BatchNorm1d(1))
+    w0 = model[0].weight.detach().clone()
+    ema = ModelEMA(model, decay=0.9)
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    model[1].num_batches_tracked += 5
+    ema.update(model)  # first update: decay min(0.9, 1/10) = 0.1, so the average moves 90% of the way
+    torch.testing.assert_close(ema.shadow[0].weight, w0 + 0.9)
+    assert int(ema.shadow[1].num_batches_tracked) == 5  # integer buffers are copied, not averaged
+    for _ in range(200):
+        ema.update(model)
+    assert ema.current_decay() == 0.9
+    torch.testing.assert_close(ema.shadow[0].weight, w0 + 1.0)
+    assert not any(p.requires_grad for p in ema.shadow.parameters())
+    with pytest.raises(ValueError, match="expected 0 < decay < 1, got 1.0"):
+        ModelEMA(model, 1.0)
+
+
+def test_ema_best_checkpoint_and_exact_resume(tmp_path):
+    """With train.ema_decay, best/ holds the averaged weights (not the trained ones), and a run killed and resumed
+    ends with the uninterrupted run's best/ and last/ exactly; a checkpoint without EMA state is not resumed with
+    it."""
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    train(ToyTask(toy_cfg(full, save_every_steps=2, ema_decay=0.8)))
+    killed = toy_cfg(cut, save_every_steps=2, ema_decay=0.8)
+    killed.data.fail_at_call = 11
+    with pytest.raises(Killed):
+        train(ToyTask(killed))
+    train(ToyTask(toy_cfg(cut, save_every_steps=2, ema_decay=0.8)))
+    for folder in ("best", "last"):
+        a, b = load_file(full / folder / "model.safetensors"), load_file(cut / folder / "model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), folder
+    state = load_train_state(full / "last")
+    assert state["ema"]["updates"] == state["step"] == 9
+    best, last = load_file(full / "best" / "model.safetensors"), load_file(full / "last" / "model.safetensors")
+    best_epoch = load_train_state(full / "last")["best_epoch"]
+    assert best_epoch == 3  # the toy keeps improving, so best/ is the final average
+    assert all(torch.equal(best[k], state["ema"]["shadow"][k]) for k in best)
+    assert not torch.equal(best["0.weight"], last["0.weight"])
+    with pytest.raises(ConfigError, match=r"train.ema_decay: expected 0 \(off\) or a decay in \(0, 1\), got 1.5"):
+        toy_cfg(tmp_path / "bad", ema_decay=1.5)
+    plain = tmp_path / "plain"
+    train(ToyTask(toy_cfg(plain, epochs=1)))
+    with pytest.raises(CheckpointError, match="saved without train.ema_decay, cannot resume with it"):
+        train(ToyTask(toy_cfg(plain, epochs=2, ema_decay=0.8)))

@@ -64,6 +64,9 @@ class TrainConfig:
     tensorboard: bool = True
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower; for exact reproduction on GPU)
     find_unused_parameters: bool = False  # DDP: needed when some parameters get no gradient in a step
+    # > 0: validate and save best/ from an exponential moving average of the weights (ctagrg.training.ema), updated
+    # after every optimizer step with this decay (e.g. 0.99: an average over the last ~100 steps); 0: off
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -81,6 +84,7 @@ class TrainConfig:
             (self.max_steps >= 0, "max_steps", ">= 0"),
             (self.num_workers >= 0, "num_workers", ">= 0"),
             (self.log_every >= 1, "log_every", ">= 1"),
+            (0.0 <= self.ema_decay < 1.0, "ema_decay", "0 (off) or a decay in (0, 1)"),
         ]
         for ok, name, expected in checks:
             if not ok:

@@ -7,8 +7,9 @@ validation each epoch with best-checkpoint selection, and the task's end-of-trai
 Output folder::
 
     out_dir/config.yaml        resolved task config
-    out_dir/last/              config.json, model.safetensors, train_state.pt (optimizer, schedule, step, RNG)
-    out_dir/best/              config.json, model.safetensors, metrics.json (+ stage artefacts, e.g. thresholds)
+    out_dir/last/              config.json, model.safetensors, train_state.pt (optimizer, schedule, step, RNG, EMA)
+    out_dir/best/              config.json, model.safetensors (the EMA weights with train.ema_decay), metrics.json
+                               (+ stage artefacts, e.g. thresholds)
     out_dir/metrics.csv        step,epoch,phase,name,value
     out_dir/tensorboard/
 
@@ -41,6 +42,7 @@ from ctagrg.training.checkpoint import (
     unwrap,
 )
 from ctagrg.training.config import TrainConfig
+from ctagrg.training.ema import ModelEMA
 from ctagrg.training.logging import MetricsLogger
 from ctagrg.training.task import Task
 from ctagrg.utils.atomic import write_json_atomic
@@ -121,7 +123,15 @@ class Trainer:
         )
         self.scaler = torch.amp.GradScaler(info.device.type, enabled=tc.precision == "fp16")
         torch.manual_seed(tc.seed + 1_000 * info.rank)  # per-rank dropout/augmentation streams
+        self.ema: ModelEMA | None = None
         resumed = self._maybe_resume()
+        if tc.ema_decay:  # after resume: the average starts from (or is restored for) the weights trained on
+            self.ema = ModelEMA(self.model, tc.ema_decay)
+            if resumed:
+                if "ema" not in self._resumed_state:
+                    raise CheckpointError(f"{self.out / 'last'}: saved without train.ema_decay, cannot resume "
+                                          "with it; use a new train.out_dir or --set train.resume=false")
+                self.ema.load_state_dict(self._resumed_state["ema"])
         self.task.on_train_start(self.model)
         if info.enabled:
             ids = [info.device.index] if info.device.type == "cuda" else None
@@ -161,6 +171,7 @@ class Trainer:
         if not (self.tc.resume and (last / "train_state.pt").is_file()):
             return False
         state = load_train_state(last)
+        self._resumed_state = state
         expected = {"batches_per_epoch": self.batches_per_epoch, "grad_accum": self.tc.grad_accum,
                     "world_size": self.info.world_size}
         changed = {k: (state.get(k), v) for k, v in expected.items() if state.get(k) != v}
@@ -192,6 +203,7 @@ class Trainer:
                 "world_size": self.info.world_size,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "rng": rngs,
+                **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
             })
         D.barrier(self.info)
 
@@ -210,6 +222,8 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        if self.ema is not None:
+            self.ema.update(unwrap(self.model))
 
     def _micro_step(self, batch: Any, i: int) -> dict[str, float]:
         """Forward + backward of micro-batch ``i`` of the epoch; returns the floats to log."""
@@ -272,7 +286,8 @@ class Trainer:
         stopped by ``max_steps``, or one whose schedule never validated).
         """
         if self.info.is_main:
-            model = unwrap(self.model)
+            # with train.ema_decay, the averaged weights are what is validated and kept
+            model = self.ema.shadow if self.ema is not None else unwrap(self.model)
             due = self.valid_loader is not None and (force or epoch_label % self.tc.val_every_epochs == 0)
             metrics: dict[str, float] = {}
             improved = self.valid_loader is None
@@ -292,7 +307,8 @@ class Trainer:
         model.eval()
         with torch.no_grad(), autocast_context(self.tc, self.info.device):
             metrics = self.task.validate(model, self.valid_loader)
-        model.train()
+        if model is not getattr(self.ema, "shadow", None):
+            model.train()
         if "score" not in metrics:
             raise TrainingError(f"{type(self.task).__name__}.validate must return a 'score', got {sorted(metrics)}")
         return {k: float(v) for k, v in metrics.items()}
