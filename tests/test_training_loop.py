@@ -248,3 +248,22 @@ def test_ema_best_checkpoint_and_exact_resume(tmp_path):
     train(ToyTask(toy_cfg(plain, epochs=1)))
     with pytest.raises(CheckpointError, match="saved without train.ema_decay, cannot resume with it"):
         train(ToyTask(toy_cfg(plain, epochs=2, ema_decay=0.8)))
+    with pytest.raises(CheckpointError, match="saved with train.ema_decay, cannot resume without it"):
+        train(ToyTask(toy_cfg(full, epochs=4)))
+    with pytest.raises(CheckpointError, match="train.ema_decay saved with decay 0.8, now 0.9; cannot resume exactly"):
+        train(ToyTask(toy_cfg(full, epochs=4, ema_decay=0.9)))
+
+
+def test_ema_averages_tied_weights_once():
+    from ctagrg.training.ema import ModelEMA
+
+    model = nn.Sequential(nn.Linear(3, 3, bias=False), nn.Linear(3, 3, bias=False))
+    model[1].weight = model[0].weight  # tied, as GPT-2's wte and lm_head
+    w0 = model[0].weight.detach().clone()
+    ema = ModelEMA(model, decay=0.5)
+    ema.updates = 100  # past the warm-up: decay 0.5
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    ema.update(model)
+    torch.testing.assert_close(ema.shadow[0].weight, w0 + 0.5)  # moved halfway, not 0.75 (averaged twice)
+    assert ema.shadow[0].weight is ema.shadow[1].weight

@@ -4,8 +4,8 @@
 every floating-point parameter and buffer (BatchNorm statistics included; integer buffers are copied), with the
 usual warm-up ``d_t = min(decay, (1 + t) / (10 + t))`` so that the average does not drag the random initial weights
 along. Training continues from the raw weights (``last/``); validation, best-checkpoint selection and ``best/``
-use the shadow. Small, noisy training sets (the CPU demo's ~300 phantoms) are where it pays: the validation score
-of successive epochs jumps by ~0.01 there.
+use the shadow, which only the main process keeps. On the CPU demo's ~300 phantoms it smoothed the validation
+curve but did not raise the test score (docs/training.md, "#5's measurement"), so the demo does not use it.
 """
 
 from __future__ import annotations
@@ -36,7 +36,11 @@ class ModelEMA:
     def update(self, model: nn.Module) -> None:
         d = self.current_decay()
         source = model.state_dict()
+        seen: set[int] = set()
         for name, avg in self.shadow.state_dict().items():
+            if avg.data_ptr() in seen:  # tied weights (GPT-2's wte and lm_head) share storage: average them once
+                continue
+            seen.add(avg.data_ptr())
             value = source[name].detach()
             if avg.dtype.is_floating_point:
                 avg.lerp_(value.to(avg.dtype), 1.0 - d)
@@ -49,5 +53,7 @@ class ModelEMA:
                 "shadow": {k: v.detach().cpu().clone() for k, v in self.shadow.state_dict().items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if float(state["decay"]) != self.decay:
+            raise ValueError(f"saved with decay {state['decay']}, now {self.decay}")
         self.updates = int(state["updates"])
         self.shadow.load_state_dict(state["shadow"])

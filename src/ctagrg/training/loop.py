@@ -98,6 +98,7 @@ class Trainer:
         self.task, self.tc, self.info = task, tc, info
         self.out = Path(tc.out_dir)
         self.step, self.epoch, self.micro = 0, 0, 0  # optimizer steps; epochs done; micro-batches done in epoch
+        self._resumed_ema: dict[str, Any] | None = None  # the EMA state of a resumed last/, until setup uses it
         self.best_score, self.best_epoch = -math.inf, -1
 
     # -- setup ------------------------------------------------------------------------------------------------
@@ -125,13 +126,20 @@ class Trainer:
         torch.manual_seed(tc.seed + 1_000 * info.rank)  # per-rank dropout/augmentation streams
         self.ema: ModelEMA | None = None
         resumed = self._maybe_resume()
-        if tc.ema_decay:  # after resume: the average starts from (or is restored for) the weights trained on
+        saved_ema, self._resumed_ema = self._resumed_ema, None
+        if resumed and (saved_ema is None) != (not tc.ema_decay):
+            raise CheckpointError(f"{self.out / 'last'}: saved {'without' if saved_ema is None else 'with'} "
+                                  "train.ema_decay, cannot resume "
+                                  f"{'with' if saved_ema is None else 'without'} it; use a new train.out_dir or "
+                                  "--set train.resume=false")
+        if tc.ema_decay and info.is_main:  # only the main process validates; after resume, from the weights trained on
             self.ema = ModelEMA(self.model, tc.ema_decay)
-            if resumed:
-                if "ema" not in self._resumed_state:
-                    raise CheckpointError(f"{self.out / 'last'}: saved without train.ema_decay, cannot resume "
-                                          "with it; use a new train.out_dir or --set train.resume=false")
-                self.ema.load_state_dict(self._resumed_state["ema"])
+            if saved_ema is not None:
+                try:
+                    self.ema.load_state_dict(saved_ema)
+                except ValueError as exc:
+                    raise CheckpointError(f"{self.out / 'last'}: train.ema_decay {exc}; cannot resume exactly"
+                                          ) from None
         self.task.on_train_start(self.model)
         if info.enabled:
             ids = [info.device.index] if info.device.type == "cuda" else None
@@ -171,7 +179,7 @@ class Trainer:
         if not (self.tc.resume and (last / "train_state.pt").is_file()):
             return False
         state = load_train_state(last)
-        self._resumed_state = state
+        self._resumed_ema = state.get("ema")
         expected = {"batches_per_epoch": self.batches_per_epoch, "grad_accum": self.tc.grad_accum,
                     "world_size": self.info.world_size}
         changed = {k: (state.get(k), v) for k, v in expected.items() if state.get(k) != v}

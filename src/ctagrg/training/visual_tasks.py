@@ -66,8 +66,8 @@ class InitConfig:
     ctclip: str = ""  # CT-CLIP checkpoint -> CT-ViT encoder
     # step 1: start the abnormality heads from encoder_from's linear pretraining head (heads.pretrain_hidden: []),
     # so that step 1 begins with pretraining's logits (AbnormalityHeads.warm_start) instead of random heads. Not in
-    # the published method: on ~300 phantoms randomly initialised heads on the frozen encoder lost ~0.08 validation
-    # macro-AUROC against the pretraining head (docs/training.md)
+    # the published method: on ~300 phantoms randomly initialised heads on the frozen encoder lost validation
+    # macro-AUROC against the pretraining head (0.05-0.08, docs/training.md)
     heads_from_pretrain: bool = False
 
 
@@ -298,7 +298,7 @@ class PretrainTask(_VisualTask):
             if bad:
                 raise ConfigError(f"cache_stem: data.augment.shift_step {list(aug.shift_step)} must be a multiple of "
                                   f"model.cnn3d.patch {list(patch)} along each shifted axis (whole-patch shifts), "
-                                  f"or max_shift 0 there")
+                                  f"or a max_shift below shift_step there (no shift)")
             if aug.rot90_p > 0 and patch[1] != patch[2]:
                 raise ConfigError(f"cache_stem: data.augment.rot90_p > 0 needs square patches in-plane, got "
                                   f"model.cnn3d.patch {list(patch)}")
@@ -318,7 +318,8 @@ class PretrainTask(_VisualTask):
         self._stem = stem = unwrap(model).encoder.stem
         self._pad = stem.measure_padding(self.cfg.data.augment.pad_value)
         tc = self.cfg.train
-        self._stems.start(lambda batch: stem.measure(self._volumes(batch)).cpu(),
+        encoder = unwrap(model).encoder  # its input-shape check, as the uncached path runs it
+        self._stems.start(lambda batch: stem.measure(encoder._checked(self._volumes(batch))).cpu(),
                           batch_size=tc.eval_batch_size or tc.batch_size, num_workers=tc.num_workers)
 
     def _stem_batch(self, names: Sequence[str], augment: bool) -> torch.Tensor:
