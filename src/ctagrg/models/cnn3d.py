@@ -256,9 +256,10 @@ class CNN3DEncoder(nn.Module):
 
     def forward_features(self, volume: torch.Tensor) -> torch.Tensor:
         """(B, 1, D, H, W) -> (B, pooled_dim) region-pooled features."""
-        return self.features_from_stem(self.stem(self._checked(volume)))[0]
+        return self.features_from_stem(self.stem(self.check_input(volume)))[0]
 
-    def _checked(self, volume: torch.Tensor) -> torch.Tensor:
+    def check_input(self, volume: torch.Tensor) -> torch.Tensor:
+        """``volume`` itself, or ValueError when it is not (B, 1, *input_shape)."""
         if tuple(volume.shape[1:]) != (1, *self.config.input_shape):
             raise ValueError(f"CNN3DEncoder: expected (B, 1, {', '.join(map(str, self.config.input_shape))}) "
                              f"(input_shape), got {tuple(volume.shape)}")
@@ -294,7 +295,7 @@ class CNN3DEncoder(nn.Module):
         return self.norm(features)
 
     def forward(self, volume: torch.Tensor) -> torch.Tensor:
-        return self.forward_from_stem(self.stem(self._checked(volume)))
+        return self.forward_from_stem(self.stem(self.check_input(volume)))
 
     def forward_from_stem(self, stem: torch.Tensor) -> torch.Tensor:
         """(B, stem_channels, d, h, w) stem output (e.g. :meth:`HUBinStem.assemble` of measurements computed

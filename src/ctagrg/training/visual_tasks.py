@@ -221,21 +221,15 @@ class _VisualTask(Task):
 
     def predict(self, model: nn.Module, loader: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """(labels (N, 18), probabilities (N, 18), names) over ``loader`` with ``model`` in eval mode."""
-        labels, probs, names = [], [], []
-        for batch in loader:
-            logits = model(self._volumes(batch))["logits"]
-            probs.append(torch.sigmoid(logits.float()).cpu().numpy())
-            labels.append(batch["labels"].numpy())
-            names += list(batch["name"])
-        return np.concatenate(labels), np.concatenate(probs), names
+        return self._predict_with(model, loader, lambda batch: {"volume": self._volumes(batch)})
 
     @staticmethod
     def _predict_with(model: nn.Module, loader: Any, inputs: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        """:meth:`predict` for batches without volumes: ``inputs(names)`` gives the model's keyword inputs
-        (cached stems or encoder outputs)."""
+        """:meth:`predict` with the model's keyword inputs from ``inputs(batch)``: the volumes, or for batches
+        without volumes cached stems or encoder outputs looked up by name."""
         labels, probs, names = [], [], []
         for batch in loader:
-            logits = model(**inputs(batch["name"]))["logits"]
+            logits = model(**inputs(batch))["logits"]
             probs.append(torch.sigmoid(logits.float()).cpu().numpy())
             labels.append(batch["labels"].numpy())
             names += list(batch["name"])
@@ -319,7 +313,7 @@ class PretrainTask(_VisualTask):
         self._pad = stem.measure_padding(self.cfg.data.augment.pad_value)
         tc = self.cfg.train
         encoder = unwrap(model).encoder  # its input-shape check, as the uncached path runs it
-        self._stems.start(lambda batch: stem.measure(encoder._checked(self._volumes(batch))).cpu(),
+        self._stems.start(lambda batch: stem.measure(encoder.check_input(self._volumes(batch))).cpu(),
                           batch_size=tc.eval_batch_size or tc.batch_size, num_workers=tc.num_workers)
 
     def _stem_batch(self, names: Sequence[str], augment: bool) -> torch.Tensor:
@@ -340,7 +334,7 @@ class PretrainTask(_VisualTask):
     def predict(self, model: nn.Module, loader: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
         if not self.cfg.cache_stem:
             return super().predict(model, loader)
-        return self._predict_with(model, loader, lambda names: {"stem": self._stem_batch(names, False)})
+        return self._predict_with(model, loader, lambda batch: {"stem": self._stem_batch(batch["name"], False)})
 
 
 class ClassifierTask(_VisualTask):
@@ -397,7 +391,7 @@ class ClassifierTask(_VisualTask):
     def predict(self, model: nn.Module, loader: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
         if not self._caching:
             return super().predict(model, loader)
-        return self._predict_with(model, loader, lambda names: {"h": self._h.gather(names, self.device)})
+        return self._predict_with(model, loader, lambda batch: {"h": self._h.gather(batch["name"], self.device)})
 
     def param_groups(self, model: nn.Module) -> list[Any]:
         if self.cfg.freeze_encoder:
