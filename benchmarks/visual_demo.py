@@ -74,6 +74,19 @@ def main() -> None:
     labels = args.data / "multi_abnormality_labels"
     common = [f"data.cache_dir={args.cache}", f"data.train_labels={labels / 'train_predicted_labels.csv'}",
               f"data.valid_labels={labels / 'valid_predicted_labels.csv'}", "train.tensorboard=false"]
+    if not any(o.startswith("classifier.attributes.sentences_csv=") for o in args.overrides):
+        # step 1's attribute supervision (configs/demo/classifier.yaml) reads sides and sizes from the report
+        # sentences of the training and validation splits, as `ctagrg demo` does
+        from ctagrg.cli.main import main as cli_main
+
+        sentences = args.out / "sentences"
+        for split in ("train", "valid"):
+            target = sentences / f"{split}.csv"
+            if not target.is_file():
+                reports = args.data / "radiology_text_reports" / f"{split}_reports.csv"
+                if cli_main(["sentences", str(reports), "--out", str(target), "--text-columns", "Findings_EN"]):
+                    raise SystemExit(f"{reports}: `ctagrg sentences` failed")
+        args.overrides.append(f"classifier.attributes.sentences_csv={sentences}")
     times = {}
     for stage, epochs in (("pretrain", args.pretrain_epochs), ("classifier", args.classifier_epochs)):
         extra = [o.split(".", 1)[1] for o in args.overrides if o.startswith(stage + ".")]

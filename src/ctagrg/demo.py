@@ -149,8 +149,8 @@ def run_stages(stages: list[Stage], cfg: DemoConfig, log: Callable[[str], None] 
 # runs/<stage>/last, and the cache, the embedding cache and evaluate's predictions skip what they already hold, so
 # a finished stage rerun in place would keep its old results.
 STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
-    "phantoms": ("data",), "preprocess": ("cache",), "pretrain": ("pretrain",), "classifier": ("classifier",),
-    "embeddings": ("text", "tokenizer", "embeddings"), "decoder": ("decoder",), "package": ("model",),
+    "phantoms": ("data",), "preprocess": ("cache",), "pretrain": ("pretrain",), "classifier": ("text", "classifier"),
+    "embeddings": ("tokenizer", "embeddings"), "decoder": ("decoder",), "package": ("model",),
     "evaluate": ("eval",)}
 
 
@@ -250,10 +250,23 @@ def _pretrain(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     return {"best": str(best)}
 
 
+def _sentences(out: Path) -> Path:
+    """Each training and validation report's sentence per present finding (``ctagrg sentences``), written once:
+    step 1 reads sides and sizes from them (``attributes``), step 2 learns to write them."""
+    p = _paths(out)
+    sentences = p["text"] / "sentences_train_valid.csv"
+    if not sentences.is_file():
+        reports = _merge_csvs(p["data"], "radiology_text_reports", "{split}_reports.csv", ("train", "valid"),
+                              p["text"] / "reports_train_valid.csv")
+        _cli(["sentences", reports, "--out", sentences, "--text-columns", "Findings_EN"])
+    return sentences
+
+
 def _classifier(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     p = _paths(out)
     best = _train("classifier", out, cfg, _visual_overrides(out, cfg, cfg.preset.classifier_epochs)
-                  + [f"train.out_dir={p['classifier']}", f"init.encoder_from={p['pretrain'] / 'best'}"])
+                  + [f"train.out_dir={p['classifier']}", f"init.encoder_from={p['pretrain'] / 'best'}",
+                     f"attributes.sentences_csv={_sentences(out)}"])
     return {"best": str(best)}
 
 
@@ -282,10 +295,7 @@ def _embeddings(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     p = _paths(out)
     _merge_csvs(p["data"], "multi_abnormality_labels", "{split}_predicted_labels.csv", ("train", "valid", "test"),
                 p["text"] / "labels.csv")
-    reports = _merge_csvs(p["data"], "radiology_text_reports", "{split}_reports.csv", ("train", "valid"),
-                          p["text"] / "reports_train_valid.csv")
-    sentences = p["text"] / "sentences_train_valid.csv"
-    _cli(["sentences", reports, "--out", sentences, "--text-columns", "Findings_EN"])
+    sentences = _sentences(out)
     vocab = train_tokenizer(pd.read_csv(sentences)["Sentence"].astype(str).tolist(), p["tokenizer"])
     build_from_config(EmbeddingCacheConfig(out_dir=str(p["embeddings"]), step1_dir=str(p["classifier"] / "best"),
                                            volume_cache=str(p["cache"]), labels_csv=str(p["text"] / "labels.csv"),

@@ -22,6 +22,10 @@ Shapes for the demo input (B, 1, 64, 128, 128) at (4, 2, 2) mm, default config::
                                     global max
     BatchNorm1d, Linear, ReLU, dropout  (B, embed_dim); with embed_dim 0: BatchNorm1d, dropout (B, pooled_dim)
 
+    with ``lateral_halves`` (the demo): the same pooling on the right half and on the mirrored left half (4 regions
+    of the CNN maps, 4 x 2 x 4 stem regions each), one shared BatchNorm1d (and Linear): h = [right, left],
+    (B, 2 x part_dim), for heads that read each half with the same weights (``heads.lateral_halves``)
+
 The stem has no weights: it turns HU into tissue fractions (what a radiologist reads first), so the CNN need not
 learn HU windows from a few hundred volumes. It needs the full HU range, so pair the encoder with a preprocessing
 whose window keeps calcium and metal (``configs/demo/preprocess.yaml``: [-1000, 1500] HU), and set ``input_hu``
@@ -70,6 +74,11 @@ class CNN3DConfig:
     context_patches: int = 2
     lung_hu_max: float = -650.0  # "aerated lung": the bins below this edge
     solid_hu: tuple[float, float] = (-40.0, 400.0)  # "solid": the bins between these edges (fluid to soft tissue)
+    # Pool the right and the left half of the chest separately, the left one mirrored, and return both: h is
+    # (B, 2 x half_dim), [right half, left half]. Heads built with ``heads.lateral_halves`` read each half with the
+    # same weights and take a soft maximum over the two, so a finding is learned once for both sides (twice the
+    # examples) and its side is where it fires. Not in the published method (docs/training.md, "Lateral halves").
+    lateral_halves: bool = False
 
     def __post_init__(self) -> None:
         self.input_shape = tuple(int(v) for v in self.input_shape)  # type: ignore[assignment]
@@ -91,6 +100,9 @@ class CNN3DConfig:
                     raise ValueError(f"CNN3DConfig.{name}: {v:g} HU is not one of hu_edges {list(self.hu_edges)}")
             if self.context_patches < 1:
                 raise ValueError(f"CNN3DConfig.context_patches must be >= 1, got {self.context_patches}")
+        if self.lateral_halves and self.region_grid % 2:
+            raise ValueError(f"CNN3DConfig.lateral_halves: region_grid must be even (its regions split at the "
+                             f"midline), got {self.region_grid}")
 
     @property
     def lung_bins(self) -> list[int]:
@@ -112,13 +124,24 @@ class CNN3DConfig:
 
     @property
     def out_dim(self) -> int:
-        """Width of the embedding ``h``: ``embed_dim``, or ``pooled_dim`` when ``embed_dim`` is 0."""
-        return self.embed_dim or self.pooled_dim
+        """Width of the embedding ``h``: ``embed_dim``, or ``pooled_dim`` when ``embed_dim`` is 0 (twice either
+        with ``lateral_halves``: one per half)."""
+        return self.halves * (self.embed_dim or self.part_dim)
+
+    @property
+    def halves(self) -> int:
+        return 2 if self.lateral_halves else 1
+
+    @property
+    def part_dim(self) -> int:
+        """Pooled features per part: the whole volume, or with ``lateral_halves`` one half."""
+        c, s = 8 * self.width, self.stem_channels
+        regions, grid = 8 // self.halves, self.region_grid**3 // self.halves
+        return 2 * c * regions + c + (s if self.context else 0) + 2 * s * grid
 
     @property
     def pooled_dim(self) -> int:
-        c, s = 8 * self.width, self.stem_channels
-        return 8 * 2 * c + c + (s if self.context else 0) + 2 * s * self.region_grid**3
+        return self.halves * self.part_dim
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         d, h, w = self.grid
@@ -245,8 +268,8 @@ class CNN3DEncoder(nn.Module):
         self.features.to(memory_format=torch.channels_last_3d)
         # standardise the pooled features: rare-bin statistics (calcium, metal) are ~100x smaller than lung ones
         # and would otherwise be learned last
-        self.norm = nn.BatchNorm1d(config.pooled_dim)
-        self.fc = nn.Linear(config.pooled_dim, config.embed_dim) if config.embed_dim else None
+        self.norm = nn.BatchNorm1d(config.part_dim)  # with lateral_halves shared by both halves, as the heads are
+        self.fc = nn.Linear(config.part_dim, config.embed_dim) if config.embed_dim else None
         self.dropout = nn.Dropout(config.dropout)
         self.gradient_checkpointing = False
 
@@ -276,20 +299,34 @@ class CNN3DEncoder(nn.Module):
             maps = checkpoint(self.features, x, use_reentrant=False)
         else:
             maps = self.features(x)
-        # octants: axis 2 = superior half first, axis 3 = right half first (SLP: index grows toward left)
-        parts = [F.adaptive_max_pool3d(maps, 2).flatten(1), F.adaptive_avg_pool3d(maps, 2).flatten(1),
+        if self.config.lateral_halves:
+            # axis 3 (L) grows toward the left: [:h/2] is the right half; the left half is mirrored so that both
+            # run from the lateral chest wall (index 0) to the midline
+            mid_m, mid_s = maps.shape[3] // 2, stem.shape[3] // 2
+            pooled = torch.cat([self._pool(maps[:, :, :, :mid_m], stem[:, :, :, :mid_s], (2, 1, 2)),
+                                self._pool(maps[:, :, :, mid_m:].flip(3), stem[:, :, :, mid_s:].flip(3), (2, 1, 2))],
+                               dim=1)
+            return pooled, maps
+        return self._pool(maps, stem, (2, 2, 2)), maps
+
+    def _pool(self, maps: torch.Tensor, stem: torch.Tensor, regions: Triple) -> torch.Tensor:
+        """(B, part_dim): max + mean of the CNN maps on ``regions`` (the volume's octants: axis 2 = superior half
+        first, axis 3 = right half first), their global max, with ``context`` the stem's global max, and the stem's
+        max + mean on the ``region_grid`` regions (half as many along L for a half)."""
+        g = self.config.region_grid
+        grid = (g, g * regions[1] // 2, g)
+        parts = [F.adaptive_max_pool3d(maps, regions).flatten(1), F.adaptive_avg_pool3d(maps, regions).flatten(1),
                  maps.amax(dim=(2, 3, 4))]
         if self.config.context:  # e.g. the most isolated solid patch anywhere (a nodule in any lobe)
             parts.append(stem.amax(dim=(2, 3, 4)))
-        parts += [F.adaptive_max_pool3d(stem, self.config.region_grid).flatten(1),
-                 F.adaptive_avg_pool3d(stem, self.config.region_grid).flatten(1)]
-        return torch.cat(parts, dim=1), maps
+        parts += [F.adaptive_max_pool3d(stem, grid).flatten(1), F.adaptive_avg_pool3d(stem, grid).flatten(1)]
+        return torch.cat(parts, dim=1)
 
-    def _standardise(self, features: torch.Tensor) -> torch.Tensor:
-        """BatchNorm1d, except that a training batch of one has no batch statistics: it is normalised with the
-        running ones, which it does not update (the demo's pretraining meets one each epoch: 281 volumes in
+    def _standardise(self, features: torch.Tensor, batch: int) -> torch.Tensor:
+        """BatchNorm1d, except that a training batch of one volume has no batch statistics: it is normalised with
+        the running ones, which it does not update (the demo's pretraining meets one each epoch: 281 volumes in
         batches of 8). ``train.drop_last`` avoids such batches altogether."""
-        if self.training and features.shape[0] == 1:
+        if self.training and batch == 1:
             n = self.norm
             return F.batch_norm(features, n.running_mean, n.running_var, n.weight, n.bias, False, 0.0, n.eps)
         return self.norm(features)
@@ -299,6 +336,10 @@ class CNN3DEncoder(nn.Module):
 
     def forward_from_stem(self, stem: torch.Tensor) -> torch.Tensor:
         """(B, stem_channels, d, h, w) stem output (e.g. :meth:`HUBinStem.assemble` of measurements computed
-        once) -> (B, embed_dim) ``h``, as :meth:`forward` of the volume."""
-        h = self._standardise(self.features_from_stem(stem)[0])
-        return self.dropout(h if self.fc is None else torch.relu(self.fc(h)))
+        once) -> (B, out_dim) ``h``, as :meth:`forward` of the volume. With ``lateral_halves`` each half is
+        standardised and projected by the same weights, and ``h`` is [right half, left half]."""
+        pooled = self.features_from_stem(stem)[0]
+        b, n = pooled.shape[0], self.config.halves
+        h = self._standardise(pooled.view(b * n, -1), b)
+        h = self.dropout(h if self.fc is None else torch.relu(self.fc(h)))
+        return h.view(b, -1)

@@ -4,6 +4,10 @@
 - :class:`AbnormalityHeads`: 18 projection heads 2048 -> 1024 (one Linear(2048, 18·1024), which is the same
   function as 18 separate Linear(2048, 1024)), each followed by its own classifier 1024 -> 128 -> 1. The 18 small
   classifiers are stored as stacked weights and run as one batched matmul instead of 18 module calls.
+- ``lateral_halves`` (not in the published method): ``h`` is [right half, left half]; each head runs on both halves
+  with the same weights and the soft maximum of the two half logits is the label's logit.
+- ``attribute_heads`` (not in the published method): per-label side and size read-outs on the abnormality
+  embeddings, trained by step 1's ``attributes`` loss from the report sentences.
 """
 
 from __future__ import annotations
@@ -26,32 +30,71 @@ class HeadsConfig:
     pretrain_hidden: tuple[int, ...] = (512, 128)
     embed_dim: int = 1024  # per-abnormality embedding (step 2 consumes it)
     classifier_hidden: int = 128
+    # Attribute read-outs on each abnormality embedding (not in the published method): the side (left, right,
+    # bilateral) and the size (mm) that the finding's report sentence states. Trained by step 1's
+    # ``attributes`` loss so that the embeddings step 2 writes from carry where and how large a finding is, which
+    # the presence loss alone does not ask of them (docs/training.md, "Attribute supervision").
+    attribute_heads: bool = False
+    # ``h`` is two halves, [right, left] (cnn3d's ``lateral_halves``): every head reads each half with the same
+    # weights and a label's logit is the soft maximum (logsumexp) of its two half logits; step 1's embeddings are
+    # the two halves' embeddings side by side, (B, L, 2 x embed_dim), so step 2 sees where a finding fired
+    lateral_halves: bool = False
+
+    @property
+    def halves(self) -> int:
+        return 2 if self.lateral_halves else 1
+
+    @property
+    def part_dim(self) -> int:
+        """Input width of each head: ``in_dim``, or half of it with ``lateral_halves``."""
+        if self.in_dim % self.halves:
+            raise ValueError(f"HeadsConfig.lateral_halves: in_dim {self.in_dim} is odd")
+        return self.in_dim // self.halves
+
+
+def soft_max_over_halves(logits: torch.Tensor) -> torch.Tensor:
+    """(B, 2, ...) half logits -> (B, ...): logsumexp over the halves, a smooth maximum (log 2 above both when
+    they are equal) whose gradient goes mostly to the half that fires."""
+    return torch.logsumexp(logits, dim=1)
 
 
 class PretrainHead(nn.Module):
-    """(B, in_dim) -> (B, num_labels) logits."""
+    """(B, in_dim) -> (B, num_labels) logits (with ``lateral_halves``: the same net on each half, then the soft
+    maximum over the halves)."""
 
     def __init__(self, cfg: HeadsConfig) -> None:
         super().__init__()
         layers: list[nn.Module] = []
-        width = cfg.in_dim
+        width = cfg.part_dim
         for hidden in cfg.pretrain_hidden:
             layers += [nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(cfg.dropout)]
             width = hidden
         self.net = nn.Sequential(*layers, nn.Linear(width, cfg.num_labels))
+        self.halves = cfg.halves
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.net(h)
+        if self.halves == 1:
+            return self.net(h)
+        return soft_max_over_halves(self.net(h.view(h.shape[0], self.halves, -1)))
+
+
+SIDE_CLASSES = ("left", "right", "bilateral")  # the classes of the side read-out, in this order
+SIZE_SCALE_MM = 10.0  # the size read-out predicts size_mm / SIZE_SCALE_MM
 
 
 class AbnormalityHeads(nn.Module):
-    """(B, in_dim) -> logits (B, L) and embeddings (B, L, embed_dim) (after ReLU, before dropout)."""
+    """(B, in_dim) -> logits (B, L) and embeddings (B, L, out_dim) (after ReLU, before dropout); out_dim is
+    embed_dim, or twice it with ``lateral_halves``.
+
+    With ``attribute_heads``, :meth:`attributes` reads label i's side logits (3, :data:`SIDE_CLASSES`) and size (mm) off
+    its embedding with label i's own linear maps."""
 
     def __init__(self, cfg: HeadsConfig) -> None:
         super().__init__()
         L, E, Hd = cfg.num_labels, cfg.embed_dim, cfg.classifier_hidden
-        self.num_labels, self.embed_dim = L, E
-        self.project = nn.Linear(cfg.in_dim, L * E)
+        self.num_labels, self.embed_dim, self.halves = L, E, cfg.halves
+        self.out_dim = E * cfg.halves  # width of each abnormality embedding
+        self.project = nn.Linear(cfg.part_dim, L * E)
         self.dropout = nn.Dropout(cfg.dropout)
         # label i's classifier: Linear(E, Hd) -> ReLU -> dropout -> Linear(Hd, 1), weights stacked over labels
         self.fc1_weight = nn.Parameter(torch.empty(L, Hd, E))
@@ -59,6 +102,15 @@ class AbnormalityHeads(nn.Module):
         self.fc2_weight = nn.Parameter(torch.empty(L, Hd))
         self.fc2_bias = nn.Parameter(torch.empty(L))
         self._init_classifiers(E, Hd)
+        self.attribute_heads = cfg.attribute_heads
+        if cfg.attribute_heads:
+            self.side_weight = nn.Parameter(torch.empty(L, len(SIDE_CLASSES), self.out_dim))
+            self.side_bias = nn.Parameter(torch.zeros(L, len(SIDE_CLASSES)))
+            self.size_weight = nn.Parameter(torch.empty(L, self.out_dim))
+            self.size_bias = nn.Parameter(torch.zeros(L))
+            bound = 1 / self.out_dim**0.5
+            nn.init.uniform_(self.side_weight, -bound, bound)
+            nn.init.uniform_(self.size_weight, -bound, bound)
 
     def _init_classifiers(self, e: int, hd: int) -> None:
         # the same distribution nn.Linear uses, per label
@@ -66,6 +118,16 @@ class AbnormalityHeads(nn.Module):
             bound = 1 / fan_in**0.5
             nn.init.uniform_(w, -bound, bound)
             nn.init.uniform_(b, -bound, bound)
+
+    def attributes(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L, out_dim) -> side logits (B, L, 3) over :data:`SIDE_CLASSES` and sizes (B, L) in mm, label i
+        read by its own maps. Meaningful only where label i is present; only ``attribute_heads`` models have them."""
+        if not self.attribute_heads:
+            raise RuntimeError("AbnormalityHeads.attributes: built without heads.attribute_heads")
+        e = self.dropout(embeddings)
+        side = torch.einsum("ble,lke->blk", e, self.side_weight) + self.side_bias
+        size = ((e * self.size_weight).sum(-1) + self.size_bias) * SIZE_SCALE_MM
+        return side, size
 
     @torch.no_grad()
     def warm_start(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
@@ -95,14 +157,21 @@ class AbnormalityHeads(nn.Module):
         self.fc2_bias.zero_()
 
     def embed(self, h: torch.Tensor) -> torch.Tensor:
-        """(B, in_dim) -> (B, L, E) abnormality embeddings."""
-        return torch.relu(self.project(h)).view(h.shape[0], self.num_labels, self.embed_dim)
+        """(B, in_dim) -> (B, L, out_dim) abnormality embeddings (with ``lateral_halves``: each half projected by the
+        same weights, [right E, left E] per label)."""
+        b, n, L, E = h.shape[0], self.halves, self.num_labels, self.embed_dim
+        e = torch.relu(self.project(h.view(b, n, -1))).view(b, n, L, E)
+        return e.transpose(1, 2).reshape(b, L, n * E)
 
     def classify(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """(B, L, E) -> (B, L) logits, label i scored by classifier i only."""
-        z = torch.einsum("ble,lhe->blh", self.dropout(embeddings), self.fc1_weight) + self.fc1_bias
+        """(B, L, out_dim) -> (B, L) logits, label i scored by classifier i only (per half, then the soft maximum
+        over the halves)."""
+        b, L = embeddings.shape[:2]
+        e = embeddings.view(b, L, self.halves, self.embed_dim).transpose(1, 2)  # (B, halves, L, E)
+        z = torch.einsum("bnle,lhe->bnlh", self.dropout(e), self.fc1_weight) + self.fc1_bias
         z = self.dropout(torch.relu(z))
-        return (z * self.fc2_weight).sum(-1) + self.fc2_bias
+        logits = (z * self.fc2_weight).sum(-1) + self.fc2_bias  # (B, halves, L)
+        return logits[:, 0] if self.halves == 1 else soft_max_over_halves(logits)
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         emb = self.embed(h)

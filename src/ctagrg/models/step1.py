@@ -63,6 +63,9 @@ class _VisualModel(nn.Module):
         out_dim = getattr(enc_cfg, "out_dim", enc_cfg.embed_dim)
         if out_dim != config.heads.in_dim:
             raise ValueError(f"encoder embedding width {out_dim} (embed_dim) != heads.in_dim {config.heads.in_dim}")
+        if getattr(enc_cfg, "lateral_halves", False) != config.heads.lateral_halves:
+            raise ValueError(f"heads.lateral_halves ({config.heads.lateral_halves}) must match the encoder's "
+                             f"{config.encoder}.lateral_halves ({getattr(enc_cfg, 'lateral_halves', False)})")
         self.encoder = create_encoder(config.encoder, enc_cfg)
 
     def gradient_checkpointing_enable(self) -> None:
@@ -125,7 +128,8 @@ class PretrainModel(_VisualModel):
 
 class Step1Model(_VisualModel):
     """(B, 1, D, H, W) -> {"logits": (B, 18), "embeddings": (B, 18, 1024)} (+ "logits_detached" when training
-    with ``per_head_backward``: the heads applied to the encoder output cut from the graph)."""
+    with ``per_head_backward``: the heads applied to the encoder output cut from the graph; + "side_logits"
+    (B, 18, 3) and "size_mm" (B, 18) with ``heads.attribute_heads``)."""
 
     model_type = "ctagrg-step1"
 
@@ -143,6 +147,8 @@ class Step1Model(_VisualModel):
             h = self.encoder(volume)
         logits, embeddings = self.heads(h)
         out = {"logits": logits, "embeddings": embeddings}
+        if self.heads.attribute_heads:
+            out["side_logits"], out["size_mm"] = self.heads.attributes(embeddings)
         if self.training and self.config.per_head_backward:
             out["logits_detached"] = self.heads(h.detach())[0]
         return out

@@ -34,7 +34,8 @@ from ctagrg.config import ConfigError
 from ctagrg.data.augment import AugmentConfig, apply_augmentation, augment_volume, draw_augmentation
 from ctagrg.data.cache import dequantize
 from ctagrg.evaluation.classification import classification_report, markdown_table
-from ctagrg.labels import LABELS
+from ctagrg.labels import LABEL_INDEX, LABELS
+from ctagrg.models.heads import SIDE_CLASSES
 from ctagrg.models.step1 import PretrainModel, Step1Model, VisualModelConfig, load_encoder_from
 from ctagrg.training.checkpoint import load_model_weights, unwrap
 from ctagrg.training.config import TrainConfig
@@ -96,6 +97,25 @@ class PretrainTaskConfig:
 
 
 @dataclass
+class AttributeConfig:
+    """Step 1's attribute supervision (not in the published method; off unless a weight is > 0).
+
+    Each present finding whose report sentence states a side ("left", "right", bilateral) or a size ("12 mm")
+    teaches its abnormality embedding to carry it: label i's side read-out (cross-entropy over left / right /
+    bilateral) and size read-out (smooth L1 in cm) sit on embedding i (``model.heads.attribute_heads``). Step 2
+    writes each sentence from that embedding alone, and the presence loss does not ask it to keep where or how
+    large the finding is. The targets come from report text, as CT-RATE has it, not from any image annotation."""
+
+    sentences_csv: str = ""  # `ctagrg sentences` output (VolumeName, AbnormalityName, Sentence): a file or folder
+    side_weight: float = 0.0
+    size_weight: float = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.side_weight > 0 or self.size_weight > 0
+
+
+@dataclass
 class ClassifierTaskConfig:
     train: TrainConfig = field(default_factory=_classifier_train)
     data: VisualDataConfig = field(default_factory=VisualDataConfig)
@@ -106,6 +126,7 @@ class ClassifierTaskConfig:
     # per volume and keep it in memory (CT-RATE: 2048 floats x ~47k volumes = 0.4 GB), so later epochs and
     # validations train and score only the heads
     cache_frozen_encoder: bool = True
+    attributes: AttributeConfig = field(default_factory=AttributeConfig)
 
 
 class _VisualTask(Task):
@@ -349,6 +370,21 @@ class ClassifierTask(_VisualTask):
         # volume name -> frozen encoder output (in_dim,), on the CPU
         self._h = PerVolumeCache("frozen encoder: {n} volumes encoded once in {s:.1f} s; epochs train the heads on "
                                  "the cached outputs")
+        self._attributes: AttributeTargets | None = None
+        if cfg.attributes.enabled:
+            if not cfg.model.heads.attribute_heads:
+                raise ConfigError("attributes: side_weight / size_weight > 0 need model.heads.attribute_heads: true "
+                                  "(the read-outs the attribute loss trains)")
+            if not cfg.attributes.sentences_csv:
+                raise ConfigError("attributes.sentences_csv: not set (the `ctagrg sentences` CSV of the training "
+                                  "and validation reports, where the sides and sizes are read)")
+            aug = cfg.data.augment
+            if cfg.attributes.side_weight > 0 and aug.enabled and (
+                    aug.rot90_p > 0 or (aug.flip_p > 0 and 1 in aug.flip_axes)):
+                raise ConfigError("attributes.side_weight > 0 with data.augment flipping left-right (flip_axes holds "
+                                  "1) or rotating (rot90_p > 0): the augmented volume's side would no longer be the "
+                                  "one its sentence states; turn those off or set side_weight: 0")
+            self._attributes = AttributeTargets.from_sentences_csv(cfg.attributes.sentences_csv)
 
     @property
     def _caching(self) -> bool:
@@ -358,6 +394,8 @@ class ClassifierTask(_VisualTask):
     # -- frozen-encoder cache: h is computed once per volume before training, then the datasets read no volumes --
     def train_dataset(self) -> Any:
         ds = super().train_dataset()
+        if self._attributes is not None:
+            print(self._attributes.summary(ds))
         return self._h.register(ds) if self._caching else ds
 
     def valid_dataset(self) -> Any | None:
@@ -376,25 +414,129 @@ class ClassifierTask(_VisualTask):
 
         self._h.start(encode, batch_size=tc.eval_batch_size or tc.batch_size, num_workers=tc.num_workers)
 
+    def _inputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The model's keyword inputs for ``batch``: cached encoder outputs, or the volumes."""
+        if self._caching:
+            return {"h": self._h.gather(batch["name"], self.device)}
+        return {"volume": self._volumes(batch)}
+
     def training_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
         if self.cfg.freeze_encoder:  # a frozen encoder also keeps its BatchNorm statistics and skips dropout
             unwrap(model).encoder.eval()
-        if not self._caching:
-            return super().training_step(model, batch)
-        out = model(h=self._h.gather(batch["name"], self.device))
+        inputs = self._inputs(batch)
+        if "volume" in inputs and self.cfg.data.augment.enabled:
+            inputs["volume"] = torch.stack([augment_volume(v, self.cfg.data.augment) for v in inputs["volume"]])
+        out = model(**inputs)
         y = batch["labels"].to(self.device, non_blocking=True)
         loss = self._loss(out["logits"], y)
-        if "logits_detached" in out:  # as the uncached path: with a frozen encoder this only doubles the heads' loss
+        if "logits_detached" in out:  # CT-AGRG per-head backward (see VisualModelConfig.per_head_backward)
             loss = loss + self._loss(out["logits_detached"], y)
-        return {"loss": loss}
+        result: dict[str, Any] = {"loss": loss}
+        if self._attributes is not None:
+            side, size = self._attributes.gather(batch["name"], y, self.device)
+            a = self.cfg.attributes
+            side_loss, size_loss = attribute_losses(out["side_logits"], out["size_mm"], side, size)
+            result["loss"] = loss + a.side_weight * side_loss + a.size_weight * size_loss
+            result |= {"side_loss": float(side_loss.detach()), "size_loss": float(size_loss.detach())}
+        return result
 
     def predict(self, model: nn.Module, loader: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        if not self._caching:
-            return super().predict(model, loader)
-        return self._predict_with(model, loader, lambda batch: {"h": self._h.gather(batch["name"], self.device)})
+        return self._predict_with(model, loader, self._inputs)
+
+    def validate(self, model: nn.Module, loader: Any) -> dict[str, float]:
+        metrics = super().validate(model, loader)
+        if self._attributes is not None:
+            metrics |= self._attribute_metrics(model, loader)
+        return metrics
+
+    def _attribute_metrics(self, model: nn.Module, loader: Any) -> dict[str, float]:
+        """Side accuracy and size mean absolute error (mm) over the present findings whose sentence states them."""
+        right = n_side = 0
+        abs_err: list[float] = []
+        for batch in loader:
+            out = model(**self._inputs(batch))
+            side, size = self._attributes.gather(batch["name"], batch["labels"], "cpu")  # type: ignore[union-attr]
+            pred_side = out["side_logits"].argmax(-1).cpu()
+            known = side >= 0
+            right += int((pred_side[known] == side[known]).sum())
+            n_side += int(known.sum())
+            sized = ~torch.isnan(size)
+            abs_err += (out["size_mm"].float().cpu()[sized] - size[sized]).abs().tolist()
+        return {"side_accuracy": right / n_side if n_side else float("nan"),
+                "size_mae_mm": float(np.mean(abs_err)) if abs_err else float("nan")}
 
     def param_groups(self, model: nn.Module) -> list[Any]:
         if self.cfg.freeze_encoder:
             for p in model.encoder.parameters():
                 p.requires_grad_(False)
         return [p for p in model.parameters() if p.requires_grad]
+
+
+def attribute_losses(side_logits: torch.Tensor, size_mm: torch.Tensor, side: torch.Tensor, size: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Side cross-entropy and size smooth L1 (in cm) over the known targets.
+
+    Args:
+        side_logits: (B, L, 3) over ``SIDE_CLASSES``; size_mm: (B, L) predicted sizes in mm.
+        side: (B, L) int64 class index, -1 where unknown; size: (B, L) float32 mm, NaN where unknown.
+    Returns two scalars; each is 0 (still connected to the graph) when the batch has no known target."""
+    known = side >= 0
+    side_loss = (F.cross_entropy(side_logits[known].float(), side[known]) if known.any()
+                 else side_logits.sum() * 0.0)
+    sized = ~torch.isnan(size)
+    size_loss = (F.smooth_l1_loss(size_mm[sized].float() / 10.0, size[sized] / 10.0) if sized.any()
+                 else size_mm.sum() * 0.0)
+    return side_loss, size_loss
+
+
+class AttributeTargets:
+    """Per volume and label, the side and the size (mm) that the label's report sentence states.
+
+    Read from a sentences CSV with :func:`ctagrg.evaluation.grounding.side_from_text` and
+    :func:`~ctagrg.evaluation.grounding.size_mm_from_text`, the same parsers the grounding metric uses."""
+
+    def __init__(self, table: dict[str, tuple[np.ndarray, np.ndarray]], source: str = "") -> None:
+        self.table = table  # volume stem -> (side (L,) int64, -1 unknown; size (L,) float32 mm, NaN unknown)
+        self.source = source
+
+    @classmethod
+    def from_sentences_csv(cls, path: str | Path) -> AttributeTargets:
+        from ctagrg.evaluation.grounding import side_from_text, size_mm_from_text
+        from ctagrg.training.embedding_cache import csv_files, read_sentences_csv
+
+        table: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for file in csv_files(path):
+            for name, sentences in read_sentences_csv(file).items():
+                side = np.full(len(LABELS), -1, np.int64)
+                size = np.full(len(LABELS), np.nan, np.float32)
+                for label, sentence in sentences.items():
+                    i = LABEL_INDEX[label]
+                    stated = side_from_text(sentence)
+                    side[i] = SIDE_CLASSES.index(stated) if stated else -1
+                    mm = size_mm_from_text(sentence)
+                    size[i] = np.nan if mm is None else mm
+                table[name] = (side, size)
+        return cls(table, str(path))
+
+    def gather(self, names: Sequence[str], labels: torch.Tensor, device: torch.device | str
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L) side classes and (B, L) sizes for ``names``; unknown (-1 / NaN) where the label is not present
+        (``labels`` (B, L) < 0.5 or NaN) or its sentence states none."""
+        from ctagrg.data.dataset import volume_stem
+
+        missing = (np.full(len(LABELS), -1, np.int64), np.full(len(LABELS), np.nan, np.float32))
+        rows = [self.table.get(volume_stem(n), missing) for n in names]
+        side = torch.from_numpy(np.stack([r[0] for r in rows]))
+        size = torch.from_numpy(np.stack([r[1] for r in rows]))
+        present = labels.detach().cpu() > 0.5  # NaN compares False
+        side = torch.where(present, side, -1)
+        size = torch.where(present, size, torch.nan)
+        return side.to(device), size.to(device)
+
+    def summary(self, dataset: Any) -> str:
+        names = list(getattr(dataset, "names", []))
+        rows = [self.table[n] for n in names if n in self.table]
+        sides = sum(int((r[0] >= 0).sum()) for r in rows)
+        sizes = sum(int((~np.isnan(r[1])).sum()) for r in rows)
+        return (f"attributes: {self.source}: {len(rows)} of {len(names)} training volumes have sentences; "
+                f"{sides} state a side, {sizes} a size")
