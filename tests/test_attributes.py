@@ -17,9 +17,12 @@ from ctagrg.models.step1 import Step1Model
 from ctagrg.training.visual_tasks import AttributeTargets, attribute_losses
 
 # a tiny cnn3d: its stem statistics pooled on a 2 x 2 x 2 grid of regions keep where a finding is
-CNN3D = ["model.encoder=cnn3d", "model.cnn3d.input_shape=[8,16,16]", "model.cnn3d.width=2",
+CNN3D = ["model.encoder=cnn3d", "model.cnn3d.input_shape=[8,32,16]", "model.cnn3d.width=2",
          "model.cnn3d.region_grid=2", "model.cnn3d.embed_dim=0", "model.heads.in_dim=496", "model.heads.embed_dim=8",
          "model.heads.classifier_hidden=4", "model.heads.dropout=0.0"]
+# the same with the two lateral halves pooled apart and read by shared heads (the demo's setting)
+LATERAL = [*CNN3D[:-4], "model.cnn3d.lateral_halves=true", "model.heads.lateral_halves=true",
+           "model.heads.in_dim=512", *CNN3D[-3:]]
 
 NODULE, EFFUSION = LABEL_INDEX["Lung nodule"], LABEL_INDEX["Pleural effusion"]
 
@@ -96,10 +99,12 @@ def test_attribute_read_outs_use_each_labels_own_embedding(tmp_path):
         AbnormalityHeads(HeadsConfig(in_dim=16, embed_dim=8)).attributes(emb)
 
 
-def test_classifier_learns_the_side_from_sentences(tmp_path):
+@pytest.mark.parametrize("variant", ["frozen_cached", "lateral_trained_encoder"])
+def test_classifier_learns_the_side_from_sentences(tmp_path, variant):
     """Label 0's blob sits on the left or the right of the volume and its sentence says which: with the attribute
     loss the side read-out learns it (training side loss falls, validation side accuracy is reported), the saved
-    model gives side logits, and the configuration errors name what is missing."""
+    model gives side logits, and the configuration errors name what is missing. Both on cached outputs of a frozen
+    encoder and with lateral halves and the encoder trained (volumes read every step)."""
     from ctagrg.config import ConfigError, load_config
     from ctagrg.data.cache import cache_path, save_cached
     from ctagrg.training.visual_tasks import ClassifierTask, ClassifierTaskConfig
@@ -108,11 +113,11 @@ def test_classifier_learns_the_side_from_sentences(tmp_path):
     rows, sentences = {"train": [], "valid": []}, []
     for split, n in (("train", 16), ("valid", 8)):
         for i in range(n):
-            vol = rng.normal(0, 0.05, (8, 16, 16)).astype(np.float32)
+            vol = rng.normal(0, 0.05, (8, 32, 16)).astype(np.float32)
             y = np.zeros(18, int)
             y[0] = 1
             side = "left" if i % 2 else "right"
-            vol[2:4, 4:12, (0 if side == "left" else 10):(6 if side == "left" else 16)] += 0.5
+            vol[2:4, (22 if side == "left" else 2):(30 if side == "left" else 10), 4:12] += 0.5  # axis 1: left
             name = f"{split}_{i}_a_1"
             save_cached(cache_path(tmp_path / "cache", name), vol, -0.449, 0.551)
             rows[split].append(f"{name}.nii.gz," + ",".join(map(str, y)))
@@ -124,7 +129,8 @@ def test_classifier_learns_the_side_from_sentences(tmp_path):
     sent_csv = write_sentences(tmp_path / "sentences.csv", sentences)
     common = ["train.batch_size=4", "train.tensorboard=false", "train.lr=0.05", "train.epochs=12",
               "train.log_every=4", f"data.cache_dir={tmp_path / 'cache'}", f"data.train_labels={csvs['train']}",
-              f"data.valid_labels={csvs['valid']}", "freeze_encoder=true", *CNN3D]
+              f"data.valid_labels={csvs['valid']}",
+              *(["freeze_encoder=true", *CNN3D] if variant == "frozen_cached" else ["freeze_encoder=false", *LATERAL])]
     attr = ["model.heads.attribute_heads=true", "attributes.side_weight=1.0", "attributes.size_weight=1.0",
             f"attributes.sentences_csv={sent_csv}"]
     out = tmp_path / "cls"
@@ -137,7 +143,7 @@ def test_classifier_learns_the_side_from_sentences(tmp_path):
     accuracy = [float(r["value"]) for r in log if r["name"] == "side_accuracy"]
     assert len(accuracy) == 12 and accuracy[-1] == 1.0  # the 8 validation volumes' sides
     model = Step1Model.from_pretrained(out / "best")
-    out_ = model(torch.zeros(2, 1, 8, 16, 16))
+    out_ = model(torch.zeros(2, 1, 8, 32, 16))
     assert out_["side_logits"].shape == (2, 18, 3) and out_["size_mm"].shape == (2, 18)
 
     with pytest.raises(ConfigError, match="need model.heads.attribute_heads: true"):
@@ -159,3 +165,22 @@ def test_side_targets_refuse_left_right_augmentation(tmp_path):
     assert ok._attributes is not None and "train_1_a_1" in ok._attributes.table
     # sizes alone do not depend on the side
     ClassifierTask(load_config(ClassifierTaskConfig, None, [*over[:1], "attributes.size_weight=1.0", *over[2:]]))
+
+
+def test_read_outs_without_their_loss_are_frozen(tmp_path):
+    """attribute_heads with both weights 0 (an ablation): the read-outs get no gradient, so they are left out of
+    training (DDP without find_unused_parameters would otherwise wait for their gradients); with a weight they
+    train."""
+    from ctagrg.config import load_config
+    from ctagrg.training.visual_tasks import ClassifierTask, ClassifierTaskConfig
+
+    sent = write_sentences(tmp_path / "s.csv", [("train_1_a_1.nii.gz", "Lung nodule", "A 9 mm left nodule.")])
+    for extra, trained in (([], False), (["attributes.size_weight=1.0", f"attributes.sentences_csv={sent}"], True)):
+        task = ClassifierTask(load_config(ClassifierTaskConfig, None,
+                                          [*CNN3D, "model.heads.attribute_heads=true", *extra]))
+        model = task.build_model()
+        params = {id(p) for p in task.param_groups(model)}
+        heads = model.heads
+        for p in (heads.side_weight, heads.side_bias, heads.size_weight, heads.size_bias):
+            assert (id(p) in params) == trained and p.requires_grad == trained
+        assert id(heads.fc1_weight) in params and id(heads.project.weight) in params

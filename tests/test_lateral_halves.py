@@ -14,7 +14,8 @@ SHAPE = (8, 32, 16)
 
 
 def _encoder(**kw) -> CNN3DEncoder:
-    cfg = CNN3DConfig(input_shape=SHAPE, width=2, region_grid=2, embed_dim=0, context=True, **kw)
+    # region_grid 4: a half's stem regions are 4 x 2 x 4, so a half read unmirrored would pool differently
+    cfg = CNN3DConfig(input_shape=SHAPE, width=2, region_grid=4, embed_dim=0, context=True, **kw)
     torch.manual_seed(0)
     return CNN3DEncoder(cfg).eval()
 
@@ -54,6 +55,36 @@ def test_a_mirrored_volume_swaps_the_halves():
     torch.testing.assert_close(h_mirror[:, :half], h[:, half:], rtol=1e-4, atol=1e-3)
     torch.testing.assert_close(h_mirror[:, half:], h[:, :half], rtol=1e-4, atol=1e-3)
     assert (h[:, :half] - h[:, half:]).abs().max() > 0.1  # the two halves do differ
+    # the first half is the right one (low indices along axis 3, SLP): tissue added at the right wall changes its
+    # stem statistics and leaves the left half's alone (the CNN features may change on both: at the coarsest maps
+    # its receptive field crosses the midline)
+    y = x.clone()
+    y[:, :, 2:6, 0:4, 12:16] = 0.3
+    with torch.no_grad():
+        h_y = enc(y)
+    cfg = enc.config
+    n_stem = cfg.stem_channels * (1 + 2 * cfg.region_grid**3 // 2)  # a half's stem max + region statistics, last
+    assert (h_y[:, half - n_stem:half] - h[:, half - n_stem:half]).abs().max() > 0.1
+    torch.testing.assert_close(h_y[:, 2 * half - n_stem:], h[:, 2 * half - n_stem:])
+
+
+def test_the_left_half_is_mirrored():
+    """A symmetric pattern (the same blob at the same distance from each side wall) gives two equal halves: the
+    left half is read from the lateral wall inward, as the right one is. Unmirrored it would not match."""
+    enc = _symmetric(_encoder(lateral_halves=True))
+    x = torch.full((1, 1, *SHAPE), -0.4)
+    x[:, :, 2:6, 0:4, 4:12] = 0.3  # right lateral wall
+    x[:, :, 2:6, 28:32, 4:12] = 0.3  # left lateral wall
+    with torch.no_grad():
+        h = enc(x)
+    half = enc.config.part_dim
+    torch.testing.assert_close(h[:, :half], h[:, half:], rtol=1e-4, atol=1e-3)
+    x_shifted = torch.full((1, 1, *SHAPE), -0.4)
+    x_shifted[:, :, 2:6, 0:4, 4:12] = 0.3
+    x_shifted[:, :, 2:6, 16:20, 4:12] = 0.3  # same place within the left half, but not mirrored: next to the midline
+    with torch.no_grad():
+        h2 = enc(x_shifted)
+    assert (h2[:, :half] - h2[:, half:]).abs().max() > 0.1
 
 
 def test_heads_read_each_half_with_the_same_weights():

@@ -103,6 +103,10 @@ class CNN3DConfig:
         if self.lateral_halves and self.region_grid % 2:
             raise ValueError(f"CNN3DConfig.lateral_halves: region_grid must be even (its regions split at the "
                              f"midline), got {self.region_grid}")
+        if self.lateral_halves and self.input_shape[1] % (8 * self.patch[1]):
+            raise ValueError(f"CNN3DConfig.lateral_halves: input_shape H={self.input_shape[1]} must be divisible by "
+                             f"8 x patch ({8 * self.patch[1]}), so that the stem and the CNN maps split into equal "
+                             f"halves")
 
     @property
     def lung_bins(self) -> list[int]:
@@ -251,7 +255,7 @@ class HUBinStem(nn.Module):
 
 
 class CNN3DEncoder(nn.Module):
-    """(B, 1, D, H, W) float32 preprocessed CT (SLP) -> (B, embed_dim) embedding ``h``."""
+    """(B, 1, D, H, W) float32 preprocessed CT (SLP) -> (B, out_dim) embedding ``h`` (``CNN3DConfig.out_dim``)."""
 
     def __init__(self, config: CNN3DConfig | None = None) -> None:
         super().__init__()
@@ -310,7 +314,7 @@ class CNN3DEncoder(nn.Module):
         return self._pool(maps, stem, (2, 2, 2)), maps
 
     def _pool(self, maps: torch.Tensor, stem: torch.Tensor, regions: Triple) -> torch.Tensor:
-        """(B, part_dim): max + mean of the CNN maps on ``regions`` (the volume's octants: axis 2 = superior half
+        """(B, part_dim): max + mean of the CNN maps on ``regions`` (the volume's octants: axis 2 = inferior half
         first, axis 3 = right half first), their global max, with ``context`` the stem's global max, and the stem's
         max + mean on the ``region_grid`` regions (half as many along L for a half)."""
         g = self.config.region_grid

@@ -131,12 +131,12 @@ class AbnormalityHeads(nn.Module):
 
     @torch.no_grad()
     def warm_start(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
-        """Start from a linear read-out ``z = h @ weight.T + bias`` ((L, in_dim), (L,)), e.g. a linear pretraining
-        head: label i's projection gets the units ReLU(z_i) and ReLU(-z_i) (embedding dims 0 and 1), its classifier
-        the hidden units ReLU(e_0 - e_1) and ReLU(e_1 - e_0) with output weights +1 and -1, and every other hidden
-        unit an output weight of 0. So in eval mode the logits equal ``z`` exactly, and training goes on from there
-        (the zeroed output weights get gradients, so the other units join in). Needs embed_dim and
-        classifier_hidden >= 2."""
+        """Start from a linear read-out ``z = h @ weight.T + bias`` ((L, part_dim), (L,); part_dim is in_dim, or one
+        half of it with lateral_halves, where z is read per half), e.g. a linear pretraining head: label i's projection
+        gets the units ReLU(z_i) and ReLU(-z_i) (embedding dims 0 and 1), its classifier the hidden units ReLU(e_0 -
+        e_1) and ReLU(e_1 - e_0) with output weights +1 and -1, and every other hidden unit an output weight of 0. So in
+        eval mode the logits equal ``z`` exactly, and training goes on from there (the zeroed output weights get
+        gradients, so the other units join in). Needs embed_dim and classifier_hidden >= 2."""
         L, E = self.num_labels, self.embed_dim
         hd = self.fc2_weight.shape[1]
         if E < 2 or hd < 2:

@@ -35,7 +35,7 @@ from ctagrg.data.augment import AugmentConfig, apply_augmentation, augment_volum
 from ctagrg.data.cache import dequantize
 from ctagrg.evaluation.classification import classification_report, markdown_table
 from ctagrg.labels import LABEL_INDEX, LABELS
-from ctagrg.models.heads import SIDE_CLASSES
+from ctagrg.models.heads import SIDE_CLASSES, SIZE_SCALE_MM
 from ctagrg.models.step1 import PretrainModel, Step1Model, VisualModelConfig, load_encoder_from
 from ctagrg.training.checkpoint import load_model_weights, unwrap
 from ctagrg.training.config import TrainConfig
@@ -245,12 +245,17 @@ class _VisualTask(Task):
         return self._predict_with(model, loader, lambda batch: {"volume": self._volumes(batch)})
 
     @staticmethod
-    def _predict_with(model: nn.Module, loader: Any, inputs: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    def _predict_with(model: nn.Module, loader: Any, inputs: Any, collect: Any = None
+                      ) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """:meth:`predict` with the model's keyword inputs from ``inputs(batch)``: the volumes, or for batches
-        without volumes cached stems or encoder outputs looked up by name."""
+        without volumes cached stems or encoder outputs looked up by name. ``collect(out, batch)``, if given, sees
+        every batch's model output (step 1's attribute metrics, in the same pass)."""
         labels, probs, names = [], [], []
         for batch in loader:
-            logits = model(**inputs(batch))["logits"]
+            out = model(**inputs(batch))
+            if collect is not None:
+                collect(out, batch)
+            logits = out["logits"]
             probs.append(torch.sigmoid(logits.float()).cpu().numpy())
             labels.append(batch["labels"].numpy())
             names += list(batch["name"])
@@ -371,6 +376,7 @@ class ClassifierTask(_VisualTask):
         self._h = PerVolumeCache("frozen encoder: {n} volumes encoded once in {s:.1f} s; epochs train the heads on "
                                  "the cached outputs")
         self._attributes: AttributeTargets | None = None
+        self._attribute_counts: dict[str, Any] = {}  # filled by predict, read by validate
         if cfg.attributes.enabled:
             if not cfg.model.heads.attribute_heads:
                 raise ConfigError("attributes: side_weight / size_weight > 0 need model.heads.attribute_heads: true "
@@ -441,40 +447,46 @@ class ClassifierTask(_VisualTask):
         return result
 
     def predict(self, model: nn.Module, loader: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        return self._predict_with(model, loader, self._inputs)
+        if self._attributes is None:
+            return self._predict_with(model, loader, self._inputs)
+        self._attribute_counts = counts = {"right": 0, "n_side": 0, "abs_err": []}
+        targets = self._attributes
+
+        def collect(out: dict[str, torch.Tensor], batch: dict[str, Any]) -> None:
+            side, size = targets.gather(batch["name"], batch["labels"], "cpu")
+            known = side >= 0
+            counts["right"] += int((out["side_logits"].argmax(-1).cpu()[known] == side[known]).sum())
+            counts["n_side"] += int(known.sum())
+            sized = ~torch.isnan(size)
+            counts["abs_err"] += (out["size_mm"].float().cpu()[sized] - size[sized]).abs().tolist()
+
+        return self._predict_with(model, loader, self._inputs, collect)
 
     def validate(self, model: nn.Module, loader: Any) -> dict[str, float]:
+        """The visual metrics, and with ``attributes`` the read-outs' side accuracy and size mean absolute error
+        (mm) over the present findings whose sentence states them (from the same pass over ``loader``)."""
         metrics = super().validate(model, loader)
         if self._attributes is not None:
-            metrics |= self._attribute_metrics(model, loader)
+            c = self._attribute_counts
+            metrics["side_accuracy"] = c["right"] / c["n_side"] if c["n_side"] else float("nan")
+            metrics["size_mae_mm"] = float(np.mean(c["abs_err"])) if c["abs_err"] else float("nan")
         return metrics
-
-    def _attribute_metrics(self, model: nn.Module, loader: Any) -> dict[str, float]:
-        """Side accuracy and size mean absolute error (mm) over the present findings whose sentence states them."""
-        right = n_side = 0
-        abs_err: list[float] = []
-        for batch in loader:
-            out = model(**self._inputs(batch))
-            side, size = self._attributes.gather(batch["name"], batch["labels"], "cpu")  # type: ignore[union-attr]
-            pred_side = out["side_logits"].argmax(-1).cpu()
-            known = side >= 0
-            right += int((pred_side[known] == side[known]).sum())
-            n_side += int(known.sum())
-            sized = ~torch.isnan(size)
-            abs_err += (out["size_mm"].float().cpu()[sized] - size[sized]).abs().tolist()
-        return {"side_accuracy": right / n_side if n_side else float("nan"),
-                "size_mae_mm": float(np.mean(abs_err)) if abs_err else float("nan")}
 
     def param_groups(self, model: nn.Module) -> list[Any]:
         if self.cfg.freeze_encoder:
             for p in model.encoder.parameters():
                 p.requires_grad_(False)
+        if model.heads.attribute_heads and not self.cfg.attributes.enabled:
+            # read-outs without a loss get no gradient: frozen, so that DDP (find_unused_parameters off) does not
+            # wait for theirs
+            for name in ("side_weight", "side_bias", "size_weight", "size_bias"):
+                getattr(model.heads, name).requires_grad_(False)
         return [p for p in model.parameters() if p.requires_grad]
 
 
 def attribute_losses(side_logits: torch.Tensor, size_mm: torch.Tensor, side: torch.Tensor, size: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Side cross-entropy and size smooth L1 (in cm) over the known targets.
+    """Side cross-entropy and size smooth L1 (in units of SIZE_SCALE_MM, 1 cm) over the known targets.
 
     Args:
         side_logits: (B, L, 3) over ``SIDE_CLASSES``; size_mm: (B, L) predicted sizes in mm.
@@ -484,7 +496,8 @@ def attribute_losses(side_logits: torch.Tensor, size_mm: torch.Tensor, side: tor
     side_loss = (F.cross_entropy(side_logits[known].float(), side[known]) if known.any()
                  else side_logits.sum() * 0.0)
     sized = ~torch.isnan(size)
-    size_loss = (F.smooth_l1_loss(size_mm[sized].float() / 10.0, size[sized] / 10.0) if sized.any()
+    size_loss = (F.smooth_l1_loss(size_mm[sized].float() / SIZE_SCALE_MM, size[sized] / SIZE_SCALE_MM)
+                 if sized.any()
                  else size_mm.sum() * 0.0)
     return side_loss, size_loss
 
