@@ -38,12 +38,13 @@ class DemoPreset:
     bootstrap: int
     meteor: bool = True
     # Every label present in at least this fraction of phantoms (ctagrg phantom --min-prevalence). CT-RATE's
-    # rarest labels (~8%) would leave ~5 positives in a 60-volume test split: per-label F1 would be noise.
+    # rarest labels (~8%) would leave ~7 positives in a 90-volume test split: per-label F1 would be noise.
     min_prevalence: float = 0.2
 
 
 PRESETS: dict[str, DemoPreset] = {
-    "full": DemoPreset(n_volumes=400, pretrain_epochs=None, classifier_epochs=None, decoder_epochs=None,
+    # 600 phantoms (420 / 90 / 90): 9.7 minutes measured; 400 took 7.3 and scored lower (BENCHMARKS.md, "Demo")
+    "full": DemoPreset(n_volumes=600, pretrain_epochs=None, classifier_epochs=None, decoder_epochs=None,
                        bootstrap=1000),
     "quick": DemoPreset(n_volumes=150, pretrain_epochs=12, classifier_epochs=None, decoder_epochs=12, bootstrap=200),
 }

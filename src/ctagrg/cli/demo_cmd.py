@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     parser.add_argument("--quick", action="store_true",
-                        help="fewer phantoms (150 instead of 400) and fewer epochs (<= 3 min)")
+                        help="fewer phantoms (150 instead of 600) and fewer epochs (<= 3 min)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
     parser.add_argument("--n", type=int, default=0, help="number of phantom volumes (default: the preset's)")
