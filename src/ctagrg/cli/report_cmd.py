@@ -149,6 +149,8 @@ def _emit(line: dict[str, Any], fh: Any, quiet: bool) -> None:
         print(f"{line['input']}: {line['error']}", file=sys.stderr)
     elif not quiet:
         print(f"== {line['input']}\n{line['report']}\n")
+    for warning in line.get("warnings", ()):
+        print(f"{line['input']}: warning: {warning}", file=sys.stderr)
     if fh is not None:
         fh.write(json.dumps(line) + "\n")
         fh.flush()

@@ -34,6 +34,7 @@ from ctagrg.generation.assemble import AssemblyConfig, assemble_report
 from ctagrg.generation.generate import GenerationSettings, generate_sentences
 from ctagrg.generation.model_card import render_model_card
 from ctagrg.labels import LABELS, NUM_LABELS
+from ctagrg.models.cnn3d import OUTLIER_SD
 from ctagrg.models.decoder import ReportDecoder, load_tokenizer
 from ctagrg.training.embedding_cache import read_thresholds, resolve_device
 from ctagrg.utils.atomic import write_json_atomic, write_text_atomic
@@ -48,6 +49,10 @@ class ReporterConfig:
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     assembly: AssemblyConfig = field(default_factory=AssemblyConfig)
     visual_batch_size: int = 2  # volumes per visual forward pass
+    # warn when more than this fraction of the encoder's standardised features lie beyond cnn3d.OUTLIER_SD training
+    # standard deviations: the scan is unlike the training data and the report is not to be trusted (cnn3d
+    # encoders only; 0: off). Phantom test volumes: at most 0.0034; the real CTs in ../shared: 0.021-0.056.
+    ood_fraction: float = 0.01
 
 
 @dataclass
@@ -64,14 +69,20 @@ class Report:
 
     text: str
     abnormalities: dict[str, Abnormality]
+    warnings: list[str] = field(default_factory=list)  # e.g. the scan is unlike the model's training data
 
     @property
     def detected(self) -> list[str]:
         return [label for label, a in self.abnormalities.items() if a.detected]
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"report": str, "abnormalities": {label: {probability, detected, threshold, sentence}}}``."""
-        return {"report": self.text, "abnormalities": {k: asdict(v) for k, v in self.abnormalities.items()}}
+        """``{"report": str, "abnormalities": {label: {probability, detected, threshold, sentence}}}``, plus
+        ``"warnings": [...]`` when there are any."""
+        out: dict[str, Any] = {"report": self.text,
+                               "abnormalities": {k: asdict(v) for k, v in self.abnormalities.items()}}
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
+        return out
 
 
 class Reporter:
@@ -99,6 +110,7 @@ class Reporter:
         self.decoder = decoder.to(self.device).eval()
         self.tokenizer = tokenizer
         self.thresholds = [float(t) for t in thresholds]
+        self._outliers: list[float | None] = []  # set by score()
         self.preprocess = preprocess
         self.config = config or ReporterConfig()
         self.card = card or {}
@@ -141,17 +153,27 @@ class Reporter:
         per_volume: list[dict[int, str]] = [{} for _ in range(len(volumes))]
         for r, c, s in zip(rows.tolist(), cols.tolist(), sentences, strict=True):
             per_volume[r][c] = s
-        return [self._report(probs[v], detected[v], per_volume[v]) for v in range(len(volumes))]
+        reports = [self._report(probs[v], detected[v], per_volume[v]) for v in range(len(volumes))]
+        for report, fraction in zip(reports, self._outliers, strict=True):
+            if self.config.ood_fraction > 0 and fraction is not None and fraction > self.config.ood_fraction:
+                report.warnings.append(
+                    f"out of distribution: {100 * fraction:.1f}% of the encoder's features lie more than "
+                    f"{OUTLIER_SD:g} standard deviations from the training data (phantom test volumes: at most "
+                    f"0.3%); this scan is unlike what the model was trained on and the report is not to be trusted")
+        return reports
 
     def score(self, volumes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Visual model in chunks: probabilities (N, 18) and embeddings (N, 18, E), float32 on the CPU."""
-        probs, embs = [], []
+        """Visual model in chunks: probabilities (N, 18) and embeddings (N, 18, E), float32 on the CPU. Also sets
+        ``self._outliers``: per volume the encoder's outlier fraction (cnn3d), or None."""
+        probs, embs, self._outliers = [], [], []
         step = self.config.visual_batch_size
         for start in range(0, len(volumes), step):
             x = torch.from_numpy(np.ascontiguousarray(volumes[start : start + step])).unsqueeze(1).to(self.device)
             out = self.visual(x)
             probs.append(torch.sigmoid(out["logits"].float()).cpu())
             embs.append(out["embeddings"].float().cpu())
+            fraction = getattr(self.visual.encoder, "last_outlier_fraction", None)
+            self._outliers += fraction.tolist() if fraction is not None else [None] * len(x)
         return torch.cat(probs), torch.cat(embs)
 
     def _report(self, probs: torch.Tensor, detected: torch.Tensor, sentences: dict[int, str]) -> Report:

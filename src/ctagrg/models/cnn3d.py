@@ -46,6 +46,11 @@ Triple = tuple[int, int, int]
 # Bin edges (HU): air/emphysema | lung | dense lung | ground glass | reticulation | fat | fluid | soft tissue |
 # bone | cortex | calcium | metal. Fluid (~5 HU) and soft tissue (~45 HU) get their own bins: effusions differ
 # from muscle only there.
+# A standardised pooled feature this many training standard deviations from its training mean is an outlier. On the
+# demo's phantoms 0.02% of the features of a test volume are (at most 0.34% in one volume); on the real CTs in
+# ../shared 2-6% are (BENCHMARKS.md, "Out-of-distribution inputs"): ``last_outlier_fraction``.
+OUTLIER_SD = 8.0
+
 HU_EDGES: tuple[float, ...] = (-950.0, -800.0, -650.0, -350.0, -150.0, -40.0, 25.0, 80.0, 400.0, 900.0, 1400.0)
 
 
@@ -276,6 +281,9 @@ class CNN3DEncoder(nn.Module):
         self.fc = nn.Linear(config.part_dim, config.embed_dim) if config.embed_dim else None
         self.dropout = nn.Dropout(config.dropout)
         self.gradient_checkpointing = False
+        # (B,) fraction of the last eval batch's standardised features beyond OUTLIER_SD: how far a volume lies
+        # outside the training data (a phantom-trained model shown a real scan); None before an eval forward
+        self.last_outlier_fraction: torch.Tensor | None = None
 
     def gradient_checkpointing_enable(self) -> None:
         """Recompute the conv stages in backward instead of storing their activations."""
@@ -345,5 +353,7 @@ class CNN3DEncoder(nn.Module):
         pooled = self.features_from_stem(stem)[0]
         b, n = pooled.shape[0], self.config.halves
         h = self._standardise(pooled.view(b * n, -1), b)
+        if not self.training:
+            self.last_outlier_fraction = (h.detach().abs() > OUTLIER_SD).float().view(b, -1).mean(1)
         h = self.dropout(h if self.fc is None else torch.relu(self.fc(h)))
         return h.view(b, -1)
