@@ -279,6 +279,7 @@ def test_health_model_and_page(server: Any) -> None:
     status, ctype, page = call(server, "/")
     assert status == 200 and ctype.startswith("text/html")
     assert b"Not for diagnostic use" in page and b"/api/report?filename=" in page
+    assert b"id=\"warnings\"" in page and b"result.warnings" in page  # a report's warnings are shown
     assert b"http://" not in page and b"https://" not in page  # nothing loaded from outside: works offline
     assert call_json(server, "/nowhere")[0] == 404
 
