@@ -154,3 +154,31 @@ def test_from_training_outputs(reporter: Reporter, tmp_path: Path) -> None:
                                      "decoder validation loss": 1.5, "decoder validation perplexity": 4.5}
     vol = volumes(1, seed=4)[0]
     assert built.report(vol).to_dict() == reporter.report(vol).to_dict()
+
+
+def test_a_file_gets_the_probabilities_of_its_cached_copy(reporter: Reporter, tmp_path: Path) -> None:
+    """Models train on the uint8 cache: the Reporter rounds every input to the cache's levels, so a scan read from
+    its file is scored exactly as its cached copy (what training and `ctagrg evaluate --cache` see)."""
+    import dataclasses
+
+    import nibabel as nib
+
+    from ctagrg.data.cache import as_cached, load_cached, save_cached
+    from ctagrg.data.preprocess import preprocess_file
+
+    hu = np.random.default_rng(3).integers(-1000, 400, size=(20, 20, 14)).astype(np.int16)
+    nib.save(nib.Nifti1Image(hu, np.diag([2.0, 2.0, 5.0, 1.0])), tmp_path / "scan.nii.gz")
+    volume = preprocess_file(tmp_path / "scan.nii.gz", config=reporter.preprocess)
+    lo, hi = -reporter.preprocess.offset, 1.0 - reporter.preprocess.offset
+    save_cached(tmp_path / "scan.safetensors", volume, lo, hi)
+    cached = load_cached(tmp_path / "scan.safetensors")
+    assert np.array_equal(as_cached(volume, lo, hi), cached) and np.array_equal(as_cached(cached, lo, hi), cached)
+    assert not np.array_equal(volume, cached)  # the cache's 255 levels do round the values
+    from_file, from_cache = reporter.report(tmp_path / "scan.nii.gz"), reporter.report(cached)
+    assert from_file.to_dict() == from_cache.to_dict()
+    float_input = dataclasses.replace(reporter.config, quantize_like_cache=False)
+    plain = Reporter(reporter.visual, reporter.decoder, reporter.tokenizer, reporter.thresholds, reporter.preprocess,
+                     float_input)
+    p_plain = [a.probability for a in plain.report(volume).abnormalities.values()]
+    p_file = [a.probability for a in from_file.abnormalities.values()]
+    assert p_plain != p_file  # without the rounding the file's own floats are scored

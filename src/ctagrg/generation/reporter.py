@@ -53,6 +53,12 @@ class ReporterConfig:
     # standard deviations: the scan is unlike the training data and the report is not to be trusted (cnn3d
     # encoders only; 0: off). Phantom test volumes: at most 0.0034; the real CTs in ../shared: 0.021-0.056.
     ood_fraction: float = 0.01
+    # round every input volume to the preprocessed cache's uint8 levels (ctagrg.data.cache.as_cached) before the
+    # visual model: models are trained on cached volumes, so a scan read from its file then gets exactly the
+    # probabilities its cached copy gets in training and `ctagrg evaluate` (without it, the demo model's test
+    # macro-F1 was 0.863 from the files against 0.872 from the cache; BENCHMARKS.md, "Inference on the cache's
+    # levels"). Idempotent on volumes that come from the cache.
+    quantize_like_cache: bool = True
 
 
 @dataclass
@@ -144,6 +150,11 @@ class Reporter:
         """volumes: (N, D, H, W) float32, preprocessed → N Reports."""
         if len(volumes) == 0:
             return []
+        if self.config.quantize_like_cache:
+            from ctagrg.data.cache import as_cached
+
+            lo, hi = -self.preprocess.offset, 1.0 - self.preprocess.offset
+            volumes = np.stack([as_cached(v, lo, hi) for v in volumes])
         probs, embeddings = self.score(volumes)
         # float64, as the reported probability/threshold values are: "detected" always equals probability >= threshold
         detected = probs.double() >= torch.tensor(self.thresholds, dtype=torch.float64)
