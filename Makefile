@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(VENV)/bin/ctagrg demo --out demo_out
 
 demo-quick: $(STAMP)
-	$(VENV)/bin/ctagrg demo --out demo_out --quick
+	$(VENV)/bin/ctagrg demo --out demo_out_quick --quick
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -31,4 +31,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 
 clean:
-	rm -rf demo_out .pytest_cache
+	rm -rf demo_out demo_out_quick .pytest_cache

@@ -159,3 +159,20 @@ def test_reduced_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[s
     logs: list[str] = []
     run_stages(demo.build_stages(), cfg, logs.append)
     assert all("skipped" in line for line in logs)
+
+
+def test_a_folder_of_other_settings_is_not_reused(tmp_path: Path) -> None:
+    """`make demo-quick` then `make demo` into one folder would skip every stage and print the quick run's results
+    as the full demo's: refused with a message naming the difference, unless --force phantoms starts over."""
+    calls: list[str] = []
+    run_stages(_stages(calls), DemoConfig(out_dir=str(tmp_path), quick=True), lambda s: None)
+    assert json.loads((tmp_path / "stages" / "settings.json").read_text())["n_volumes"] == 150
+    with pytest.raises(DemoError, match=r"holds a demo run with other settings \(preset 'quick' there, 'full' now, "
+                                        r"n_volumes 150 there, 600 now, .*--force phantoms"):
+        run_stages(_stages(calls), DemoConfig(out_dir=str(tmp_path)), lambda s: None)
+    calls.clear()
+    run_stages(_stages(calls), DemoConfig(out_dir=str(tmp_path), quick=True), lambda s: None)  # same: resumes
+    assert calls == []
+    run_stages(_stages(calls), DemoConfig(out_dir=str(tmp_path), force="phantoms"), lambda s: None)
+    assert calls == list(STAGES)
+    assert json.loads((tmp_path / "stages" / "settings.json").read_text())["n_volumes"] == 600

@@ -115,9 +115,34 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+def run_settings(cfg: DemoConfig) -> dict[str, Any]:
+    """What makes two runs' finished stages interchangeable: the preset's sizes and epochs, seed, phantom size."""
+    return {"preset": "quick" if cfg.quick else "full", **cfg.preset.__dict__, "seed": cfg.seed,
+            "phantom_size": cfg.phantom_size}
+
+
+def check_settings(out: Path, cfg: DemoConfig) -> None:
+    """Refuse to resume a folder whose finished stages were made with other settings (e.g. ``--quick`` into the
+    folder of a full run), which would skip those stages and report the other run's results as this one's.
+    ``--force phantoms`` starts the folder over. Writes ``stages/settings.json`` for the next run."""
+    path = out / "stages" / "settings.json"
+    settings = run_settings(cfg)
+    finished = [s for s in STAGES if marker(out, s).is_file()]
+    if path.is_file() and finished and cfg.force != STAGES[0]:
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+        if earlier != settings:
+            diff = ", ".join(f"{k} {earlier.get(k)!r} there, {v!r} now" for k, v in settings.items()
+                             if earlier.get(k) != v)
+            raise DemoError(f"{out} holds a demo run with other settings ({diff}); its finished stages "
+                            f"({', '.join(finished)}) would be reused. Use another --out, or --force {STAGES[0]} "
+                            f"to start this folder over")
+    write_json_atomic(path, settings)
+
+
 def run_stages(stages: list[Stage], cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, float]:
     """Run ``stages`` in order, skipping finished ones; return seconds per stage run (skipped: 0)."""
     out = Path(cfg.out_dir)
+    check_settings(out, cfg)
     todo = set(stages_to_run(out, cfg.force))
     if cfg.until is not None and cfg.until not in [s.name for s in stages]:
         raise DemoError(f"unknown stage {cfg.until!r}; stages: {', '.join(s.name for s in stages)}")
