@@ -116,7 +116,6 @@ class Reporter:
         self.decoder = decoder.to(self.device).eval()
         self.tokenizer = tokenizer
         self.thresholds = [float(t) for t in thresholds]
-        self._outliers: list[float | None] = []  # set by score()
         self.preprocess = preprocess
         self.config = config or ReporterConfig()
         self.card = card or {}
@@ -155,7 +154,7 @@ class Reporter:
 
             lo, hi = -self.preprocess.offset, 1.0 - self.preprocess.offset
             volumes = np.stack([as_cached(v, lo, hi) for v in volumes])
-        probs, embeddings = self.score(volumes)
+        probs, embeddings, outliers = self.score(volumes)
         # float64, as the reported probability/threshold values are: "detected" always equals probability >= threshold
         detected = probs.double() >= torch.tensor(self.thresholds, dtype=torch.float64)
         rows, cols = detected.nonzero(as_tuple=True)
@@ -165,18 +164,19 @@ class Reporter:
         for r, c, s in zip(rows.tolist(), cols.tolist(), sentences, strict=True):
             per_volume[r][c] = s
         reports = [self._report(probs[v], detected[v], per_volume[v]) for v in range(len(volumes))]
-        for report, fraction in zip(reports, self._outliers, strict=True):
+        for report, fraction in zip(reports, outliers, strict=True):
             if self.config.ood_fraction > 0 and fraction is not None and fraction > self.config.ood_fraction:
                 report.warnings.append(
                     f"out of distribution: {100 * fraction:.1f}% of the encoder's features lie more than "
-                    f"{OUTLIER_SD:g} standard deviations from the training data (phantom test volumes: at most "
-                    f"0.3%); this scan is unlike what the model was trained on and the report is not to be trusted")
+                    f"{OUTLIER_SD:g} standard deviations from the training data (ood_fraction "
+                    f"{100 * self.config.ood_fraction:g}%); this scan is unlike what the model was trained on and "
+                    f"the report is not to be trusted")
         return reports
 
-    def score(self, volumes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Visual model in chunks: probabilities (N, 18) and embeddings (N, 18, E), float32 on the CPU. Also sets
-        ``self._outliers``: per volume the encoder's outlier fraction (cnn3d), or None."""
-        probs, embs, self._outliers = [], [], []
+    def score(self, volumes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, list[float | None]]:
+        """Visual model in chunks: probabilities (N, 18) and embeddings (N, 18, E), float32 on the CPU, and per
+        volume the encoder's outlier fraction (cnn3d's ``last_outlier_fraction``; None for other encoders)."""
+        probs, embs, outliers = [], [], []
         step = self.config.visual_batch_size
         for start in range(0, len(volumes), step):
             x = torch.from_numpy(np.ascontiguousarray(volumes[start : start + step])).unsqueeze(1).to(self.device)
@@ -184,8 +184,8 @@ class Reporter:
             probs.append(torch.sigmoid(out["logits"].float()).cpu())
             embs.append(out["embeddings"].float().cpu())
             fraction = getattr(self.visual.encoder, "last_outlier_fraction", None)
-            self._outliers += fraction.tolist() if fraction is not None else [None] * len(x)
-        return torch.cat(probs), torch.cat(embs)
+            outliers += fraction.tolist() if fraction is not None else [None] * len(x)
+        return torch.cat(probs), torch.cat(embs), outliers
 
     def _report(self, probs: torch.Tensor, detected: torch.Tensor, sentences: dict[int, str]) -> Report:
         abn = {label: Abnormality(probability=float(probs[i]), detected=bool(detected[i]),
