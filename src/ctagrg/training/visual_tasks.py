@@ -229,20 +229,28 @@ class _VisualTask(Task):
             x = dequantize(x, batch["lo"], batch["hi"])  # lo/hi stay on the CPU: B float64 scalars
         return x
 
-    def training_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
+    def _inputs(self, batch: dict[str, Any], train: bool) -> dict[str, torch.Tensor]:
+        """The model's keyword inputs for ``batch``: the volumes, augmented in training (subclasses: cached stems
+        or encoder outputs looked up by name instead)."""
         x = self._volumes(batch)  # dequantised before augmentation: its pad value is in normalised units
-        y = batch["labels"].to(self.device, non_blocking=True)
-        if self.cfg.data.augment.enabled:
+        if train and self.cfg.data.augment.enabled:
             x = torch.stack([augment_volume(v, self.cfg.data.augment) for v in x])
-        out = model(x)
+        return {"volume": x}
+
+    def _loss_terms(self, out: dict[str, torch.Tensor], batch: dict[str, Any], y: torch.Tensor) -> dict[str, Any]:
+        """``{"loss": ...}`` (+ logged extras) from the model's outputs on a training batch with labels ``y``."""
         loss = self._loss(out["logits"], y)
         if "logits_detached" in out:  # CT-AGRG per-head backward (see VisualModelConfig.per_head_backward)
             loss = loss + self._loss(out["logits_detached"], y)
         return {"loss": loss}
 
+    def training_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
+        out = model(**self._inputs(batch, train=True))
+        return self._loss_terms(out, batch, batch["labels"].to(self.device, non_blocking=True))
+
     def predict(self, model: nn.Module, loader: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """(labels (N, 18), probabilities (N, 18), names) over ``loader`` with ``model`` in eval mode."""
-        return self._predict_with(model, loader, lambda batch: {"volume": self._volumes(batch)})
+        return self._predict_with(model, loader, lambda batch: self._inputs(batch, train=False))
 
     @staticmethod
     def _predict_with(model: nn.Module, loader: Any, inputs: Any, collect: Any = None
@@ -351,16 +359,10 @@ class PretrainTask(_VisualTask):
             m = torch.stack([apply_augmentation(v, draw_augmentation(aug), self._pad, scale=patch) for v in m])
         return self._stem.assemble(m.to(self.device, non_blocking=True))
 
-    def training_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
+    def _inputs(self, batch: dict[str, Any], train: bool) -> dict[str, torch.Tensor]:
         if not self.cfg.cache_stem:
-            return super().training_step(model, batch)
-        out = model(stem=self._stem_batch(batch["name"], self.cfg.data.augment.enabled))
-        return {"loss": self._loss(out["logits"], batch["labels"].to(self.device, non_blocking=True))}
-
-    def predict(self, model: nn.Module, loader: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        if not self.cfg.cache_stem:
-            return super().predict(model, loader)
-        return self._predict_with(model, loader, lambda batch: {"stem": self._stem_batch(batch["name"], False)})
+            return super()._inputs(batch, train)
+        return {"stem": self._stem_batch(batch["name"], train and self.cfg.data.augment.enabled)}
 
 
 class ClassifierTask(_VisualTask):
@@ -420,35 +422,29 @@ class ClassifierTask(_VisualTask):
 
         self._h.start(encode, batch_size=tc.eval_batch_size or tc.batch_size, num_workers=tc.num_workers)
 
-    def _inputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """The model's keyword inputs for ``batch``: cached encoder outputs, or the volumes."""
-        if self._caching:
+    def _inputs(self, batch: dict[str, Any], train: bool) -> dict[str, torch.Tensor]:
+        if self._caching:  # cached encoder outputs: no augmentation (caching needs it off)
             return {"h": self._h.gather(batch["name"], self.device)}
-        return {"volume": self._volumes(batch)}
+        return super()._inputs(batch, train)
 
     def training_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
         if self.cfg.freeze_encoder:  # a frozen encoder also keeps its BatchNorm statistics and skips dropout
             unwrap(model).encoder.eval()
-        inputs = self._inputs(batch)
-        if "volume" in inputs and self.cfg.data.augment.enabled:
-            inputs["volume"] = torch.stack([augment_volume(v, self.cfg.data.augment) for v in inputs["volume"]])
-        out = model(**inputs)
-        y = batch["labels"].to(self.device, non_blocking=True)
-        loss = self._loss(out["logits"], y)
-        if "logits_detached" in out:  # CT-AGRG per-head backward (see VisualModelConfig.per_head_backward)
-            loss = loss + self._loss(out["logits_detached"], y)
-        result: dict[str, Any] = {"loss": loss}
+        return super().training_step(model, batch)
+
+    def _loss_terms(self, out: dict[str, torch.Tensor], batch: dict[str, Any], y: torch.Tensor) -> dict[str, Any]:
+        result = super()._loss_terms(out, batch, y)
         if self._attributes is not None:
             side, size = self._attributes.gather(batch["name"], y, self.device)
             a = self.cfg.attributes
             side_loss, size_loss = attribute_losses(out["side_logits"], out["size_mm"], side, size)
-            result["loss"] = loss + a.side_weight * side_loss + a.size_weight * size_loss
+            result["loss"] = result["loss"] + a.side_weight * side_loss + a.size_weight * size_loss
             result |= {"side_loss": float(side_loss.detach()), "size_loss": float(size_loss.detach())}
         return result
 
     def predict(self, model: nn.Module, loader: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
         if self._attributes is None:
-            return self._predict_with(model, loader, self._inputs)
+            return super().predict(model, loader)
         self._attribute_counts = counts = {"right": 0, "n_side": 0, "abs_err": []}
         targets = self._attributes
 
@@ -460,7 +456,7 @@ class ClassifierTask(_VisualTask):
             sized = ~torch.isnan(size)
             counts["abs_err"] += (out["size_mm"].float().cpu()[sized] - size[sized]).abs().tolist()
 
-        return self._predict_with(model, loader, self._inputs, collect)
+        return self._predict_with(model, loader, lambda batch: self._inputs(batch, train=False), collect)
 
     def validate(self, model: nn.Module, loader: Any) -> dict[str, float]:
         """The visual metrics, and with ``attributes`` the read-outs' side accuracy and size mean absolute error
