@@ -152,16 +152,19 @@ def test_classifier_learns_the_side_from_sentences(tmp_path, variant):
         ClassifierTask(load_config(ClassifierTaskConfig, None, [*common, *attr[:3]]))
 
 
-def test_side_targets_refuse_left_right_augmentation(tmp_path):
+def test_side_targets_refuse_rotations_and_allow_mirroring(tmp_path):
+    """An axial rotation leaves no left and right to state; a left-right mirror swaps them, which the targets follow
+    (tests/test_half_supervision.py)."""
     from ctagrg.config import ConfigError, load_config
     from ctagrg.training.visual_tasks import ClassifierTask, ClassifierTaskConfig
 
     sent = write_sentences(tmp_path / "s.csv", [("train_1_a_1.nii.gz", "Lung nodule", "A left nodule.")])
     over = ["model.heads.attribute_heads=true", "attributes.side_weight=1.0", f"attributes.sentences_csv={sent}",
-            "data.augment.enabled=true", "data.augment.rot90_p=0.0"]
-    with pytest.raises(ConfigError, match=r"flipping left-right \(flip_axes holds 1\) or rotating"):
+            "data.augment.enabled=true", "data.augment.rot90_p=0.5"]
+    with pytest.raises(ConfigError, match=r"rot90_p > 0: a rotated volume's left and right are no longer"):
         ClassifierTask(load_config(ClassifierTaskConfig, None, over))
-    ok = ClassifierTask(load_config(ClassifierTaskConfig, None, [*over, "data.augment.flip_axes=[0,2]"]))
+    ok = ClassifierTask(load_config(ClassifierTaskConfig, None, [*over[:-1], "data.augment.rot90_p=0.0",
+                                                                 "data.augment.flip_axes=[1]"]))
     assert ok._attributes is not None and "train_1_a_1" in ok._attributes.table
     # sizes alone do not depend on the side
     ClassifierTask(load_config(ClassifierTaskConfig, None, [*over[:1], "attributes.size_weight=1.0", *over[2:]]))

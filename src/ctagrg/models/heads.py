@@ -72,10 +72,14 @@ class PretrainHead(nn.Module):
         self.net = nn.Sequential(*layers, nn.Linear(width, cfg.num_labels))
         self.halves = cfg.halves
 
+    def half_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, in_dim) -> (B, halves, num_labels): the net on each half ([right, left] with ``lateral_halves``)."""
+        return self.net(h.view(h.shape[0], self.halves, -1))
+
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if self.halves == 1:
             return self.net(h)
-        return soft_max_over_halves(self.net(h.view(h.shape[0], self.halves, -1)))
+        return soft_max_over_halves(self.half_logits(h))
 
 
 SIDE_CLASSES = ("left", "right", "bilateral")  # the classes of the side read-out, in this order
@@ -166,12 +170,17 @@ class AbnormalityHeads(nn.Module):
     def classify(self, embeddings: torch.Tensor) -> torch.Tensor:
         """(B, L, out_dim) -> (B, L) logits, label i scored by classifier i only (per half, then the soft maximum
         over the halves)."""
+        logits = self.half_logits(embeddings)
+        return logits[:, 0] if self.halves == 1 else soft_max_over_halves(logits)
+
+    def half_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """(B, L, out_dim) -> (B, halves, L): label i's classifier on each half's embedding ([right, left] with
+        ``lateral_halves``)."""
         b, L = embeddings.shape[:2]
         e = embeddings.view(b, L, self.halves, self.embed_dim).transpose(1, 2)  # (B, halves, L, E)
         z = torch.einsum("bnle,lhe->bnlh", self.dropout(e), self.fc1_weight) + self.fc1_bias
         z = self.dropout(torch.relu(z))
-        logits = (z * self.fc2_weight).sum(-1) + self.fc2_bias  # (B, halves, L)
-        return logits[:, 0] if self.halves == 1 else soft_max_over_halves(logits)
+        return (z * self.fc2_weight).sum(-1) + self.fc2_bias  # (B, halves, L)
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         emb = self.embed(h)

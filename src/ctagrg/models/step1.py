@@ -27,7 +27,7 @@ from ctagrg.labels import LABELS
 from ctagrg.models.cnn3d import CNN3DConfig
 from ctagrg.models.ctnet import CTNetConfig
 from ctagrg.models.ctvit import CTViTConfig
-from ctagrg.models.heads import AbnormalityHeads, HeadsConfig, PretrainHead
+from ctagrg.models.heads import AbnormalityHeads, HeadsConfig, PretrainHead, soft_max_over_halves
 from ctagrg.models.registry import ENCODERS, create_encoder
 from ctagrg.training.checkpoint import CheckpointError, load_model_weights, save_model
 from ctagrg.utils.atomic import write_text_atomic
@@ -108,7 +108,8 @@ class _VisualModel(nn.Module):
 
 
 class PretrainModel(_VisualModel):
-    """(B, 1, D, H, W) -> {"logits": (B, 18), "h": (B, 2048)}."""
+    """(B, 1, D, H, W) -> {"logits": (B, 18), "h": (B, 2048)} (+ "half_logits" (B, 2, 18), [right, left], with
+    ``heads.lateral_halves``)."""
 
     model_type = "ctagrg-pretrain"
 
@@ -123,13 +124,17 @@ class PretrainModel(_VisualModel):
         if (volume is None) == (stem is None):
             raise ValueError("PretrainModel: give exactly one of volume or stem")
         h = self.encoder(volume) if stem is None else self.encoder.forward_from_stem(stem)
-        return {"logits": self.head(h), "h": h}
+        if self.head.halves == 1:
+            return {"logits": self.head(h), "h": h}
+        half = self.head.half_logits(h)
+        return {"logits": soft_max_over_halves(half), "half_logits": half, "h": h}
 
 
 class Step1Model(_VisualModel):
     """(B, 1, D, H, W) -> {"logits": (B, 18), "embeddings": (B, 18, 1024)} (+ "logits_detached" when training
     with ``per_head_backward``: the heads applied to the encoder output cut from the graph; + "side_logits"
-    (B, 18, 3) and "size_mm" (B, 18) with ``heads.attribute_heads``)."""
+    (B, 18, 3) and "size_mm" (B, 18) with ``heads.attribute_heads``; + "half_logits" (B, 2, 18), [right, left],
+    with ``heads.lateral_halves``)."""
 
     model_type = "ctagrg-step1"
 
@@ -145,8 +150,12 @@ class Step1Model(_VisualModel):
             raise ValueError("Step1Model: give exactly one of volume or h")
         if h is None:
             h = self.encoder(volume)
-        logits, embeddings = self.heads(h)
-        out = {"logits": logits, "embeddings": embeddings}
+        embeddings = self.heads.embed(h)
+        half = self.heads.half_logits(embeddings)
+        if self.heads.halves == 1:
+            out = {"logits": half[:, 0], "embeddings": embeddings}
+        else:
+            out = {"logits": soft_max_over_halves(half), "half_logits": half, "embeddings": embeddings}
         if self.heads.attribute_heads:
             out["side_logits"], out["size_mm"] = self.heads.attributes(embeddings)
         if self.training and self.config.per_head_backward:

@@ -250,7 +250,9 @@ class Trainer:
                     f"{_batch_names(batch)}); last checkpoint: {self.out / 'last'}"
                 )
             self.scaler.scale(loss / group_size).backward()
-        logged = {k: float(v) for k, v in out.items() if k != "loss" and isinstance(v, (int, float))}
+        # extras may be numbers or one-element tensors (read here, after backward, next to the loss)
+        logged = {k: float(v) for k, v in out.items()
+                  if k != "loss" and (isinstance(v, (int, float)) or (torch.is_tensor(v) and v.numel() == 1))}
         logged["loss"] = float(loss.detach())
         if sync:
             self._optimizer_step()

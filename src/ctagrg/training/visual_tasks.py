@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ctagrg.config import ConfigError
-from ctagrg.data.augment import AugmentConfig, apply_augmentation, augment_volume, draw_augmentation
+from ctagrg.data.augment import AugmentConfig, AugmentDraw, apply_augmentation, draw_augmentation
 from ctagrg.data.cache import dequantize
 from ctagrg.evaluation.classification import classification_report, markdown_table
 from ctagrg.labels import LABEL_INDEX, LABELS
@@ -84,35 +84,43 @@ def _classifier_train() -> TrainConfig:
 
 
 @dataclass
-class PretrainTaskConfig:
-    train: TrainConfig = field(default_factory=_pretrain_train)
-    data: VisualDataConfig = field(default_factory=VisualDataConfig)
-    model: VisualModelConfig = field(default_factory=VisualModelConfig)
-    init: InitConfig = field(default_factory=InitConfig)
-    # cnn3d only: its HU-bin stem has no weights, so measure each volume's patches once, keep them in memory
-    # (float32, (bins + 2) x the patch grid: 1.8 MB per volume at the demo's shape; not for CT-RATE-sized sets)
-    # and augment them instead of the volume. Needs whole-patch shifts (data.augment.shift_step a multiple of
-    # model.cnn3d.patch). The same losses and weights as computing the stem every step, exactly (tested).
-    cache_stem: bool = False
-
-
-@dataclass
 class AttributeConfig:
-    """Step 1's attribute supervision (not in the published method; off unless a weight is > 0).
+    """Supervision from the sides and sizes that report sentences state (not in the published method; off unless a
+    weight is > 0). The targets come from report text, as CT-RATE has it, not from any image annotation.
 
-    Each present finding whose report sentence states a side ("left", "right", bilateral) or a size ("12 mm")
-    teaches its abnormality embedding to carry it: label i's side read-out (cross-entropy over left / right /
-    bilateral) and size read-out (smooth L1 in cm) sit on embedding i (``model.heads.attribute_heads``). Step 2
-    writes each sentence from that embedding alone, and the presence loss does not ask it to keep where or how
-    large the finding is. The targets come from report text, as CT-RATE has it, not from any image annotation."""
+    - ``half_weight`` (pretraining and step 1, with ``heads.lateral_halves``): a present finding whose sentence states
+      its side tells the label's two half logits which half holds it: binary cross-entropy of the right half's logit
+      against "right or bilateral" and of the left half's against "left or bilateral". The label alone only says
+      that one half holds it, and the soft maximum sends most of the gradient to whichever half already scores
+      higher, right or wrong; told the side, the encoder learns from the difference between a patient's two halves,
+      one with the finding and one without (docs/training.md, "Half supervision").
+    - ``side_weight``, ``size_weight`` (step 1, with ``heads.attribute_heads``): label i's side read-out
+      (cross-entropy over left / right / bilateral) and size read-out (smooth L1 in cm) on embedding i. Step 2
+      writes each sentence from that embedding alone, and the presence loss does not ask it to keep where or how
+      large the finding is."""
 
     sentences_csv: str = ""  # `ctagrg sentences` output (VolumeName, AbnormalityName, Sentence): a file or folder
+    half_weight: float = 0.0
     side_weight: float = 0.0
     size_weight: float = 0.0
 
     @property
     def enabled(self) -> bool:
-        return self.side_weight > 0 or self.size_weight > 0
+        return self.half_weight > 0 or self.side_weight > 0 or self.size_weight > 0
+
+
+@dataclass
+class PretrainTaskConfig:
+    train: TrainConfig = field(default_factory=_pretrain_train)
+    data: VisualDataConfig = field(default_factory=VisualDataConfig)
+    model: VisualModelConfig = field(default_factory=VisualModelConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    attributes: AttributeConfig = field(default_factory=AttributeConfig)  # only half_weight applies here
+    # cnn3d only: its HU-bin stem has no weights, so measure each volume's patches once, keep them in memory
+    # (float32, (bins + 2) x the patch grid: 1.8 MB per volume at the demo's shape; not for CT-RATE-sized sets)
+    # and augment them instead of the volume. Needs whole-patch shifts (data.augment.shift_step a multiple of
+    # model.cnn3d.patch). The same losses and weights as computing the stem every step, exactly (tested).
+    cache_stem: bool = False
 
 
 @dataclass
@@ -135,6 +143,22 @@ class _VisualTask(Task):
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
         self._pos_weight: torch.Tensor | None = None
+        self._attributes: AttributeTargets | None = None
+        self._attribute_counts: dict[str, Any] = {}  # filled by predict, read by validate
+        a = cfg.attributes
+        if a.enabled:
+            if a.half_weight > 0 and not cfg.model.heads.lateral_halves:
+                raise ConfigError("attributes.half_weight > 0 needs model.heads.lateral_halves: true (the two half "
+                                  "logits it supervises)")
+            if not a.sentences_csv:
+                raise ConfigError("attributes.sentences_csv: not set (the `ctagrg sentences` CSV of the training "
+                                  "and validation reports, where the sides and sizes are read)")
+            aug = cfg.data.augment
+            if (a.half_weight > 0 or a.side_weight > 0) and aug.enabled and aug.rot90_p > 0:
+                raise ConfigError("attributes.half_weight / side_weight > 0 with data.augment.rot90_p > 0: a rotated "
+                                  "volume's left and right are no longer the sides its sentence states; set rot90_p: "
+                                  "0 or those weights to 0")
+            self._attributes = AttributeTargets.from_sentences_csv(a.sentences_csv)
 
     # -- data -------------------------------------------------------------------------------------------------
     def _dataset(self, labels_csv: str) -> Any:
@@ -231,10 +255,14 @@ class _VisualTask(Task):
 
     def _inputs(self, batch: dict[str, Any], train: bool) -> dict[str, torch.Tensor]:
         """The model's keyword inputs for ``batch``: the volumes, augmented in training (subclasses: cached stems
-        or encoder outputs looked up by name instead)."""
+        or encoder outputs looked up by name instead). Augmentation records which volumes it mirrored left-right
+        in ``batch["lr_flipped"]`` ((B,) bool), for the side targets."""
         x = self._volumes(batch)  # dequantised before augmentation: its pad value is in normalised units
         if train and self.cfg.data.augment.enabled:
-            x = torch.stack([augment_volume(v, self.cfg.data.augment) for v in x])
+            aug = self.cfg.data.augment
+            draws = [draw_augmentation(aug) for _ in range(len(x))]  # as augment_volume draws them
+            x = torch.stack([apply_augmentation(v, d, aug.pad_value) for v, d in zip(x, draws, strict=True)])
+            batch["lr_flipped"] = torch.tensor([d.flip_axis == 1 for d in draws])
         return {"volume": x}
 
     def _loss_terms(self, out: dict[str, torch.Tensor], batch: dict[str, Any], y: torch.Tensor) -> dict[str, Any]:
@@ -242,15 +270,51 @@ class _VisualTask(Task):
         loss = self._loss(out["logits"], y)
         if "logits_detached" in out:  # CT-AGRG per-head backward (see VisualModelConfig.per_head_backward)
             loss = loss + self._loss(out["logits_detached"], y)
-        return {"loss": loss}
+        result: dict[str, Any] = {"loss": loss}
+        a = self.cfg.attributes
+        if self._attributes is not None:
+            side, size = self._attributes.gather(batch["name"], y, self.device, batch.get("lr_flipped"))
+            if a.half_weight > 0:
+                half_loss = half_side_loss(out["half_logits"], side)
+                result["loss"] = result["loss"] + a.half_weight * half_loss
+                result["half_loss"] = half_loss.detach()
+            if a.side_weight > 0 or a.size_weight > 0:
+                side_loss, size_loss = attribute_losses(out["side_logits"], out["size_mm"], side, size)
+                result["loss"] = result["loss"] + a.side_weight * side_loss + a.size_weight * size_loss
+                result |= {"side_loss": side_loss.detach(), "size_loss": size_loss.detach()}
+        return result
 
     def training_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
         out = model(**self._inputs(batch, train=True))
         return self._loss_terms(out, batch, batch["labels"].to(self.device, non_blocking=True))
 
     def predict(self, model: nn.Module, loader: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        """(labels (N, 18), probabilities (N, 18), names) over ``loader`` with ``model`` in eval mode."""
-        return self._predict_with(model, loader, lambda batch: self._inputs(batch, train=False))
+        """(labels (N, 18), probabilities (N, 18), names) over ``loader`` with ``model`` in eval mode. With
+        ``attributes``, also counts what :meth:`validate` reports about sides and sizes, in the same pass."""
+        inputs = lambda batch: self._inputs(batch, train=False)  # noqa: E731
+        if self._attributes is None:
+            return self._predict_with(model, loader, inputs)
+        self._attribute_counts = counts = {"half": 0, "n_half": 0, "right": 0, "n_side": 0, "abs_err": []}
+        targets = self._attributes
+        left, right = SIDE_CLASSES.index("left"), SIDE_CLASSES.index("right")
+
+        def collect(out: dict[str, torch.Tensor], batch: dict[str, Any]) -> None:
+            side, size = targets.gather(batch["name"], batch["labels"], "cpu")
+            if "half_logits" in out:  # the half that scores higher against a one-sided finding's stated side
+                one_sided = (side == left) | (side == right)
+                hl = out["half_logits"].float().cpu()
+                said_right = torch.where(hl[:, 0] > hl[:, 1], right, left)
+                counts["half"] += int((said_right[one_sided] == side[one_sided]).sum())
+                counts["n_half"] += int(one_sided.sum())
+            if "side_logits" in out:
+                known = side >= 0
+                counts["right"] += int((out["side_logits"].argmax(-1).cpu()[known] == side[known]).sum())
+                counts["n_side"] += int(known.sum())
+            if "size_mm" in out:
+                sized = ~torch.isnan(size)
+                counts["abs_err"] += (out["size_mm"].float().cpu()[sized] - size[sized]).abs().tolist()
+
+        return self._predict_with(model, loader, inputs, collect)
 
     @staticmethod
     def _predict_with(model: nn.Module, loader: Any, inputs: Any, collect: Any = None
@@ -278,6 +342,15 @@ class _VisualTask(Task):
         metrics = {"loss": loss, "macro_auroc": rep["macro"]["auroc"], "macro_f1@0.5": rep["macro"]["f1"]}
         metrics |= {f"auroc/{name}": m["auroc"] for name, m in rep["per_label"].items()}
         metrics["score"] = metrics["macro_auroc"] if not np.isnan(metrics["macro_auroc"]) else -loss
+        if self._attributes is not None:
+            # over the present findings whose sentence states a side (one side, for the halves) or a size
+            c, nan = self._attribute_counts, float("nan")
+            if c["n_half"]:
+                metrics["half_side_accuracy"] = c["half"] / c["n_half"]
+            if "side_logits" in c or c["n_side"]:
+                metrics["side_accuracy"] = c["right"] / c["n_side"] if c["n_side"] else nan
+            if c["abs_err"]:
+                metrics["size_mae_mm"] = float(np.mean(c["abs_err"]))
         return metrics
 
     def on_train_end(self, model: nn.Module, out_dir: Path) -> None:
@@ -314,6 +387,9 @@ class PretrainTask(_VisualTask):
         self._pad: torch.Tensor | None = None  # measurements of a patch of data.augment.pad_value
         if cfg.cache_stem:
             self._check_cache_stem()
+        if cfg.attributes.side_weight > 0 or cfg.attributes.size_weight > 0:
+            raise ConfigError("attributes.side_weight / size_weight: step 1 only (its abnormality embeddings carry "
+                              "the read-outs); pretraining takes attributes.half_weight")
 
     def _check_cache_stem(self) -> None:
         cfg = self.cfg
@@ -350,19 +426,23 @@ class PretrainTask(_VisualTask):
         self._stems.start(lambda batch: stem.measure(encoder.check_input(self._volumes(batch))).cpu(),
                           batch_size=tc.eval_batch_size or tc.batch_size, num_workers=tc.num_workers)
 
-    def _stem_batch(self, names: Sequence[str], augment: bool) -> torch.Tensor:
+    def _stem_batch(self, names: Sequence[str], draws: Sequence[AugmentDraw] | None) -> torch.Tensor:
         """(B, stem_channels, d, h, w): the stem of each volume from its cached measurements, augmented per volume
-        with the same random draws as :func:`augment_volume` makes (so the run equals the uncached one)."""
+        by ``draws`` (the same random draws as the volume path makes, so the run equals the uncached one)."""
         m = self._stems.gather(names, "cpu")
-        if augment:
-            aug, patch = self.cfg.data.augment, self.cfg.model.cnn3d.patch
-            m = torch.stack([apply_augmentation(v, draw_augmentation(aug), self._pad, scale=patch) for v in m])
+        if draws is not None:
+            patch = self.cfg.model.cnn3d.patch
+            m = torch.stack([apply_augmentation(v, d, self._pad, scale=patch) for v, d in zip(m, draws, strict=True)])
         return self._stem.assemble(m.to(self.device, non_blocking=True))
 
     def _inputs(self, batch: dict[str, Any], train: bool) -> dict[str, torch.Tensor]:
         if not self.cfg.cache_stem:
             return super()._inputs(batch, train)
-        return {"stem": self._stem_batch(batch["name"], train and self.cfg.data.augment.enabled)}
+        draws = None
+        if train and self.cfg.data.augment.enabled:
+            draws = [draw_augmentation(self.cfg.data.augment) for _ in batch["name"]]
+            batch["lr_flipped"] = torch.tensor([d.flip_axis == 1 for d in draws])
+        return {"stem": self._stem_batch(batch["name"], draws)}
 
 
 class ClassifierTask(_VisualTask):
@@ -377,22 +457,10 @@ class ClassifierTask(_VisualTask):
         # volume name -> frozen encoder output (in_dim,), on the CPU
         self._h = PerVolumeCache("frozen encoder: {n} volumes encoded once in {s:.1f} s; epochs train the heads on "
                                  "the cached outputs")
-        self._attributes: AttributeTargets | None = None
-        self._attribute_counts: dict[str, Any] = {}  # filled by predict, read by validate
-        if cfg.attributes.enabled:
-            if not cfg.model.heads.attribute_heads:
-                raise ConfigError("attributes: side_weight / size_weight > 0 need model.heads.attribute_heads: true "
-                                  "(the read-outs the attribute loss trains)")
-            if not cfg.attributes.sentences_csv:
-                raise ConfigError("attributes.sentences_csv: not set (the `ctagrg sentences` CSV of the training "
-                                  "and validation reports, where the sides and sizes are read)")
-            aug = cfg.data.augment
-            if cfg.attributes.side_weight > 0 and aug.enabled and (
-                    aug.rot90_p > 0 or (aug.flip_p > 0 and 1 in aug.flip_axes)):
-                raise ConfigError("attributes.side_weight > 0 with data.augment flipping left-right (flip_axes holds "
-                                  "1) or rotating (rot90_p > 0): the augmented volume's side would no longer be the "
-                                  "one its sentence states; turn those off or set side_weight: 0")
-            self._attributes = AttributeTargets.from_sentences_csv(cfg.attributes.sentences_csv)
+        a = cfg.attributes
+        if (a.side_weight > 0 or a.size_weight > 0) and not cfg.model.heads.attribute_heads:
+            raise ConfigError("attributes: side_weight / size_weight > 0 need model.heads.attribute_heads: true "
+                              "(the read-outs the attribute loss trains)")
 
     @property
     def _caching(self) -> bool:
@@ -432,42 +500,6 @@ class ClassifierTask(_VisualTask):
             unwrap(model).encoder.eval()
         return super().training_step(model, batch)
 
-    def _loss_terms(self, out: dict[str, torch.Tensor], batch: dict[str, Any], y: torch.Tensor) -> dict[str, Any]:
-        result = super()._loss_terms(out, batch, y)
-        if self._attributes is not None:
-            side, size = self._attributes.gather(batch["name"], y, self.device)
-            a = self.cfg.attributes
-            side_loss, size_loss = attribute_losses(out["side_logits"], out["size_mm"], side, size)
-            result["loss"] = result["loss"] + a.side_weight * side_loss + a.size_weight * size_loss
-            result |= {"side_loss": float(side_loss.detach()), "size_loss": float(size_loss.detach())}
-        return result
-
-    def predict(self, model: nn.Module, loader: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        if self._attributes is None:
-            return super().predict(model, loader)
-        self._attribute_counts = counts = {"right": 0, "n_side": 0, "abs_err": []}
-        targets = self._attributes
-
-        def collect(out: dict[str, torch.Tensor], batch: dict[str, Any]) -> None:
-            side, size = targets.gather(batch["name"], batch["labels"], "cpu")
-            known = side >= 0
-            counts["right"] += int((out["side_logits"].argmax(-1).cpu()[known] == side[known]).sum())
-            counts["n_side"] += int(known.sum())
-            sized = ~torch.isnan(size)
-            counts["abs_err"] += (out["size_mm"].float().cpu()[sized] - size[sized]).abs().tolist()
-
-        return self._predict_with(model, loader, lambda batch: self._inputs(batch, train=False), collect)
-
-    def validate(self, model: nn.Module, loader: Any) -> dict[str, float]:
-        """The visual metrics, and with ``attributes`` the read-outs' side accuracy and size mean absolute error
-        (mm) over the present findings whose sentence states them (from the same pass over ``loader``)."""
-        metrics = super().validate(model, loader)
-        if self._attributes is not None:
-            c = self._attribute_counts
-            metrics["side_accuracy"] = c["right"] / c["n_side"] if c["n_side"] else float("nan")
-            metrics["size_mae_mm"] = float(np.mean(c["abs_err"])) if c["abs_err"] else float("nan")
-        return metrics
-
     def param_groups(self, model: nn.Module) -> list[Any]:
         if self.cfg.freeze_encoder:
             for p in model.encoder.parameters():
@@ -478,6 +510,23 @@ class ClassifierTask(_VisualTask):
             for name in ("side_weight", "side_bias", "size_weight", "size_bias"):
                 getattr(model.heads, name).requires_grad_(False)
         return [p for p in model.parameters() if p.requires_grad]
+
+
+def half_side_loss(half_logits: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of each half's logit against "the stated side holds the finding", over the present
+    findings whose side is known.
+
+    Args:
+        half_logits: (B, 2, L), [right half, left half]; side: (B, L) index into ``SIDE_CLASSES`` (left, right,
+            bilateral), -1 where unknown.
+    Returns a scalar; 0 (still connected to the graph) when the batch has no known side."""
+    known = side >= 0
+    if not known.any():
+        return half_logits.sum() * 0.0
+    left, right, both = (SIDE_CLASSES.index(c) for c in ("left", "right", "bilateral"))
+    target = torch.stack([(side == right) | (side == both), (side == left) | (side == both)], dim=1).float()
+    mask = known.unsqueeze(1).expand_as(target)
+    return F.binary_cross_entropy_with_logits(half_logits.float()[mask], target[mask])
 
 
 def attribute_losses(side_logits: torch.Tensor, size_mm: torch.Tensor, side: torch.Tensor, size: torch.Tensor
@@ -527,10 +576,11 @@ class AttributeTargets:
                 table[name] = (side, size)
         return cls(table, str(path))
 
-    def gather(self, names: Sequence[str], labels: torch.Tensor, device: torch.device | str
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+    def gather(self, names: Sequence[str], labels: torch.Tensor, device: torch.device | str,
+               lr_flipped: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L) side classes and (B, L) sizes for ``names``; unknown (-1 / NaN) where the label is not present
-        (``labels`` (B, L) < 0.5 or NaN) or its sentence states none."""
+        (``labels`` (B, L) < 0.5 or NaN) or its sentence states none. ``lr_flipped`` (B,) bool: volumes that
+        augmentation mirrored left-right, whose left and right are swapped."""
         from ctagrg.data.dataset import volume_stem
 
         missing = (np.full(len(LABELS), -1, np.int64), np.full(len(LABELS), np.nan, np.float32))
@@ -540,6 +590,10 @@ class AttributeTargets:
         present = labels.detach().cpu() > 0.5  # NaN compares False
         side = torch.where(present, side, -1)
         size = torch.where(present, size, torch.nan)
+        if lr_flipped is not None:
+            left, right = SIDE_CLASSES.index("left"), SIDE_CLASSES.index("right")
+            swapped = torch.where(side == left, right, torch.where(side == right, left, side))
+            side = torch.where(lr_flipped.cpu().bool().unsqueeze(1), swapped, side)
         return side.to(device), size.to(device)
 
     def summary(self, dataset: Any) -> str:
