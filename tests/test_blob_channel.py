@@ -1,0 +1,99 @@
+"""cnn3d's blob stem channel (``CNN3DConfig.blob``): an isolated solid blob in aerated lung scores 1, a thin vessel,
+the chest wall and open lung score 0; the score commutes with flips exactly (``cache_stem`` relies on it)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ctagrg.data.augment import AugmentDraw, apply_augmentation
+from ctagrg.models.cnn3d import CNN3DConfig, CNN3DEncoder, HUBinStem
+
+SHAPE = (16, 32, 32)
+HU = (-1000.0, 1500.0, 0.449)
+
+
+def _config(**kw) -> CNN3DConfig:
+    return CNN3DConfig(input_shape=SHAPE, input_hu=HU, width=2, region_grid=2, embed_dim=0, blob=True,
+                       voxel_mm=(4.0, 2.0, 2.0), blob_radii_mm=(8.0, 12.0), **kw)
+
+
+def _preprocessed(hu: torch.Tensor) -> torch.Tensor:
+    lo, hi, off = HU
+    return ((hu - lo) / (hi - lo) - off)[None, None]
+
+
+def _lung() -> torch.Tensor:
+    """(D, H, W) HU: aerated lung (-860) with a soft-tissue chest wall along the last 4 voxels of W."""
+    hu = torch.full(SHAPE, -860.0)
+    hu[:, :, -4:] = 45.0
+    return hu
+
+
+def _ball(hu: torch.Tensor, center: tuple[int, int, int], radius_mm: float, value: float = 40.0) -> None:
+    d, h, w = torch.meshgrid(*(torch.arange(n) for n in SHAPE), indexing="ij")
+    r2 = ((d - center[0]) * 4.0) ** 2 + ((h - center[1]) * 2.0) ** 2 + ((w - center[2]) * 2.0) ** 2
+    hu[r2 <= radius_mm**2] = value
+
+
+def test_an_isolated_blob_scores_one_and_vessels_wall_and_lung_score_zero():
+    stem = HUBinStem(_config())
+    hu = _lung()
+    _ball(hu, (8, 8, 12), 7.0)  # a 14 mm nodule
+    hu[:, 22:24, 12:14] = 40.0  # a 4 mm vessel running through every slice
+    score = stem._blob(torch.bucketize(_preprocessed(hu)[:, 0], (stem.edges - HU[0]) / (HU[1] - HU[0]) - HU[2]))
+    assert score.shape == (1, 1, *SHAPE)
+    assert score[0, 0, 8, 8, 12] == 1.0  # the nodule's centre: solid after erosion, lung all around
+    assert score[0, 0, :, 20:26, 10:16].max() == 0.0  # the vessel does not survive the erosion
+    assert 0.0 < score[0, 0, :, :, -4:].max() < 0.5  # the chest wall: solid, but lung on one side only
+    assert score[0, 0, :, 24:, :8].max() == 0.0  # open lung: not solid
+    # measured per patch (max), the nodule's patch holds it and the channel is the stem's last measurement
+    measured = stem.measure(_preprocessed(hu))
+    assert measured.shape == (1, stem.measure_channels, 8, 8, 8) and stem.measure_channels == len(stem.edges) + 4
+    assert measured[0, -1, 4, 2, 3] == 1.0
+    assert (measured[0, -1] > 0.5).sum() < 8  # only the nodule's few patches
+
+
+@pytest.mark.parametrize("draw", [AugmentDraw(flip_axis=1), AugmentDraw(flip_axis=0), AugmentDraw(flip_axis=2),
+                                  AugmentDraw(rot90=1)])
+def test_the_blob_score_commutes_with_flips_and_rotations_exactly(draw):
+    stem = HUBinStem(_config())
+    g = torch.Generator().manual_seed(0)
+    hu = _lung() + torch.randn(SHAPE, generator=g) * 30.0
+    _ball(hu, (5, 9, 20), 9.0)
+    _ball(hu, (11, 24, 6), 6.0)
+    v = _preprocessed(hu)
+    expected = stem.measure(apply_augmentation(v[0], draw, -0.449)[None])
+    got = apply_augmentation(stem.measure(v)[0], draw, stem.measure_padding(-0.449), scale=(2, 4, 4))[None]
+    assert torch.equal(got, expected)
+    assert expected[0, -1].max() == 1.0
+
+
+def test_a_whole_patch_shift_changes_the_score_only_near_the_border():
+    """Outside the volume is neither lung nor solid, so a shifted volume's score differs from the shifted score at
+    most within the shell's reach of the new border (cache_stem's runs equal uncached ones up to that)."""
+    stem = HUBinStem(_config())
+    hu = _lung()
+    _ball(hu, (8, 14, 14), 8.0)
+    v = _preprocessed(hu)
+    draw = AugmentDraw((2, 4, 0))
+    expected = stem.measure(apply_augmentation(v[0], draw, -0.449)[None])[0, -1]
+    got = apply_augmentation(stem.measure(v)[0], draw, stem.measure_padding(-0.449), scale=(2, 4, 4))[-1]
+    # the shell reaches 12 mm (3 voxels along D, 6 along H) and the erosion one voxel more: patches further than
+    # that from both ends of the shifted axes are the same
+    assert torch.equal(got[3:-2, 3:-2], expected[3:-2, 3:-2])
+    assert not torch.equal(got, expected)  # near the borders they are not (so the test above compares something)
+    assert got.max() == expected.max() == 1.0
+
+
+def test_the_encoder_widens_by_the_blob_channel_and_config_errors():
+    plain = CNN3DConfig(input_shape=SHAPE, input_hu=HU, width=2, region_grid=2, embed_dim=0)
+    cfg = _config()
+    assert cfg.stem_channels == plain.stem_channels + 1
+    enc = CNN3DEncoder(cfg).eval()
+    assert enc(_preprocessed(_lung())).shape == (1, cfg.out_dim)
+    assert cfg.out_dim == plain.out_dim + 2 * 8  # the stem's max and mean on its 8 regions, for the one channel
+    with pytest.raises(ValueError, match=r"blob_erosion must be odd"):
+        _config(blob_erosion=(2, 3, 3))
+    with pytest.raises(ValueError, match=r"blob_radii_mm and voxel_mm positive"):
+        CNN3DConfig(input_shape=SHAPE, blob=True, blob_radii_mm=())
