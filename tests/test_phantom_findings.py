@@ -116,15 +116,25 @@ def test_pleural_effusion_is_dependent_fluid_on_its_side(base, side):
             assert on_side.sum() == 0
 
 
-def test_consolidation_is_dense_with_air_bronchograms(base):
-    anat, f, hu0, hu1 = _with(base, "Consolidation")
+@pytest.mark.parametrize("seed", [3, 11])
+def test_consolidation_is_pleural_based_dense_in_its_lobe_with_air_bronchograms(base, seed):
+    anat, f, hu0, hu1 = _with(base, "Consolidation", seed=seed)
     x, y, z = _coords(anat)
-    inside = np.sqrt(((x - f.center[0]) / f.params["radii"][0]) ** 2 + ((y - f.center[1]) / f.params["radii"][1])
-                     ** 2 + ((z - f.center[2]) / f.params["radii"][2]) ** 2) < 0.7
-    lungish = inside & (hu0 < -700)
-    assert np.mean(np.abs(hu1[lungish] - 35.0) < 40.0) > 0.5
-    assert np.sum(lungish & (hu1 < -900)) > 3  # air bronchograms survive inside the consolidation
-    assert np.sign(f.center[0]) == (1 if f.side == "left" else -1)
+    lung = anat.lung(f.side)
+    side_lung = (np.sign(x) == (1 if f.side == "left" else -1)) & (hu0 < -700)
+    dense = _changed(hu0, hu1, 200.0) & (np.abs(hu1 - 35.0) < 40.0)
+    assert dense.sum() * np.prod(SPACING) > 0.1 * np.pi / 6 * f.size_mm**3  # a sizeable region
+    assert np.mean(side_lung[dense]) > 0.95  # in its own lung (partial-volume voxels at its surface aside) ...
+    lobes = lung.lobe(f.side, *np.broadcast_arrays(x, y, z))
+    assert np.mean(lobes[dense] == f.params["lobe"]) > 0.98  # ... and lobe (the soft edge aside)
+    assert f.lobe == f"{f.side} {f.params['lobe']} lobe"
+    # pleural-based: it reaches the lung surface, unlike a nodule
+    depth = lung.signed_mm(*np.broadcast_arrays(x, y, z))
+    assert depth[dense].min() < 5.0
+    assert np.sum(dense & (depth > 10.0)) > 0  # and fills lung behind the pleura
+    # air bronchograms survive inside the consolidated region
+    region = _changed(hu0, hu1, 30.0)
+    assert np.sum(region & (hu1 < -900) & (hu0 > -900)) + np.sum(region & (hu1 < -900)) > 3
 
 
 def test_atelectasis_is_a_dense_band_with_volume_loss(base):

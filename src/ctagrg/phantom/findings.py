@@ -159,12 +159,33 @@ def _nodule(rng: np.random.Generator, anat: Anatomy) -> Finding:
 def _consolidation(rng: np.random.Generator, anat: Anatomy) -> Finding:
     side = str(rng.choice(SIDES))
     lobe = str(rng.choice(("upper", "middle", "lower") if side == "right" else ("upper", "lower"), p=None))
-    size = float(np.round(rng.uniform(30, 55)))
-    center = point_in_lobe(rng, anat, side, lobe, margin=size / 4)
+    size = float(np.round(rng.uniform(40, 70)))
+    # Airspace disease fills the periphery of a lobe from the pleura inwards (lesions._consolidation keeps it inside
+    # the lobe and the lung): an ellipsoid of ``size`` mm across centred on the pleural surface, radially outward of
+    # a point in the lobe, so about half of it lies in the lung as a pleural-based wedge. A round solid lesion with
+    # lung all around is a nodule or a mass; drawn that way (30-55 mm, before 2026-11-29), consolidation's false
+    # positives were the volumes with large nodules.
+    lung, radii = anat.lung(side), size / 2 * np.array([1.0, 0.9, 0.9], np.float32)
+    # at least a third of the ellipsoid must lie in the lobe (near the apex or a fissure it may not): else another
+    # point, and after 50 tries the point itself (not pushed out to the pleura)
+    u = np.linspace(-1.0, 1.0, 7, dtype=np.float32)
+    unit = np.stack(np.meshgrid(u, u, u, indexing="ij"), -1).reshape(-1, 3)
+    unit = unit[(unit**2).sum(1) <= 1.0]
+    for tries in range(51):
+        inside = point_in_lobe(rng, anat, side, lobe, margin=size / 4)
+        radial = np.array([inside[0] - lung.xc, inside[1] - lung.yc, 0.0], np.float32)
+        radial /= max(float(np.linalg.norm(radial)), 1e-3)
+        center = inside + radial * max(float(lung.signed_mm(*inside)), 0.0) * (tries < 50)
+        pts = center + unit * radii
+        in_lobe = (lung.signed_mm(pts[:, 0], pts[:, 1], pts[:, 2]) > 0) & (
+            lung.lobe(side, pts[:, 0], pts[:, 1], pts[:, 2]) == lobe)
+        if in_lobe.mean() >= 1 / 3:
+            break
     dirs = rng.normal(size=(3, 3))
     return Finding("Consolidation", side=side, lobe=_lobe_name(side, lobe), size_mm=size, extent="focal",
-                   center=center, params={"radii": size / 2 * np.array([1.0, 0.8, 0.9]),
-                                          "bronchi": dirs / np.linalg.norm(dirs, axis=1, keepdims=True)})
+                   center=center, params={"radii": radii, "lobe": lobe,
+                                          "bronchi": dirs / np.linalg.norm(dirs, axis=1, keepdims=True),
+                                          "seed": int(rng.integers(2**31))})
 
 
 def _pleural_effusion(rng: np.random.Generator, anat: Anatomy) -> Finding:

@@ -31,14 +31,19 @@ def _nodule(c: Canvas, a: Anatomy, f: Finding) -> None:
 
 
 def _consolidation(c: Canvas, a: Anatomy, f: Finding) -> None:
-    """Soft-tissue density with air bronchograms (air tubes kept inside the consolidated region)."""
+    """Soft-tissue density filling the periphery of one lobe up to the pleura, with an irregular margin, and air
+    bronchograms (air tubes kept inside the consolidated region)."""
     shape = ellipsoid(c.grid, f.center, f.params["radii"])
     if shape is None:
         return
+    box, m = shape
+    in_lobe = a.lung(f.side).lobe(f.side, *c.grid.coords(box)) == f.params["lobe"]
+    lumpy = lattice_field(f.params["seed"], c.grid, corr_mm=12.0)[box]
+    m = np.clip(m * (1.3 + 0.7 * lumpy), 0.0, 1.0) * in_lobe
     mask = c.lungs[f.side]
-    paint(c.hu, shape, 35.0, within=mask)
+    paint(c.hu, (box, m), 35.0, within=mask)
     region = np.zeros(c.grid.shape, np.float32)
-    region[shape[0]] = shape[1] * mask[shape[0]]
+    region[box] = m * mask[box]
     for d in f.params["bronchi"]:
         tube = capsule(c.grid, f.center - 0.8 * f.params["radii"].max() * d,
                        f.center + 0.8 * f.params["radii"].max() * d, 2.0)
