@@ -181,9 +181,9 @@ def _consolidation(rng: np.random.Generator, anat: Anatomy) -> Finding:
             lung.lobe(side, pts[:, 0], pts[:, 1], pts[:, 2]) == lobe)
         if in_lobe.mean() >= 1 / 3:
             break
-    dirs = rng.normal(size=(3, 3))
+    dirs = rng.normal(size=(6, 3))
     return Finding("Consolidation", side=side, lobe=_lobe_name(side, lobe), size_mm=size, extent="focal",
-                   center=center, params={"radii": radii, "lobe": lobe,
+                   center=center, params={"radii": radii, "lobe": lobe, "core": inside,
                                           "bronchi": dirs / np.linalg.norm(dirs, axis=1, keepdims=True),
                                           "seed": int(rng.integers(2**31))})
 

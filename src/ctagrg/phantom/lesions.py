@@ -44,10 +44,11 @@ def _consolidation(c: Canvas, a: Anatomy, f: Finding) -> None:
     paint(c.hu, (box, m), 35.0, within=mask)
     region = np.zeros(c.grid.shape, np.float32)
     region[box] = m * mask[box]
+    # air bronchograms: six air-filled bronchi, 5 mm wide, crossing the consolidated region's core (the point in
+    # the lobe it grew from; its centre lies on the pleura), the hallmark that tells it from a solid mass
+    core, reach = f.params["core"], 0.9 * f.params["radii"].max()
     for d in f.params["bronchi"]:
-        tube = capsule(c.grid, f.center - 0.8 * f.params["radii"].max() * d,
-                       f.center + 0.8 * f.params["radii"].max() * d, 2.0)
-        paint(c.hu, tube, -950.0, within=region)
+        paint(c.hu, capsule(c.grid, core - reach * d, core + reach * d, 2.5), -950.0, within=region)
 
 
 def _pleural_effusion(c: Canvas, a: Anatomy, f: Finding) -> None:
