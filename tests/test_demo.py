@@ -176,3 +176,17 @@ def test_a_folder_of_other_settings_is_not_reused(tmp_path: Path) -> None:
     run_stages(_stages(calls), DemoConfig(out_dir=str(tmp_path), force="phantoms"), lambda s: None)
     assert calls == list(STAGES)
     assert json.loads((tmp_path / "stages" / "settings.json").read_text())["n_volumes"] == 600
+
+
+def test_a_folder_of_an_earlier_design_is_not_reused(tmp_path: Path) -> None:
+    """A folder made before the demo's design changed (its settings.json without, or with another, design) holds
+    phantoms or an encoder this version cannot reuse: refused, naming the design."""
+    calls: list[str] = []
+    run_stages(_stages(calls), DemoConfig(out_dir=str(tmp_path), quick=True), lambda s: None)
+    path = tmp_path / "stages" / "settings.json"
+    old = json.loads(path.read_text())
+    assert old["design"] == demo.DEMO_DESIGN
+    del old["design"]
+    path.write_text(json.dumps(old))
+    with pytest.raises(DemoError, match=rf"other settings \(design None there, '{demo.DEMO_DESIGN}' now\)"):
+        run_stages(_stages(calls), DemoConfig(out_dir=str(tmp_path), quick=True), lambda s: None)

@@ -115,10 +115,16 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+# The phantoms' and the demo models' design: a folder made by a version with another one has phantoms or an encoder
+# this version's stages cannot reuse (2026-11-29: pleural-based consolidations, cnn3d's blob channel).
+DEMO_DESIGN = "2026-11-29"
+
+
 def run_settings(cfg: DemoConfig) -> dict[str, Any]:
-    """What makes two runs' finished stages interchangeable: the preset's sizes and epochs, seed, phantom size."""
-    return {"preset": "quick" if cfg.quick else "full", **cfg.preset.__dict__, "seed": cfg.seed,
-            "phantom_size": cfg.phantom_size}
+    """What makes two runs' finished stages interchangeable: the demo's design, the preset's sizes and epochs,
+    seed, phantom size."""
+    return {"design": DEMO_DESIGN, "preset": "quick" if cfg.quick else "full", **cfg.preset.__dict__,
+            "seed": cfg.seed, "phantom_size": cfg.phantom_size}
 
 
 def check_settings(out: Path, cfg: DemoConfig) -> None:
@@ -175,7 +181,7 @@ def run_stages(stages: list[Stage], cfg: DemoConfig, log: Callable[[str], None] 
 # runs/<stage>/last, and the cache, the embedding cache and evaluate's predictions skip what they already hold, so
 # a finished stage rerun in place would keep its old results.
 STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
-    "phantoms": ("data",), "preprocess": ("cache",), "pretrain": ("pretrain",), "classifier": ("text", "classifier"),
+    "phantoms": ("data",), "preprocess": ("cache",), "pretrain": ("text", "pretrain"), "classifier": ("classifier",),
     "embeddings": ("tokenizer", "embeddings"), "decoder": ("decoder",), "package": ("model",),
     "evaluate": ("eval",)}
 
@@ -272,13 +278,14 @@ def _visual_overrides(out: Path, cfg: DemoConfig, epochs: int | None) -> list[st
 def _pretrain(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     p = _paths(out)
     best = _train("pretrain", out, cfg, _visual_overrides(out, cfg, cfg.preset.pretrain_epochs)
-                  + [f"train.out_dir={p['pretrain']}"])
+                  + [f"train.out_dir={p['pretrain']}", f"attributes.sentences_csv={_sentences(out)}"])
     return {"best": str(best)}
 
 
 def _sentences(out: Path) -> Path:
-    """Each training and validation report's sentence per present finding (``ctagrg sentences``), written once:
-    step 1 reads sides and sizes from them (``attributes``), step 2 learns to write them."""
+    """Each training and validation report's sentence per present finding (``ctagrg sentences``), written once
+    (by the pretraining stage): pretraining and step 1 read sides and sizes from them (``attributes``), step 2
+    learns to write them."""
     p = _paths(out)
     sentences = p["text"] / "sentences_train_valid.csv"
     if not sentences.is_file():
