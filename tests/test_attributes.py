@@ -178,9 +178,13 @@ def test_read_outs_without_their_loss_are_frozen(tmp_path):
     from ctagrg.training.visual_tasks import ClassifierTask, ClassifierTaskConfig
 
     sent = write_sentences(tmp_path / "s.csv", [("train_1_a_1.nii.gz", "Lung nodule", "A 9 mm left nodule.")])
-    for extra, trained in (([], False), (["attributes.size_weight=1.0", f"attributes.sentences_csv={sent}"], True)):
+    for model_cfg, extra, trained in (
+            (CNN3D, [], False),
+            (CNN3D, ["attributes.size_weight=1.0", f"attributes.sentences_csv={sent}"], True),
+            # half supervision trains the half logits, not the read-outs: they stay frozen
+            (LATERAL, ["attributes.half_weight=1.0", f"attributes.sentences_csv={sent}"], False)):
         task = ClassifierTask(load_config(ClassifierTaskConfig, None,
-                                          [*CNN3D, "model.heads.attribute_heads=true", *extra]))
+                                          [*model_cfg, "model.heads.attribute_heads=true", *extra]))
         model = task.build_model()
         params = {id(p) for p in task.param_groups(model)}
         heads = model.heads

@@ -87,9 +87,11 @@ class CNN3DConfig:
     # One more stem channel, measured at full resolution: "an isolated solid blob" (a nodule). Solid voxels
     # (``solid_hu``) eroded by ``blob_erosion`` voxels (thin vessels vanish), times the aerated-lung fraction on a
     # shell around the voxel (26 directions, the best of ``blob_radii_mm``), at most per patch. Alone, its maximum
-    # per half gave the demo's test phantoms nodule AUROC 0.73 (0.91 for nodules of 20-30 mm) where the CNN on the
-    # patch statistics reached 0.60-0.68 (docs/training.md, "Blob channel"). ``voxel_mm`` is the input's spacing
-    # (D, H, W) in mm (configs/demo/preprocess.yaml). Off by default so that checkpoints saved without it load.
+    # per half gave the demo's test phantoms nodule AUROC 0.81 (0.94 for nodules of 20-30 mm; the higher half on the
+    # nodule's side for 0.78) where the CNN on the patch statistics reached 0.60-0.68 (docs/training.md, "Blob
+    # channel"). ``voxel_mm`` must be the input's spacing (D, H, W) in mm (configs/demo/preprocess.yaml's
+    # ``spacing``): it is not checked, and another spacing puts the shell at other radii. Off by default so that
+    # checkpoints saved without it load.
     blob: bool = False
     voxel_mm: tuple[float, float, float] = (4.0, 2.0, 2.0)
     blob_radii_mm: tuple[float, ...] = (8.0, 12.0, 16.0, 22.0)
@@ -213,8 +215,9 @@ class HUBinStem(nn.Module):
 
     @torch.no_grad()
     def measure(self, volume: torch.Tensor) -> torch.Tensor:
-        """(B, 1, D, H, W) preprocessed → (B, bins + 2, D/pd, H/ph, W/pw) float32: per patch, the fraction of voxels
-        in each HU bin, mean HU / 1000 and max HU / 1000 (clipped to [-1, 3]).
+        """(B, 1, D, H, W) preprocessed → (B, measure_channels, D/pd, H/ph, W/pw) float32: per patch, the fraction
+        of voxels in each HU bin, mean HU / 1000 and max HU / 1000 (clipped to [-1, 3]), and with ``blob`` the blob
+        score's maximum.
 
         Everything the stem reads from the voxels. The patch grid commutes with flips and whole-patch shifts, so
         a caller may compute this once per volume and augment it (:meth:`assemble` then gives what the stem of
@@ -266,13 +269,14 @@ class HUBinStem(nn.Module):
 
     @torch.no_grad()
     def measure_padding(self, pad_value: float, device: torch.device | str = "cpu") -> torch.Tensor:
-        """(bins + 2, 1, 1, 1): :meth:`measure` of a patch filled with ``pad_value`` (what a shift brings in).
+        """(measure_channels, 1, 1, 1): :meth:`measure` of a patch filled with ``pad_value`` (what a shift brings
+        in).
         Measured on a whole input-shaped volume, so that the pooling rounds as it does inside a volume."""
         full = torch.full((1, 1, *self.config.input_shape), float(pad_value), device=device)
         return self.measure(full)[0, :, :1, :1, :1].clone()
 
     def assemble(self, measured: torch.Tensor) -> torch.Tensor:
-        """(B, bins + 2, d, h, w) from :meth:`measure` → (B, stem_channels, d, h, w): the square root of each
+        """(B, measure_channels, d, h, w) from :meth:`measure` → (B, stem_channels, d, h, w): the square root of each
         fraction (a few calcium or metal voxels in a patch, fraction ~0.01, become a visible 0.1), mean and max
         HU / 1000, and with ``context`` the two context channels."""
         nb = len(self.config.hu_edges) + 1

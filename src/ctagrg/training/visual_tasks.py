@@ -117,9 +117,10 @@ class PretrainTaskConfig:
     init: InitConfig = field(default_factory=InitConfig)
     attributes: AttributeConfig = field(default_factory=AttributeConfig)  # only half_weight applies here
     # cnn3d only: its HU-bin stem has no weights, so measure each volume's patches once, keep them in memory
-    # (float32, (bins + 2) x the patch grid: 1.8 MB per volume at the demo's shape; not for CT-RATE-sized sets)
-    # and augment them instead of the volume. Needs whole-patch shifts (data.augment.shift_step a multiple of
-    # model.cnn3d.patch). The same losses and weights as computing the stem every step, exactly (tested).
+    # (float32, measure_channels x the patch grid: 1.8 MB per volume at the demo's shape, 1.9 MB with ``blob``; not
+    # for CT-RATE-sized sets) and augment them instead of the volume. Needs whole-patch shifts (data.augment.
+    # shift_step a multiple of model.cnn3d.patch). The same losses and weights as computing the stem every step,
+    # exactly (tested), except that with cnn3d's ``blob`` a shift changes the blob channel near the border.
     cache_stem: bool = False
 
 
@@ -183,6 +184,8 @@ class _VisualTask(Task):
                                                     self.cfg.data.max_pos_weight), dtype=torch.float32)
         elif self.cfg.data.pos_weight != "none":
             raise ConfigError(f"data.pos_weight: expected none or auto, got {self.cfg.data.pos_weight!r}")
+        if self._attributes is not None:
+            print(self._attributes.summary(ds))
         return ds
 
     def valid_dataset(self) -> Any | None:
@@ -294,12 +297,14 @@ class _VisualTask(Task):
         inputs = lambda batch: self._inputs(batch, train=False)  # noqa: E731
         if self._attributes is None:
             return self._predict_with(model, loader, inputs)
-        self._attribute_counts = counts = {"half": 0, "n_half": 0, "right": 0, "n_side": 0, "abs_err": []}
+        self._attribute_counts = counts = {"half": 0, "n_half": 0, "right": 0, "n_side": 0, "abs_err": [],
+                                           "outputs": set()}
         targets = self._attributes
         left, right = SIDE_CLASSES.index("left"), SIDE_CLASSES.index("right")
 
         def collect(out: dict[str, torch.Tensor], batch: dict[str, Any]) -> None:
             side, size = targets.gather(batch["name"], batch["labels"], "cpu")
+            counts["outputs"] |= set(out)
             if "half_logits" in out:  # the half that scores higher against a one-sided finding's stated side
                 one_sided = (side == left) | (side == right)
                 hl = out["half_logits"].float().cpu()
@@ -344,13 +349,14 @@ class _VisualTask(Task):
         metrics["score"] = metrics["macro_auroc"] if not np.isnan(metrics["macro_auroc"]) else -loss
         if self._attributes is not None:
             # over the present findings whose sentence states a side (one side, for the halves) or a size
+            # NaN where the model has the output but no validation finding states the attribute
             c, nan = self._attribute_counts, float("nan")
-            if c["n_half"]:
-                metrics["half_side_accuracy"] = c["half"] / c["n_half"]
-            if "side_logits" in c or c["n_side"]:
+            if "half_logits" in c["outputs"]:
+                metrics["half_side_accuracy"] = c["half"] / c["n_half"] if c["n_half"] else nan
+            if "side_logits" in c["outputs"]:
                 metrics["side_accuracy"] = c["right"] / c["n_side"] if c["n_side"] else nan
-            if c["abs_err"]:
-                metrics["size_mae_mm"] = float(np.mean(c["abs_err"]))
+            if "size_mm" in c["outputs"]:
+                metrics["size_mae_mm"] = float(np.mean(c["abs_err"])) if c["abs_err"] else nan
         return metrics
 
     def on_train_end(self, model: nn.Module, out_dir: Path) -> None:
@@ -470,8 +476,6 @@ class ClassifierTask(_VisualTask):
     # -- frozen-encoder cache: h is computed once per volume before training, then the datasets read no volumes --
     def train_dataset(self) -> Any:
         ds = super().train_dataset()
-        if self._attributes is not None:
-            print(self._attributes.summary(ds))
         return self._h.register(ds) if self._caching else ds
 
     def valid_dataset(self) -> Any | None:
@@ -504,7 +508,8 @@ class ClassifierTask(_VisualTask):
         if self.cfg.freeze_encoder:
             for p in model.encoder.parameters():
                 p.requires_grad_(False)
-        if model.heads.attribute_heads and not self.cfg.attributes.enabled:
+        a = self.cfg.attributes
+        if model.heads.attribute_heads and not (a.side_weight > 0 or a.size_weight > 0):
             # read-outs without a loss get no gradient: frozen, so that DDP (find_unused_parameters off) does not
             # wait for theirs
             for name in ("side_weight", "side_bias", "size_weight", "size_bias"):
