@@ -35,6 +35,32 @@ def write_sentences(path, rows: list[tuple[str, str, str]]) -> str:
     return str(path)
 
 
+def side_blob_dataset(tmp_path, seed: int, n_train: int = 16, n_valid: int = 8) -> tuple[dict, str]:
+    """A cache of (8, 32, 16) volumes in ``tmp_path / "cache"`` where label 0 is present in every volume as a bright
+    blob on the left or the right (axis 1: high index = left), its sentence stating which; no other label.
+    Returns ({"train": labels CSV, "valid": labels CSV}, sentences CSV)."""
+    from ctagrg.data.cache import cache_path, save_cached
+
+    rng = np.random.default_rng(seed)
+    rows, sentences = {"train": [], "valid": []}, []
+    for split, n in (("train", n_train), ("valid", n_valid)):
+        for i in range(n):
+            vol = rng.normal(0, 0.05, (8, 32, 16)).astype(np.float32)
+            side = "left" if i % 2 else "right"
+            vol[2:4, (22 if side == "left" else 2):(30 if side == "left" else 10), 4:12] += 0.5
+            name = f"{split}_{i}_a_1"
+            save_cached(cache_path(tmp_path / "cache", name), vol, -0.449, 0.551)
+            y = np.zeros(18, int)
+            y[0] = 1
+            rows[split].append(f"{name}.nii.gz," + ",".join(map(str, y)))
+            sentences.append((f"{name}.nii.gz", LABELS[0], f"A catheter is seen on the {side} side."))
+    csvs = {}
+    for split, r in rows.items():
+        csvs[split] = tmp_path / f"{split}.csv"
+        csvs[split].write_text("VolumeName," + ",".join(LABELS) + "\n" + "\n".join(r) + "\n")
+    return csvs, write_sentences(tmp_path / "sentences.csv", sentences)
+
+
 def test_targets_parse_sides_and_sizes_and_keep_only_present_labels(tmp_path):
     path = write_sentences(tmp_path / "s.csv", [
         ("train_1_a_1.nii.gz", "Lung nodule", "A 1.2 cm solid nodule is seen in the left upper lobe."),
@@ -106,27 +132,9 @@ def test_classifier_learns_the_side_from_sentences(tmp_path, variant):
     model gives side logits, and the configuration errors name what is missing. Both on cached outputs of a frozen
     encoder and with lateral halves and the encoder trained (volumes read every step)."""
     from ctagrg.config import ConfigError, load_config
-    from ctagrg.data.cache import cache_path, save_cached
     from ctagrg.training.visual_tasks import ClassifierTask, ClassifierTaskConfig
 
-    rng = np.random.default_rng(5)
-    rows, sentences = {"train": [], "valid": []}, []
-    for split, n in (("train", 16), ("valid", 8)):
-        for i in range(n):
-            vol = rng.normal(0, 0.05, (8, 32, 16)).astype(np.float32)
-            y = np.zeros(18, int)
-            y[0] = 1
-            side = "left" if i % 2 else "right"
-            vol[2:4, (22 if side == "left" else 2):(30 if side == "left" else 10), 4:12] += 0.5  # axis 1: left
-            name = f"{split}_{i}_a_1"
-            save_cached(cache_path(tmp_path / "cache", name), vol, -0.449, 0.551)
-            rows[split].append(f"{name}.nii.gz," + ",".join(map(str, y)))
-            sentences.append((f"{name}.nii.gz", LABELS[0], f"A catheter is seen on the {side} side."))
-    csvs = {}
-    for split, r in rows.items():
-        csvs[split] = tmp_path / f"{split}.csv"
-        csvs[split].write_text("VolumeName," + ",".join(LABELS) + "\n" + "\n".join(r) + "\n")
-    sent_csv = write_sentences(tmp_path / "sentences.csv", sentences)
+    csvs, sent_csv = side_blob_dataset(tmp_path, seed=5)
     common = ["train.batch_size=4", "train.tensorboard=false", "train.lr=0.05", "train.epochs=12",
               "train.log_every=4", f"data.cache_dir={tmp_path / 'cache'}", f"data.train_labels={csvs['train']}",
               f"data.valid_labels={csvs['valid']}",

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from ctagrg.cli.main import main as cli_main
 from ctagrg.config import ConfigError, load_config
-from ctagrg.labels import LABEL_INDEX, LABELS
+from ctagrg.labels import LABEL_INDEX
 from ctagrg.models.heads import SIDE_CLASSES
 from ctagrg.training.visual_tasks import (
     AttributeTargets,
@@ -23,7 +23,7 @@ from ctagrg.training.visual_tasks import (
     PretrainTaskConfig,
     half_side_loss,
 )
-from tests.test_attributes import LATERAL, write_sentences
+from tests.test_attributes import LATERAL, side_blob_dataset, write_sentences
 
 LEFT, RIGHT, BOTH = (SIDE_CLASSES.index(c) for c in ("left", "right", "bilateral"))
 NODULE = LABEL_INDEX["Lung nodule"]
@@ -63,38 +63,13 @@ def test_gather_swaps_the_sides_of_volumes_mirrored_left_right(tmp_path):
     assert side[0, NODULE] == LEFT and side[1, NODULE] == LEFT
 
 
-def _blob_dataset(tmp_path, n_train: int = 16, n_valid: int = 8) -> tuple[dict, str]:
-    """Label 0 present in every volume, as a bright blob on the left or the right (axis 1: high index = left), its
-    sentence stating which; label 1 absent everywhere."""
-    from ctagrg.data.cache import cache_path, save_cached
-
-    rng = np.random.default_rng(7)
-    rows, sentences = {"train": [], "valid": []}, []
-    for split, n in (("train", n_train), ("valid", n_valid)):
-        for i in range(n):
-            vol = rng.normal(0, 0.05, (8, 32, 16)).astype(np.float32)
-            side = "left" if i % 2 else "right"
-            vol[2:4, (22 if side == "left" else 2):(30 if side == "left" else 10), 4:12] += 0.5
-            name = f"{split}_{i}_a_1"
-            save_cached(cache_path(tmp_path / "cache", name), vol, -0.449, 0.551)
-            y = np.zeros(18, int)
-            y[0] = 1
-            rows[split].append(f"{name}.nii.gz," + ",".join(map(str, y)))
-            sentences.append((f"{name}.nii.gz", LABELS[0], f"A catheter is seen on the {side} side."))
-    csvs = {}
-    for split, r in rows.items():
-        csvs[split] = tmp_path / f"{split}.csv"
-        csvs[split].write_text("VolumeName," + ",".join(LABELS) + "\n" + "\n".join(r) + "\n")
-    return csvs, write_sentences(tmp_path / "sentences.csv", sentences)
-
-
 @pytest.mark.parametrize("cache_stem", [False, True])
 def test_pretraining_learns_which_half_holds_the_finding_under_mirroring(tmp_path, cache_stem):
     """Every volume has label 0, so the label alone cannot say where it is; the sentences say the side. Half of the
     training volumes are mirrored left-right each epoch (flip_axes [1]): with the side swapped for them the half
     logits learn the side (validation half_side_accuracy 1.0); without the swap, the targets of a mirrored volume
     would contradict its image."""
-    csvs, sent = _blob_dataset(tmp_path)
+    csvs, sent = side_blob_dataset(tmp_path, seed=7)
     out = tmp_path / "pre"
     common = ["train.batch_size=4", "train.tensorboard=false", "train.lr=0.05", "train.epochs=12",
               "train.log_every=4", f"data.cache_dir={tmp_path / 'cache'}", f"data.train_labels={csvs['train']}",
@@ -113,7 +88,7 @@ def test_pretraining_learns_which_half_holds_the_finding_under_mirroring(tmp_pat
 
 def test_step1_learns_which_half_on_a_frozen_cached_encoder(tmp_path):
     """Step 1 with a frozen (random) encoder, its outputs cached: the heads learn to fire on the stated half."""
-    csvs, sent = _blob_dataset(tmp_path)
+    csvs, sent = side_blob_dataset(tmp_path, seed=7)
     out = tmp_path / "cls"
     # a gentler rate than pretraining's: at 0.01 and above the heads' ReLU embeddings die (both halves tie)
     common = ["train.batch_size=4", "train.tensorboard=false", "train.lr=0.005", "train.epochs=30",
