@@ -261,12 +261,20 @@ class _VisualTask(Task):
         or encoder outputs looked up by name instead). Augmentation records which volumes it mirrored left-right
         in ``batch["lr_flipped"]`` ((B,) bool), for the side targets."""
         x = self._volumes(batch)  # dequantised before augmentation: its pad value is in normalised units
-        if train and self.cfg.data.augment.enabled:
-            aug = self.cfg.data.augment
-            draws = [draw_augmentation(aug) for _ in range(len(x))]  # as augment_volume draws them
-            x = torch.stack([apply_augmentation(v, d, aug.pad_value) for v, d in zip(x, draws, strict=True)])
-            batch["lr_flipped"] = torch.tensor([d.flip_axis == 1 for d in draws])
+        draws = self._draws(batch, train)
+        if draws is not None:
+            pad = self.cfg.data.augment.pad_value
+            x = torch.stack([apply_augmentation(v, d, pad) for v, d in zip(x, draws, strict=True)])
         return {"volume": x}
+
+    def _draws(self, batch: dict[str, Any], train: bool) -> list[AugmentDraw] | None:
+        """One augmentation draw per volume of a training batch (None when not augmenting), as
+        :func:`augment_volume` draws them; records the left-right mirrors in ``batch["lr_flipped"]``."""
+        if not (train and self.cfg.data.augment.enabled):
+            return None
+        draws = [draw_augmentation(self.cfg.data.augment) for _ in batch["name"]]
+        batch["lr_flipped"] = torch.tensor([d.flip_axis == 1 for d in draws])
+        return draws
 
     def _loss_terms(self, out: dict[str, torch.Tensor], batch: dict[str, Any], y: torch.Tensor) -> dict[str, Any]:
         """``{"loss": ...}`` (+ logged extras) from the model's outputs on a training batch with labels ``y``."""
@@ -444,11 +452,7 @@ class PretrainTask(_VisualTask):
     def _inputs(self, batch: dict[str, Any], train: bool) -> dict[str, torch.Tensor]:
         if not self.cfg.cache_stem:
             return super()._inputs(batch, train)
-        draws = None
-        if train and self.cfg.data.augment.enabled:
-            draws = [draw_augmentation(self.cfg.data.augment) for _ in batch["name"]]
-            batch["lr_flipped"] = torch.tensor([d.flip_axis == 1 for d in draws])
-        return {"stem": self._stem_batch(batch["name"], draws)}
+        return {"stem": self._stem_batch(batch["name"], self._draws(batch, train))}
 
 
 class ClassifierTask(_VisualTask):
