@@ -75,7 +75,7 @@ def test_reporter_warns_about_an_unusual_scan(gpt2_tokenizer_dir: Path):
     def make(fraction: float) -> Reporter:
         cfg = ReporterConfig(generation=GenerationSettings(max_new_tokens=4), ood_fraction=fraction)
         return Reporter(visual, tiny_decoder(), load_tokenizer(gpt2_tokenizer_dir), [0.5] * 18,
-                        PreprocessConfig(spacing=(8.0, 4.0, 4.0), shape=SHAPE), cfg)
+                        PreprocessConfig(spacing=(8.0, 4.0, 4.0), shape=SHAPE, hu_max=1500.0, offset=0.0), cfg)
 
     usual = _training_like(1, 3)[0, 0].numpy()
     odd = np.full(SHAPE, 0.6, np.float32)

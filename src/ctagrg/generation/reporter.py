@@ -116,6 +116,11 @@ class Reporter:
         self.decoder = decoder.to(self.device).eval()
         self.tokenizer = tokenizer
         self.thresholds = [float(t) for t in thresholds]
+        encoder_cfg = getattr(getattr(visual, "config", None), "encoder_config", None)
+        if callable(encoder_cfg):  # a Step1Model: its encoder must fit the preprocessing every input goes through
+            from ctagrg.models.preprocess_match import check_encoder_preprocess
+
+            check_encoder_preprocess(encoder_cfg(), preprocess, "Reporter preprocess (preprocess.json)")
         self.preprocess = preprocess
         self.config = config or ReporterConfig()
         self.card = card or {}

@@ -90,8 +90,9 @@ class CNN3DConfig:
     # per half gave the demo's test phantoms nodule AUROC 0.81 (0.94 for nodules of 20-30 mm; the higher half on the
     # nodule's side for 0.78) where the CNN on the patch statistics reached 0.60-0.68 (docs/training.md, "Blob
     # channel"). ``voxel_mm`` must be the input's spacing (D, H, W) in mm (configs/demo/preprocess.yaml's
-    # ``spacing``): it is not checked, and another spacing puts the shell at other radii. Off by default so that
-    # checkpoints saved without it load.
+    # ``spacing``): another spacing puts the shell at other radii, so training (the cache's preprocess.json) and
+    # the Reporter refuse a mismatch (ctagrg.models.preprocess_match). Off by default so that checkpoints saved
+    # without it load.
     blob: bool = False
     voxel_mm: tuple[float, float, float] = (4.0, 2.0, 2.0)
     blob_radii_mm: tuple[float, ...] = (8.0, 12.0, 16.0, 22.0)

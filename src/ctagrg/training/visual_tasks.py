@@ -19,6 +19,7 @@ on the validation set once more to write ``best/validation.json`` + ``best/valid
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,7 +171,20 @@ class _VisualTask(Task):
         ds = CachedVolumeDataset(self.cfg.data.cache_dir, labels=labels_csv, dtype="uint8")
         if len(ds) == 0:
             raise ConfigError(f"{labels_csv}: none of its volumes is in {self.cfg.data.cache_dir}")
+        self._check_preprocess()
         return ds
+
+    def _check_preprocess(self) -> None:
+        """The encoder's input_shape, input_hu and voxel_mm against the cache's preprocess.json (when it has one)."""
+        from ctagrg.models.preprocess_match import check_encoder_preprocess
+
+        path = Path(self.cfg.data.cache_dir) / "preprocess.json"
+        if path.is_file():
+            try:
+                found = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as exc:
+                raise ConfigError(f"{path}: cannot read ({exc})") from None
+            check_encoder_preprocess(self.cfg.model.encoder_config(), found, str(path))
 
     def train_dataset(self) -> Any:
         if not self.cfg.data.train_labels:

@@ -1,0 +1,85 @@
+"""An encoder whose input_shape, input_hu or voxel_mm contradict the preprocessing is refused, in training (the
+cache's preprocess.json) and by the Reporter (its preprocess.json), with a message naming the file and the fields."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ctagrg.config import ConfigError, load_config
+from ctagrg.data.preprocess import PreprocessConfig
+from ctagrg.models.cnn3d import CNN3DConfig
+from ctagrg.models.ctnet import CTNetConfig
+from ctagrg.models.preprocess_match import check_encoder_preprocess, encoder_preprocess_mismatches
+from tests.test_attributes import CNN3D, side_blob_dataset
+
+DEMO = PreprocessConfig(spacing=(4.0, 2.0, 2.0), shape=(64, 128, 128), hu_min=-1000.0, hu_max=1500.0)
+
+
+def _cnn(**kw) -> CNN3DConfig:
+    return CNN3DConfig(input_shape=(64, 128, 128), input_hu=(-1000.0, 1500.0, 0.449), **kw)
+
+
+def test_mismatches_name_each_contradicted_field():
+    assert encoder_preprocess_mismatches(_cnn(blob=True, voxel_mm=(4.0, 2.0, 2.0)), DEMO) == []
+    # the same as preprocess.json's dict
+    assert encoder_preprocess_mismatches(_cnn(blob=True), json.loads(json.dumps(DEMO.__dict__))) == []
+    found = encoder_preprocess_mismatches(
+        CNN3DConfig(input_shape=(32, 64, 64), input_hu=(-1000.0, 200.0, 0.449), blob=True,
+                    voxel_mm=(1.5, 0.75, 0.75)), DEMO)
+    assert len(found) == 3
+    assert "input_shape [32, 64, 64] is not the preprocessing's shape [64, 128, 128]" in found[0]
+    assert "input_hu [-1000.0, 200.0, 0.449]" in found[1] and "[-1000.0, 1500.0, 0.449]" in found[1]
+    assert "voxel_mm [1.5, 0.75, 0.75]" in found[2] and "spacing [4.0, 2.0, 2.0]" in found[2]
+    # voxel_mm only matters with the blob channel
+    assert encoder_preprocess_mismatches(_cnn(voxel_mm=(1.5, 0.75, 0.75)), DEMO) == []
+
+
+def test_ctnet_window_is_checked_only_when_it_reads_hu():
+    paper = PreprocessConfig(shape=(240, 480, 480))
+    plain = CTNetConfig(input_shape=(240, 480, 480), input_hu=(-1000.0, 1500.0, 0.0))
+    assert encoder_preprocess_mismatches(plain, paper) == []  # input_windows empty: the input is used as is
+    windowed = CTNetConfig(input_shape=(240, 480, 480), input_hu=(-1000.0, 1500.0, 0.0),
+                           input_windows=((-1000.0, -500.0),))
+    (problem,) = encoder_preprocess_mismatches(windowed, paper)
+    assert "input_hu [-1000.0, 1500.0, 0.0]" in problem and "[-1000.0, 200.0, 0.449]" in problem
+    with pytest.raises(ConfigError, match=r"^somewhere/preprocess.json: the encoder does not fit"):
+        check_encoder_preprocess(windowed, paper, "somewhere/preprocess.json")
+
+
+def test_training_refuses_a_cache_made_with_another_window(tmp_path):
+    from ctagrg.training.visual_tasks import ClassifierTask, ClassifierTaskConfig
+
+    csvs, _ = side_blob_dataset(tmp_path, seed=1, n_train=2, n_valid=1)
+    cache = tmp_path / "cache"
+    over = [*CNN3D, f"data.cache_dir={cache}", f"data.train_labels={csvs['train']}"]
+    good = {"spacing": [8.0, 4.0, 4.0], "shape": [8, 32, 16], "axcodes": "SLP", "hu_min": -1000.0, "hu_max": 1500.0,
+            "offset": 0.0, "align_corners": False}
+    (cache / "preprocess.json").write_text(json.dumps(good))
+    assert len(ClassifierTask(load_config(ClassifierTaskConfig, None, over)).train_dataset()) == 2
+    (cache / "preprocess.json").write_text(json.dumps({**good, "hu_max": 200.0, "offset": 0.449}))
+    task = ClassifierTask(load_config(ClassifierTaskConfig, None, over))
+    with pytest.raises(ConfigError, match=rf"^{cache / 'preprocess.json'}: the encoder does not fit this "
+                                          r"preprocessing: the encoder's input_hu \[-1000.0, 1500.0, 0.0\]"):
+        task.train_dataset()
+
+
+def test_reporter_refuses_a_preprocessing_its_encoder_does_not_fit(gpt2_tokenizer_dir):
+    from ctagrg.generation.reporter import Reporter
+    from ctagrg.models.decoder import load_tokenizer
+    from ctagrg.models.heads import HeadsConfig
+    from ctagrg.models.step1 import Step1Model, VisualModelConfig
+    from tests.test_reporter import tiny_decoder
+
+    cnn = CNN3DConfig(input_shape=(8, 32, 16), width=2, region_grid=2, embed_dim=0, blob=True,
+                      voxel_mm=(8.0, 4.0, 4.0))
+    visual = Step1Model(VisualModelConfig(encoder="cnn3d", cnn3d=cnn, heads=HeadsConfig(
+        in_dim=cnn.out_dim, embed_dim=8, classifier_hidden=4)))
+    tok = load_tokenizer(gpt2_tokenizer_dir)
+    fits = PreprocessConfig(spacing=(8.0, 4.0, 4.0), shape=(8, 32, 16), hu_max=1500.0, offset=0.0)
+    Reporter(visual, tiny_decoder(), tok, [0.5] * 18, fits)
+    with pytest.raises(ConfigError, match=r"voxel_mm \[8.0, 4.0, 4.0\] \(its blob channel's voxel size\) is not "
+                                          r"the preprocessing's spacing \[4.0, 2.0, 2.0\] mm"):
+        Reporter(visual, tiny_decoder(), tok, [0.5] * 18,
+                 PreprocessConfig(spacing=(4.0, 2.0, 2.0), shape=(8, 32, 16), hu_max=1500.0, offset=0.0))
