@@ -199,30 +199,3 @@ def test_read_outs_without_their_loss_are_frozen(tmp_path):
         for p in (heads.side_weight, heads.side_bias, heads.size_weight, heads.size_bias):
             assert (id(p) in params) == trained and p.requires_grad == trained
         assert id(heads.fc1_weight) in params and id(heads.project.weight) in params
-
-
-def test_read_outs_get_their_own_learning_rate(tmp_path):
-    """attributes.readout_lr_scale: the side and size read-outs form a second parameter group at train.lr x scale,
-    the rest keep train.lr (first group: the one the loop logs); 1 keeps one group; 0 or less is refused."""
-    from ctagrg.config import ConfigError, load_config
-    from ctagrg.training.visual_tasks import ClassifierTask, ClassifierTaskConfig
-
-    sent = write_sentences(tmp_path / "s.csv", [("train_1_a_1.nii.gz", "Lung nodule", "A 9 mm left nodule.")])
-    base = [*CNN3D, "model.heads.attribute_heads=true", "attributes.size_weight=1.0",
-            f"attributes.sentences_csv={sent}", "train.lr=0.002"]
-    task = ClassifierTask(load_config(ClassifierTaskConfig, None, [*base, "attributes.readout_lr_scale=30"]))
-    model = task.build_model()
-    groups = task.param_groups(model)
-    heads = model.heads
-    readouts = {id(p) for p in (heads.side_weight, heads.side_bias, heads.size_weight, heads.size_bias)}
-    assert len(groups) == 2 and "lr" not in groups[0] and groups[1]["lr"] == pytest.approx(0.06)
-    assert {id(p) for p in groups[1]["params"]} == readouts
-    assert not readouts & {id(p) for p in groups[0]["params"]} and len(groups[0]["params"]) > 0
-    from ctagrg.training.loop import build_optimizer
-
-    opt = build_optimizer(groups, task.cfg.train)
-    assert [g["lr"] for g in opt.param_groups] == [pytest.approx(0.002), pytest.approx(0.06)]
-    plain = ClassifierTask(load_config(ClassifierTaskConfig, None, base))
-    assert all(isinstance(p, torch.nn.Parameter) for p in plain.param_groups(plain.build_model()))
-    with pytest.raises(ConfigError, match=r"attributes.readout_lr_scale must be > 0, got 0.0"):
-        ClassifierTask(load_config(ClassifierTaskConfig, None, [*base, "attributes.readout_lr_scale=0"]))
