@@ -104,9 +104,6 @@ class AttributeConfig:
     half_weight: float = 0.0
     side_weight: float = 0.0
     size_weight: float = 0.0
-    # step 1: the side and size read-outs' learning rate is train.lr times this. They start at zero, and at the
-    # demo's lr (1e-4 for 10 epochs of warm-started heads) the size read-out stayed near the mean size
-    readout_lr_scale: float = 1.0
 
     @property
     def enabled(self) -> bool:
@@ -151,8 +148,6 @@ class _VisualTask(Task):
         self._attributes: AttributeTargets | None = None
         self._attribute_counts: dict[str, Any] = {}  # filled by predict, read by validate
         a = cfg.attributes
-        if a.readout_lr_scale <= 0:
-            raise ConfigError(f"attributes.readout_lr_scale must be > 0, got {a.readout_lr_scale}")
         if a.enabled:
             if a.half_weight > 0 and not cfg.model.heads.lateral_halves:
                 raise ConfigError("attributes.half_weight > 0 needs model.heads.lateral_halves: true (the two half "
@@ -537,13 +532,7 @@ class ClassifierTask(_VisualTask):
             # wait for theirs
             for name in ("side_weight", "side_bias", "size_weight", "size_bias"):
                 getattr(model.heads, name).requires_grad_(False)
-        params = [p for p in model.parameters() if p.requires_grad]
-        if not model.heads.attribute_heads or a.readout_lr_scale == 1.0:
-            return params
-        readouts = {id(getattr(model.heads, n)) for n in ("side_weight", "side_bias", "size_weight", "size_bias")}
-        scaled = [p for p in params if id(p) in readouts]
-        groups: list[Any] = [{"params": [p for p in params if id(p) not in readouts]}]  # first: the loop logs its lr
-        return groups + ([{"params": scaled, "lr": self.cfg.train.lr * a.readout_lr_scale}] if scaled else [])
+        return [p for p in model.parameters() if p.requires_grad]
 
 
 def half_side_loss(half_logits: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
