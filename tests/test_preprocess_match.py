@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from ctagrg.config import ConfigError, load_config
@@ -83,3 +84,26 @@ def test_reporter_refuses_a_preprocessing_its_encoder_does_not_fit(gpt2_tokenize
                                           r"the preprocessing's spacing \[4.0, 2.0, 2.0\] mm"):
         Reporter(visual, tiny_decoder(), tok, [0.5] * 18,
                  PreprocessConfig(spacing=(4.0, 2.0, 2.0), shape=(8, 32, 16), hu_max=1500.0, offset=0.0))
+
+
+def test_embedding_cache_refuses_volumes_preprocessed_for_another_encoder(tmp_path):
+    """Step 2's embedding cache runs the step-1 model over the volume cache: the same check, before any volume."""
+    from ctagrg.data.cache import cache_path, save_cached
+    from ctagrg.models.heads import HeadsConfig
+    from ctagrg.models.step1 import Step1Model, VisualModelConfig
+    from ctagrg.training.embedding_cache import EmbeddingCacheConfig, build_from_config
+
+    save_cached(cache_path(tmp_path / "vols", "train_0_a_1"), np.zeros((8, 32, 16), np.float32), -0.5, 1)
+    (tmp_path / "vols" / "preprocess.json").write_text(json.dumps(
+        {"spacing": [8.0, 4.0, 4.0], "shape": [8, 32, 32], "hu_min": -1000.0, "hu_max": 1500.0, "offset": 0.0}))
+    (tmp_path / "s.csv").write_text("VolumeName,AbnormalityName,Sentence\n")
+    cnn = CNN3DConfig(input_shape=(8, 32, 16), width=2, region_grid=2, embed_dim=0)
+    step1 = Step1Model(VisualModelConfig(encoder="cnn3d", cnn3d=cnn, heads=HeadsConfig(
+        in_dim=cnn.out_dim, embed_dim=8, classifier_hidden=4))).eval()
+    cfg = EmbeddingCacheConfig(out_dir=str(tmp_path / "emb"), volume_cache=str(tmp_path / "vols"),
+                               sentences_csv=str(tmp_path / "s.csv"), thresholds="", device="cpu")
+    with pytest.raises(ConfigError, match=r"preprocess.json: the encoder does not fit this preprocessing: the "
+                                          r"encoder's input_shape \[8, 32, 16\] is not the preprocessing's shape "
+                                          r"\[8, 32, 32\]"):
+        build_from_config(cfg, step1=step1)
+    assert not (tmp_path / "emb").exists()

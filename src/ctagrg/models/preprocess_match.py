@@ -10,7 +10,9 @@ other images than it was trained on. So training (against the volume cache's ``p
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, is_dataclass
+from pathlib import Path
 from typing import Any
 
 from ctagrg.config import ConfigError
@@ -57,3 +59,18 @@ def check_encoder_preprocess(encoder_cfg: Any, preprocess: Any, where: str) -> N
         raise ConfigError(f"{where}: the encoder does not fit this preprocessing: {'; '.join(problems)}. Set the "
                           f"encoder's fields to the preprocessing's values (or preprocess with the values the "
                           f"encoder was built for)")
+
+
+def check_cache_preprocess(encoder_cfg: Any, cache_dir: str | Path) -> None:
+    """:func:`check_encoder_preprocess` against ``cache_dir/preprocess.json`` (``ctagrg preprocess`` writes it);
+    nothing when the cache has none."""
+    path = Path(cache_dir) / "preprocess.json"
+    if not path.is_file():
+        return
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read ({exc})") from None
+    if not isinstance(found, dict):
+        raise ConfigError(f"{path}: expected a JSON object")
+    check_encoder_preprocess(encoder_cfg, found, str(path))

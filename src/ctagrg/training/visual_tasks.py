@@ -19,7 +19,6 @@ on the validation set once more to write ``best/validation.json`` + ``best/valid
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from ctagrg.data.cache import dequantize
 from ctagrg.evaluation.classification import classification_report, markdown_table
 from ctagrg.labels import LABEL_INDEX, LABELS
 from ctagrg.models.heads import SIDE_CLASSES, SIZE_SCALE_MM
+from ctagrg.models.preprocess_match import check_cache_preprocess
 from ctagrg.models.step1 import PretrainModel, Step1Model, VisualModelConfig, load_encoder_from
 from ctagrg.training.checkpoint import load_model_weights, unwrap
 from ctagrg.training.config import TrainConfig
@@ -171,20 +171,9 @@ class _VisualTask(Task):
         ds = CachedVolumeDataset(self.cfg.data.cache_dir, labels=labels_csv, dtype="uint8")
         if len(ds) == 0:
             raise ConfigError(f"{labels_csv}: none of its volumes is in {self.cfg.data.cache_dir}")
-        self._check_preprocess()
+        # the encoder's input_shape, input_hu and voxel_mm against the cache's preprocess.json
+        check_cache_preprocess(self.cfg.model.encoder_config(), self.cfg.data.cache_dir)
         return ds
-
-    def _check_preprocess(self) -> None:
-        """The encoder's input_shape, input_hu and voxel_mm against the cache's preprocess.json (when it has one)."""
-        from ctagrg.models.preprocess_match import check_encoder_preprocess
-
-        path = Path(self.cfg.data.cache_dir) / "preprocess.json"
-        if path.is_file():
-            try:
-                found = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError) as exc:
-                raise ConfigError(f"{path}: cannot read ({exc})") from None
-            check_encoder_preprocess(self.cfg.model.encoder_config(), found, str(path))
 
     def train_dataset(self) -> Any:
         if not self.cfg.data.train_labels:
