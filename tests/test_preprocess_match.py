@@ -64,6 +64,10 @@ def test_training_refuses_a_cache_made_with_another_window(tmp_path):
     with pytest.raises(ConfigError, match=rf"^{cache / 'preprocess.json'}: the encoder does not fit this "
                                           r"preprocessing: the encoder's input_hu \[-1000.0, 1500.0, 0.0\]"):
         task.train_dataset()
+    for broken, message in (("{\"spacing\": [8", "cannot read"), ("[1, 2]", "expected a JSON object")):
+        (cache / "preprocess.json").write_text(broken)
+        with pytest.raises(ConfigError, match=rf"^{cache / 'preprocess.json'}: {message}"):
+            ClassifierTask(load_config(ClassifierTaskConfig, None, over)).train_dataset()
 
 
 def test_reporter_refuses_a_preprocessing_its_encoder_does_not_fit(gpt2_tokenizer_dir):

@@ -153,6 +153,18 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     return apply_overrides(cfg, overrides)
 
 
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """A JSON file holding one object (a saved config, settings or metrics); ConfigError naming the file otherwise."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object")
+    return data
+
+
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write the resolved config atomically, as JSON (``.json``) or YAML (anything else)."""
     data = to_dict(cfg)

@@ -20,7 +20,6 @@ every volume in one batched generation call.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ctagrg.config import ConfigError, from_dict, to_dict
+from ctagrg.config import ConfigError, from_dict, read_json_object, to_dict
 from ctagrg.generation.assemble import AssemblyConfig, assemble_report
 from ctagrg.generation.generate import GenerationSettings, generate_sentences
 from ctagrg.generation.model_card import render_model_card
@@ -231,13 +230,13 @@ class Reporter:
                    if not (directory / p).exists()]
         if missing:
             raise FileNotFoundError(f"{directory}: not a packaged ctagrg model (missing {', '.join(missing)})")
-        settings = _read_json(directory / "reporter.json") if (directory / "reporter.json").is_file() else {}
+        settings = read_json_object(directory / "reporter.json") if (directory / "reporter.json").is_file() else {}
         card = settings.pop("card", {})
         return cls(visual=Step1Model.from_pretrained(directory / "visual"),
                    decoder=ReportDecoder.from_pretrained(directory / "decoder"),
                    tokenizer=load_tokenizer(directory / "tokenizer"),
                    thresholds=read_thresholds(directory / "thresholds.json"),
-                   preprocess=from_dict(PreprocessConfig, _read_json(directory / "preprocess.json"),
+                   preprocess=from_dict(PreprocessConfig, read_json_object(directory / "preprocess.json"),
                                         where=str(directory / "preprocess.json")),
                    config=from_dict(ReporterConfig, settings, where=str(directory / "reporter.json")),
                    card=card, device=device)
@@ -273,7 +272,7 @@ class Reporter:
             preprocess = load_config(PreprocessConfig, preprocess)
         if config is None:
             gen_path = decoder_dir / "generation.json"
-            gen = _read_json(gen_path).get("generation", {}) if gen_path.is_file() else {}
+            gen = read_json_object(gen_path).get("generation", {}) if gen_path.is_file() else {}
             config = ReporterConfig(generation=from_dict(GenerationSettings, gen, where=str(gen_path)))
         card = dict(card or {})
         if "metrics" not in card:
@@ -289,16 +288,6 @@ def _validation_metrics(best: Path, prefix: str) -> dict[str, float]:
     path = best / "metrics.json"
     if not path.is_file():
         return {}
-    data = _read_json(path)
+    data = read_json_object(path)
     return {f"{prefix} {k}": float(v) for k, v in data.items() if isinstance(v, (int, float)) and v == v
             and "/" not in k and k not in ("epoch", "step", "score")}
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read ({exc})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object")
-    return data

@@ -10,12 +10,11 @@ other images than it was trained on. So training (against the volume cache's ``p
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from ctagrg.config import ConfigError
+from ctagrg.config import ConfigError, read_json_object
 
 _TOL = 1e-6
 
@@ -67,10 +66,4 @@ def check_cache_preprocess(encoder_cfg: Any, cache_dir: str | Path) -> None:
     path = Path(cache_dir) / "preprocess.json"
     if not path.is_file():
         return
-    try:
-        found = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read ({exc})") from None
-    if not isinstance(found, dict):
-        raise ConfigError(f"{path}: expected a JSON object")
-    check_encoder_preprocess(encoder_cfg, found, str(path))
+    check_encoder_preprocess(encoder_cfg, read_json_object(path), str(path))
