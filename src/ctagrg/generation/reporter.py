@@ -35,6 +35,7 @@ from ctagrg.generation.model_card import render_model_card
 from ctagrg.labels import LABELS, NUM_LABELS
 from ctagrg.models.cnn3d import OUTLIER_SD
 from ctagrg.models.decoder import ReportDecoder, load_tokenizer
+from ctagrg.models.preprocess_match import check_encoder_preprocess, encoder_config_of
 from ctagrg.training.embedding_cache import read_thresholds, resolve_device
 from ctagrg.utils.atomic import write_json_atomic, write_text_atomic
 
@@ -115,11 +116,10 @@ class Reporter:
         self.decoder = decoder.to(self.device).eval()
         self.tokenizer = tokenizer
         self.thresholds = [float(t) for t in thresholds]
-        encoder_cfg = getattr(getattr(visual, "config", None), "encoder_config", None)
-        if callable(encoder_cfg):  # a Step1Model: its encoder must fit the preprocessing every input goes through
-            from ctagrg.models.preprocess_match import check_encoder_preprocess
-
-            check_encoder_preprocess(encoder_cfg(), preprocess, "Reporter preprocess (preprocess.json)")
+        # the visual encoder must fit the preprocessing every input goes through
+        encoder_cfg = encoder_config_of(visual)
+        if encoder_cfg is not None:
+            check_encoder_preprocess(encoder_cfg, preprocess, "the Reporter's preprocessing (preprocess.json)")
         self.preprocess = preprocess
         self.config = config or ReporterConfig()
         self.card = card or {}

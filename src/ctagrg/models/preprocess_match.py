@@ -4,8 +4,8 @@ Some encoder settings restate facts about the preprocessed input: ``input_shape`
 (the HU window and offset, which the cnn3d stem and CT-Net's ``input_windows`` invert to read HU again) and
 ``voxel_mm`` (the voxel size, which places the cnn3d blob channel's shells at their radii in mm). A mismatch does
 not fail on its own: the stem bins the wrong HU, or the blob shells sit at other radii, and the model silently sees
-other images than it was trained on. So training (against the volume cache's ``preprocess.json``) and the packaged
-``Reporter`` (against its own ``preprocess.json``) check them with :func:`check_encoder_preprocess`.
+other images than it was trained on. So training and the step-2 embedding cache (against the volume cache's
+``preprocess.json``) and the ``Reporter`` (against its own) check them with :func:`check_encoder_preprocess`.
 """
 
 from __future__ import annotations
@@ -48,6 +48,13 @@ def encoder_preprocess_mismatches(encoder_cfg: Any, preprocess: Any) -> list[str
         problems.append(f"the encoder's voxel_mm {[float(v) for v in encoder_cfg.voxel_mm]} (its blob channel's "
                         f"voxel size) is not the preprocessing's spacing {[float(v) for v in p['spacing']]} mm")
     return problems
+
+
+def encoder_config_of(model: Any) -> Any | None:
+    """The encoder config of a visual model (``Step1Model``, ``PretrainModel``); None for anything else (e.g. a
+    test double), which then goes unchecked."""
+    encoder_config = getattr(getattr(model, "config", None), "encoder_config", None)
+    return encoder_config() if callable(encoder_config) else None
 
 
 def check_encoder_preprocess(encoder_cfg: Any, preprocess: Any, where: str) -> None:

@@ -29,6 +29,7 @@ import torch
 
 from ctagrg.config import ConfigError, to_dict
 from ctagrg.labels import LABEL_INDEX, LABELS, NUM_LABELS
+from ctagrg.models.preprocess_match import check_cache_preprocess, encoder_config_of
 from ctagrg.utils.atomic import atomic_path, write_json_atomic
 from ctagrg.utils.progress import progress
 
@@ -302,11 +303,9 @@ def build_from_config(cfg: EmbeddingCacheConfig, step1: Any | None = None) -> Pa
         if not cfg.step1_dir:
             raise ConfigError("embeddings.step1_dir: required to build the embedding cache")
         step1 = load_step1_model(cfg.step1_dir).to(device).eval()
-    encoder_cfg = getattr(getattr(step1, "config", None), "encoder_config", None)
-    if callable(encoder_cfg):  # a Step1Model: its encoder must fit the volumes' preprocessing
-        from ctagrg.models.preprocess_match import check_cache_preprocess
-
-        check_cache_preprocess(encoder_cfg(), cfg.volume_cache)
+    encoder_cfg = encoder_config_of(step1)
+    if encoder_cfg is not None:  # the step-1 encoder must fit the volumes' preprocessing
+        check_cache_preprocess(encoder_cfg, cfg.volume_cache)
     thr_path = Path(cfg.thresholds) if cfg.thresholds else find_thresholds(cfg.step1_dir) if cfg.step1_dir else None
     thresholds = read_thresholds(thr_path) if thr_path else None
     return build_embedding_cache(step1, dataset, sentences, cfg.out_dir, batch_size=cfg.batch_size,
