@@ -180,3 +180,25 @@ def test_after_preprocessing_to_slp_heart_is_left_anterior_and_spine_posterior(t
     bone = (band > 190) & (np.abs(ll - centre_l) < 8)[None]
     _, _, pbone = np.nonzero(bone)
     assert pbone.mean() > centre_p + 10  # spine (the bulk of midline bone) posterior
+
+
+def test_bones_lie_under_soft_tissue_and_the_body_fits_the_field_of_view():
+    """No bone touches the air around the body: the spinous processes lie under the paraspinal muscles (before
+    2026-11-29 a slim patient's stood outside the skin, where a nodule detector read it as a blob in air). The
+    grid's first and last rows and columns are air: the body, back bulge included, lies inside the image."""
+    from scipy import ndimage
+
+    from ctagrg.phantom.findings import Case
+
+    for patient in range(12):
+        normal = Case(anatomy=make_case(3, patient).anatomy, age=50, sex="F", findings=[])
+        rng = np.random.default_rng(patient)
+        rec = render(normal, sample_grid(rng, normal, SIZES["small"]), rng, texture_seed=0, noise_hu=0.0)
+        air, _ = ndimage.label(rec.hu < -950.0)
+        border = np.unique(np.concatenate([air[0].ravel(), air[-1].ravel(), air[:, 0].ravel(), air[:, -1].ravel()]))
+        outside = np.isin(air, border[border > 0])
+        near_outside = ndimage.binary_dilation(outside, np.ones((5, 5, 1), bool))  # within 2 voxels (~5 mm)
+        bone = rec.hu > 200.0
+        assert bone.any() and not (bone & near_outside).any(), f"patient {patient}: bone at the skin"
+        for edge in (rec.hu[0], rec.hu[-1], rec.hu[:, 0], rec.hu[:, -1]):
+            assert edge.max() < -900.0, f"patient {patient}: the body reaches the edge of the image"

@@ -21,6 +21,7 @@ SIDES = ("right", "left")
 SIGN = {"right": -1.0, "left": 1.0}  # x sign of each side in the patient frame
 HU = {"air": -1000.0, "lung": -860.0, "fat": -100.0, "mediastinum": -80.0, "muscle": 45.0, "blood": 45.0, "fluid": 5.0,
       "liver": 55.0, "bone": 250.0, "cortex": 600.0, "wall": 20.0}
+BACK_RADII = (38.0, 20.0)  # mm (x, y) of the paraspinal muscles' ellipse, centred at Anatomy.back_center_y
 
 
 @dataclass
@@ -96,6 +97,17 @@ class Anatomy:
     def cavity_ay(self) -> float:
         return self.body_ay - self.fat_mm - self.muscle_mm
 
+    @property
+    def back_center_y(self) -> float:
+        """y (mm) of the paraspinal muscles' centre: they bulge the back over the spine (see ``BACK_RADII``)."""
+        return self.spine_y + 20.0
+
+    @property
+    def body_y_range(self) -> tuple[float, float]:
+        """(anterior, posterior) skin y (mm), the paraspinal bulge and its fat included."""
+        back = self.back_center_y + BACK_RADII[1] + self.fat_mm * BACK_RADII[1] / float(np.mean(BACK_RADII))
+        return -self.body_ay, max(self.body_ay, back)
+
     def hilum(self, side: str) -> np.ndarray:
         return self.carina + np.array([SIGN[side] * 0.28 * self.cavity_ax, 8.0, -22.0], np.float32)
 
@@ -153,6 +165,9 @@ def _aorta_path(heart_c: np.ndarray, hr: np.ndarray, carina: np.ndarray, spine_y
 
 
 AIRWAYS_PER_LOBE = {"upper": 5, "middle": 3, "lower": 6}
+# The pulmonary artery of each bundle tapers as real ones do: lobar (9 mm wide) near the hilum, segmental (5 mm),
+# then subsegmental (2.4 mm) in the outer third. (fraction of the hilum-to-end path where a piece ends, radius mm)
+VESSEL_TAPER = ((0.35, 4.5), (0.65, 2.5), (1.0, 1.2))
 
 
 def _airway_targets(rng: np.random.Generator, anat: Anatomy, side: str) -> list[np.ndarray]:
@@ -199,9 +214,15 @@ def render_body(anat: Anatomy, grid: Grid) -> Canvas:
     neck = 1.0 - 0.3 * np.clip((z - anat.lungs["right"].z_apex + 10.0) / 40.0, 0.0, 1.0)
     rho = np.sqrt((x / anat.body_ax) ** 2 + (y / anat.body_ay) ** 2) / neck  # (nx, ny, nz)
     mean_r = 0.5 * (anat.body_ax + anat.body_ay)
+    inside = (1.0 - rho) * mean_r  # ~ signed distance (mm) to the skin, positive inside
+    # The paraspinal muscles bulge the back over the spine, so that the spinal canal and the spinous process lie
+    # under muscle and fat. Without them (before 2026-11-29) a slim patient's spinous process stood outside the
+    # skin, in air, where the cnn3d blob channel read it as a solid blob surrounded by air.
+    rho_back = np.sqrt((x / BACK_RADII[0]) ** 2 + ((y - anat.back_center_y) / BACK_RADII[1]) ** 2)
+    muscle_in = np.maximum(inside - anat.fat_mm, (1.0 - rho_back) * float(np.mean(BACK_RADII)))
     hu = np.full(grid.shape, HU["air"], np.float32)
-    hu += _soft((1.0 - rho) * mean_r, grid.edge) * (HU["fat"] - HU["air"])
-    hu += _soft((1.0 - rho) * mean_r - anat.fat_mm, grid.edge) * (HU["muscle"] - HU["fat"])
+    hu += _soft(np.maximum(inside, muscle_in + anat.fat_mm), grid.edge) * (HU["fat"] - HU["air"])
+    hu += _soft(muscle_in, grid.edge) * (HU["muscle"] - HU["fat"])
     cavity = _soft((1.0 - rho) * mean_r - anat.fat_mm - anat.muscle_mm, grid.edge)
     hu += cavity * (HU["mediastinum"] - HU["muscle"])
     canvas = Canvas(grid=grid, hu=hu, lungs={})
@@ -233,8 +254,8 @@ def _draw_bones(canvas: Canvas, anat: Anatomy) -> None:
     sy = anat.spine_y
     canvas.organ(capsule(g, np.array([0, sy, zs[0]]), np.array([0, sy, zs[1]]), 18.0), HU["cortex"])
     canvas.organ(capsule(g, np.array([0, sy, zs[0]]), np.array([0, sy, zs[1]]), 15.0), HU["bone"])
-    canvas.organ(capsule(g, np.array([0, sy + 27, zs[0]]), np.array([0, sy + 27, zs[1]]), 8.0), 10.0)
-    paint(canvas.hu, capsule(g, np.array([0, sy + 38, zs[0]]), np.array([0, sy + 38, zs[1]]), 5.0), HU["bone"])
+    canvas.organ(capsule(g, np.array([0, sy + 25, zs[0]]), np.array([0, sy + 25, zs[1]]), 7.0), 10.0)  # canal
+    paint(canvas.hu, capsule(g, np.array([0, sy + 33, zs[0]]), np.array([0, sy + 33, zs[1]]), 4.5), HU["bone"])
     st_y = -anat.cavity_ay - 0.5 * anat.muscle_mm
     z_st = (anat.carina[2] + 40, anat.heart_center[2] - 30)
     paint(canvas.hu, capsule(g, np.array([0, st_y, z_st[0]]), np.array([0, st_y, z_st[1]]), 7.0), HU["bone"])
@@ -291,8 +312,11 @@ def render_airways(canvas: Canvas, anat: Anatomy) -> None:
         mask, hilum, lung = canvas.lungs[side], anat.hilum(side), anat.lungs[side]
         for target in anat.airway_targets[side]:
             mid = hilum + 0.5 * (target - hilum)
-            for (a, b), r in zip(((hilum, mid), (mid, target)), (4.5, 2.5), strict=True):
-                paint(canvas.hu, capsule(g, a, b, r), HU["blood"], within=mask)
+            start = hilum
+            for frac, r in VESSEL_TAPER:
+                end = hilum + frac * (target - hilum)
+                paint(canvas.hu, capsule(g, start, end, r), HU["blood"], within=mask)
+                start = end
             offset = np.array([0.0, 0.0, 6.0], np.float32)
             lobe = str(lung.lobe(side, *[np.array([v]) for v in target])[0])
             ectatic = lobe in anat.ectatic.get(side, ())

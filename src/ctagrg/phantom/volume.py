@@ -85,12 +85,16 @@ class Reconstruction:
 def sample_grid(rng: np.random.Generator, case: Case, preset: SizePreset) -> Grid:
     """This reconstruction's grid: spacing from the preset, slices to cover the scan range, body near centre."""
     a = case.anatomy
-    px = max(rng.uniform(*preset.pixel_mm), (2 * a.body_ax + 20.0) / preset.matrix)  # body must fit the FOV
+    front, back = a.body_y_range
+    # the body must fit the FOV: its width plus 2 x 10 mm, its depth plus the shifts below and 2 x 5 mm
+    px = max(rng.uniform(*preset.pixel_mm), (2 * a.body_ax + 20.0) / preset.matrix,
+             (back - front + 2 * (8.0 + 10.0) + 10.0) / (preset.matrix - 1))
     sz = float(rng.choice(preset.slice_mm))
     nz = int(round((a.z_top - a.z_bottom) / sz))
     shift = rng.uniform(-8, 8, 2)
     ox = -(preset.matrix - 1) / 2 * px + shift[0]
-    oy = -(preset.matrix - 1) / 2 * px + shift[1] - 10.0  # patients lie back on the table: body sits low
+    # patients lie back on the table: the body sits 10 mm low (posterior) in the image
+    oy = 0.5 * (front + back) - (preset.matrix - 1) / 2 * px + shift[1] - 10.0
     return Grid(shape=(preset.matrix, preset.matrix, nz), spacing=(px, px, sz), origin=(ox, oy, a.z_bottom))
 
 
