@@ -91,6 +91,24 @@ def test_missing_model_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFi
     assert "not a packaged ctagrg model" in capsys.readouterr().err
 
 
+def test_cuda_without_cuda_or_an_unknown_device_is_a_clear_error(model_dir: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # torch itself raises an AssertionError ("Torch not compiled with CUDA enabled") at the first .to("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    scan = write_scan(tmp_path / "s.nii.gz", 5)
+    out = tmp_path / "r.jsonl"
+    assert main(["report", str(scan), "--model", str(model_dir), "--device", "cuda", "--out", str(out)]) == 2
+    assert "device 'cuda': CUDA is not available here" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["report", str(scan), "--model", str(model_dir), "--device", "gpu"]) == 2
+    assert "device 'gpu'" in capsys.readouterr().err
+    # auto falls back to the CPU
+    assert main(["report", str(scan), "--model", str(model_dir), "--device", "auto", "--out", str(out),
+                 "--quiet"]) == 0
+    assert len(out.read_text().splitlines()) == 1
+
+
 @pytest.mark.shared
 def test_real_cts_nifti_nrrd_dicom(model_dir: Path, shared_data: Path, tmp_path: Path) -> None:
     ct = shared_data / "ct"

@@ -8,7 +8,7 @@ import sys
 DESCRIPTION = (
     "Generate reports for every volume of a split of a CT-RATE-layout dataset (real or phantom) and write "
     "OUT/predictions.jsonl, OUT/metrics.json (classification AUROC/F1, clinical P/R/F1, BLEU/METEOR/ROUGE-L/CIDEr, "
-    "grounding on phantoms, bootstrap 95%% CIs) and OUT/report.md + report.html with figures. "
+    "grounding on phantoms, bootstrap 95% CIs) and OUT/report.md + report.html with figures. "
     "Definitions: docs/evaluation.md. Research software, not for diagnostic use."
 )
 
@@ -19,17 +19,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test", help="split name (default: test)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--cache", default=None, help="preprocessed cache (default: DATA/cache if it exists)")
-    parser.add_argument("--labeler", default="rules", help="labeler for clinical metrics: rules | radbert:DIR")
+    parser.add_argument("--labeler", default="rules",
+                        help="labeler for clinical metrics: rules (default) | radbert:DIR")
     parser.add_argument("--clinical-reference", choices=("csv", "reports"), default="csv",
                         help="reference labels: the dataset's label CSV, or the labeler run on the reference "
                              "reports (default: csv)")
     parser.add_argument("--reference-columns", default="Findings_EN",
                         help="report columns joined as the NLG reference (default: Findings_EN)")
     parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (it starts a JVM)")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for CIs (0: none)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--bootstrap", type=int, default=1000,
+                        help="bootstrap resamples for CIs (default 1000; 0: none)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.add_argument("--batch-size", type=int, default=4, help="volumes per batch (default 4)")
+    parser.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (default: CUDA when available)")
     parser.add_argument("--examples", type=int, default=5, help="example reports shown in report.md")
     parser.add_argument("--limit", type=int, default=None, help="only the first N volumes of the split")
 

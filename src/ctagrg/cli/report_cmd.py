@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         items = discover_inputs(expand_csv_lists(args.scans), args.metadata)
         reporter = Reporter.from_pretrained(args.model, device=args.device)
-    except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: e.g. --device cuda without a GPU
+    except (OSError, ValueError, RuntimeError) as exc:  # ValueError: a bad model folder or --device
         print(f"{exc}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else None

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
                          allowed_hosts=tuple(args.allow_host), keep=args.keep)
     try:
         reporter = Reporter.from_pretrained(args.model, device=args.device)
-    except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: e.g. --device cuda without a GPU
+    except (OSError, ValueError, RuntimeError) as exc:  # ValueError: a bad model folder or --device
         print(f"{exc}", file=sys.stderr)
         return 2
     try:

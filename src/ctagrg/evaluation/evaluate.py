@@ -47,7 +47,7 @@ class EvaluateConfig:
     bootstrap: int = 1000  # resamples for the 95% CIs (0: no CIs)
     seed: int = 0
     batch_size: int = 4
-    device: str = "cpu"
+    device: str = "auto"  # auto (CUDA when available) | cpu | cuda | cuda:N
     examples: int = 5  # generated reports shown beside their references in report.md
     limit: int | None = None  # evaluate only the first N volumes of the split (smoke tests)
 

@@ -314,9 +314,20 @@ def build_from_config(cfg: EmbeddingCacheConfig, step1: Any | None = None) -> Pa
 
 
 def resolve_device(device: str) -> torch.device:
+    """"auto" -> CUDA when available, else the CPU; "cpu", "cuda", "cuda:N" as given. A device string torch does
+    not know, or CUDA asked for where this torch build or machine has none, is a ``ConfigError`` that says so (torch
+    would raise an ``AssertionError`` deep inside the first ``.to(device)``)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        out = torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"device {device!r}: {exc}; use cpu, cuda, cuda:N or auto") from exc
+    if out.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r}: CUDA is not available here (torch {torch.__version__}, "
+                          f"{'a CPU-only build' if torch.version.cuda is None else 'no GPU found'}); use "
+                          f"--device cpu or auto")
+    return out
 
 
 def load_step1_model(directory: str | Path) -> torch.nn.Module:
