@@ -89,6 +89,8 @@ def test_resume_after_a_cut_line(model_dir: Path, tmp_path: Path) -> None:
 def test_missing_model_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["report", "x.nii.gz", "--model", str(tmp_path)]) == 2
     assert "not a packaged ctagrg model" in capsys.readouterr().err
+    assert main(["report", "x.nii.gz", "--model", str(tmp_path / "nope")]) == 2
+    assert f"{tmp_path / 'nope'}: no such model folder" in capsys.readouterr().err
 
 
 def test_cuda_without_cuda_or_an_unknown_device_is_a_clear_error(model_dir: Path, tmp_path: Path,

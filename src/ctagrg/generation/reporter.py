@@ -226,6 +226,9 @@ class Reporter:
         from ctagrg.models.step1 import Step1Model
 
         directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"{directory}: no such model folder (a folder written by "
+                                    f"Reporter.save_pretrained, e.g. demo_out/model)")
         missing = [p for p in ("visual", "decoder", "tokenizer", "thresholds.json", "preprocess.json")
                    if not (directory / p).exists()]
         if missing:
