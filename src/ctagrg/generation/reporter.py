@@ -36,8 +36,9 @@ from ctagrg.labels import LABELS, NUM_LABELS
 from ctagrg.models.cnn3d import OUTLIER_SD
 from ctagrg.models.decoder import ReportDecoder, load_tokenizer
 from ctagrg.models.preprocess_match import check_encoder_preprocess, encoder_config_of
-from ctagrg.training.embedding_cache import read_thresholds, resolve_device
+from ctagrg.training.embedding_cache import read_thresholds
 from ctagrg.utils.atomic import write_json_atomic, write_text_atomic
+from ctagrg.utils.device import resolve_device
 
 Input = str | Path | np.ndarray | torch.Tensor
 

@@ -17,6 +17,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from ctagrg.utils.device import resolve_device
+
 
 @dataclass
 class DistInfo:
@@ -34,16 +36,10 @@ class DistInfo:
         return self.world_size > 1
 
 
-def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> cuda:LOCAL_RANK if CUDA is available, else cpu; ``cuda`` -> cuda:LOCAL_RANK."""
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec == "cuda":
-        spec = f"cuda:{local_rank}"
-    device = torch.device(spec)
+def _use_device(spec: str, local_rank: int) -> torch.device:
+    """``auto`` -> cuda:LOCAL_RANK if CUDA is available, else cpu; ``cuda`` -> cuda:LOCAL_RANK, made current."""
+    device = resolve_device(spec, local_rank)
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"device {spec!r} requested but CUDA is not available")
         torch.cuda.set_device(device)
     return device
 
@@ -51,10 +47,10 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
 def setup(device_spec: str = "auto") -> DistInfo:
     """Join the process group when launched by torchrun (RANK set); otherwise return a single-process DistInfo."""
     if "RANK" not in os.environ:
-        return DistInfo(device=resolve_device(device_spec))
+        return DistInfo(device=_use_device(device_spec, 0))
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0))
     world_size = int(os.environ["WORLD_SIZE"])
-    device = resolve_device(device_spec, local_rank)
+    device = _use_device(device_spec, local_rank)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=device)

@@ -31,6 +31,7 @@ from ctagrg.config import ConfigError, to_dict
 from ctagrg.labels import LABEL_INDEX, LABELS, NUM_LABELS
 from ctagrg.models.preprocess_match import check_cache_preprocess, encoder_config_of
 from ctagrg.utils.atomic import atomic_path, write_json_atomic
+from ctagrg.utils.device import resolve_device
 from ctagrg.utils.progress import progress
 
 FORMAT = "ctagrg-embedding-cache-v1"
@@ -311,23 +312,6 @@ def build_from_config(cfg: EmbeddingCacheConfig, step1: Any | None = None) -> Pa
     return build_embedding_cache(step1, dataset, sentences, cfg.out_dir, batch_size=cfg.batch_size,
                                  shard_size=cfg.shard_size, device=device, thresholds=thresholds,
                                  source={**to_dict(cfg), "thresholds_file": str(thr_path) if thr_path else None})
-
-
-def resolve_device(device: str) -> torch.device:
-    """"auto" -> CUDA when available, else the CPU; "cpu", "cuda", "cuda:N" as given. A device string torch does
-    not know, or CUDA asked for where this torch build or machine has none, is a ``ConfigError`` that says so (torch
-    would raise an ``AssertionError`` deep inside the first ``.to(device)``)."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        out = torch.device(device)
-    except RuntimeError as exc:
-        raise ConfigError(f"device {device!r}: {exc}; use cpu, cuda, cuda:N or auto") from exc
-    if out.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r}: CUDA is not available here (torch {torch.__version__}, "
-                          f"{'a CPU-only build' if torch.version.cuda is None else 'no GPU found'}); use "
-                          f"--device cpu or auto")
-    return out
 
 
 def load_step1_model(directory: str | Path) -> torch.nn.Module:
