@@ -26,5 +26,5 @@ def resolve_device(spec: str, local_rank: int | None = None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {spec!r}: CUDA is not available here (torch {torch.__version__}, "
                           f"{'a CPU-only build' if torch.version.cuda is None else 'no GPU found'}); use "
-                          f"--device cpu or auto")
+                          f"cpu or auto")
     return device
