@@ -97,3 +97,37 @@ def test_the_encoder_widens_by_the_blob_channel_and_config_errors():
         _config(blob_erosion=(2, 3, 3))
     with pytest.raises(ValueError, match=r"blob_radii_mm and voxel_mm positive"):
         CNN3DConfig(input_shape=SHAPE, blob=True, blob_radii_mm=())
+
+
+def test_the_blob_profile_scores_each_radius_and_a_nodule_only_on_shells_wider_than_itself():
+    """With ``blob_profile`` the channel is one score per radius: a nodule of radius R reads 1 at its centre on the
+    shells wider than R and less on narrower ones, so which shells fire carries its size; their maximum is the
+    plain blob score."""
+    radii = (4.0, 8.0, 12.0, 16.0)
+    cfg = CNN3DConfig(input_shape=SHAPE, input_hu=HU, width=2, region_grid=2, embed_dim=0, blob=True,
+                      blob_profile=True, voxel_mm=(4.0, 2.0, 2.0), blob_radii_mm=radii)
+    stem = HUBinStem(cfg)
+    small, large = _lung(), _lung()
+    _ball(small, (8, 16, 12), 5.0)  # a 10 mm nodule
+    _ball(large, (8, 16, 12), 10.0)  # a 20 mm one
+
+    def profile(hu):
+        bins = torch.bucketize(_preprocessed(hu)[:, 0], (stem.edges - HU[0]) / (HU[1] - HU[0]) - HU[2])
+        return stem._blob(bins)
+
+    p_small, p_large = profile(small), profile(large)
+    assert p_small.shape == (1, len(radii), *SHAPE) and cfg.blob_channels == len(radii)
+    centre = (0, slice(None), 8, 16, 12)
+    assert p_small[centre].tolist()[1:] == [1.0, 1.0, 1.0]  # lung on every shell from 8 mm out
+    assert p_small[centre][0] < 1.0  # the 4 mm shell lies inside the 10 mm nodule
+    assert p_large[centre].tolist()[2:] == [1.0, 1.0]  # 12 and 16 mm: outside the 20 mm nodule
+    assert p_large[centre][:2].max() == 0.0  # 4 and 8 mm: inside it
+    # the maximum over radii is what the plain (best-radius) channel gives
+    plain = HUBinStem(CNN3DConfig(input_shape=SHAPE, input_hu=HU, width=2, region_grid=2, embed_dim=0, blob=True,
+                                  voxel_mm=(4.0, 2.0, 2.0), blob_radii_mm=radii))
+    bins = torch.bucketize(_preprocessed(large)[:, 0], (stem.edges - HU[0]) / (HU[1] - HU[0]) - HU[2])
+    assert torch.equal(plain._blob(bins)[:, 0], p_large.amax(1))
+    assert stem.measure(_preprocessed(large)).shape[1] == len(stem.edges) + 3 + len(radii)
+    assert CNN3DEncoder(cfg).eval()(_preprocessed(large)).shape == (1, cfg.out_dim)
+    with pytest.raises(ValueError, match=r"blob_profile needs blob"):
+        CNN3DConfig(input_shape=SHAPE, blob_profile=True)
