@@ -69,7 +69,11 @@ def test_report_files_folders_csv_and_resume(model_dir: Path, tmp_path: Path, ca
     assert detected == list(LABELS[:9])  # thresholds 0 for the first 9 labels, above 1 for the rest
     assert all(good["abnormalities"][k]["sentence"] is None for k in LABELS[9:])
     printed = capsys.readouterr()
-    assert f"== {one}\n{good['report']}\n" in printed.out and "bad.nii.gz" in printed.err
+    assert f"== {one}\n{good['report']}\n" in printed.out
+    # one line per failure, naming the scan once, without the exception class of our own read errors
+    error = by_input[str(bad)]["error"]
+    assert error.startswith(f"{bad}: ") and error.count("bad.nii.gz") == 1 and "CTReadError" not in error
+    assert f"{error}\n" in printed.err
 
     # Resume: the four reported scans are skipped, only the failed one is tried again.
     assert main(argv) == 1

@@ -72,6 +72,15 @@ def read_done(out: Path) -> set[str]:
     return done
 
 
+def error_text(source: str, exc: BaseException) -> str:
+    """One line naming the scan and the problem: a CTReadError's message (it starts with the path) as it is, any
+    other exception with its class (an unexpected failure), prefixed with ``source`` where it does not name it."""
+    from ctagrg.data.ctio import CTReadError
+
+    text = str(exc) if isinstance(exc, CTReadError) else f"{type(exc).__name__}: {exc}"
+    return text if source in text else f"{source}: {text}"
+
+
 def _report_batch(reporter: Any, items: list[Any]) -> list[dict[str, Any]]:
     """Preprocess each item (failures become error lines), then report the good ones in one model batch."""
     lines: list[dict[str, Any] | None] = [None] * len(items)
@@ -86,7 +95,7 @@ def _report_batch(reporter: Any, items: list[Any]) -> list[dict[str, Any]]:
             where.append(k)
             seconds.append(time.perf_counter() - start)
         except Exception as exc:  # noqa: BLE001 - a bad scan must not stop the batch
-            lines[k] = {"input": item.source, "name": item.name, "error": f"{type(exc).__name__}: {exc}"}
+            lines[k] = {"input": item.source, "name": item.name, "error": error_text(item.source, exc)}
     if arrays:
         import numpy as np
 
@@ -146,7 +155,7 @@ def _open_append(out: Path) -> Any:
 
 def _emit(line: dict[str, Any], fh: Any, quiet: bool) -> None:
     if "error" in line:
-        print(f"{line['input']}: {line['error']}", file=sys.stderr)
+        print(line["error"], file=sys.stderr)  # error_text names the scan
     elif not quiet:
         print(f"== {line['input']}\n{line['report']}\n")
     for warning in line.get("warnings", ()):
