@@ -72,19 +72,10 @@ def read_done(out: Path) -> set[str]:
     return done
 
 
-def error_text(source: str, exc: BaseException) -> str:
-    """One line naming the scan and the problem: a CTReadError's message (it starts with the path) as it is, any
-    other exception with its class (an unexpected failure), prefixed with ``source`` where it does not name it."""
-    from ctagrg.data.ctio import CTReadError
-
-    text = str(exc) if isinstance(exc, CTReadError) else f"{type(exc).__name__}: {exc}"
-    return text if source in text else f"{source}: {text}"
-
-
 def _report_batch(reporter: Any, items: list[Any]) -> list[dict[str, Any]]:
     """Preprocess each item (failures become error lines), then report the good ones in one model batch."""
     lines: list[dict[str, Any] | None] = [None] * len(items)
-    from ctagrg.data.ctio import load_ct
+    from ctagrg.data.ctio import error_text, load_ct
     from ctagrg.data.preprocess import preprocess_volume
 
     arrays, where, seconds = [], [], []

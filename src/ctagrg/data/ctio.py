@@ -44,6 +44,14 @@ class CTReadError(ValueError):
     """A scan that cannot be read as a 3D CT in HU; the message starts with the path."""
 
 
+def error_text(source: str, exc: BaseException) -> str:
+    """One line naming the scan and the problem, for batch error lines: a CTReadError's message (it starts with
+    the path) as it is, any other exception with its class (an unexpected failure), prefixed with ``source`` where
+    the message does not name it."""
+    text = str(exc) if isinstance(exc, CTReadError) else f"{type(exc).__name__}: {exc}"
+    return text if source in text else f"{source}: {text}"
+
+
 class CTReadWarning(UserWarning):
     """Something about a scan that was handled but deserves a look (skipped rescale, several series, ...)."""
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ctagrg.data.ctio import error_text
 from ctagrg.labels import LABELS
 from ctagrg.utils.progress import progress
 
@@ -190,7 +191,8 @@ def _batch_or_single(reporter: Any, split: Split, batch: list[int], cache: Path 
         return _run_batch(reporter, names, paths, cache)
     except Exception as exc:  # noqa: BLE001 - one bad volume must not stop the others: retry one by one
         if len(batch) == 1:
-            return [{"name": names[0], "input": str(paths[0] or names[0]), "error": f"{type(exc).__name__}: {exc}"}]
+            source = str(paths[0] or names[0])
+            return [{"name": names[0], "input": source, "error": error_text(source, exc)}]
         return [line for i in batch for line in _batch_or_single(reporter, split, [i], cache)]
 
 

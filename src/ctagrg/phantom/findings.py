@@ -156,10 +156,14 @@ def _nodule(rng: np.random.Generator, anat: Anatomy) -> Finding:
                    center=center, params={"radii": size / 2 * rng.uniform(0.9, 1.1, 3)})
 
 
+CONSOLIDATION_MM = (50.0, 90.0)
+CONSOLIDATION_DEPTH = 0.5
+
+
 def _consolidation(rng: np.random.Generator, anat: Anatomy) -> Finding:
     side = str(rng.choice(SIDES))
     lobe = str(rng.choice(("upper", "middle", "lower") if side == "right" else ("upper", "lower"), p=None))
-    size = float(np.round(rng.uniform(40, 70)))
+    size = float(np.round(rng.uniform(*CONSOLIDATION_MM)))
     # Airspace disease fills the periphery of a lobe from the pleura inwards (lesions._consolidation keeps it inside
     # the lobe and the lung): an ellipsoid of ``size`` mm across centred on the pleural surface, radially outward of
     # a point in the lobe, so about half of it lies in the lung as a pleural-based wedge. A round solid lesion with
@@ -175,7 +179,8 @@ def _consolidation(rng: np.random.Generator, anat: Anatomy) -> Finding:
         inside = point_in_lobe(rng, anat, side, lobe, margin=size / 4)
         radial = np.array([inside[0] - lung.xc, inside[1] - lung.yc, 0.0], np.float32)
         radial /= max(float(np.linalg.norm(radial)), 1e-3)
-        center = inside + radial * max(float(lung.signed_mm(*inside)), 0.0) * (tries < 50)
+        depth = float(lung.signed_mm(*inside)) - CONSOLIDATION_DEPTH * float(radii[1])
+        center = inside + radial * max(depth, 0.0) * (tries < 50)
         pts = center + unit * radii
         in_lobe = (lung.signed_mm(pts[:, 0], pts[:, 1], pts[:, 2]) > 0) & (
             lung.lobe(side, pts[:, 0], pts[:, 1], pts[:, 2]) == lobe)

@@ -48,7 +48,7 @@ def _consolidation(c: Canvas, a: Anatomy, f: Finding) -> None:
     # the lobe it grew from; its centre lies on the pleura), the hallmark that tells it from a solid mass
     core, reach = f.params["core"], 0.9 * f.params["radii"].max()
     for d in f.params["bronchi"]:
-        paint(c.hu, capsule(c.grid, core - reach * d, core + reach * d, 2.5), -950.0, within=region)
+        paint(c.hu, capsule(c.grid, core - reach * d, core + reach * d, 3.0), -950.0, within=region)
 
 
 def _pleural_effusion(c: Canvas, a: Anatomy, f: Finding) -> None:
