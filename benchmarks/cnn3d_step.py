@@ -6,7 +6,9 @@ contiguous or channels-last weights and inputs.
 Random inputs at the demo's shape ((B, 1, 64, 128, 128) preprocessed values, configs/demo/pretrain.yaml's
 encoder). Prints seconds per batch (mean of --repeats after one warm-up) for: the stem's measurements, its assembly,
 the conv stages' forward + backward + AdamW step both ways, and a whole step as pretraining runs it with and
-without ``cache_stem`` (with it, the stem is assembled from measurements made once).
+without ``cache_stem`` (with it, the stem is assembled from measurements made once); and the blob channel: its
+float32 reference (the implementation until 2026-11-29), the uint8 one for 4 radii, the 9-radius profile, and a
+whole stem measurement with the profile.
 """
 
 from __future__ import annotations
@@ -28,8 +30,32 @@ def seconds(fn: Callable[[], object], repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
+def blob_float(stem: torch.nn.Module, bins: torch.Tensor) -> torch.Tensor:
+    """The blob score as cnn3d computed it until 2026-11-29 (float32 masks and sums, erosion by max_pool3d), for
+    comparison with ``HUBinStem._blob`` (uint8, separable AND): the same values (tests/test_blob_channel.py)."""
+    import torch.nn.functional as F
+
+    cfg = stem.config
+    lung = (bins < len(cfg.lung_bins)).float()[:, None]
+    lo, hi = cfg.solid_bins[0], cfg.solid_bins[-1]
+    solid = ((bins >= lo) & (bins <= hi)).float()[:, None]
+    k = cfg.blob_erosion
+    eroded = -F.max_pool3d(F.pad(-solid, [v // 2 for v in reversed(k) for _ in range(2)], value=0.0), k, stride=1)
+    offsets = cfg.blob_offsets()
+    p = max(abs(v) for shell in offsets for o in shell for v in o)
+    padded = F.pad(lung, (p,) * 6)
+    d, h, w = lung.shape[2:]
+    best = torch.zeros_like(lung)
+    for shell in offsets:
+        around = torch.zeros_like(lung)
+        for a, b, c in shell:
+            around += padded[:, :, p + a:p + a + d, p + b:p + b + h, p + c:p + c + w]
+        best = torch.maximum(best, around / len(shell))
+    return eroded * best
+
+
 def main() -> None:
-    from ctagrg.models.cnn3d import CNN3DConfig, CNN3DEncoder
+    from ctagrg.models.cnn3d import CNN3DConfig, CNN3DEncoder, HUBinStem
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
@@ -71,11 +97,26 @@ def main() -> None:
             opt.step()
         return step
 
+    # the blob channel (demo until 2026-11-29: the best of 4 radii; since: one channel per radius of 9)
+    common = {"input_shape": cfg.input_shape, "input_hu": cfg.input_hu, "context": True, "blob": True,
+              "voxel_mm": (4.0, 2.0, 2.0)}
+    blob4 = HUBinStem(CNN3DConfig(**common, blob_radii_mm=(8.0, 12.0, 16.0, 22.0)))
+    profile9 = HUBinStem(CNN3DConfig(**common, blob_profile=True,
+                                     blob_radii_mm=(4.0, 6.0, 8.0, 10.0, 12.0, 14.0, 16.0, 20.0, 24.0)))
+    hu_min, hu_max, offset = cfg.input_hu
+    bins = torch.bucketize(x[:, 0], (blob4.edges - hu_min) / (hu_max - hu_min) - offset, out_int32=True)
+    if not torch.equal(blob_float(blob4, bins), blob4._blob(bins)):
+        raise SystemExit("the blob score differs from the float reference")
+
     r = args.repeats
     results = {
         "batch": args.batch, "threads": args.threads,
         "stem_measure_s": seconds(lambda: enc.stem.measure(x), r),
         "stem_assemble_s": seconds(lambda: enc.stem.assemble(measured), r),
+        "blob_4_radii_float_reference_s": seconds(lambda: blob_float(blob4, bins), r),
+        "blob_4_radii_s": seconds(lambda: blob4._blob(bins), r),
+        "blob_profile_9_radii_s": seconds(lambda: profile9._blob(bins), r),
+        "stem_measure_with_blob_profile_s": seconds(lambda: profile9.measure(x), r),
         "conv_step_contiguous_s": seconds(conv_step(contiguous, stem), r),
         "conv_step_channels_last_s": seconds(conv_step(channels_last, stem_cl), r),
         "whole_step_stem_each_step_s": seconds(whole_step(False), r),

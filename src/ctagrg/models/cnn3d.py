@@ -98,10 +98,12 @@ class CNN3DConfig:
     blob_radii_mm: tuple[float, ...] = (8.0, 12.0, 16.0, 22.0)
     blob_erosion: Triple = (3, 3, 3)
     # With ``blob``: one channel per radius of ``blob_radii_mm`` instead of their best. A nodule of radius R scores
-    # on the shells wider than R only, so the per-radius maxima (the stem's global max, with ``context``) carry its
-    # size, which the best over radii does not. On the demo's 600 phantoms a ridge regression from the per-half
-    # maxima and counts of 9 radii put 0.78 of the test nodules within 5 mm of their size (a constant: 0.48;
-    # docs/training.md, "Blob profile"). Off by default so that checkpoints saved without it load.
+    # on the shells wider than R only, so the per-radius maxima carry its size, which the best over radii does not:
+    # on the demo's 600 phantoms a ridge regression from the per-half maxima and counts of 9 radii put 0.78 of the
+    # test nodules within 5 mm of their size (a constant: 0.48). End to end it did not carry through (the demo's
+    # step-1 embeddings overfit the 235 training nodules' sizes; generated sizes within 5 mm 0.41 with or without
+    # it), so the demo leaves it off (docs/training.md, "Session of 2026-11-29 (fifth)"). Off by default so that
+    # checkpoints saved without it load.
     blob_profile: bool = False
 
     def __post_init__(self) -> None:
@@ -266,7 +268,7 @@ class HUBinStem(nn.Module):
         volume gives exactly the flipped score."""
         cfg = self.config
         # uint8 masks and counts (a shell has 26 points): a quarter of float32's memory traffic, and the erosion as
-        # a separable AND instead of max_pool3d: ~4x faster overall (BENCHMARKS.md, "Blob profile")
+        # a separable AND instead of max_pool3d (BENCHMARKS.md, "Training speed of the demo encoder")
         lung = (bins < len(cfg.lung_bins)).to(torch.uint8)[:, None]  # bins 0 .. lung_bins-1 lie below lung_hu_max
         lo, hi = cfg.solid_bins[0], cfg.solid_bins[-1]
         eroded = _erode(((bins >= lo) & (bins <= hi)).to(torch.uint8)[:, None], cfg.blob_erosion)

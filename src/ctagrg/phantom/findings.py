@@ -156,6 +156,7 @@ def _nodule(rng: np.random.Generator, anat: Anatomy) -> Finding:
                    center=center, params={"radii": size / 2 * rng.uniform(0.9, 1.1, 3)})
 
 
+# Consolidation: an ellipsoid this many mm across (uniform), its centre this many in-plane radii inside the pleura.
 CONSOLIDATION_MM = (50.0, 90.0)
 CONSOLIDATION_DEPTH = 0.5
 
@@ -164,11 +165,13 @@ def _consolidation(rng: np.random.Generator, anat: Anatomy) -> Finding:
     side = str(rng.choice(SIDES))
     lobe = str(rng.choice(("upper", "middle", "lower") if side == "right" else ("upper", "lower"), p=None))
     size = float(np.round(rng.uniform(*CONSOLIDATION_MM)))
-    # Airspace disease fills the periphery of a lobe from the pleura inwards (lesions._consolidation keeps it inside
-    # the lobe and the lung): an ellipsoid of ``size`` mm across centred on the pleural surface, radially outward of
-    # a point in the lobe, so about half of it lies in the lung as a pleural-based wedge. A round solid lesion with
-    # lung all around is a nodule or a mass; drawn that way (30-55 mm, before 2026-11-29), consolidation's false
-    # positives were the volumes with large nodules.
+    # Airspace disease fills a lobe from the pleura inwards (lesions._consolidation keeps it inside the lobe and the
+    # lung): an ellipsoid of ``size`` mm across whose centre lies half a radius inside the pleura, radially outward
+    # of a point in the lobe, so that most of it lies in the lung, pleural-based and cut flat at the fissures. A
+    # round solid lesion with lung all around is a nodule or a mass; drawn that way (30-55 mm, before 2026-11-29),
+    # consolidation's false positives were the volumes with large nodules. Centred on the pleura and 40-70 mm (the
+    # first 2026-11-29 design) only a small pleural lens showed, which the learnability benchmark's model found at
+    # AUROC 0.63-0.76 (atelectasis looked alike); this size and depth: 0.90-0.95 (BENCHMARKS.md).
     lung, radii = anat.lung(side), size / 2 * np.array([1.0, 0.9, 0.9], np.float32)
     # at least a third of the ellipsoid must lie in the lobe (near the apex or a fissure it may not): else another
     # point, and after 50 tries the point itself (not pushed out to the pleura)
@@ -179,6 +182,7 @@ def _consolidation(rng: np.random.Generator, anat: Anatomy) -> Finding:
         inside = point_in_lobe(rng, anat, side, lobe, margin=size / 4)
         radial = np.array([inside[0] - lung.xc, inside[1] - lung.yc, 0.0], np.float32)
         radial /= max(float(np.linalg.norm(radial)), 1e-3)
+        # radially outward until CONSOLIDATION_DEPTH radii inside the pleura (a point nearer it stays)
         depth = float(lung.signed_mm(*inside)) - CONSOLIDATION_DEPTH * float(radii[1])
         center = inside + radial * max(depth, 0.0) * (tries < 50)
         pts = center + unit * radii

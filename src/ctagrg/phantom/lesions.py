@@ -44,8 +44,8 @@ def _consolidation(c: Canvas, a: Anatomy, f: Finding) -> None:
     paint(c.hu, (box, m), 35.0, within=mask)
     region = np.zeros(c.grid.shape, np.float32)
     region[box] = m * mask[box]
-    # air bronchograms: six air-filled bronchi, 5 mm wide, crossing the consolidated region's core (the point in
-    # the lobe it grew from; its centre lies on the pleura), the hallmark that tells it from a solid mass
+    # air bronchograms: six air-filled bronchi, 6 mm wide (two voxels of the small preset's grid), crossing the
+    # consolidated region's core (the point in the lobe it grew from), the hallmark that tells it from a solid mass
     core, reach = f.params["core"], 0.9 * f.params["radii"].max()
     for d in f.params["bronchi"]:
         paint(c.hu, capsule(c.grid, core - reach * d, core + reach * d, 3.0), -950.0, within=region)
