@@ -1,5 +1,6 @@
 """A scan unlike the training data is flagged: cnn3d counts its standardised features beyond OUTLIER_SD training
-standard deviations, and the Reporter adds a warning to the report (and its JSON line) above ``ood_fraction``."""
+standard deviations (and at inference clips them to it), and the Reporter adds a warning to the report (and its
+JSON line) above ``ood_fraction``."""
 
 from __future__ import annotations
 
@@ -51,6 +52,17 @@ def test_encoder_counts_features_beyond_the_training_spread():
     assert float(usual.max()) < 0.01 and float(odd.min()) > 0.05
     h = enc.norm(enc.features_from_stem(enc.stem(metal))[0].view(4, -1)).view(2, -1)
     torch.testing.assert_close(odd, (h.abs() > OUTLIER_SD).float().mean(1))
+    # at inference the features beyond OUTLIER_SD are clipped to it (the decoder never saw such values); the rest
+    # pass unchanged
+    assert float(h.abs().max()) > 2 * OUTLIER_SD
+    with torch.no_grad():
+        out = enc(metal)
+    torch.testing.assert_close(out, h.clamp(-OUTLIER_SD, OUTLIER_SD))
+    with torch.no_grad():
+        usual_h = enc(_training_like(3, 1))
+        usual_raw = enc.norm(enc.features_from_stem(enc.stem(_training_like(3, 1)))[0].view(6, -1)).view(3, -1)
+    torch.testing.assert_close(usual_h, usual_raw.clamp(-OUTLIER_SD, OUTLIER_SD))
+    assert float((usual_h != usual_raw).float().mean()) < 0.01
     enc.train()
     enc.last_outlier_fraction = None
     enc(_training_like(2, 2))
