@@ -131,3 +131,25 @@ def test_the_blob_profile_scores_each_radius_and_a_nodule_only_on_shells_wider_t
     assert CNN3DEncoder(cfg).eval()(_preprocessed(large)).shape == (1, cfg.out_dim)
     with pytest.raises(ValueError, match=r"blob_profile needs blob"):
         CNN3DConfig(input_shape=SHAPE, blob_profile=True)
+
+
+def test_the_whole_shell_channel_keeps_small_nodules_and_drops_vessels():
+    """``blob_whole_shell_erosion``: one more 0/1 channel, solid eroded by a smaller kernel with lung at all 26
+    points of a shell. An 8 mm nodule, which the (3, 3, 3) erosion removes at 4 mm slices, is 1 at its centre; a
+    vessel running through every slice (lung surrounds it except along its axis) and the chest wall are 0."""
+    cfg = _config(blob_whole_shell_erosion=(1, 3, 3))
+    stem = HUBinStem(cfg)
+    hu = _lung()
+    _ball(hu, (8, 16, 12), 4.0)  # an 8 mm nodule
+    hu[:, 26:29, 4:7] = 40.0  # a 6 mm vessel through every slice
+    bins = torch.bucketize(_preprocessed(hu)[:, 0], (stem.edges - HU[0]) / (HU[1] - HU[0]) - HU[2])
+    score = stem._blob(bins)
+    assert score.shape == (1, 2, *SHAPE) and cfg.blob_channels == 2
+    assert score[0, 0, 8, 16, 12] == 0.0  # the plain channel: eroded away
+    assert score[0, 1, 8, 16, 12] == 1.0  # the whole-shell channel: kept
+    assert score[0, 1, :, 24:31, 2:9].max() == 0.0 and score[0, 1, :, :, -4:].max() == 0.0
+    # without it, the plain channel is unchanged
+    assert torch.equal(HUBinStem(_config())._blob(bins)[:, 0], score[:, 0])
+    assert stem.measure(_preprocessed(hu)).shape[1] == len(stem.edges) + 3 + 2
+    with pytest.raises(ValueError, match=r"blob_whole_shell_erosion: three odd sizes"):
+        _config(blob_whole_shell_erosion=(2, 3, 3))

@@ -116,8 +116,8 @@ def cpu_seconds() -> float:
 
 
 # The phantoms' and the demo models' design: a folder made by a version with another one has phantoms or an encoder
-# this version's stages cannot reuse (2026-11-29b: larger consolidations).
-DEMO_DESIGN = "2026-11-29b"
+# this version's stages cannot reuse (2026-11-29c: larger consolidations (b), the whole-shell blob channel (c)).
+DEMO_DESIGN = "2026-11-29c"
 
 
 def run_settings(cfg: DemoConfig) -> dict[str, Any]:

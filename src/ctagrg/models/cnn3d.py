@@ -105,6 +105,11 @@ class CNN3DConfig:
     # it), so the demo leaves it off (docs/training.md, "Session of 2026-11-29 (fifth)"). Off by default so that
     # checkpoints saved without it load.
     blob_profile: bool = False
+    # With ``blob``: one more 0/1 channel, solid eroded by this (smaller) kernel with aerated lung at all 26 points
+    # of at least one shell. The (3, 3, 3) erosion removes nodules under ~12 mm at 4 mm slices; with (1, 3, 3) they
+    # survive but so do vessels, which lung surrounds on all points but one or two (docs/training.md, "Session of
+    # 2026-11-29 (fifth)"). Empty: off.
+    blob_whole_shell_erosion: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         self.input_shape = tuple(int(v) for v in self.input_shape)  # type: ignore[assignment]
@@ -122,6 +127,11 @@ class CNN3DConfig:
         self.voxel_mm = tuple(float(v) for v in self.voxel_mm)  # type: ignore[assignment]
         self.blob_radii_mm = tuple(float(v) for v in self.blob_radii_mm)
         self.blob_erosion = tuple(int(v) for v in self.blob_erosion)  # type: ignore[assignment]
+        self.blob_whole_shell_erosion = tuple(int(v) for v in self.blob_whole_shell_erosion)
+        if self.blob_whole_shell_erosion and (len(self.blob_whole_shell_erosion) != 3 or any(
+                k < 1 or k % 2 == 0 for k in self.blob_whole_shell_erosion)):
+            raise ValueError(f"CNN3DConfig.blob_whole_shell_erosion: three odd sizes >= 1 or empty, got "
+                             f"{list(self.blob_whole_shell_erosion)}")
         if self.blob and (any(k < 1 or k % 2 == 0 for k in self.blob_erosion) or not self.blob_radii_mm
                           or min(self.blob_radii_mm) <= 0 or min(self.voxel_mm) <= 0):
             raise ValueError(f"CNN3DConfig.blob: blob_erosion must be odd and >= 1 per axis, blob_radii_mm and "
@@ -162,7 +172,9 @@ class CNN3DConfig:
     def blob_channels(self) -> int:
         """Stem channels of the blob score: 0 without ``blob``, 1 (the best radius), or one per radius with
         ``blob_profile``."""
-        return 0 if not self.blob else len(self.blob_radii_mm) if self.blob_profile else 1
+        if not self.blob:
+            return 0
+        return (len(self.blob_radii_mm) if self.blob_profile else 1) + (1 if self.blob_whole_shell_erosion else 0)
 
     def blob_offsets(self) -> list[list[Triple]]:
         """Per radius of ``blob_radii_mm``, the 26 voxel offsets (D, H, W) of the shell's sample points: the
@@ -277,17 +289,24 @@ class HUBinStem(nn.Module):
         padded = F.pad(lung, (p,) * 6)
         d, h, w = lung.shape[2:]
         best = torch.zeros_like(lung)
+        whole = torch.zeros_like(lung) if cfg.blob_whole_shell_erosion else None
         profile = []
         for shell in offsets:
             around = torch.zeros_like(lung)
             for a, b, c in shell:
                 around += padded[:, :, p + a:p + a + d, p + b:p + b + h, p + c:p + c + w]
+            if whole is not None:
+                whole |= around == len(shell)
             if cfg.blob_profile:
                 profile.append(around * eroded)
             else:
                 torch.maximum(best, around, out=best)
         count = torch.cat(profile, dim=1) if cfg.blob_profile else best * eroded
-        return count.float() / len(offsets[0])
+        score = count.float() / len(offsets[0])
+        if whole is None:
+            return score
+        fine = _erode(((bins >= lo) & (bins <= hi)).to(torch.uint8)[:, None], cfg.blob_whole_shell_erosion)
+        return torch.cat([score, (whole & fine).float()], dim=1)
 
     @torch.no_grad()
     def measure_padding(self, pad_value: float, device: torch.device | str = "cpu") -> torch.Tensor:

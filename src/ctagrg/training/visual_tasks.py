@@ -118,10 +118,10 @@ class PretrainTaskConfig:
     init: InitConfig = field(default_factory=InitConfig)
     attributes: AttributeConfig = field(default_factory=AttributeConfig)  # only half_weight applies here
     # cnn3d only: its HU-bin stem has no weights, so measure each volume's patches once, keep them in memory
-    # (float32, measure_channels x the patch grid: 1.8 MB per volume at the demo's shape, 1.9 MB with ``blob``; not
-    # for CT-RATE-sized sets) and augment them instead of the volume. Needs whole-patch shifts (data.augment.
-    # shift_step a multiple of model.cnn3d.patch). The same losses and weights as computing the stem every step,
-    # exactly (tested), except that with cnn3d's ``blob`` a shift changes the blob channel near the border.
+    # (float32, measure_channels x the patch grid: 1.8 MB per volume at the demo's shape, 2.1 MB with the demo's two
+    # blob channels; not for CT-RATE-sized sets) and augment them instead of the volume. Needs whole-patch shifts
+    # (data.augment.shift_step a multiple of model.cnn3d.patch). The same losses and weights as computing the stem
+    # every step, exactly (tested), except that with cnn3d's ``blob`` a shift changes the blob channel near the border.
     cache_stem: bool = False
 
 
