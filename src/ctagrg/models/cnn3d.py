@@ -239,14 +239,14 @@ class HUBinStem(nn.Module):
 
     @property
     def measure_channels(self) -> int:
-        """Channels of :meth:`measure`: one fraction per HU bin, mean HU / 1000, max HU / 1000 (+ the blob score)."""
+        """Channels of :meth:`measure`: one fraction per HU bin, mean HU / 1000, max HU / 1000 (+ the blob channels)."""
         return len(self.config.hu_edges) + 3 + self.config.blob_channels
 
     @torch.no_grad()
     def measure(self, volume: torch.Tensor) -> torch.Tensor:
         """(B, 1, D, H, W) preprocessed → (B, measure_channels, D/pd, H/ph, W/pw) float32: per patch, the fraction
-        of voxels in each HU bin, mean HU / 1000 and max HU / 1000 (clipped to [-1, 3]), and with ``blob`` the blob
-        score's maximum.
+        of voxels in each HU bin, mean HU / 1000 and max HU / 1000 (clipped to [-1, 3]), and with ``blob`` each blob
+        channel's maximum (``blob_channels``: the score, or one per radius, and the whole-shell indicator).
 
         Everything the stem reads from the voxels. The patch grid commutes with flips and whole-patch shifts, so
         a caller may compute this once per volume and augment it (:meth:`assemble` then gives what the stem of
