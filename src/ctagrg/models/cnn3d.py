@@ -101,8 +101,8 @@ class CNN3DConfig:
     # on the shells wider than R only, so the per-radius maxima carry its size, which the best over radii does not:
     # on the demo's 600 phantoms a ridge regression from the per-half maxima and counts of 9 radii put 0.78 of the
     # test nodules within 5 mm of their size (a constant: 0.48). End to end it did not carry through (the demo's
-    # step-1 embeddings overfit the 235 training nodules' sizes; generated sizes within 5 mm 0.41 with or without
-    # it), so the demo leaves it off (docs/training.md, "Session of 2026-11-29 (fifth)"). Off by default so that
+    # step-1 embeddings overfit the 235 training nodules' sizes; generated sizes within 5 mm 0.41 with it, 0.36-0.38
+    # without), so the demo leaves it off (docs/training.md, "Session of 2026-11-29 (fifth)"). Off by default so that
     # checkpoints saved without it load.
     blob_profile: bool = False
     # With ``blob``: one more 0/1 channel, solid eroded by this (smaller) kernel with aerated lung at all 26 points
@@ -283,7 +283,8 @@ class HUBinStem(nn.Module):
         # a separable AND instead of max_pool3d (BENCHMARKS.md, "Training speed of the demo encoder")
         lung = (bins < len(cfg.lung_bins)).to(torch.uint8)[:, None]  # bins 0 .. lung_bins-1 lie below lung_hu_max
         lo, hi = cfg.solid_bins[0], cfg.solid_bins[-1]
-        eroded = _erode(((bins >= lo) & (bins <= hi)).to(torch.uint8)[:, None], cfg.blob_erosion)
+        solid = ((bins >= lo) & (bins <= hi)).to(torch.uint8)[:, None]
+        eroded = _erode(solid, cfg.blob_erosion)
         offsets = cfg.blob_offsets()
         p = max(abs(v) for shell in offsets for o in shell for v in o)
         padded = F.pad(lung, (p,) * 6)
@@ -305,8 +306,7 @@ class HUBinStem(nn.Module):
         score = count.float() / len(offsets[0])
         if whole is None:
             return score
-        fine = _erode(((bins >= lo) & (bins <= hi)).to(torch.uint8)[:, None], cfg.blob_whole_shell_erosion)
-        return torch.cat([score, (whole & fine).float()], dim=1)
+        return torch.cat([score, (whole & _erode(solid, cfg.blob_whole_shell_erosion)).float()], dim=1)
 
     @torch.no_grad()
     def measure_padding(self, pad_value: float, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -469,8 +469,9 @@ class CNN3DEncoder(nn.Module):
             # At inference a feature is clipped to OUTLIER_SD: beyond it the heads and the decoder never saw a value,
             # and a real scan shown to the phantom-trained demo model (2-4% of its features beyond, some at hundreds
             # of SDs) made the decoder's pseudo self-attention slot swamp the text ("SternotomySternotomy...");
-            # clipped, the sentences stay well formed (the OOD warning still says not to trust them). Training is
-            # not clipped, and the demo's phantoms have 0.02% of their test features beyond (BENCHMARKS.md).
+            # clipped, the sentences stay well formed (the OOD warning still says not to trust them). The encoder's
+            # own training (pretraining) is not clipped; a frozen encoder's outputs (step 1's cache, the step-2
+            # embedding cache) are, as at inference. The demo's phantoms have 0.02% of their features beyond.
             h = h.clamp(-OUTLIER_SD, OUTLIER_SD)
         h = self.dropout(h if self.fc is None else torch.relu(self.fc(h)))
         return h.view(b, -1)
