@@ -115,9 +115,10 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-# The phantoms' and the demo models' design: a folder made by a version with another one has phantoms or an encoder
-# this version's stages cannot reuse (2026-11-29c: larger consolidations (b), the whole-shell blob channel (c)).
-DEMO_DESIGN = "2026-11-29c"
+# The phantoms' and the demo models' design: a folder made by a version with another one has phantoms or models
+# this version's stages cannot reuse (2026-11-29: larger consolidations (b), the whole-shell blob channel (c), step
+# 1's gated halves and step 2's mirrored pairs (d)).
+DEMO_DESIGN = "2026-11-29d"
 
 
 def run_settings(cfg: DemoConfig) -> dict[str, Any]:

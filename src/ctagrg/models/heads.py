@@ -39,6 +39,18 @@ class HeadsConfig:
     # weights and a label's logit is the soft maximum (logsumexp) of its two half logits; step 1's embeddings are
     # the two halves' embeddings side by side, (B, L, 2 x embed_dim), so step 2 sees where a finding fired
     lateral_halves: bool = False
+    # With ``lateral_halves`` (not in the published method): the abnormality embedding step 1 hands on (to the
+    # step-2 embedding cache and the Reporter) keeps a half's units only where the label is "on" in that half (its
+    # half probability reaches the label's half threshold, chosen on validation volumes like the detection
+    # thresholds), zeros elsewhere, and follows each half with its probability and on: [right E, p_right, on_right,
+    # left E, p_left, on_left]. So the side the decoder writes follows a decision calibrated on held-out volumes,
+    # not the units of the training volumes, which are more clear-cut than a test volume's (docs/training.md,
+    # "Step 2: gated halves and mirrored pairs")
+    condition_on_halves: bool = False
+
+    def __post_init__(self) -> None:
+        if self.condition_on_halves and not self.lateral_halves:
+            raise ValueError("HeadsConfig.condition_on_halves needs lateral_halves: true")
 
     @property
     def halves(self) -> int:
@@ -106,6 +118,9 @@ class AbnormalityHeads(nn.Module):
         self.fc2_weight = nn.Parameter(torch.empty(L, Hd))
         self.fc2_bias = nn.Parameter(torch.empty(L))
         self._init_classifiers(E, Hd)
+        self.condition_on_halves = cfg.condition_on_halves
+        if cfg.condition_on_halves:  # set by step 1's training on validation data (set_half_thresholds)
+            self.register_buffer("half_threshold", torch.full((L,), 0.5))
         self.attribute_heads = cfg.attribute_heads
         if cfg.attribute_heads:
             self.side_weight = nn.Parameter(torch.empty(L, len(SIDE_CLASSES), self.out_dim))
@@ -159,6 +174,23 @@ class AbnormalityHeads(nn.Module):
         self.fc2_weight.zero_()
         self.fc2_weight[:, 0], self.fc2_weight[:, 1] = 1.0, -1.0
         self.fc2_bias.zero_()
+
+    def conditioning(self, embeddings: torch.Tensor, half_logits: torch.Tensor) -> torch.Tensor:
+        """Step 2's input with ``condition_on_halves``: (B, L, 2 x E) embeddings and (B, 2, L) half logits ->
+        (B, L, 2 x (E + 2)), per half [its E units if it is on else zeros, its probability, on (1 or 0)]. A half is
+        on when its probability reaches label i's ``half_threshold``; when neither does, the higher one is. The two
+        halves keep one layout, so that swapping them is still the mirror image (step 2's ``mirror``)."""
+        if not self.condition_on_halves:
+            raise RuntimeError("AbnormalityHeads.conditioning: built without heads.condition_on_halves")
+        b, n, L = half_logits.shape
+        p = torch.sigmoid(half_logits.float()).transpose(1, 2)  # (B, L, 2)
+        on = p >= self.half_threshold[:, None]
+        on = torch.where(on.any(-1, keepdim=True), on, p == p.amax(-1, keepdim=True)).to(p.dtype)
+        # a half that is off hands on zeros: its units would still tell the decoder a side, learned from training
+        # volumes whose halves are more clear-cut than a test volume's (a bilateral effusion with one half at 0.9
+        # was written "right" though both halves were on)
+        e = embeddings.view(b, L, n, -1) * on[..., None].to(embeddings.dtype)
+        return torch.cat([e, p[..., None].to(e.dtype), on[..., None].to(e.dtype)], -1).view(b, L, -1)
 
     def embed(self, h: torch.Tensor) -> torch.Tensor:
         """(B, in_dim) -> (B, L, out_dim) abnormality embeddings (with ``lateral_halves``: each half projected by the

@@ -134,7 +134,9 @@ class Step1Model(_VisualModel):
     """(B, 1, D, H, W) -> {"logits": (B, 18), "embeddings": (B, 18, 1024)} (+ "logits_detached" when training
     with ``per_head_backward``: the heads applied to the encoder output cut from the graph; + "side_logits"
     (B, 18, 3) and "size_mm" (B, 18) with ``heads.attribute_heads``; + "half_logits" (B, 2, 18), [right, left],
-    with ``heads.lateral_halves``)."""
+    with ``heads.lateral_halves``). With ``heads.condition_on_halves`` the embeddings are (B, 18, 2 x (E + 2)),
+    each half followed by its probability and whether that reaches the half threshold
+    (:meth:`AbnormalityHeads.conditioning`)."""
 
     model_type = "ctagrg-step1"
 
@@ -160,6 +162,8 @@ class Step1Model(_VisualModel):
             out["side_logits"], out["size_mm"] = self.heads.attributes(embeddings)
         if self.training and self.config.per_head_backward:
             out["logits_detached"] = self.heads(h.detach())[0]
+        if self.config.heads.condition_on_halves:  # step 2's input: each half + its probability and "on"
+            out["embeddings"] = self.heads.conditioning(embeddings, half)
         return out
 
 

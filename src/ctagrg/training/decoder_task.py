@@ -12,6 +12,12 @@ Targets (``target``): ``<|endoftext|> sentence <|endoftext|>``, at most ``max_to
 lowercases and strips punctuation. We keep the text as written by default, because the reports are read by people
 and the grounding metrics read sides and sizes ("4.5 mm") back from the generated text; ``lowercase`` and
 ``strip_punctuation`` reproduce the paper, and even then digits and decimal points inside numbers are kept.
+
+Mirrored pairs (``mirror``, not in the published method): when the cache's embeddings are [right half, left half]
+(step 1's ``lateral_halves``), a training pair of a ``mirror.labels`` label is drawn with probability ``mirror.p``
+as its mirror image: the two halves swapped and "right" and "left" exchanged in its sentence
+(ctagrg.text.mirror; sentences naming the middle lobe, the heart and other one-sided anatomy are never mirrored).
+Every lateralised finding is then seen on both sides, and the decoder cannot learn a side from the label alone.
 """
 
 from __future__ import annotations
@@ -28,7 +34,9 @@ from torch.utils.data import Dataset
 
 from ctagrg.config import ConfigError, to_dict
 from ctagrg.generation.generate import GenerationSettings
+from ctagrg.labels import LABEL_INDEX
 from ctagrg.models.decoder import DecoderConfig, ReportDecoder, load_tokenizer
+from ctagrg.text.mirror import mirror_sentence
 from ctagrg.training.config import TrainConfig
 from ctagrg.training.embedding_cache import (
     EmbeddingCacheConfig,
@@ -50,6 +58,29 @@ class TargetConfig:
     max_tokens: int = 60  # sentence tokens, before the closing <|endoftext|>
 
 
+# labels whose side words mean the patient's lung or pleura (or a hilum): their mirrored sentence is anatomy too
+MIRROR_LABELS: tuple[str, ...] = (
+    "Lymphadenopathy", "Emphysema", "Atelectasis", "Lung nodule", "Lung opacity", "Pulmonary fibrotic sequela",
+    "Pleural effusion", "Mosaic attenuation pattern", "Peribronchial thickening", "Consolidation", "Bronchiectasis",
+    "Interlobular septal thickening")
+
+
+@dataclass
+class MirrorConfig:
+    """Step-2 mirror augmentation (see the module docstring). Needs an embedding cache with two halves."""
+
+    p: float = 0.0  # probability that a mirrorable training pair is drawn mirrored; 0: off (the paper)
+    labels: tuple[str, ...] = MIRROR_LABELS
+
+    def __post_init__(self) -> None:
+        self.labels = tuple(self.labels)
+        if not 0.0 <= self.p <= 1.0:
+            raise ConfigError(f"mirror.p: expected a probability in [0, 1], got {self.p}")
+        unknown = [label for label in self.labels if label not in LABEL_INDEX]
+        if unknown:
+            raise ConfigError(f"mirror.labels: unknown abnormalities {unknown}")
+
+
 def paper_train_config() -> TrainConfig:
     """CT-AGRG step 2: AdamW lr 5e-5, wd 0.01, batch 8 × accumulation 8, 100 epochs, StepLR(50, 0.1), clip 0.1."""
     return TrainConfig(out_dir="runs/decoder", optimizer="adamw", lr=5e-5, weight_decay=0.01, batch_size=8,
@@ -69,6 +100,7 @@ class DecoderTaskConfig:
     train_splits: tuple[str, ...] = ("train",)  # name prefixes; empty: every volume
     valid_splits: tuple[str, ...] = ("valid",)
     target: TargetConfig = field(default_factory=TargetConfig)
+    mirror: MirrorConfig = field(default_factory=MirrorConfig)
     generation: GenerationSettings = field(default_factory=GenerationSettings)  # saved for the packaged model
 
     def __post_init__(self) -> None:
@@ -93,23 +125,49 @@ def prepare_target(sentence: str, cfg: TargetConfig) -> str:
 
 class PairDataset(Dataset):
     """(volume, abnormality) pairs: items {"embedding": (D,) float32, "label_index": int, "input_ids": (T,) long,
-    "name": str}, input_ids = BOS + sentence tokens (≤ max_tokens) + EOS."""
+    "name": str, "mirrored": bool}, input_ids = BOS + sentence tokens (≤ max_tokens) + EOS.
+
+    With ``mirror`` (p > 0), a pair of a ``mirror.labels`` label whose sentence has a mirror image is returned
+    mirrored with probability p (drawn from torch's generator, so seeded runs repeat): the embedding's two halves
+    swapped, the mirrored sentence's tokens."""
 
     def __init__(self, table: EmbeddingTable, pairs: list[tuple[int, int, str]], tokenizer: Any,
-                 cfg: TargetConfig, bos: int, eos: int) -> None:
+                 cfg: TargetConfig, bos: int, eos: int, mirror: MirrorConfig | None = None) -> None:
         self.table = table
         self.pairs = [(v, i) for v, i, _ in pairs]
+        self.mirror_p = mirror.p if mirror is not None else 0.0
+        if self.mirror_p > 0 and table.halves != 2:
+            raise ConfigError("mirror.p > 0 needs an embedding cache of [right half, left half] embeddings (step 1 "
+                              f"with heads.lateral_halves; this cache has halves={table.halves}). Rebuild the cache "
+                              "from such a model or set mirror.p: 0")
         texts = [prepare_target(s, cfg) for _, _, s in pairs]
-        encoded = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-        self.ids = [[bos, *ids[: cfg.max_tokens], eos] for ids in encoded]
+        mirrored: list[str | None] = [None] * len(pairs)
+        if self.mirror_p > 0:
+            allowed = {LABEL_INDEX[label] for label in mirror.labels}  # type: ignore[union-attr]
+            mirrored = [mirror_sentence(t) if i in allowed else None for (_, i, _), t in zip(pairs, texts, strict=True)]
+        encode = lambda xs: tokenizer(xs, add_special_tokens=False)["input_ids"] if xs else []  # noqa: E731
+        self.ids = [[bos, *ids[: cfg.max_tokens], eos] for ids in encode(texts)]
+        todo = [k for k, t in enumerate(mirrored) if t is not None]
+        self.mirror_ids: dict[int, list[int]] = {
+            k: [bos, *ids[: cfg.max_tokens], eos] for k, ids in zip(todo, encode([mirrored[k] for k in todo]),
+                                                                   strict=True)}
 
     def __len__(self) -> int:
         return len(self.pairs)
 
+    @property
+    def mirrorable(self) -> int:
+        """How many pairs may be drawn mirrored."""
+        return len(self.mirror_ids)
+
     def __getitem__(self, k: int) -> dict[str, Any]:
         v, i = self.pairs[k]
-        return {"embedding": self.table.embeddings[v, i].float(), "label_index": i,
-                "input_ids": torch.tensor(self.ids[k]), "name": self.table.names[v]}
+        embedding, ids = self.table.embeddings[v, i].float(), self.ids[k]
+        flip = k in self.mirror_ids and float(torch.rand(())) < self.mirror_p
+        if flip:  # [right, left] -> [left, right]: the halves are equal, so this is the mirror image's embedding
+            embedding, ids = embedding.view(2, -1).flip(0).reshape(-1), self.mirror_ids[k]
+        return {"embedding": embedding, "label_index": i, "input_ids": torch.tensor(ids),
+                "name": self.table.names[v], "mirrored": flip}
 
 
 def collate_pairs(items: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
@@ -155,16 +213,16 @@ class DecoderTask(Task):
             self._table = load_embedding_cache(emb.out_dir)
         return self._table
 
-    def _dataset(self, splits: tuple[str, ...]) -> PairDataset:
+    def _dataset(self, splits: tuple[str, ...], mirror: MirrorConfig | None = None) -> PairDataset:
         table = self.table()
         names = {n for n in table.names if not splits or n.split("_", 1)[0] in splits}
         thresholds = read_thresholds(self.cfg.thresholds) if self.cfg.thresholds else None
         pairs = table.pairs(self.cfg.pairs, thresholds=thresholds, names=names)
         m = self.cfg.model
-        return PairDataset(table, pairs, self.tokenizer, self.cfg.target, m.bos_token_id, m.eos_token_id)
+        return PairDataset(table, pairs, self.tokenizer, self.cfg.target, m.bos_token_id, m.eos_token_id, mirror)
 
     def train_dataset(self) -> PairDataset:
-        ds = self._dataset(self.cfg.train_splits)
+        ds = self._dataset(self.cfg.train_splits, self.cfg.mirror)  # validation pairs are never mirrored
         if len(ds) == 0:
             raise ConfigError(f"{self.cfg.embeddings.out_dir}: no training pairs (splits {self.cfg.train_splits}, "
                               f"pairs {self.cfg.pairs!r})")

@@ -19,6 +19,7 @@ on the validation set once more to write ``best/validation.json`` + ``best/valid
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,7 @@ from ctagrg.training.checkpoint import load_model_weights, unwrap
 from ctagrg.training.config import TrainConfig
 from ctagrg.training.loop import autocast_context
 from ctagrg.training.task import Task
-from ctagrg.training.thresholds import compute_thresholds, save_thresholds
+from ctagrg.training.thresholds import compute_thresholds, save_thresholds, select_half_thresholds
 from ctagrg.training.volume_cache import PerVolumeCache
 from ctagrg.utils.atomic import write_json_atomic, write_text_atomic
 
@@ -510,6 +511,39 @@ class ClassifierTask(_VisualTask):
         if self.cfg.freeze_encoder:  # a frozen encoder also keeps its BatchNorm statistics and skips dropout
             unwrap(model).encoder.eval()
         return super().training_step(model, batch)
+
+    def on_train_end(self, model: nn.Module, out_dir: Path) -> None:
+        super().on_train_end(model, out_dir)
+        if model.config.heads.condition_on_halves and self.valid_dataset() is not None:
+            self._set_half_thresholds(model, Path(out_dir) / "best")
+
+    def _set_half_thresholds(self, model: nn.Module, best: Path) -> None:
+        """``heads.condition_on_halves``: choose the half thresholds on the validation volumes (the sides their
+        sentences state, ``attributes.sentences_csv``; the detection thresholds where no side is known), store them
+        in the model and in thresholds.json, and save ``best/`` again."""
+        tc = self.cfg.train
+        loader = DataLoader(self.valid_dataset(), batch_size=tc.eval_batch_size or tc.batch_size,
+                            num_workers=tc.num_workers)
+        halves, sides = [], []
+
+        def collect(out: dict[str, torch.Tensor], batch: dict[str, Any]) -> None:
+            halves.append(torch.sigmoid(out["half_logits"].float()).cpu())
+            if self._attributes is not None:
+                sides.append(self._attributes.gather(batch["name"], batch["labels"], "cpu")[0])
+            else:
+                sides.append(torch.full((len(batch["name"]), len(LABELS)), -1))
+
+        with torch.no_grad():
+            self._predict_with(model, loader, lambda batch: self._inputs(batch, train=False), collect)
+        content = json.loads((best / "thresholds.json").read_text(encoding="utf-8"))
+        detection = np.array([content["thresholds"][n] for n in LABELS])
+        chosen, report = select_half_thresholds(torch.cat(halves).numpy(), torch.cat(sides).numpy(), detection)
+        model.heads.half_threshold.copy_(torch.from_numpy(chosen).float())
+        self.save_model(model, best)
+        content["half_thresholds"] = {n: float(t) for n, t in zip(LABELS, chosen, strict=True)}
+        content["half_validation"] = {n: {"side_accuracy": acc, "findings": k}
+                                      for n, (acc, k) in zip(LABELS, report, strict=True)}
+        save_thresholds(best, content)
 
     def param_groups(self, model: nn.Module) -> list[Any]:
         if self.cfg.freeze_encoder:

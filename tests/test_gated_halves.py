@@ -1,0 +1,110 @@
+"""Step 1's gated halves (heads.condition_on_halves): the embedding step 2 reads keeps a half's units only where the
+label is on in that half, with half thresholds chosen on validation volumes."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ctagrg.cli.main import main as cli_main
+from ctagrg.labels import LABEL_INDEX, LABELS
+from ctagrg.models.heads import SIDE_CLASSES, AbnormalityHeads, HeadsConfig
+from ctagrg.models.step1 import Step1Model
+from ctagrg.training.thresholds import select_half_thresholds
+from tests.test_attributes import LATERAL, side_blob_dataset
+
+LEFT, RIGHT, BOTH = (SIDE_CLASSES.index(s) for s in ("left", "right", "bilateral"))
+
+
+def _heads() -> AbnormalityHeads:
+    return AbnormalityHeads(HeadsConfig(in_dim=16, embed_dim=3, classifier_hidden=4, lateral_halves=True,
+                                        condition_on_halves=True)).eval()
+
+
+def test_conditioning_keeps_only_the_halves_that_are_on():
+    heads = _heads()
+    heads.half_threshold.fill_(0.6)
+    emb = torch.rand(2, 18, 6) + 1.0  # (B, L, 2 x E): [right 3, left 3]
+    half = torch.full((2, 2, 18), -5.0)  # (B, [right, left], L)
+    half[0, 0, 9] = 2.0  # volume 0, label 9: right half on (p 0.88), left off
+    half[0, :, 12] = torch.tensor([2.0, 1.0])  # label 12: both on (0.88, 0.73)
+    half[1, :, 9] = torch.tensor([-1.0, 0.0])  # volume 1: neither reaches 0.6, the higher (left, 0.5) is kept
+    out = heads.conditioning(emb, half)
+    assert out.shape == (2, 18, 10)
+    rows = out.view(2, 18, 2, 5)  # per half: 3 units, probability, on
+    torch.testing.assert_close(rows[0, 9, 0, :3], emb[0, 9, :3])
+    assert torch.equal(rows[0, 9, 1, :3], torch.zeros(3))
+    assert rows[0, 9, :, 4].tolist() == [1.0, 0.0]
+    torch.testing.assert_close(rows[0, 9, :, 3], torch.sigmoid(torch.tensor([2.0, -5.0])))
+    assert rows[0, 12, :, 4].tolist() == [1.0, 1.0] and torch.equal(rows[0, 12, :, :3].reshape(6), emb[0, 12])
+    assert rows[1, 9, :, 4].tolist() == [0.0, 1.0] and torch.equal(rows[1, 9, 1, :3], emb[1, 9, 3:])
+    # mirror image: swapping the halves of the embedding and of the logits swaps the halves of the output
+    mirrored = heads.conditioning(emb.view(2, 18, 2, 3).flip(2).reshape(2, 18, 6), half.flip(1))
+    assert torch.equal(mirrored.view(2, 18, 2, 5), rows.flip(2))
+
+
+def test_condition_on_halves_needs_lateral_halves_and_saves_its_thresholds():
+    with pytest.raises(ValueError, match="condition_on_halves needs lateral_halves"):
+        HeadsConfig(condition_on_halves=True)
+    heads = _heads()
+    assert heads.state_dict()["half_threshold"].shape == (18,)  # saved with the model
+
+
+def test_half_thresholds_separate_one_sided_from_bilateral_findings():
+    rng = np.random.default_rng(0)
+    n = 40
+    probs = np.zeros((n, 2, 18))
+    sides = np.full((n, 18), -1)
+    j = LABEL_INDEX["Pleural effusion"]
+    for k in range(n):
+        kind = (RIGHT, LEFT, BOTH)[k % 3]
+        hi, lo = rng.uniform(0.95, 1.0), rng.uniform(0.0, 0.3)  # the other half of a one-sided finding <= 0.3
+        probs[k, :, j] = {RIGHT: (hi, lo), LEFT: (lo, hi), BOTH: (hi, rng.uniform(0.7, 1.0))}[kind]
+        sides[k, j] = kind
+    fallback = np.full(18, 0.25)
+    sides[:3, 0] = RIGHT  # label 0: too few findings with a side -> its fallback
+    chosen, report = select_half_thresholds(probs, sides, fallback)
+    lo_max = max(min(p) for p, s in zip(probs[:, :, j], sides[:, j], strict=True) if s != BOTH)
+    both_min = min(min(p) for p, s in zip(probs[:, :, j], sides[:, j], strict=True) if s == BOTH)
+    assert lo_max < chosen[j] < both_min
+    assert chosen[j] == pytest.approx((lo_max + both_min) / 2, abs=0.02)  # the middle of the gap
+    assert report[j] == (1.0, n)
+    assert chosen[0] == 0.25 and report[0] == (None, 3)
+    assert chosen[5] == 0.25 and report[5] == (None, 0)
+
+
+def test_step1_training_chooses_half_thresholds_and_the_cache_records_halves(tmp_path):
+    """Label 0 sits on one side of each volume, its sentence says which: step 1 with condition_on_halves stores
+    validation-chosen half thresholds in the model and thresholds.json, its embeddings are the gated layout, and
+    an embedding cache built from it records two halves."""
+    from ctagrg.training.embedding_cache import EmbeddingCacheConfig, build_from_config, load_embedding_cache
+
+    csvs, sent_csv = side_blob_dataset(tmp_path, seed=5)
+    sets = ["train.batch_size=4", "train.tensorboard=false", "train.lr=0.05", "train.epochs=8", "train.log_every=4",
+            f"data.cache_dir={tmp_path / 'cache'}", f"data.train_labels={csvs['train']}",
+            f"data.valid_labels={csvs['valid']}", "freeze_encoder=false", *LATERAL, "attributes.half_weight=1.0",
+            f"attributes.sentences_csv={sent_csv}", "model.heads.condition_on_halves=true",
+            f"train.out_dir={tmp_path / 'cls'}"]
+    assert cli_main(["train", "classifier", *sum((["--set", s] for s in sets), [])]) == 0
+    best = tmp_path / "cls" / "best"
+    content = json.loads((best / "thresholds.json").read_text())
+    model = Step1Model.from_pretrained(best)
+    saved = [content["half_thresholds"][n] for n in LABELS]
+    assert torch.allclose(model.heads.half_threshold, torch.tensor(saved))
+    assert content["half_validation"][LABELS[0]]["findings"] == 8  # the 8 validation volumes state a side
+    assert content["half_validation"][LABELS[0]]["side_accuracy"] == 1.0
+    assert content["half_validation"][LABELS[1]] == {"side_accuracy": None, "findings": 0}
+    assert saved[1] == content["thresholds"][LABELS[1]]  # no side known: the detection threshold
+    out = model(torch.zeros(2, 1, 8, 32, 16))
+    assert out["embeddings"].shape == (2, 18, 2 * (8 + 2))
+    names = [r[0].removesuffix(".nii.gz") for r in csv.reader(open(sent_csv)) if r[0] != "VolumeName"]
+    sentences = tmp_path / "s.csv"
+    sentences.write_text(open(sent_csv).read())
+    build_from_config(EmbeddingCacheConfig(out_dir=str(tmp_path / "emb"), step1_dir=str(best),
+                                           volume_cache=str(tmp_path / "cache"), sentences_csv=str(sentences)))
+    table = load_embedding_cache(tmp_path / "emb")
+    assert table.halves == 2 and table.embeddings.shape == (len(names), 18, 20)
