@@ -47,11 +47,54 @@ def test_conditioning_keeps_only_the_halves_that_are_on():
     assert torch.equal(mirrored.view(2, 18, 2, 5), rows.flip(2))
 
 
-def test_condition_on_halves_needs_lateral_halves_and_saves_its_thresholds():
-    with pytest.raises(ValueError, match="condition_on_halves needs lateral_halves"):
-        HeadsConfig(condition_on_halves=True)
+def test_config_errors_and_the_saved_threshold_buffer(tmp_path):
+    from ctagrg.config import ConfigError, load_config
+    from ctagrg.training.visual_tasks import ClassifierTask, ClassifierTaskConfig
+
+    with pytest.raises(ConfigError, match="condition_on_halves needs heads.lateral_halves: true"):
+        AbnormalityHeads(HeadsConfig(condition_on_halves=True))
+    assert _heads().state_dict()["half_threshold"].shape == (18,)  # saved with the model
+    # the overrides' order does not matter; what is missing is named
+    sent = tmp_path / "s.csv"
+    sent.write_text("VolumeName,AbnormalityName,Sentence\ntrain_1_a_1.nii.gz,Lung nodule,A left nodule.\n")
+    over = ["model.heads.condition_on_halves=true", "model.heads.lateral_halves=true"]
+    cfg = load_config(ClassifierTaskConfig, None, over)
+    with pytest.raises(ConfigError, match="needs attributes.sentences_csv and data.valid_labels"):
+        ClassifierTask(cfg)
+    with pytest.raises(ConfigError, match="needs attributes.sentences_csv and data.valid_labels"):
+        ClassifierTask(load_config(ClassifierTaskConfig, None, [*over, f"attributes.sentences_csv={sent}"]))
+    with pytest.raises(ConfigError, match="needs model.heads.lateral_halves: true"):
+        ClassifierTask(load_config(ClassifierTaskConfig, None, over[:1]))
+    # sentences loaded for the half thresholds even when no attribute loss is on
+    task = ClassifierTask(load_config(ClassifierTaskConfig, None, [*over, f"attributes.sentences_csv={sent}",
+                                                                    "data.valid_labels=v.csv"]))
+    assert task._attributes is None and "train_1_a_1" in task._half_sides.table
+
+
+def test_half_threshold_selection_edges():
+    probs = np.zeros((4, 2, 18), np.float32)
+    sides = np.full((4, 18), -1)
+    # label 2: two groups of equally wide best runs; the one whose middle is nearer 0.5 wins
+    probs[:, :, 2] = [[0.9, 0.1], [0.1, 0.9], [0.9, 0.1], [0.1, 0.9]]
+    sides[:, 2] = [RIGHT, LEFT, RIGHT, LEFT]
+    # label 3: neighbouring float32 values; the threshold must separate them in float32 as the model compares
+    lo = np.float32(0.7)
+    hi = np.nextafter(lo, np.float32(1))
+    probs[:, :, 3] = [[1.0, lo], [1.0, hi], [1.0, lo], [1.0, hi]]
+    sides[:, 3] = [RIGHT, BOTH, RIGHT, BOTH]
+    chosen, report = select_half_thresholds(probs, sides, np.full(18, 0.3), min_findings=4)
+    assert 0.1 < chosen[2] < 0.9 and report[2] == (1.0, 4)
+    assert np.float32(chosen[3]) > lo and np.float32(chosen[3]) <= hi and report[3] == (1.0, 4)
     heads = _heads()
-    assert heads.state_dict()["half_threshold"].shape == (18,)  # saved with the model
+    heads.half_threshold.copy_(torch.from_numpy(chosen).float())
+    # the model's own rule, on logits whose sigmoid gives these float32 probabilities back, agrees
+    logits = torch.logit(torch.from_numpy(probs))  # (4, 2, 18)
+    assert torch.equal(torch.sigmoid(logits[:, :, 3]), torch.from_numpy(probs[:, :, 3]))
+    on = heads.conditioning(torch.zeros(4, 18, 6), logits).view(4, 18, 2, 5)[..., 4]
+    assert on[:, 3].tolist() == [[1.0, 0.0], [1.0, 1.0], [1.0, 0.0], [1.0, 1.0]]
+    # no finding with a side: the fallback, even with min_findings 0
+    chosen, report = select_half_thresholds(probs, np.full((4, 18), -1), np.full(18, 0.3), min_findings=0)
+    assert (chosen == 0.3).all() and report[0] == (None, 0)
 
 
 def test_half_thresholds_separate_one_sided_from_bilateral_findings():
@@ -100,7 +143,7 @@ def test_step1_training_chooses_half_thresholds_and_the_cache_records_halves(tmp
     assert content["half_validation"][LABELS[1]] == {"side_accuracy": None, "findings": 0}
     assert saved[1] == content["thresholds"][LABELS[1]]  # no side known: the detection threshold
     out = model(torch.zeros(2, 1, 8, 32, 16))
-    assert out["embeddings"].shape == (2, 18, 2 * (8 + 2))
+    assert out["embeddings"].shape == (2, 18, 2 * (8 + 2)) and model.embedding_dim == 20
     names = [r[0].removesuffix(".nii.gz") for r in csv.reader(open(sent_csv)) if r[0] != "VolumeName"]
     sentences = tmp_path / "s.csv"
     sentences.write_text(open(sent_csv).read())

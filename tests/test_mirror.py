@@ -9,7 +9,7 @@ import torch
 from ctagrg.config import ConfigError
 from ctagrg.labels import LABEL_INDEX, NUM_LABELS
 from ctagrg.text.mirror import mirror_sentence
-from ctagrg.training.decoder_task import MirrorConfig, PairDataset, TargetConfig
+from ctagrg.training.decoder_task import MirrorConfig, PairDataset, TargetConfig, collate_pairs, draw_mirrors
 from ctagrg.training.embedding_cache import EmbeddingTable
 
 
@@ -21,7 +21,7 @@ def test_mirror_sentence_swaps_sides_and_refuses_one_sided_anatomy():
     assert mirror_sentence("The leftover contrast is not a finding.") == "The leftover contrast is not a finding."
     for sentence in ("Consolidation in the middle lobe of the right lung.", "Opacity in the lingula.",
                      "Calcification of the left anterior descending artery.", "Right paratracheal node, 14 mm.",
-                     "Nodule in the RUL.", "The left ventricle is dilated."):
+                     "Nodule in the RUL.", "The left ventricle is dilated.", "Thickened right minor fissure."):
         assert mirror_sentence(sentence) is None, sentence
 
 
@@ -47,26 +47,57 @@ PAIRS = [(0, NODULE, "Nodule in the right upper lobe."), (1, NODULE, "Nodule in 
          (2, HERNIA, "Hernia, left of the midline.")]
 
 
-def test_pairs_are_drawn_mirrored_with_swapped_halves_and_sentence():
+def test_pairs_carry_their_mirror_image_and_batches_draw_it_in_the_main_process():
     tok = WordTokenizer()
-    ds = PairDataset(_table(), PAIRS, tok, TargetConfig(), bos=1, eos=2, mirror=MirrorConfig(p=1.0))
+    ds = PairDataset(_table(), PAIRS, tok, TargetConfig(), bos=1, eos=2, mirror=MirrorConfig(p=0.5))
     assert ds.mirrorable == 1  # the middle lobe has no mirror image; the hernia's label is not in mirror.labels
     item = ds[0]
     original = _table().embeddings[0, NODULE].float()
-    assert item["mirrored"] and torch.equal(item["embedding"], torch.cat([original[2:], original[:2]]))
-    expected = tok(["Nodule in the left upper lobe."])["input_ids"][0]
-    assert item["input_ids"].tolist() == [1, *expected, 2]
-    for k in (1, 2):
-        assert not ds[k]["mirrored"]
-        assert torch.equal(ds[k]["embedding"], _table().embeddings[PAIRS[k][0], PAIRS[k][1]].float())
-    plain = PairDataset(_table(), PAIRS, tok, TargetConfig(), bos=1, eos=2)
-    assert not plain[0]["mirrored"] and plain[0]["input_ids"].tolist() == [1, *tok([PAIRS[0][2]])["input_ids"][0], 2]
-    # p = 0.5: seeded draws repeat, and both versions occur
+    assert torch.equal(item["embedding"], original)  # the dataset itself never draws
+    assert torch.equal(item["mirror_embedding"], torch.cat([original[2:], original[:2]]))
+    assert item["mirror_input_ids"].tolist() == [1, *tok(["Nodule in the left upper lobe."])["input_ids"][0], 2]
+    assert ds[1]["mirror_embedding"] is None and ds[2]["mirror_input_ids"] is None
+    batch = collate_pairs([ds[k] for k in range(3)], pad_id=0)
+    assert batch["mirrorable"].tolist() == [True, False, False]
+    assert batch["mirror_input_ids"].shape == batch["input_ids"].shape
+    always = draw_mirrors(batch, 1.0)
+    assert always["mirrored"].tolist() == [True, False, False]
+    assert torch.equal(always["embeddings"][0], item["mirror_embedding"])
+    assert torch.equal(always["embeddings"][1:], batch["embeddings"][1:])
+    n = len(item["mirror_input_ids"])
+    assert always["input_ids"][0, :n].tolist() == item["mirror_input_ids"].tolist()
+    assert always["attention_mask"][0].sum() == n and torch.equal(always["input_ids"][1:], batch["input_ids"][1:])
+    assert draw_mirrors(batch, 0.0) is batch
+    # p = 0.5: torch's global generator decides, so a seeded run (and a resumed one) repeats its draws
     torch.manual_seed(0)
-    half = PairDataset(_table(), PAIRS, tok, TargetConfig(), bos=1, eos=2, mirror=MirrorConfig(p=0.5))
-    draws = [half[0]["mirrored"] for _ in range(40)]
+    draws = [bool(draw_mirrors(batch, 0.5)["mirrored"][0]) for _ in range(40)]
     torch.manual_seed(0)
-    assert [half[0]["mirrored"] for _ in range(40)] == draws and 5 < sum(draws) < 35
+    assert [bool(draw_mirrors(batch, 0.5)["mirrored"][0]) for _ in range(40)] == draws and 5 < sum(draws) < 35
+    # without mirroring there is nothing to draw from
+    plain = collate_pairs([PairDataset(_table(), PAIRS, tok, TargetConfig(), bos=1, eos=2)[k] for k in range(3)], 0)
+    assert "mirrorable" not in plain and draw_mirrors(plain, 1.0) is plain
+
+
+def test_decoder_task_mirrors_training_batches_only(tmp_path):
+    """training_step draws mirrored pairs, validate never does (its loss is the same whatever mirror.p is)."""
+    from ctagrg.config import load_config
+    from ctagrg.training.decoder_task import DecoderTask, DecoderTaskConfig
+
+    cfg = load_config(DecoderTaskConfig, None, ["mirror.p=1.0", "mirror.labels=[Lung nodule]"])
+    assert cfg.mirror.labels == ("Lung nodule",)
+    task = DecoderTask(cfg)
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, embeddings, label_index, input_ids, attention_mask):
+            seen.append(embeddings.clone())
+            return {"loss": embeddings.sum() * 0.0}
+
+    ds = PairDataset(_table(), PAIRS, WordTokenizer(), TargetConfig(), 1, 2, cfg.mirror)
+    batch = collate_pairs([ds[k] for k in range(3)], pad_id=0)
+    task.training_step(Recorder(), batch)
+    task.validate(Recorder(), [batch])
+    assert torch.equal(seen[0][0], batch["mirror_embeddings"][0]) and torch.equal(seen[1], batch["embeddings"])
 
 
 def test_mirror_config_errors():
@@ -76,3 +107,5 @@ def test_mirror_config_errors():
         MirrorConfig(p=1.5)
     with pytest.raises(ConfigError, match="mirror.labels: unknown abnormalities"):
         MirrorConfig(labels=("Lung nodules",))
+    with pytest.raises(ConfigError, match="mirror.labels: expected a list of abnormality names, got None"):
+        MirrorConfig(labels=None)

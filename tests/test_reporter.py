@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from ctagrg.config import ConfigError
 from ctagrg.generation.assemble import assemble_report
 from ctagrg.generation.generate import GenerationSettings
 from ctagrg.generation.reporter import Report, Reporter, ReporterConfig
@@ -182,3 +183,15 @@ def test_a_file_gets_the_probabilities_of_its_cached_copy(reporter: Reporter, tm
     p_plain = [a.probability for a in plain.report(volume).abnormalities.values()]
     p_file = [a.probability for a in from_file.abnormalities.values()]
     assert p_plain != p_file  # without the rounding the file's own floats are scored
+
+
+def test_reporter_refuses_a_decoder_trained_on_another_embedding_width() -> None:
+    from ctagrg.data.preprocess import PreprocessConfig
+
+    visual = tiny_visual()  # 16-d abnormality embeddings
+    assert visual.embedding_dim == 16
+    cond = ConditioningConfig(input_dim=20, hidden_dims=(32,), output_dim=24)
+    decoder = ReportDecoder(DecoderConfig(n_layer=1, n_embd=32, n_head=4, n_positions=64, conditioning=cond))
+    with pytest.raises(ConfigError, match=r"the visual model's embeddings are 16-d but the decoder was trained on "
+                                          r"20-d ones \(conditioning.input_dim\)"):
+        Reporter(visual, decoder, None, [0.5] * 18, PreprocessConfig(spacing=(8.0, 4.0, 4.0), shape=SHAPE))

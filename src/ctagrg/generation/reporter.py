@@ -111,6 +111,12 @@ class Reporter:
                  device: str | torch.device = "cpu") -> None:
         if len(thresholds) != NUM_LABELS:
             raise ConfigError(f"Reporter: expected 18 thresholds, got {len(thresholds)}")
+        width = getattr(visual, "embedding_dim", None)  # a Step1Model's; other visual models are not checked
+        if width is not None and width != decoder.config.conditioning.input_dim:
+            raise ConfigError(f"Reporter: the visual model's embeddings are {width}-d but the decoder was trained on "
+                              f"{decoder.config.conditioning.input_dim}-d ones (conditioning.input_dim): they do not "
+                              f"belong together (a step-2 embedding cache left from another step-1 model? rebuild "
+                              f"it and retrain the decoder)")
         # "auto": CUDA when available, else the CPU
         self.device = resolve_device(device) if isinstance(device, str) else torch.device(device)
         self.visual = visual.to(self.device).eval()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ctagrg.config import ConfigError
 from ctagrg.labels import NUM_LABELS
 
 
@@ -47,10 +48,6 @@ class HeadsConfig:
     # not the units of the training volumes, which are more clear-cut than a test volume's (docs/training.md,
     # "Step 2: gated halves and mirrored pairs")
     condition_on_halves: bool = False
-
-    def __post_init__(self) -> None:
-        if self.condition_on_halves and not self.lateral_halves:
-            raise ValueError("HeadsConfig.condition_on_halves needs lateral_halves: true")
 
     @property
     def halves(self) -> int:
@@ -96,6 +93,16 @@ class PretrainHead(nn.Module):
 
 SIDE_CLASSES = ("left", "right", "bilateral")  # the classes of the side read-out, in this order
 SIZE_SCALE_MM = 10.0  # the size read-out predicts size_mm / SIZE_SCALE_MM
+# per side class of SIDE_CLASSES, the halves [right, left] that hold such a finding
+SIDE_HALVES = torch.tensor([[False, True], [True, False], [True, True]])
+
+
+def halves_on(p: torch.Tensor, threshold: torch.Tensor | float) -> torch.Tensor:
+    """(..., 2) half probabilities [right, left] -> (..., 2) bool: the halves whose probability reaches
+    ``threshold`` (broadcast against ``p[..., 0]``), or the higher half where neither does (both when equal)."""
+    threshold = torch.as_tensor(threshold, dtype=p.dtype, device=p.device)
+    on = p >= threshold[..., None] if threshold.ndim else p >= threshold
+    return torch.where(on.any(-1, keepdim=True), on, p == p.amax(-1, keepdim=True))
 
 
 class AbnormalityHeads(nn.Module):
@@ -118,8 +125,10 @@ class AbnormalityHeads(nn.Module):
         self.fc2_weight = nn.Parameter(torch.empty(L, Hd))
         self.fc2_bias = nn.Parameter(torch.empty(L))
         self._init_classifiers(E, Hd)
+        if cfg.condition_on_halves and not cfg.lateral_halves:  # checked here, not per override: order-free --set
+            raise ConfigError("heads.condition_on_halves needs heads.lateral_halves: true (the two halves it gates)")
         self.condition_on_halves = cfg.condition_on_halves
-        if cfg.condition_on_halves:  # set by step 1's training on validation data (set_half_thresholds)
+        if cfg.condition_on_halves:  # set after step 1's training (ClassifierTask._set_half_thresholds)
             self.register_buffer("half_threshold", torch.full((L,), 0.5))
         self.attribute_heads = cfg.attribute_heads
         if cfg.attribute_heads:
@@ -184,8 +193,7 @@ class AbnormalityHeads(nn.Module):
             raise RuntimeError("AbnormalityHeads.conditioning: built without heads.condition_on_halves")
         b, n, L = half_logits.shape
         p = torch.sigmoid(half_logits.float()).transpose(1, 2)  # (B, L, 2)
-        on = p >= self.half_threshold[:, None]
-        on = torch.where(on.any(-1, keepdim=True), on, p == p.amax(-1, keepdim=True)).to(p.dtype)
+        on = halves_on(p, self.half_threshold).to(p.dtype)
         # a half that is off hands on zeros: its units would still tell the decoder a side, learned from training
         # volumes whose halves are more clear-cut than a test volume's (a bilateral effusion with one half at 0.9
         # was written "right" though both halves were on)

@@ -134,15 +134,23 @@ class Step1Model(_VisualModel):
     """(B, 1, D, H, W) -> {"logits": (B, 18), "embeddings": (B, 18, 1024)} (+ "logits_detached" when training
     with ``per_head_backward``: the heads applied to the encoder output cut from the graph; + "side_logits"
     (B, 18, 3) and "size_mm" (B, 18) with ``heads.attribute_heads``; + "half_logits" (B, 2, 18), [right, left],
-    with ``heads.lateral_halves``). With ``heads.condition_on_halves`` the embeddings are (B, 18, 2 x (E + 2)),
-    each half followed by its probability and whether that reaches the half threshold
-    (:meth:`AbnormalityHeads.conditioning`)."""
+    with ``heads.lateral_halves``). With ``heads.condition_on_halves`` the embeddings are the gated halves,
+    (B, 18, 2 x (E + 2)): per half its E units where the label is on in that half (its probability reaches the
+    label's half threshold, or it is the higher half where neither does) and zeros elsewhere, then its probability
+    and its on flag (:meth:`AbnormalityHeads.conditioning`). Its width: :attr:`embedding_dim`."""
 
     model_type = "ctagrg-step1"
 
     def __init__(self, config: VisualModelConfig | None = None) -> None:
         super().__init__(config)
         self.heads = AbnormalityHeads(self.config.heads)
+
+    @property
+    def embedding_dim(self) -> int:
+        """Width of the "embeddings" output, what step 2's decoder is conditioned on: embed_dim, x 2 with lateral
+        halves, 2 x (embed_dim + 2) with ``heads.condition_on_halves``."""
+        heads = self.config.heads
+        return heads.halves * (heads.embed_dim + (2 if heads.condition_on_halves else 0))
 
     def forward(self, volume: torch.Tensor | None = None, *, h: torch.Tensor | None = None
                 ) -> dict[str, torch.Tensor]:

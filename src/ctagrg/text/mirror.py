@@ -4,7 +4,8 @@ Step 2's mirror augmentation (ctagrg.training.decoder_task, ``mirror``) pairs a 
 [right, left] halves are swapped with its sentence mirrored here: "right" and "left" exchanged. Anatomy that has no
 mirror image makes a sentence unmirrorable (None), and such a pair is never mirrored: the middle lobe and the
 lingula (the right lung has three lobes, the left two), the heart, the aorta and the coronary arteries (one side
-only), and side-specific lymph node stations (right paratracheal, aortopulmonary window).
+only), side-specific lymph node stations (right paratracheal, aortopulmonary window), and segments and fissures
+one lung has and the other has not (the minor or horizontal fissure, apicoposterior, anteromedial, medial basal).
 
 >>> mirror_sentence("A 12 mm nodule is seen in the upper lobe of the right lung.")
 'A 12 mm nodule is seen in the upper lobe of the left lung.'
@@ -24,8 +25,9 @@ _SIDE_RE = re.compile(r"\b(right|left)\b", re.IGNORECASE)
 _SWAP = {"right": "left", "left": "right"}
 # anatomy without a mirror image; abbreviations such as RML/LUL name a lobe and a side at once
 _UNMIRRORABLE_RE = re.compile(
-    r"\b(middle lobe|lingul\w*|heart|cardiac|ventric\w*|atri(um|al|a)|aort\w*|coronary|descending|circumflex|"
-    r"paratracheal|aortopulmonary|azygo\w*|[RL][UML]L)\b", re.IGNORECASE)
+    r"\b(middle lobe|lingul\w*|minor fissure|horizontal fissure|apicoposterior|anteromedial|medial basal|"
+    r"heart|cardiac|ventric\w*|atri(um|al|a)|aort\w*|coronary|descending|circumflex|paratracheal|aortopulmonary|"
+    r"azygo\w*|[RL][UML]L)\b", re.IGNORECASE)
 
 
 def _swap(match: re.Match[str]) -> str:

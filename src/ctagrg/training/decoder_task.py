@@ -15,8 +15,9 @@ and the grounding metrics read sides and sizes ("4.5 mm") back from the generate
 
 Mirrored pairs (``mirror``, not in the published method): when the cache's embeddings are [right half, left half]
 (step 1's ``lateral_halves``), a training pair of a ``mirror.labels`` label is drawn with probability ``mirror.p``
-as its mirror image: the two halves swapped and "right" and "left" exchanged in its sentence
-(ctagrg.text.mirror; sentences naming the middle lobe, the heart and other one-sided anatomy are never mirrored).
+(in ``training_step``, the main process) as its mirror image: the two halves swapped and "right" and "left"
+exchanged in its sentence (ctagrg.text.mirror; sentences naming the middle lobe, the heart and other one-sided
+anatomy are never mirrored).
 Every lateralised finding is then seen on both sides, and the decoder cannot learn a side from the label alone.
 """
 
@@ -73,6 +74,8 @@ class MirrorConfig:
     labels: tuple[str, ...] = MIRROR_LABELS
 
     def __post_init__(self) -> None:
+        if not isinstance(self.labels, (list, tuple)):
+            raise ConfigError(f"mirror.labels: expected a list of abnormality names, got {self.labels!r}")
         self.labels = tuple(self.labels)
         if not 0.0 <= self.p <= 1.0:
             raise ConfigError(f"mirror.p: expected a probability in [0, 1], got {self.p}")
@@ -125,25 +128,26 @@ def prepare_target(sentence: str, cfg: TargetConfig) -> str:
 
 class PairDataset(Dataset):
     """(volume, abnormality) pairs: items {"embedding": (D,) float32, "label_index": int, "input_ids": (T,) long,
-    "name": str, "mirrored": bool}, input_ids = BOS + sentence tokens (≤ max_tokens) + EOS.
+    "name": str}, input_ids = BOS + sentence tokens (≤ max_tokens) + EOS.
 
-    With ``mirror`` (p > 0), a pair of a ``mirror.labels`` label whose sentence has a mirror image is returned
-    mirrored with probability p (drawn from torch's generator, so seeded runs repeat): the embedding's two halves
-    swapped, the mirrored sentence's tokens."""
+    With ``mirror`` (p > 0), a pair of a ``mirror.labels`` label whose sentence has a mirror image also carries
+    its mirror image, "mirror_embedding" (the embedding's two halves swapped) and "mirror_input_ids" (the mirrored
+    sentence's tokens); other items carry None there. Which pairs are drawn mirrored is decided per batch in the main
+    process (:meth:`DecoderTask.training_step`), not here: loader workers have their own random streams, which an
+    exact resume and DDP ranks would not share."""
 
     def __init__(self, table: EmbeddingTable, pairs: list[tuple[int, int, str]], tokenizer: Any,
                  cfg: TargetConfig, bos: int, eos: int, mirror: MirrorConfig | None = None) -> None:
         self.table = table
         self.pairs = [(v, i) for v, i, _ in pairs]
-        self.mirror_p = mirror.p if mirror is not None else 0.0
-        if self.mirror_p > 0 and table.halves != 2:
+        if mirror is not None and mirror.p > 0 and table.halves != 2:
             raise ConfigError("mirror.p > 0 needs an embedding cache of [right half, left half] embeddings (step 1 "
                               f"with heads.lateral_halves; this cache has halves={table.halves}). Rebuild the cache "
                               "from such a model or set mirror.p: 0")
         texts = [prepare_target(s, cfg) for _, _, s in pairs]
         mirrored: list[str | None] = [None] * len(pairs)
-        if self.mirror_p > 0:
-            allowed = {LABEL_INDEX[label] for label in mirror.labels}  # type: ignore[union-attr]
+        if mirror is not None and mirror.p > 0:
+            allowed = {LABEL_INDEX[label] for label in mirror.labels}
             mirrored = [mirror_sentence(t) if i in allowed else None for (_, i, _), t in zip(pairs, texts, strict=True)]
         encode = lambda xs: tokenizer(xs, add_special_tokens=False)["input_ids"] if xs else []  # noqa: E731
         self.ids = [[bos, *ids[: cfg.max_tokens], eos] for ids in encode(texts)]
@@ -162,24 +166,54 @@ class PairDataset(Dataset):
 
     def __getitem__(self, k: int) -> dict[str, Any]:
         v, i = self.pairs[k]
-        embedding, ids = self.table.embeddings[v, i].float(), self.ids[k]
-        flip = k in self.mirror_ids and float(torch.rand(())) < self.mirror_p
-        if flip:  # [right, left] -> [left, right]: the halves are equal, so this is the mirror image's embedding
-            embedding, ids = embedding.view(2, -1).flip(0).reshape(-1), self.mirror_ids[k]
-        return {"embedding": embedding, "label_index": i, "input_ids": torch.tensor(ids),
-                "name": self.table.names[v], "mirrored": flip}
+        embedding = self.table.embeddings[v, i].float()
+        item = {"embedding": embedding, "label_index": i, "input_ids": torch.tensor(self.ids[k]),
+                "name": self.table.names[v], "mirror_embedding": None, "mirror_input_ids": None}
+        if k in self.mirror_ids:  # [right, left] -> [left, right]: equal halves, so the mirror image's embedding
+            item["mirror_embedding"] = embedding.view(2, -1).flip(0).reshape(-1)
+            item["mirror_input_ids"] = torch.tensor(self.mirror_ids[k])
+        return item
+
+
+def _pad(rows: list[torch.Tensor], length: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for r, row in enumerate(rows):
+        ids[r, : len(row)] = row
+        mask[r, : len(row)] = 1
+    return ids, mask
 
 
 def collate_pairs(items: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
-    """Right-pad to the longest sequence: input_ids, attention_mask (N, T); embeddings (N, D); label_index (N,)."""
-    longest = max(len(it["input_ids"]) for it in items)
-    ids = torch.full((len(items), longest), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(items), longest), dtype=torch.long)
-    for row, it in enumerate(items):
-        ids[row, : len(it["input_ids"])] = it["input_ids"]
-        mask[row, : len(it["input_ids"])] = 1
-    return {"embeddings": torch.stack([it["embedding"] for it in items]), "input_ids": ids, "attention_mask": mask,
-            "label_index": torch.tensor([it["label_index"] for it in items]), "name": [it["name"] for it in items]}
+    """Right-pad to the longest sequence: input_ids, attention_mask (N, T); embeddings (N, D); label_index (N,).
+    When some item has a mirror image: also "mirrorable" (N,) bool and "mirror_embeddings", "mirror_input_ids",
+    "mirror_attention_mask" (an item without one repeats itself there), both versions padded to one length."""
+    mirrors = any(it.get("mirror_input_ids") is not None for it in items)
+    alt = [it["mirror_input_ids"] if it.get("mirror_input_ids") is not None else it["input_ids"] for it in items]
+    longest = max(len(r) for r in [it["input_ids"] for it in items] + (alt if mirrors else []))
+    ids, mask = _pad([it["input_ids"] for it in items], longest, pad_id)
+    batch = {"embeddings": torch.stack([it["embedding"] for it in items]), "input_ids": ids, "attention_mask": mask,
+             "label_index": torch.tensor([it["label_index"] for it in items]), "name": [it["name"] for it in items]}
+    if mirrors:
+        batch["mirrorable"] = torch.tensor([it["mirror_input_ids"] is not None for it in items])
+        batch["mirror_embeddings"] = torch.stack([it["mirror_embedding"] if it["mirror_embedding"] is not None
+                                                  else it["embedding"] for it in items])
+        batch["mirror_input_ids"], batch["mirror_attention_mask"] = _pad(alt, longest, pad_id)
+    return batch
+
+
+def draw_mirrors(batch: dict[str, Any], p: float) -> dict[str, Any]:
+    """``batch`` with each mirrorable pair replaced by its mirror image with probability ``p`` (torch's global
+    generator, in the calling process); unchanged when it has no mirror images."""
+    if p <= 0 or "mirrorable" not in batch:
+        return batch
+    flip = (torch.rand(len(batch["mirrorable"])) < p) & batch["mirrorable"]
+    out = dict(batch)
+    out["embeddings"] = torch.where(flip[:, None], batch["mirror_embeddings"], batch["embeddings"])
+    for key in ("input_ids", "attention_mask"):
+        out[key] = torch.where(flip[:, None], batch[f"mirror_{key}"], batch[key])
+    out["mirrored"] = flip
+    return out
 
 
 class DecoderTask(Task):
@@ -223,6 +257,9 @@ class DecoderTask(Task):
 
     def train_dataset(self) -> PairDataset:
         ds = self._dataset(self.cfg.train_splits, self.cfg.mirror)  # validation pairs are never mirrored
+        if self.cfg.mirror.p > 0:
+            print(f"mirror: {ds.mirrorable} of {len(ds)} training pairs have a mirror image, each drawn mirrored "
+                  f"with probability {self.cfg.mirror.p:g}")
         if len(ds) == 0:
             raise ConfigError(f"{self.cfg.embeddings.out_dir}: no training pairs (splits {self.cfg.train_splits}, "
                               f"pairs {self.cfg.pairs!r})")
@@ -235,7 +272,7 @@ class DecoderTask(Task):
     # -- model -----------------------------------------------------------------------------------------------
     def build_model(self) -> ReportDecoder:
         table_dim = self.table().embeddings.shape[-1]
-        if self.cfg.model.conditioning.input_dim == 0:  # "from the cache": the step-1 heads' embed_dim
+        if self.cfg.model.conditioning.input_dim == 0:  # "from the cache": the step-1 model's embedding width
             cond = dataclasses.replace(self.cfg.model.conditioning, input_dim=table_dim)
             self.cfg.model = dataclasses.replace(self.cfg.model, conditioning=cond)
         model = ReportDecoder(self.cfg.model)
@@ -247,16 +284,19 @@ class DecoderTask(Task):
         return model
 
     def training_step(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
+        return {"loss": self._loss(model, draw_mirrors(batch, self.cfg.mirror.p))}
+
+    def _loss(self, model: Any, batch: dict[str, Any]) -> torch.Tensor:
         out = model(batch["embeddings"].to(self.device), batch["label_index"].to(self.device),
                     batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
-        return {"loss": out["loss"]}
+        return out["loss"]
 
     def validate(self, model: Any, loader: Any) -> dict[str, float]:
-        """Token-weighted mean next-token loss on the validation pairs; score = −loss."""
+        """Token-weighted mean next-token loss on the validation pairs (never mirrored); score = −loss."""
         total, tokens = 0.0, 0
         for batch in loader:
             n = int(batch["attention_mask"][:, 1:].sum())
-            total += float(self.training_step(model, batch)["loss"]) * n
+            total += float(self._loss(model, batch)) * n
             tokens += n
         loss = total / max(tokens, 1)
         return {"loss": loss, "perplexity": float(torch.tensor(loss).exp()), "tokens": float(tokens), "score": -loss}

@@ -67,49 +67,47 @@ def select_half_thresholds(half_probs: np.ndarray, sides: np.ndarray, fallback: 
                            min_findings: int = 5) -> tuple[np.ndarray, list[tuple[float | None, int]]]:
     """Per-label half thresholds for step 1's ``heads.condition_on_halves``, chosen on validation findings.
 
-    A half is "on" when its probability reaches the threshold; the halves that are on (the higher one when none
-    is) are the finding's predicted sides, which must equal the stated side's halves (right -> {right}, bilateral
-    -> {right, left}). Per label, the threshold with the highest such accuracy over the findings whose side is
-    known (candidates: midpoints between the sorted probabilities); of equally good ones, the middle of the widest
-    run of them, in probability, so that it lies midway between the groups the validation findings separate (the
-    middle by count would sit among the many probabilities near 1); ``fallback[j]`` (e.g. the label's detection
-    threshold) when fewer than ``min_findings`` findings state a side.
+    A half is "on" when its probability reaches the threshold, and where neither does the higher one is
+    (``ctagrg.models.heads.halves_on``, the rule the model applies); the halves that are on must equal the stated
+    side's halves (right -> {right}, bilateral -> {right, left}). Per label, the threshold with the highest such
+    accuracy over the findings whose side is known. Candidates are float32 values (the model compares in float32)
+    between the sorted probabilities; of equally good ones, the middle of the widest run of them, in probability,
+    so that it lies midway between the groups the validation findings separate (the middle by count would sit among
+    the many probabilities near 1), and of equally wide runs the one whose middle is nearest 0.5. ``fallback[j]``
+    (e.g. the label's detection threshold) when fewer than ``min_findings`` (at least 1) findings state a side.
 
     Args:
         half_probs: (N, 2, L) probabilities of each half, [right, left]; sides: (N, L) index into
             ``SIDE_CLASSES`` ("left", "right", "bilateral"), -1 unknown; fallback: (L,).
     Returns (L,) thresholds and, per label, (validation side accuracy at it or None, findings with a side).
     """
-    from ctagrg.models.heads import SIDE_CLASSES
+    import torch
 
-    half_probs, sides = np.asarray(half_probs, np.float64), np.asarray(sides)
-    wanted = {SIDE_CLASSES.index("right"): (True, False), SIDE_CLASSES.index("left"): (False, True),
-              SIDE_CLASSES.index("bilateral"): (True, True)}
+    from ctagrg.models.heads import SIDE_HALVES, halves_on
+
+    probs = torch.as_tensor(np.asarray(half_probs), dtype=torch.float32)
+    sides = torch.as_tensor(np.asarray(sides), dtype=torch.long)
     out, report = np.asarray(fallback, np.float64).copy(), []
     for j in range(sides.shape[1]):
         known = sides[:, j] >= 0
-        if known.sum() < min_findings:
-            report.append((None, int(known.sum())))
+        n = int(known.sum())
+        if n < max(min_findings, 1):
+            report.append((None, n))
             continue
-        p = half_probs[known, :, j]  # (n, 2)
-        truth = np.array([wanted[int(s)] for s in sides[known, j]])  # (n, 2) bool
-        values = np.unique(p)
-        candidates = np.concatenate([[values[0] / 2], (values[:-1] + values[1:]) / 2, [(values[-1] + 1) / 2]])
-        best_halves = p == p.max(1, keepdims=True)
-
-        def accuracy(t: float, p: np.ndarray = p, truth: np.ndarray = truth, top: np.ndarray = best_halves) -> float:
-            on = p >= t
-            on = np.where(on.any(1, keepdims=True), on, top)
-            return float((on == truth).all(1).mean())
-
-        scores = np.array([accuracy(t) for t in candidates])
-        out[j] = _middle_of_widest_run(candidates, scores == scores.max())
-        report.append((float(scores.max()), int(known.sum())))
+        p, truth = probs[known, :, j], SIDE_HALVES[sides[known, j]]  # (n, 2) each
+        values = torch.unique(p).double()
+        mids = torch.cat([values[:1] / 2, (values[:-1] + values[1:]) / 2, (values[-1:] + 1) / 2]).float()
+        candidates = torch.unique(mids)  # float32, sorted; a midpoint that rounds onto a value is still scored
+        scores = torch.stack([(halves_on(p, t) == truth).all(-1).float().mean() for t in candidates])
+        # rounded to float32, the model's threshold dtype: it stays between the run's ends, which are float32
+        out[j] = float(np.float32(_middle_of_widest_run(candidates.double().numpy(), (scores == scores.max()).numpy())))
+        report.append((float(scores.max()), n))
     return out, report
 
 
 def _middle_of_widest_run(candidates: np.ndarray, best: np.ndarray) -> float:
-    """The midpoint of the widest run of consecutive ``best`` candidates (sorted), measured in candidate value."""
+    """The midpoint of the widest run of consecutive ``best`` candidates (sorted; of equally wide runs, the one whose
+    midpoint is nearest 0.5), measured in candidate value. Every value between a run's ends scores as they do."""
     runs, start = [], None
     for k, flag in enumerate([*best.tolist(), False]):
         if flag and start is None:
@@ -117,5 +115,6 @@ def _middle_of_widest_run(candidates: np.ndarray, best: np.ndarray) -> float:
         elif not flag and start is not None:
             runs.append((start, k - 1))
             start = None
-    lo, hi = max(runs, key=lambda r: candidates[r[1]] - candidates[r[0]])
+    lo, hi = max(runs, key=lambda r: (candidates[r[1]] - candidates[r[0]],
+                                      -abs((candidates[r[0]] + candidates[r[1]]) / 2 - 0.5)))
     return float((candidates[lo] + candidates[hi]) / 2)

@@ -36,7 +36,7 @@ from ctagrg.data.augment import AugmentConfig, AugmentDraw, apply_augmentation, 
 from ctagrg.data.cache import dequantize
 from ctagrg.evaluation.classification import classification_report, markdown_table
 from ctagrg.labels import LABEL_INDEX, LABELS
-from ctagrg.models.heads import SIDE_CLASSES, SIZE_SCALE_MM
+from ctagrg.models.heads import SIDE_CLASSES, SIDE_HALVES, SIZE_SCALE_MM
 from ctagrg.models.preprocess_match import check_cache_preprocess
 from ctagrg.models.step1 import PretrainModel, Step1Model, VisualModelConfig, load_encoder_from
 from ctagrg.training.checkpoint import load_model_weights, unwrap
@@ -475,6 +475,17 @@ class ClassifierTask(_VisualTask):
         if (a.side_weight > 0 or a.size_weight > 0) and not cfg.model.heads.attribute_heads:
             raise ConfigError("attributes: side_weight / size_weight > 0 need model.heads.attribute_heads: true "
                               "(the read-outs the attribute loss trains)")
+        # the sides the validation volumes' sentences state, for the half thresholds (heads.condition_on_halves)
+        self._half_sides: AttributeTargets | None = None
+        if cfg.model.heads.condition_on_halves:
+            if not cfg.model.heads.lateral_halves:
+                raise ConfigError("model.heads.condition_on_halves needs model.heads.lateral_halves: true (the two "
+                                  "halves it gates)")
+            if not a.sentences_csv or not cfg.data.valid_labels:
+                raise ConfigError("model.heads.condition_on_halves: needs attributes.sentences_csv and "
+                                  "data.valid_labels (its half thresholds are chosen on the sides that the validation "
+                                  "volumes' sentences state)")
+            self._half_sides = self._attributes or AttributeTargets.from_sentences_csv(a.sentences_csv)
 
     @property
     def _caching(self) -> bool:
@@ -514,24 +525,22 @@ class ClassifierTask(_VisualTask):
 
     def on_train_end(self, model: nn.Module, out_dir: Path) -> None:
         super().on_train_end(model, out_dir)
-        if model.config.heads.condition_on_halves and self.valid_dataset() is not None:
+        if self._half_sides is not None:
             self._set_half_thresholds(model, Path(out_dir) / "best")
 
     def _set_half_thresholds(self, model: nn.Module, best: Path) -> None:
         """``heads.condition_on_halves``: choose the half thresholds on the validation volumes (the sides their
-        sentences state, ``attributes.sentences_csv``; the detection thresholds where no side is known), store them
-        in the model and in thresholds.json, and save ``best/`` again."""
+        sentences state; the detection thresholds for labels with fewer than 5 such findings), store them in the
+        model and in thresholds.json, and save ``best/`` again. Until then the model's half thresholds are 0.5, as
+        in the checkpoints saved during training."""
         tc = self.cfg.train
         loader = DataLoader(self.valid_dataset(), batch_size=tc.eval_batch_size or tc.batch_size,
                             num_workers=tc.num_workers)
-        halves, sides = [], []
+        halves, sides, targets = [], [], self._half_sides
 
         def collect(out: dict[str, torch.Tensor], batch: dict[str, Any]) -> None:
             halves.append(torch.sigmoid(out["half_logits"].float()).cpu())
-            if self._attributes is not None:
-                sides.append(self._attributes.gather(batch["name"], batch["labels"], "cpu")[0])
-            else:
-                sides.append(torch.full((len(batch["name"]), len(LABELS)), -1))
+            sides.append(targets.gather(batch["name"], batch["labels"], "cpu")[0])
 
         with torch.no_grad():
             self._predict_with(model, loader, lambda batch: self._inputs(batch, train=False), collect)
@@ -540,6 +549,9 @@ class ClassifierTask(_VisualTask):
         chosen, report = select_half_thresholds(torch.cat(halves).numpy(), torch.cat(sides).numpy(), detection)
         model.heads.half_threshold.copy_(torch.from_numpy(chosen).float())
         self.save_model(model, best)
+        content["half_rule"] = ("max side accuracy on the validation findings whose sentence states a side "
+                                "(fewer than 5: the detection threshold)")
+        content["half_sides_from"] = targets.source
         content["half_thresholds"] = {n: float(t) for n, t in zip(LABELS, chosen, strict=True)}
         content["half_validation"] = {n: {"side_accuracy": acc, "findings": k}
                                       for n, (acc, k) in zip(LABELS, report, strict=True)}
@@ -569,8 +581,7 @@ def half_side_loss(half_logits: torch.Tensor, side: torch.Tensor) -> torch.Tenso
     known = side >= 0
     if not known.any():
         return half_logits.sum() * 0.0
-    left, right, both = (SIDE_CLASSES.index(c) for c in ("left", "right", "bilateral"))
-    target = torch.stack([(side == right) | (side == both), (side == left) | (side == both)], dim=1).float()
+    target = SIDE_HALVES.to(side.device)[side.clamp(min=0)].permute(0, 2, 1).float()  # (B, 2, L)
     mask = known.unsqueeze(1).expand_as(target)
     return F.binary_cross_entropy_with_logits(half_logits.float()[mask], target[mask])
 
