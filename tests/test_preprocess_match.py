@@ -80,7 +80,7 @@ def test_reporter_refuses_a_preprocessing_its_encoder_does_not_fit(gpt2_tokenize
     cnn = CNN3DConfig(input_shape=(8, 32, 16), width=2, region_grid=2, embed_dim=0, blob=True,
                       voxel_mm=(8.0, 4.0, 4.0))
     visual = Step1Model(VisualModelConfig(encoder="cnn3d", cnn3d=cnn, heads=HeadsConfig(
-        in_dim=cnn.out_dim, embed_dim=8, classifier_hidden=4)))
+        in_dim=cnn.out_dim, embed_dim=16, classifier_hidden=4)))  # tiny_decoder reads 16-d
     tok = load_tokenizer(gpt2_tokenizer_dir)
     fits = PreprocessConfig(spacing=(8.0, 4.0, 4.0), shape=(8, 32, 16), hu_max=1500.0, offset=0.0)
     Reporter(visual, tiny_decoder(), tok, [0.5] * 18, fits)

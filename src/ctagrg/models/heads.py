@@ -46,7 +46,7 @@ class HeadsConfig:
     # thresholds), zeros elsewhere, and follows each half with its probability and on: [right E, p_right, on_right,
     # left E, p_left, on_left]. So the side the decoder writes follows a decision calibrated on held-out volumes,
     # not the units of the training volumes, which are more clear-cut than a test volume's (docs/training.md,
-    # "Step 2: gated halves and mirrored pairs")
+    # "Gated halves")
     condition_on_halves: bool = False
 
     @property
