@@ -63,8 +63,10 @@ def test_config_errors_and_the_saved_threshold_buffer(tmp_path):
         ClassifierTask(cfg)
     with pytest.raises(ConfigError, match="needs attributes.sentences_csv and data.valid_labels"):
         ClassifierTask(load_config(ClassifierTaskConfig, None, [*over, f"attributes.sentences_csv={sent}"]))
-    with pytest.raises(ConfigError, match="needs model.heads.lateral_halves: true"):
-        ClassifierTask(load_config(ClassifierTaskConfig, None, over[:1]))
+    without_halves = ClassifierTask(load_config(ClassifierTaskConfig, None, [
+        over[0], f"attributes.sentences_csv={sent}", "data.valid_labels=v.csv"]))
+    with pytest.raises(ConfigError, match="condition_on_halves needs heads.lateral_halves: true"):
+        without_halves.build_model()
     # sentences loaded for the half thresholds even when no attribute loss is on
     task = ClassifierTask(load_config(ClassifierTaskConfig, None, [*over, f"attributes.sentences_csv={sent}",
                                                                     "data.valid_labels=v.csv"]))

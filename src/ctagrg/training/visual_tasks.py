@@ -477,10 +477,7 @@ class ClassifierTask(_VisualTask):
                               "(the read-outs the attribute loss trains)")
         # the sides the validation volumes' sentences state, for the half thresholds (heads.condition_on_halves)
         self._half_sides: AttributeTargets | None = None
-        if cfg.model.heads.condition_on_halves:
-            if not cfg.model.heads.lateral_halves:
-                raise ConfigError("model.heads.condition_on_halves needs model.heads.lateral_halves: true (the two "
-                                  "halves it gates)")
+        if cfg.model.heads.condition_on_halves:  # (its need for lateral halves: AbnormalityHeads checks it)
             if not a.sentences_csv or not cfg.data.valid_labels:
                 raise ConfigError("model.heads.condition_on_halves: needs attributes.sentences_csv and "
                                   "data.valid_labels (its half thresholds are chosen on the sides that the validation "
