@@ -14,7 +14,7 @@ from ctagrg.cli.main import main as cli_main
 from ctagrg.labels import LABEL_INDEX, LABELS
 from ctagrg.models.heads import SIDE_CLASSES, AbnormalityHeads, HeadsConfig
 from ctagrg.models.step1 import Step1Model
-from ctagrg.training.thresholds import select_half_thresholds
+from ctagrg.training.thresholds import _middle_of_widest_run, select_half_thresholds
 from tests.test_attributes import LATERAL, side_blob_dataset
 
 LEFT, RIGHT, BOTH = (SIDE_CLASSES.index(s) for s in ("left", "right", "bilateral"))
@@ -76,7 +76,8 @@ def test_config_errors_and_the_saved_threshold_buffer(tmp_path):
 def test_half_threshold_selection_edges():
     probs = np.zeros((4, 2, 18), np.float32)
     sides = np.full((4, 18), -1)
-    # label 2: two groups of equally wide best runs; the one whose middle is nearer 0.5 wins
+    # label 2: one-sided findings whose other half is at 0.1: every threshold above 0.1 is right, and the one kept is
+    # the middle of that run of candidates (0.5 and 0.95)
     probs[:, :, 2] = [[0.9, 0.1], [0.1, 0.9], [0.9, 0.1], [0.1, 0.9]]
     sides[:, 2] = [RIGHT, LEFT, RIGHT, LEFT]
     # label 3: neighbouring float32 values; the threshold must separate them in float32 as the model compares
@@ -85,7 +86,7 @@ def test_half_threshold_selection_edges():
     probs[:, :, 3] = [[1.0, lo], [1.0, hi], [1.0, lo], [1.0, hi]]
     sides[:, 3] = [RIGHT, BOTH, RIGHT, BOTH]
     chosen, report = select_half_thresholds(probs, sides, np.full(18, 0.3), min_findings=4)
-    assert 0.1 < chosen[2] < 0.9 and report[2] == (1.0, 4)
+    assert chosen[2] == pytest.approx(0.725) and report[2] == (1.0, 4)
     assert np.float32(chosen[3]) > lo and np.float32(chosen[3]) <= hi and report[3] == (1.0, 4)
     heads = _heads()
     heads.half_threshold.copy_(torch.from_numpy(chosen).float())
@@ -153,3 +154,9 @@ def test_step1_training_chooses_half_thresholds_and_the_cache_records_halves(tmp
                                            volume_cache=str(tmp_path / "cache"), sentences_csv=str(sentences)))
     table = load_embedding_cache(tmp_path / "emb")
     assert table.halves == 2 and table.embeddings.shape == (len(names), 18, 20)
+
+
+def test_the_widest_run_of_best_thresholds_wins_and_ties_go_nearest_one_half():
+    best = np.array([True, True, False, True, True])
+    assert _middle_of_widest_run(np.array([0.0, 0.3, 0.5, 0.6, 0.7]), best) == pytest.approx(0.15)  # widths .3, .1
+    assert _middle_of_widest_run(np.array([0.0, 0.2, 0.5, 0.6, 0.8]), best) == pytest.approx(0.7)  # .2 each
