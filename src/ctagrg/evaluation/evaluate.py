@@ -30,7 +30,7 @@ HEADLINE_KEYS: tuple[str, ...] = (
     "classification.macro_auroc", "classification.macro_f1",
     "clinical.micro_f1", "clinical.macro_f1", "clinical.micro_precision", "clinical.micro_recall",
     "nlg.bleu_1", "nlg.bleu_2", "nlg.bleu_3", "nlg.bleu_4", "nlg.meteor", "nlg.rouge_l", "nlg.cider",
-    "grounding.side_accuracy", "diversity.unique_reports",
+    "grounding.side_accuracy", "grounding.nodule_size_within_5mm", "diversity.unique_reports",
 )
 
 

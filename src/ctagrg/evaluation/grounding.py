@@ -31,6 +31,7 @@ _RIGHT_RE = re.compile(r"\bright\b")
 # "12 mm", "1.2 cm", "12x9.3 mm", "12 x 9 x 7 mm", "0,8 cm", "12 millimeters"
 _NUM = r"\d+(?:[.,]\d+)?"
 _SIZE_RE = re.compile(rf"({_NUM}(?:\s*[x×*]\s*{_NUM})*)\s*(mm|millimet(?:er|re)s?|cm|centimet(?:er|re)s?)\b")
+_SIZE_RE_ANY_CASE = re.compile(_SIZE_RE.pattern, re.IGNORECASE)
 
 
 def side_from_text(sentence: str | None) -> str | None:
@@ -68,6 +69,19 @@ def size_mm_from_text(sentence: str | None) -> float | None:
     dims = [float(v.replace(",", ".")) for v in re.findall(_NUM, match.group(1))]
     scale = 10.0 if match.group(2).startswith(("cm", "centimet")) else 1.0
     return max(dims) * scale
+
+
+def restate_size(sentence: str, size_mm: float) -> str:
+    """``sentence`` with the first size it states (as :func:`size_mm_from_text` reads it) replaced by
+    ``size_mm``, rounded to whole mm; unchanged when it states none.
+
+    >>> restate_size("A 1.2 cm nodule in the right upper lobe.", 17.4)
+    'A 17 mm nodule in the right upper lobe.'
+    """
+    match = _SIZE_RE_ANY_CASE.search(sentence)  # on the sentence itself: lower() can move offsets
+    if match is None:
+        return sentence
+    return f"{sentence[: match.start()]}{round(size_mm):d} mm{sentence[match.end():]}"
 
 
 def expected_side(findings: Iterable[Mapping[str, Any]], label: str) -> str | None:

@@ -17,7 +17,7 @@ def _table(rows: dict[str, Any]) -> str:
 
 def render_model_card(*, preprocess: dict[str, Any], thresholds: list[float], generation: dict[str, Any],
                       training_data: str = "", metrics: dict[str, Any] | None = None,
-                      versions: dict[str, str] | None = None) -> str:
+                      versions: dict[str, str] | None = None, nodule_size: dict[str, Any] | None = None) -> str:
     """Markdown model card.
 
     Args:
@@ -27,9 +27,22 @@ def render_model_card(*, preprocess: dict[str, Any], thresholds: list[float], ge
         training_data: free text: dataset, splits, number of volumes.
         metrics: name → value (e.g. clinical F1, BLEU-4), with the split they were measured on in the name.
         versions: package → version.
+        nodule_size: the Reporter's NoduleSizeConfig (dict); when enabled, the card says that nodule sizes are
+            measured, not generated.
     """
     shape = preprocess.get("shape")
     spacing = preprocess.get("spacing")
+    measured = ""
+    if nodule_size and nodule_size.get("enabled"):
+        cal = nodule_size.get("calibration") or {}
+        how = (f"calibrated on {cal.get('measured')} validation nodules" if cal.get("calibrated")
+               else "not calibrated")
+        measured = f"""
+A detected lung nodule's size is **measured, not generated** (not part of the published method): the diameter of
+the largest solid sphere with aerated lung around it in the lateral half where the nodule was found, 2 x its radius
++ {nodule_size.get("offset_mm", 0.0):.2f} mm ({how}). The nodule's sentence states that diameter in place of the
+one the decoder wrote, and `size_mm` holds it. Validated on synthetic phantoms only.
+"""
     thr = "\n".join(f"| {label} | {t:.3f} |" for label, t in zip(LABELS, thresholds, strict=True))
     return f"""# CT-AGRG report generator (ctagrg packaged model)
 
@@ -42,7 +55,7 @@ A 3D visual encoder scores the 18 CT-RATE abnormalities. For each abnormality wh
 threshold, a GPT-2 decoder with pseudo self-attention writes one sentence from that abnormality's embedding. The
 report is those sentences in CT-RATE label order, or "No abnormalities detected." (CT-AGRG, Di Piazza et al.,
 ISBI 2025; implementation: ctagrg.)
-
+{measured}
 ## Input
 - A non-contrast chest CT: NIfTI, NRRD, MHA/MHD, a DICOM series folder or a `.zip` of one, with intensities in
   Hounsfield units (or raw values with rescale slope/intercept in the header).

@@ -32,7 +32,8 @@ from ctagrg.config import ConfigError, from_dict, read_json_object, to_dict
 from ctagrg.generation.assemble import AssemblyConfig, assemble_report
 from ctagrg.generation.generate import GenerationSettings, generate_sentences
 from ctagrg.generation.model_card import render_model_card
-from ctagrg.labels import LABELS, NUM_LABELS
+from ctagrg.labels import LABEL_INDEX, LABELS, NUM_LABELS
+from ctagrg.measurement.nodule_size import NODULE_SIZE_FILE, SIDES, NoduleSizeConfig, nodule_diameter_mm
 from ctagrg.models.cnn3d import OUTLIER_SD
 from ctagrg.models.decoder import ReportDecoder, load_tokenizer
 from ctagrg.models.preprocess_match import check_encoder_preprocess, encoder_config_of
@@ -60,6 +61,10 @@ class ReporterConfig:
     # macro-F1 was 0.863 from the files against 0.872 from the cache; BENCHMARKS.md, "Inference on the cache's
     # levels"). Idempotent on volumes that come from the cache.
     quantize_like_cache: bool = True
+    # measure a detected lung nodule's diameter on the volume and state it in its sentence instead of the size the
+    # decoder wrote (not in the published method; off unless step 1 calibrated it: nodule_size.json,
+    # docs/measurement.md)
+    nodule_size: NoduleSizeConfig = field(default_factory=NoduleSizeConfig)
 
 
 @dataclass
@@ -68,6 +73,7 @@ class Abnormality:
     detected: bool
     threshold: float
     sentence: str | None  # the generated sentence when detected, else None
+    size_mm: float | None = None  # measured diameter (ReporterConfig.nodule_size), when detected and measurable
 
 
 @dataclass
@@ -83,8 +89,8 @@ class Report:
         return [label for label, a in self.abnormalities.items() if a.detected]
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"report": str, "abnormalities": {label: {probability, detected, threshold, sentence}}}``, plus
-        ``"warnings": [...]`` when there are any."""
+        """``{"report": str, "abnormalities": {label: {probability, detected, threshold, sentence, size_mm}}}``,
+        plus ``"warnings": [...]`` when there are any."""
         out: dict[str, Any] = {"report": self.text,
                                "abnormalities": {k: asdict(v) for k, v in self.abnormalities.items()}}
         if self.warnings:
@@ -129,6 +135,9 @@ class Reporter:
             check_encoder_preprocess(encoder_cfg, preprocess, "the Reporter's preprocessing (preprocess.json)")
         self.preprocess = preprocess
         self.config = config or ReporterConfig()
+        if self.config.nodule_size.enabled and preprocess.axcodes != "SLP":
+            raise ConfigError(f"Reporter: nodule_size needs SLP volumes (its halves run along axis 1, right to left); "
+                              f"the preprocessing gives {preprocess.axcodes}")
         self.card = card or {}
 
     # -- inference -------------------------------------------------------------------------------------------
@@ -165,7 +174,7 @@ class Reporter:
 
             lo, hi = -self.preprocess.offset, 1.0 - self.preprocess.offset
             volumes = np.stack([as_cached(v, lo, hi) for v in volumes])
-        probs, embeddings, outliers = self.score(volumes)
+        probs, embeddings, outliers, halves = self.score(volumes)
         # float64, as the reported probability/threshold values are: "detected" always equals probability >= threshold
         detected = probs.double() >= torch.tensor(self.thresholds, dtype=torch.float64)
         rows, cols = detected.nonzero(as_tuple=True)
@@ -174,7 +183,8 @@ class Reporter:
         per_volume: list[dict[int, str]] = [{} for _ in range(len(volumes))]
         for r, c, s in zip(rows.tolist(), cols.tolist(), sentences, strict=True):
             per_volume[r][c] = s
-        reports = [self._report(probs[v], detected[v], per_volume[v]) for v in range(len(volumes))]
+        sizes = self._measure_nodules(volumes, detected, halves, per_volume)
+        reports = [self._report(probs[v], detected[v], per_volume[v], sizes[v]) for v in range(len(volumes))]
         for report, fraction in zip(reports, outliers, strict=True):
             if self.config.ood_fraction > 0 and fraction is not None and fraction > self.config.ood_fraction:
                 report.warnings.append(
@@ -184,23 +194,56 @@ class Reporter:
                     f"the report is not to be trusted")
         return reports
 
-    def score(self, volumes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, list[float | None]]:
-        """Visual model in chunks: probabilities (N, 18) and embeddings (N, 18, E), float32 on the CPU, and per
-        volume the encoder's outlier fraction (cnn3d's ``last_outlier_fraction``; None for other encoders)."""
-        probs, embs, outliers = [], [], []
+    def score(self, volumes: np.ndarray
+              ) -> tuple[torch.Tensor, torch.Tensor, list[float | None], torch.Tensor | None]:
+        """Visual model in chunks: probabilities (N, 18) and embeddings (N, 18, E), float32 on the CPU, per
+        volume the encoder's outlier fraction (cnn3d's ``last_outlier_fraction``; None for other encoders), and
+        the half probabilities (N, 2, 18), [right, left], of a model with lateral halves (else None)."""
+        probs, embs, outliers, halves = [], [], [], []
         step = self.config.visual_batch_size
         for start in range(0, len(volumes), step):
             x = torch.from_numpy(np.ascontiguousarray(volumes[start : start + step])).unsqueeze(1).to(self.device)
             out = self.visual(x)
             probs.append(torch.sigmoid(out["logits"].float()).cpu())
             embs.append(out["embeddings"].float().cpu())
+            if "half_logits" in out:
+                halves.append(torch.sigmoid(out["half_logits"].float()).cpu())
             fraction = getattr(self.visual.encoder, "last_outlier_fraction", None)
             outliers += fraction.tolist() if fraction is not None else [None] * len(x)
-        return torch.cat(probs), torch.cat(embs), outliers
+        return torch.cat(probs), torch.cat(embs), outliers, (torch.cat(halves) if halves else None)
 
-    def _report(self, probs: torch.Tensor, detected: torch.Tensor, sentences: dict[int, str]) -> Report:
+    def _measure_nodules(self, volumes: np.ndarray, detected: torch.Tensor, halves: torch.Tensor | None,
+                         sentences: list[dict[int, str]]) -> list[float | None]:
+        """With ``config.nodule_size.enabled``: per volume, the measured diameter (mm) of a detected lung nodule
+        (None otherwise), looked for in the lateral halves where step 1 found it (``halves_on`` with the model's
+        half thresholds; the whole volume without lateral halves); its sentence then states that size
+        (``restate_size``) instead of the decoder's. ``volumes``: (N, D, H, W) preprocessed, SLP."""
+        from ctagrg.evaluation.grounding import restate_size
+        from ctagrg.measurement.nodule_size import hu_from_input
+        from ctagrg.models.heads import halves_on
+
+        cfg, i = self.config.nodule_size, LABEL_INDEX["Lung nodule"]
+        sizes: list[float | None] = [None] * len(volumes)
+        if not cfg.enabled:
+            return sizes
+        pp = self.preprocess
+        threshold = getattr(getattr(self.visual, "heads", None), "half_threshold", None)
+        for v in detected[:, i].nonzero().flatten().tolist():
+            sides: tuple[str | None, ...] = (None,)
+            if halves is not None:
+                on = halves_on(halves[v, :, i], threshold[i].cpu() if threshold is not None else 0.5)
+                sides = tuple(side for side, o in zip(SIDES, on.tolist(), strict=True) if o)
+            hu = hu_from_input(volumes[v], pp.hu_min, pp.hu_max, pp.offset)
+            sizes[v] = nodule_diameter_mm(hu, pp.spacing, cfg, sides)
+            if sizes[v] is not None and i in sentences[v]:
+                sentences[v][i] = restate_size(sentences[v][i], sizes[v])
+        return sizes
+
+    def _report(self, probs: torch.Tensor, detected: torch.Tensor, sentences: dict[int, str],
+                nodule_mm: float | None = None) -> Report:
         abn = {label: Abnormality(probability=float(probs[i]), detected=bool(detected[i]),
-                                  threshold=self.thresholds[i], sentence=sentences.get(i) if detected[i] else None)
+                                  threshold=self.thresholds[i], sentence=sentences.get(i) if detected[i] else None,
+                                  size_mm=nodule_mm if label == "Lung nodule" and nodule_mm is not None else None)
                for i, label in enumerate(LABELS)}
         return Report(text=assemble_report(sentences, self.config.assembly), abnormalities=abn)
 
@@ -223,7 +266,8 @@ class Reporter:
         versions = {"ctagrg": ctagrg.__version__, "torch": torch.__version__, "transformers": transformers.__version__}
         write_text_atomic(directory / "README.md", render_model_card(
             preprocess=to_dict(self.preprocess), thresholds=self.thresholds, generation=to_dict(self.config.generation),
-            training_data=self.card.get("training_data", ""), metrics=self.card.get("metrics"), versions=versions))
+            training_data=self.card.get("training_data", ""), metrics=self.card.get("metrics"), versions=versions,
+            nodule_size=to_dict(self.config.nodule_size)))
         return directory
 
     @classmethod
@@ -262,7 +306,8 @@ class Reporter:
         thresholds: a thresholds.json path or 18 values (default: thresholds.json in step1_dir or its parent).
         preprocess: a preprocess.json / YAML path or a PreprocessConfig (default: the seed's PreprocessConfig).
         tokenizer_dir: default ``decoder_dir/tokenizer`` (written by the decoder stage).
-        config: default: generation settings from ``decoder_dir/generation.json`` when present.
+        config: default: generation settings from ``decoder_dir/generation.json`` when present, and the nodule
+            measurement step 1 calibrated (``nodule_size.json`` in step1_dir or its parent) when present.
         card: model-card fields; without ``metrics``, the validation metrics of both ``best/`` folders
             (``metrics.json``, written by the training loop) are used.
         """
@@ -284,6 +329,10 @@ class Reporter:
             gen_path = decoder_dir / "generation.json"
             gen = read_json_object(gen_path).get("generation", {}) if gen_path.is_file() else {}
             config = ReporterConfig(generation=from_dict(GenerationSettings, gen, where=str(gen_path)))
+            size_path = next((f for f in (Path(step1_dir) / NODULE_SIZE_FILE, Path(step1_dir).parent / NODULE_SIZE_FILE)
+                              if f.is_file()), None)
+            if size_path is not None:
+                config.nodule_size = from_dict(NoduleSizeConfig, read_json_object(size_path), where=str(size_path))
         card = dict(card or {})
         if "metrics" not in card:
             card["metrics"] = {**_validation_metrics(Path(step1_dir), "step 1 validation"),

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +31,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ctagrg.config import ConfigError
+from ctagrg.config import ConfigError, from_dict, read_json_object, to_dict
 from ctagrg.data.augment import AugmentConfig, AugmentDraw, apply_augmentation, draw_augmentation
 from ctagrg.data.cache import dequantize
 from ctagrg.evaluation.classification import classification_report, markdown_table
 from ctagrg.labels import LABEL_INDEX, LABELS
+from ctagrg.measurement.nodule_size import NODULE_SIZE_FILE, NoduleSizeConfig
 from ctagrg.models.heads import SIDE_CLASSES, SIDE_HALVES, SIZE_SCALE_MM
 from ctagrg.models.preprocess_match import check_cache_preprocess
 from ctagrg.models.step1 import PretrainModel, Step1Model, VisualModelConfig, load_encoder_from
@@ -138,6 +139,10 @@ class ClassifierTaskConfig:
     # validations train and score only the heads
     cache_frozen_encoder: bool = True
     attributes: AttributeConfig = field(default_factory=AttributeConfig)
+    # measured nodule diameters for the Reporter (not in the published method; docs/measurement.md): with
+    # ``enabled``, its offset is calibrated after training on the validation nodules whose sentence states a size
+    # and a side, and written to best/nodule_size.json
+    nodule_size: NoduleSizeConfig = field(default_factory=NoduleSizeConfig)
 
 
 class _VisualTask(Task):
@@ -483,6 +488,9 @@ class ClassifierTask(_VisualTask):
                                   "data.valid_labels (its half thresholds are chosen on the sides that the validation "
                                   "volumes' sentences state)")
             self._half_sides = self._attributes or AttributeTargets.from_sentences_csv(a.sentences_csv)
+        if cfg.nodule_size.enabled and (not a.sentences_csv or not cfg.data.valid_labels):
+            raise ConfigError("nodule_size.enabled: needs attributes.sentences_csv and data.valid_labels (its offset "
+                              "is calibrated on the sizes that the validation volumes' nodule sentences state)")
 
     @property
     def _caching(self) -> bool:
@@ -524,6 +532,63 @@ class ClassifierTask(_VisualTask):
         super().on_train_end(model, out_dir)
         if self._half_sides is not None:
             self._set_half_thresholds(model, Path(out_dir) / "best")
+        if self.cfg.nodule_size.enabled:
+            self._calibrate_nodule_size(Path(out_dir) / "best")
+
+    def _calibrate_nodule_size(self, best: Path) -> None:
+        """``nodule_size.enabled``: measure, in each validation volume whose lung-nodule sentence states a size and
+        one side, the largest isolated solid sphere in that side's half; ``offset_mm`` = the median of stated
+        diameter - 2 x radius (fewer than 5 measured: the configured offset, recorded as such). Writes
+        ``best/nodule_size.json`` (the NoduleSizeConfig the Reporter loads, with ``calibration``: how it was
+        chosen and its validation agreement within 5 mm, in-sample)."""
+        from ctagrg.data.dataset import CachedVolumeDataset
+        from ctagrg.data.preprocess import PreprocessConfig
+        from ctagrg.measurement.nodule_size import (
+            SIDES,
+            calibrate_offset,
+            hu_from_input,
+            largest_isolated_radius,
+            solid_spheres,
+        )
+
+        cfg, data = self.cfg.nodule_size, self.cfg.data
+        path = Path(data.cache_dir) / "preprocess.json"
+        if not path.is_file():
+            raise ConfigError(f"{path}: missing; nodule_size needs the cache's spacing and HU window")
+        pp = from_dict(PreprocessConfig, read_json_object(path), where=str(path))
+        if pp.axcodes != "SLP":
+            raise ConfigError(f"{path}: nodule_size needs SLP volumes, the cache is {pp.axcodes}")
+        targets = self._half_sides or self._attributes or AttributeTargets.from_sentences_csv(
+            self.cfg.attributes.sentences_csv)
+        i = LABEL_INDEX["Lung nodule"]
+        radii, stated = [], []
+        found = 0
+        ds = CachedVolumeDataset(data.cache_dir, labels=data.valid_labels)
+        sides, sizes = targets.gather(ds.names, torch.from_numpy(ds.label_matrix()), "cpu")
+        for k in range(len(ds)):
+            side, size = sides[k : k + 1], sizes[k : k + 1]
+            where = SIDE_CLASSES[int(side[0, i])] if side[0, i] >= 0 else None
+            if where not in SIDES or torch.isnan(size[0, i]):
+                continue
+            found += 1
+            volume = ds[k]["volume"][0].numpy()
+            spheres = solid_spheres(hu_from_input(volume, pp.hu_min, pp.hu_max, pp.offset), pp.spacing, cfg)
+            r = largest_isolated_radius(spheres, volume.shape[1], cfg, where)
+            if r is not None:
+                radii.append(r)
+                stated.append(float(size[0, i]))
+        calibrated = len(radii) >= 5
+        offset = calibrate_offset(radii, stated) if calibrated else cfg.offset_mm
+        within = (float(np.mean(np.abs(2 * np.array(radii) + offset - np.array(stated)) <= 5.0)) if radii
+                  else None)
+        result = replace(cfg, offset_mm=offset, calibration={
+            "rule": ("median of stated diameter - 2 x radius over the validation nodules whose sentence states a "
+                     "size and one side (fewer than 5 measured: the configured offset)"),
+            "calibrated": calibrated, "sentences_from": targets.source, "validation_nodules": found,
+            "measured": len(radii), "validation_within_5mm_in_sample": within})
+        write_json_atomic(best / NODULE_SIZE_FILE, to_dict(result))
+        print(f"nodule size: offset {offset:+.2f} mm from {len(radii)} of {found} validation nodules"
+              + (f"; within 5 mm of the stated size (in-sample): {within:.3f}" if within is not None else ""))
 
     def _set_half_thresholds(self, model: nn.Module, best: Path) -> None:
         """``heads.condition_on_halves``: choose the half thresholds on the validation volumes (the sides their
