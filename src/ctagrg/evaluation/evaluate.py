@@ -188,12 +188,13 @@ def headline_table(metrics: dict[str, Any]) -> str:
     """Plain-text table of the headline numbers with their 95% CIs (what the CLI and the demo print)."""
     ci = metrics.get("ci95", {})
     lines = []
+    width = max((len(k) for k in metrics.get("headline", {})), default=0)
     for key, value in metrics.get("headline", {}).items():
         shown = "null" if value is None else f"{value:.3f}"
         interval = ci.get(key)
         extra = f"  [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""
         note = metrics.get("nlg", {}).get("notes", {}).get("meteor", "") if key == "nlg.meteor" else ""
-        lines.append(f"  {key:<30} {shown}{extra}{'  (' + note + ')' if note else ''}")
+        lines.append(f"  {key:<{width}} {shown}{extra}{'  (' + note + ')' if note else ''}")
     return "\n".join(lines)
 
 
