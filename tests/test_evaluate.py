@@ -137,9 +137,45 @@ def test_failed_volume_is_recorded_and_others_scored(dataset: Path, tmp_path: Pa
     assert metrics["meta"]["failed"] == 1 and metrics["meta"]["evaluated"] == 3
     bad = [line for line in read_predictions(out / "predictions.jsonl") if "error" in line]
     assert bad == [{"name": "test_2_a_1", "input": str(dataset / "test/test_2/test_2_a/test_2_a_1.nii.gz"),
-                    "error": f"ValueError: {dataset / 'test/test_2/test_2_a/test_2_a_1.nii.gz'}: not a CT volume"}]
+                    "error": f"ValueError: {dataset / 'test/test_2/test_2_a/test_2_a_1.nii.gz'}: not a CT volume",
+                    "model": None}]  # no model folder here (a stand-in reporter): no fingerprint
     assert "ci95" not in metrics
     assert "Failed volumes" in (out / "report.md").read_text()
+    # a rerun retries the failed volume only, and its new line is the one that counts
+    again = StandInReporter()
+    metrics = evaluate(tmp_path / "model", dataset, out, cfg, reporter=again)
+    assert again.calls == [1] and metrics["meta"]["failed"] == 0 and metrics["meta"]["evaluated"] == 4
+
+
+def test_predictions_of_another_model_are_refused(dataset: Path, tmp_path: Path) -> None:
+    from ctagrg.utils.fingerprint import folder_fingerprint
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "thresholds.json").write_text("[0.5]")
+    cfg = EvaluateConfig(meteor=False, bootstrap=0, limit=2)
+    evaluate(model, dataset, tmp_path / "eval", cfg, reporter=StandInReporter())
+    lines = read_predictions(tmp_path / "eval" / "predictions.jsonl")
+    assert len(lines) == 2 and {line["model"] for line in lines} == {folder_fingerprint(model)}
+    (model / "thresholds.json").write_text("[0.999]")  # the same folder, another model
+    again = StandInReporter()
+    with pytest.raises(ValueError, match=r"predictions.jsonl: holds predictions of another model \(fingerprint "
+                                         rf"{lines[0]['model']}; .* is {folder_fingerprint(model)}\)"):
+        evaluate(model, dataset, tmp_path / "eval", cfg, reporter=again)
+    assert again.calls == []
+    # a model folder that does not exist is refused before anything is read
+    with pytest.raises(FileNotFoundError, match="nowhere: no such model folder"):
+        evaluate(tmp_path / "nowhere", dataset, tmp_path / "eval2", cfg)
+
+
+def test_the_labeler_is_checked_before_the_reports(dataset: Path, tmp_path: Path) -> None:
+    again = StandInReporter()
+    with pytest.raises(ValueError, match="unknown labeler 'foo'"):
+        evaluate(tmp_path / "m", dataset, tmp_path / "e", EvaluateConfig(meteor=False, labeler="foo"), reporter=again)
+    assert again.calls == [] and not (tmp_path / "e" / "predictions.jsonl").exists()
+    with pytest.raises(ValueError, match="is not a folder"):
+        evaluate(tmp_path / "m", dataset, tmp_path / "e", EvaluateConfig(labeler=f"radbert:{tmp_path / 'no'}"),
+                 reporter=again)
 
 
 def test_without_label_csv_uses_labelled_reference_reports(dataset: Path, tmp_path: Path) -> None:
@@ -182,13 +218,26 @@ def test_cli_evaluate(dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyP
 
     real = ev.evaluate
     monkeypatch.setattr(ev, "evaluate", lambda *a, **k: real(*a, **k, reporter=StandInReporter()))
+    (tmp_path / "m").mkdir()
     code = main(["evaluate", "--model", str(tmp_path / "m"), "--data", str(dataset), "--out", str(tmp_path / "o"),
                  "--no-meteor", "--bootstrap", "50"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "4 of 4 volumes evaluated" in printed and "clinical.micro_f1" in printed
-    assert main(["evaluate", "--model", "m", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o2")]) == 1
+    model = str(tmp_path / "m")
+    assert main(["evaluate", "--model", model, "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o2")]) == 1
     assert "nowhere/radiology_text_reports/test_reports.csv: file not found" in capsys.readouterr().err
+    # usage errors exit 2 before any report, as `ctagrg report` and `ctagrg serve` do
+    assert main(["evaluate", "--model", str(tmp_path / "none"), "--data", str(dataset), "--out", "o3"]) == 2
+    assert "none: no such model folder" in capsys.readouterr().err
+    assert main(["evaluate", "--model", model, "--data", str(dataset), "--out", "o3", "--labeler", "foo"]) == 2
+    assert "unknown labeler 'foo'" in capsys.readouterr().err
+    assert main(["evaluate", "--model", model, "--data", str(dataset), "--out", "o3", "--device", "nonsense"]) == 2
+    assert "device 'nonsense'" in capsys.readouterr().err
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "predictions.jsonl").write_bytes(b"\x8b\x00\xff")
+    assert main(["evaluate", "--model", model, "--data", str(dataset), "--out", str(tmp_path / "bin")]) == 1
+    assert "predictions.jsonl: not a predictions file (not UTF-8 text" in capsys.readouterr().err
 
 
 # -- integration: real phantoms, real cache, a real (tiny, random) packaged Reporter -------------------------------

@@ -41,3 +41,32 @@ def test_ctagrg_preprocess_reads_a_phantom_root(tmp_path):
         rows = list(csv.DictReader(fh))
     assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
     assert {r["name"] for r in rows} == {p.name[:-7] for p in root.glob("valid/*/*/*.nii.gz")}
+
+
+def test_an_existing_folder_is_reused_only_for_the_same_dataset(tmp_path, capsys):
+    out = tmp_path / "ps"
+    assert main(["phantom", "--out", str(out), "--n", "3", "--size", "tiny"]) == 0
+    before = sorted(p.name for p in out.rglob("*.nii.gz"))
+    # the same settings (an interrupted run rerun; workers do not count): rewritten in place
+    assert main(["phantom", "--out", str(out), "--n", "3", "--size", "tiny", "--workers", "2"]) == 0
+    assert sorted(p.name for p in out.rglob("*.nii.gz")) == before
+    capsys.readouterr()
+    # other settings would leave the old volumes beside the new ones: refused, nothing written
+    assert main(["phantom", "--out", str(out), "--n", "2", "--size", "tiny", "--seed", "1"]) == 2
+    assert f"{out}: holds a phantom dataset made with other settings (n 3 -> 2, seed 0 -> 1)" in capsys.readouterr().err
+    assert sorted(p.name for p in out.rglob("*.nii.gz")) == before
+    (tmp_path / "notes.txt").write_text("x")
+    assert main(["phantom", "--out", str(tmp_path / "notes.txt"), "--n", "1", "--size", "tiny"]) == 2
+    assert "notes.txt: is a file; --out is the dataset folder to write" in capsys.readouterr().err
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "a.txt").write_text("x")
+    assert main(["phantom", "--out", str(tmp_path / "other"), "--n", "1", "--size", "tiny"]) == 2
+    assert "other: is not empty and holds no phantom dataset (phantom.json)" in capsys.readouterr().err
+
+
+def test_split_fractions_must_sum_to_one_and_the_preview_is_a_png(tmp_path, capsys):
+    assert main(["phantom", "--out", str(tmp_path / "x"), "--n", "10", "--size", "tiny",
+                 "--split", "train=0.5,valid=0.2"]) == 2
+    assert "split fractions must sum to 1" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert main(["phantom", "--preview", str(tmp_path), "--out", str(tmp_path / "p.jpg")]) == 2
+    assert "p.jpg: the preview is a PNG image; give a .png path" in capsys.readouterr().err

@@ -11,6 +11,7 @@ import torch
 
 from ctagrg.cli.main import main
 from ctagrg.labels import LABELS
+from ctagrg.utils.fingerprint import folder_fingerprint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -44,7 +45,8 @@ def read_lines(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()]
 
 
-def test_report_files_folders_csv_and_resume(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_report_files_folders_csv_and_resume(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     one = write_scan(tmp_path / "one.nii.gz", 0)
     write_scan(tmp_path / "folder" / "a.nii.gz", 1)
     write_scan(tmp_path / "folder" / "sub" / "b.nii.gz", 2)
@@ -61,9 +63,11 @@ def test_report_files_folders_csv_and_resume(model_dir: Path, tmp_path: Path, ca
     by_input = {line["input"]: line for line in lines}
     assert set(by_input) == {str(one), str(tmp_path / "folder" / "a.nii.gz"), str(tmp_path / "folder" / "sub" /
                              "b.nii.gz"), str(bad), str(tmp_path / "listed" / "c.nii.gz")}
-    assert set(by_input[str(bad)]) == {"input", "name", "error"} and "bad.nii.gz" in by_input[str(bad)]["error"]
+    assert set(by_input[str(bad)]) == {"input", "name", "error", "model"}
+    assert "bad.nii.gz" in by_input[str(bad)]["error"]
     good = by_input[str(one)]
-    assert set(good) == {"input", "name", "report", "abnormalities", "seconds"} and good["seconds"] > 0
+    assert set(good) == {"input", "name", "report", "abnormalities", "seconds", "model"} and good["seconds"] > 0
+    assert {line["model"] for line in lines} == {folder_fingerprint(model_dir)}
     assert list(good["abnormalities"]) == list(LABELS)
     detected = [k for k, v in good["abnormalities"].items() if v["detected"]]
     assert detected == list(LABELS[:9])  # thresholds 0 for the first 9 labels, above 1 for the rest
@@ -79,12 +83,70 @@ def test_report_files_folders_csv_and_resume(model_dir: Path, tmp_path: Path, ca
     assert main(argv) == 1
     again = read_lines(out)
     assert len(again) == 6 and again[:5] == lines and again[5]["input"] == str(bad) and "error" in again[5]
+    # the same scan by a relative path from another folder is the same scan
+    monkeypatch.chdir(tmp_path / "folder")
+    assert main(["report", "a.nii.gz", "--model", str(model_dir), "--out", str(out)]) == 0
+    assert len(read_lines(out)) == 6 and "1 scan(s) already reported, skipped" in capsys.readouterr().err
+
+
+def test_reports_of_another_model_are_refused(model_dir: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture) -> None:
+    import shutil
+
+    scan = write_scan(tmp_path / "s.nii.gz", 5)
+    other = tmp_path / "other"
+    shutil.copytree(model_dir, other)
+    (other / "thresholds.json").write_text((other / "thresholds.json").read_text().replace("0.0", "0.5"))
+    out = tmp_path / "r.jsonl"
+    assert main(["report", str(scan), "--model", str(model_dir), "--out", str(out), "--quiet"]) == 0
+    assert main(["report", str(scan), "--model", str(other), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert (f"r.jsonl: holds reports of another model (fingerprint {folder_fingerprint(model_dir)}; {other} is "
+            f"{folder_fingerprint(other)}); use another --out" in err)
+    assert len(read_lines(out)) == 1
+
+
+def test_bad_out_and_csv_files_are_clear_errors(model_dir: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    scan = write_scan(tmp_path / "s.nii.gz", 5)
+    (tmp_path / "folder").mkdir()
+    assert main(["report", str(scan), "--model", str(model_dir), "--out", str(tmp_path / "folder")]) == 2
+    assert f"--out {tmp_path / 'folder'}: is a folder; give a .jsonl file path" in capsys.readouterr().err
+    (tmp_path / "binary.jsonl").write_bytes(b"\x8b\x00\xff")
+    assert main(["report", str(scan), "--model", str(model_dir), "--out", str(tmp_path / "binary.jsonl")]) == 2
+    assert "binary.jsonl: not a reports file (not UTF-8 text" in capsys.readouterr().err
+    (tmp_path / "latin.csv").write_bytes("path\ncaf\xe9.nii.gz\n".encode("latin-1"))
+    assert main(["report", str(tmp_path / "latin.csv"), "--model", str(model_dir)]) == 2
+    assert "latin.csv: not UTF-8 text" in capsys.readouterr().err
+    assert main(["report", str(scan), "--model", str(scan)]) == 2
+    assert "s.nii.gz: a file, not a model folder" in capsys.readouterr().err
+
+
+def test_warnings_from_reading_a_scan_are_in_its_line(model_dir: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import warnings
+
+    import ctagrg.data.ctio as ctio
+
+    real = ctio.load_ct
+
+    def load_with_warning(source, metadata=None):
+        warnings.warn(f"{source}: irregular slice spacing; missing slices?", ctio.CTReadWarning, stacklevel=2)
+        return real(source, metadata)
+
+    monkeypatch.setattr(ctio, "load_ct", load_with_warning)
+    scan = write_scan(tmp_path / "s.nii.gz", 5)
+    out = tmp_path / "r.jsonl"
+    assert main(["report", str(scan), "--model", str(model_dir), "--out", str(out), "--quiet"]) == 0
+    line = read_lines(out)[0]
+    assert line["warnings"][0] == f"{scan}: irregular slice spacing; missing slices?"
 
 
 def test_resume_after_a_cut_line(model_dir: Path, tmp_path: Path) -> None:
     scan = write_scan(tmp_path / "s.nii.gz", 5)
     out = tmp_path / "r.jsonl"
-    out.write_text('{"input": "elsewhere", "report": "x"}\n{"input": "cut')  # an interrupted earlier write
+    model = folder_fingerprint(model_dir)
+    out.write_text(f'{{"input": "elsewhere", "report": "x", "model": "{model}"}}\n{{"input": "cut')  # cut write
     assert main(["report", str(scan), "--model", str(model_dir), "--out", str(out), "--quiet"]) == 0
     lines = out.read_text().splitlines()
     assert len(lines) == 3 and json.loads(lines[2])["input"] == str(scan)

@@ -339,6 +339,10 @@ def test_slice_errors(server: Any, tmp_path: Path) -> None:
     status, err = call_json(server, f"{base}/axial/0.png?window=brain")
     assert status == 400 and "lung, mediastinum, bone" in err["error"]
     assert call_json(server, f"{base}/axial/0.png?wl=40")[0] == 400
+    status, err = call_json(server, f"{base}/axial/0.png?wl=abc&ww=1")
+    assert status == 400 and err["error"] == "wl='abc': not a number (HU)"
+    status, err = call_json(server, f"{base}/axial/0.png?wl=40&ww=nan")
+    assert status == 400 and err["error"] == "ww='nan': not a finite number (HU)"
     status, err = call_json(server, "/api/scans/0123456789abcdef")
     assert status == 404 and "unknown scan id" in err["error"]
     assert call_json(server, "/api/scans/0123456789abcdef/slice/axial/0.png")[0] == 404

@@ -37,8 +37,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ctagrg.evaluation.evaluate import EvaluateConfig, evaluate, headline_table
+    from pathlib import Path
 
+    from ctagrg.evaluation.evaluate import EvaluateConfig, evaluate, headline_table
+    from ctagrg.text.labeler import check_labeler_spec
+    from ctagrg.utils.device import resolve_device
+
+    try:  # usage errors first (exit 2, as `ctagrg report` and `ctagrg serve`), before any report is generated
+        resolve_device(args.device)
+        check_labeler_spec(args.labeler)
+        if not Path(args.model).is_dir():
+            raise FileNotFoundError(f"{args.model}: no such model folder (a folder written by "
+                                    f"Reporter.save_pretrained, e.g. demo_out/model)")
+    except (OSError, ValueError, RuntimeError) as exc:
+        print(f"ctagrg evaluate: {exc}", file=sys.stderr)
+        return 2
     try:
         cfg = EvaluateConfig(split=args.split, cache_dir=args.cache, labeler=args.labeler,
                              clinical_reference=args.clinical_reference,

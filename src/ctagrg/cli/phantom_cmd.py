@@ -35,6 +35,9 @@ def run(args: argparse.Namespace) -> int:
     if args.preview:
         from ctagrg.phantom.preview import render_preview
 
+        if Path(args.out).suffix.lower() != ".png":
+            print(f"{args.out}: the preview is a PNG image; give a .png path", file=sys.stderr)
+            return 2
         try:
             out = render_preview(args.preview, args.out)
         except FileNotFoundError as exc:

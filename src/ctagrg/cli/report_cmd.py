@@ -7,6 +7,7 @@ import csv
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,9 @@ DESCRIPTION = (
     "(NIfTI, NRRD, MHA/MHD, .zip), a DICOM folder, a folder of scans (searched recursively), a CT-RATE root, or a "
     "CSV list (a 'path' column, or one path per row without a header; relative paths are relative to the CSV). "
     "Each report is printed; with --out, one JSON line per scan is appended (input, name, report, abnormalities, "
-    "seconds) and scans already reported there are skipped, so an interrupted run resumes. A scan that fails gets an "
-    "{input, name, error} line and the others go on. Research software, not for diagnostic use."
+    "seconds, model: the model folder's fingerprint, warnings when any) and scans already reported there by the same "
+    "model are skipped, so an interrupted run resumes (reports of another model in OUT are refused). A scan that "
+    "fails gets an {input, name, error} line and the others go on. Research software, not for diagnostic use."
 )
 
 
@@ -40,8 +42,11 @@ def expand_csv_lists(scans: list[str]) -> list[str]:
             continue
         if not path.is_file():
             raise FileNotFoundError(f"{path}: CSV list not found")
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            rows = list(csv.reader(fh))
+        try:
+            with open(path, newline="", encoding="utf-8-sig") as fh:
+                rows = list(csv.reader(fh))
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{path}: not UTF-8 text ({exc}); re-save the CSV list as UTF-8") from None
         if not rows:
             raise ValueError(f"{path}: empty CSV list")
         header = [c.strip().lower() for c in rows[0]]
@@ -54,12 +59,22 @@ def expand_csv_lists(scans: list[str]) -> list[str]:
     return out
 
 
-def read_done(out: Path) -> set[str]:
-    """Inputs that already have a report line in ``out`` (error lines are retried)."""
-    done: set[str] = set()
+def same_input(source: str) -> str:
+    """The key two spellings of one scan share (a relative and an absolute path, ``a/../b``): its resolved path."""
+    return str(Path(source).resolve())
+
+
+def read_done(out: Path) -> dict[str, str | None]:
+    """Inputs (:func:`same_input`) that already have a report line in ``out``, with the model that made it (the
+    line's ``"model"`` fingerprint; None when not recorded). Error lines are retried."""
+    done: dict[str, str | None] = {}
     if not out.is_file():
         return done
-    for i, raw in enumerate(out.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        text = out.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{out}: not a reports file (not UTF-8 text: {exc}); use another --out") from None
+    for i, raw in enumerate(text.splitlines(), 1):
         if not raw.strip():
             continue
         try:
@@ -68,34 +83,43 @@ def read_done(out: Path) -> set[str]:
             print(f"{out}:{i}: unreadable line skipped (an interrupted write?)", file=sys.stderr)
             continue
         if "report" in line and "input" in line:
-            done.add(line["input"])
+            done[same_input(line["input"])] = line.get("model")
     return done
 
 
-def _report_batch(reporter: Any, items: list[Any]) -> list[dict[str, Any]]:
-    """Preprocess each item (failures become error lines), then report the good ones in one model batch."""
+def _report_batch(reporter: Any, items: list[Any], model: str) -> list[dict[str, Any]]:
+    """Preprocess each item (failures become error lines), then report the good ones in one model batch. Warnings
+    raised while reading a scan (missing slices, several series, ...) join its line's ``warnings``; ``model``
+    (the model folder's fingerprint) is recorded in every line."""
     lines: list[dict[str, Any] | None] = [None] * len(items)
     from ctagrg.data.ctio import error_text, load_ct
     from ctagrg.data.preprocess import preprocess_volume
 
-    arrays, where, seconds = [], [], []
+    arrays, where, seconds, read_warnings = [], [], [], []
     for k, item in enumerate(items):
         start = time.perf_counter()
         try:
-            arrays.append(preprocess_volume(load_ct(item.source, item.metadata), reporter.preprocess))
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                arrays.append(preprocess_volume(load_ct(item.source, item.metadata), reporter.preprocess))
             where.append(k)
             seconds.append(time.perf_counter() - start)
+            read_warnings.append(list(dict.fromkeys(str(w.message) for w in caught)))
         except Exception as exc:  # noqa: BLE001 - a bad scan must not stop the batch
-            lines[k] = {"input": item.source, "name": item.name, "error": error_text(item.source, exc)}
+            lines[k] = {"input": item.source, "name": item.name, "error": error_text(item.source, exc),
+                        "model": model}
     if arrays:
         import numpy as np
 
         start = time.perf_counter()
         reports = reporter.report_volumes(np.stack(arrays))
         share = (time.perf_counter() - start) / len(arrays)
-        for k, report, sec in zip(where, reports, seconds, strict=True):
-            lines[k] = {"input": items[k].source, "name": items[k].name, **report.to_dict(),
-                        "seconds": round(sec + share, 3)}
+        for k, report, sec, read in zip(where, reports, seconds, read_warnings, strict=True):
+            line = {"input": items[k].source, "name": items[k].name, **report.to_dict(),
+                    "seconds": round(sec + share, 3), "model": model}
+            if read:
+                line["warnings"] = read + line.get("warnings", [])
+            lines[k] = line
     return [line for line in lines if line is not None]
 
 
@@ -103,28 +127,36 @@ def run(args: argparse.Namespace) -> int:
 
     from ctagrg.data.inputs import discover_inputs
     from ctagrg.generation.reporter import Reporter
+    from ctagrg.utils.fingerprint import folder_fingerprint
     from ctagrg.utils.progress import progress
 
     if args.batch_size < 1:
         print(f"--batch-size: expected >= 1, got {args.batch_size}", file=sys.stderr)
         return 2
+    out = Path(args.out) if args.out else None
     try:
         items = discover_inputs(expand_csv_lists(args.scans), args.metadata)
         reporter = Reporter.from_pretrained(args.model, device=args.device)
+        model = folder_fingerprint(args.model)
+        if out is not None and out.is_dir():
+            raise IsADirectoryError(f"--out {out}: is a folder; give a .jsonl file path")
+        done = read_done(out) if out else {}
+        others = sorted({str(m) for m in done.values() if m != model})
+        if others:
+            raise ValueError(f"{out}: holds reports of another model (fingerprint {', '.join(others)}; {args.model} "
+                             f"is {model}); use another --out, or delete it to start over")
+        fh = _open_append(out) if out else None
     except (OSError, ValueError, RuntimeError) as exc:  # ValueError: a bad model folder or --device
         print(f"{exc}", file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else None
-    done = read_done(out) if out else set()
-    todo = [it for it in items if it.source not in done]
+    todo = [it for it in items if same_input(it.source) not in done]
     if done and len(todo) < len(items):
         print(f"{out}: {len(items) - len(todo)} scan(s) already reported, skipped", file=sys.stderr)
     failures = 0
-    fh = _open_append(out) if out else None
     try:
         batches = [todo[i : i + args.batch_size] for i in range(0, len(todo), args.batch_size)]
         for batch in progress(batches, desc="reports", total=len(batches)):
-            for line in _report_batch(reporter, batch):
+            for line in _report_batch(reporter, batch, model):
                 failures += "error" in line
                 _emit(line, fh, args.quiet)
     finally:

@@ -161,9 +161,11 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
     """
     from ctagrg.config import to_dict
     from ctagrg.evaluation.report_render import render_report
+    from ctagrg.text.labeler import check_labeler_spec
     from ctagrg.utils.atomic import write_json_atomic
 
     cfg = cfg or EvaluateConfig()
+    check_labeler_spec(cfg.labeler)  # before the reports, which can take hours
     model_dir, data_dir, out_dir = Path(model_dir), Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

@@ -112,7 +112,11 @@ def read_predictions(path: Path, split: Split | None = None) -> list[dict[str, A
     if not path.is_file():
         return []
     lines = []
-    for i, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a predictions file (not UTF-8 text: {exc}); use another --out") from None
+    for i, raw in enumerate(text.splitlines(), 1):
         if raw.strip():
             try:
                 lines.append(json.loads(raw))
@@ -160,15 +164,32 @@ def _run_batch(reporter: Any, names: list[str], paths: list[Path | None], cache:
 def predict_split(model_dir: Path, split: Split, out_path: Path, cache_dir: str | Path | None, data_dir: Path,
                   batch_size: int = 4, device: str = "cpu", reporter: Any | None = None) -> None:
     """Append a prediction line per volume of ``split`` not yet in ``out_path``; a failing volume gets an
-    ``{"name", "input", "error"}`` line and the others go on.
+    ``{"name", "input", "error"}`` line and the others go on; a rerun retries the failed ones (the last line of a
+    name is the one that counts, :func:`read_predictions`).
+
+    Every line records the model that made it (``"model"``: :func:`folder_fingerprint` of ``model_dir``); lines
+    from another model, or from an unrecorded one, are refused: a rerun into the same folder must not mix two
+    models' predictions under one name.
 
     ``reporter``: an object with ``report_batch(inputs) -> list[Report]``; by default
     ``Reporter.from_pretrained(model_dir)``. Inputs are preprocessed (D, H, W) arrays from the cache, or paths.
     """
+    from ctagrg.utils.fingerprint import folder_fingerprint
+
+    model_dir = Path(model_dir)
+    if reporter is None and not model_dir.is_dir():
+        raise FileNotFoundError(f"{model_dir}: no such model folder (a folder written by Reporter.save_pretrained, "
+                                f"e.g. demo_out/model)")
+    model = folder_fingerprint(model_dir) if model_dir.is_dir() else None
     cache = find_cache(data_dir, cache_dir)
     if cache is not None:
         check_cache_matches_model(cache, model_dir)
-    done = {line.get("name") for line in read_predictions(out_path)}
+    existing = read_predictions(out_path)
+    others = sorted({str(line.get("model")) for line in existing if line.get("model") != model})
+    if others:
+        raise ValueError(f"{out_path}: holds predictions of another model (fingerprint {', '.join(others)}; "
+                         f"{model_dir} is {model}); use another --out, or delete {out_path} to start over")
+    done = {line.get("name") for line in existing if "error" not in line}
     todo = [i for i, n in enumerate(split.names) if n not in done]
     if not todo:
         return
@@ -181,7 +202,7 @@ def predict_split(model_dir: Path, split: Split, out_path: Path, cache_dir: str 
     with open(out_path, "a", encoding="utf-8") as fh:  # append-only log: each line is flushed whole
         for batch in progress(batches, desc=f"reports ({split_name(split)})"):
             for line in _batch_or_single(reporter, split, batch, cache):
-                fh.write(json.dumps(line) + "\n")
+                fh.write(json.dumps({**line, "model": model}) + "\n")
             fh.flush()
 
 

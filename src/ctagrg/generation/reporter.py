@@ -278,8 +278,9 @@ class Reporter:
 
         directory = Path(directory)
         if not directory.is_dir():
-            raise FileNotFoundError(f"{directory}: no such model folder (a folder written by "
-                                    f"Reporter.save_pretrained, e.g. demo_out/model)")
+            what = "a file, not a model folder" if directory.exists() else "no such model folder"
+            raise FileNotFoundError(f"{directory}: {what} (a folder written by Reporter.save_pretrained, e.g. "
+                                    f"demo_out/model)")
         missing = [p for p in ("visual", "decoder", "tokenizer", "thresholds.json", "preprocess.json")
                    if not (directory / p).exists()]
         if missing:

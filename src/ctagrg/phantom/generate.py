@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import multiprocessing
 import re
 from collections.abc import Mapping, Sequence
@@ -28,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ctagrg.config import save_config
+from ctagrg.config import save_config, to_dict
 from ctagrg.labels import LABELS
 from ctagrg.phantom.findings import Case
 from ctagrg.phantom.reports import write_report
@@ -77,6 +78,8 @@ class PhantomConfig:
             raise ValueError(f"split names must be lowercase letters (no '_'), got {list(self.split)}")
         if any(v < 0 for v in self.split.values()) or sum(self.split.values()) <= 0:
             raise ValueError(f"split fractions must be >= 0 and not all 0, got {self.split}")
+        if abs(sum(self.split.values()) - 1.0) > 1e-6:  # a share left out would otherwise be spread silently
+            raise ValueError(f"split fractions must sum to 1, got {self.split} (sum {sum(self.split.values()):g})")
         if not 0.0 <= self.min_prevalence <= 1.0:
             raise ValueError(f"min_prevalence must be in [0, 1], got {self.min_prevalence}")
 
@@ -230,13 +233,37 @@ def _job(args: tuple[Path, list[VolumeSpec], PhantomConfig]) -> list[dict[str, A
     return write_patient(*args)
 
 
+def _check_out_dir(root: Path, cfg: PhantomConfig) -> None:
+    """Refuse a file, or a non-empty folder that is not a dataset of the same settings (``phantom.json``; the
+    number of workers does not count)."""
+    if root.exists() and not root.is_dir():
+        raise ValueError("is a file; --out is the dataset folder to write")
+    if not root.is_dir() or not any(root.iterdir()):
+        return
+    saved_path = root / "phantom.json"
+    if not saved_path.is_file():
+        raise ValueError("is not empty and holds no phantom dataset (phantom.json); use an empty or new folder")
+    try:
+        saved = json.loads(saved_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{saved_path}: unreadable ({exc}); use an empty or new folder") from None
+    wanted = {k: v for k, v in to_dict(cfg).items() if k != "workers"}
+    differs = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
+    if differs:
+        what = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in differs.items())
+        raise ValueError(f"holds a phantom dataset made with other settings ({what}); its volumes would stay beside "
+                         f"the new ones: use another --out, or delete it first")
+
+
 def generate_dataset(out_dir: str | Path, n: int, seed: int = 0, size: str = "small",
                      split: str | Sequence[float] | Mapping[str, float] = (0.7, 0.15, 0.15), workers: int = 1,
                      min_prevalence: float = 0.0) -> Path:
     """Generate ``n`` phantom volumes in CT-RATE layout under ``out_dir``; returns the root path.
 
     Args:
-        out_dir: dataset root (created; existing files with the same names are overwritten).
+        out_dir: dataset root: created, or an empty folder, or a dataset this function wrote with the same
+            settings (an interrupted run; its files are rewritten). Anything else is refused (ValueError), so that
+            no volume of another dataset is left beside the new one's.
         n: number of volumes over all splits. seed: dataset seed. size: tiny | small | paper.
         split: fractions per split: a (train, valid, test) tuple, a mapping or 'train=0.7,valid=0.15,test=0.15'.
         workers: processes to use; the output is identical for any value.
@@ -246,6 +273,7 @@ def generate_dataset(out_dir: str | Path, n: int, seed: int = 0, size: str = "sm
                         min_prevalence=min_prevalence)
     cfg.validate()
     root = Path(out_dir)
+    _check_out_dir(root, cfg)
     root.mkdir(parents=True, exist_ok=True)
     save_config(cfg, root / "phantom.json")
     by_patient: dict[int, list[VolumeSpec]] = {}

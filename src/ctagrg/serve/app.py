@@ -300,7 +300,7 @@ class ReportService:
             if wl is not None or ww is not None:
                 if name is not None or wl is None or ww is None:
                     raise ValueError("give either window=NAME or both wl= and ww= (HU)")
-                bounds = level_width_to_bounds(float(wl), float(ww))
+                bounds = level_width_to_bounds(_number("wl", wl), _number("ww", ww))
             elif (name or "lung") in WINDOWS:
                 bounds = WINDOWS[name or "lung"]
             else:
@@ -308,6 +308,17 @@ class ReportService:
             return window_bounds(*bounds, *self.hu_window)
         except ValueError as exc:  # float() of a non-number lands here too
             raise ApiError(400, str(exc)) from None
+
+
+def _number(name: str, value: str) -> float:
+    """A query parameter as a finite float; the ValueError names the parameter."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r}: not a number (HU)") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name}={value!r}: not a finite number (HU)")
+    return number
 
 
 def _receive(body: io.BufferedIOBase, length: int, path: Path, filename: str) -> None:

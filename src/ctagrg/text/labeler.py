@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -117,6 +118,19 @@ def _mentions(concept: Concept, clause: str, negated: list[tuple[int, int]], sen
                 continue
         return True
     return False
+
+
+def check_labeler_spec(spec: str) -> None:
+    """Raise ValueError for a spec :func:`get_labeler` would refuse (without loading a model), so that a long run
+    can fail before its work rather than after it."""
+    if spec == "rules":
+        return
+    if spec.startswith("radbert:"):
+        folder = Path(spec.split(":", 1)[1])
+        if not folder.is_dir():
+            raise ValueError(f"labeler {spec!r}: {folder} is not a folder (a local RadBERT classifier)")
+        return
+    raise ValueError(f"unknown labeler {spec!r}; expected 'rules' or 'radbert:DIR'")
 
 
 def get_labeler(spec: str = "rules") -> Labeler:
