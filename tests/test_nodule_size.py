@@ -279,3 +279,16 @@ def test_the_model_card_says_sizes_are_measured() -> None:
     off = render_model_card(preprocess={}, thresholds=[0.5] * 18, generation={}, nodule_size=dataclasses.asdict(
         NoduleSizeConfig()))
     assert "measured, not generated" not in off
+
+
+def test_a_mirrored_volume_gives_the_mirrored_measurement() -> None:
+    hu = lung_with([((80.0, 50.0, 90.0), 21.0), ((60.0, 140.0, 60.0), 13.0)], vessel=True, wall=True)
+    a, b = solid_spheres(hu, SPACING, CONFIG), solid_spheres(hu[:, ::-1].copy(), SPACING, CONFIG)
+    mirrored = a.centres.copy()
+    mirrored[:, 1] = SHAPE[1] - 1 - mirrored[:, 1]
+    order_a, order_b = np.lexsort(mirrored.T), np.lexsort(b.centres.T)
+    assert np.array_equal(mirrored[order_a], b.centres[order_b])
+    assert np.array_equal(a.radii_mm[order_a], b.radii_mm[order_b])
+    assert np.array_equal(a.lung_fraction[order_a], b.lung_fraction[order_b])
+    right = largest_isolated_radius(a, SHAPE[1], CONFIG, "right")
+    assert right is not None and largest_isolated_radius(b, SHAPE[1], CONFIG, "left") == right

@@ -93,9 +93,10 @@ def solid_spheres(hu: np.ndarray, spacing_mm: Sequence[float], config: NoduleSiz
     peaks = (radius >= config.min_radius_mm) & (radius == ndimage.maximum_filter(radius, size=3))
     centres = np.argwhere(peaks)
     radii = radius[peaks]
-    # the 26 shell points of each candidate, in voxels; points outside the volume count as not lung
-    points = np.rint(centres[:, None, :] + (radii[:, None, None] + config.gap_mm) * DIRECTIONS[None] / sp)
-    points = points.astype(np.int64)
+    # the 26 shell points of each candidate, in voxels; points outside the volume count as not lung. The offsets
+    # are rounded on their own (half to even), so that a mirrored volume gives exactly the mirrored points.
+    offsets = np.rint((radii[:, None, None] + config.gap_mm) * DIRECTIONS[None] / sp).astype(np.int64)
+    points = centres[:, None, :] + offsets
     shape = np.array(hu.shape)
     inside = np.all((points >= 0) & (points < shape), axis=2)
     p = np.clip(points, 0, shape - 1)
