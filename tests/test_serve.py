@@ -597,3 +597,24 @@ def test_cli_serves_until_interrupted_then_cleans_up(model_dir: Path, monkeypatc
     assert "not for diagnostic use" in out.out
     assert not seen["workdir"].exists()
     assert seen["sigterm"] is not before and signal.getsignal(signal.SIGTERM) is before  # SIGTERM stops it too
+
+
+def test_warnings_from_reading_an_upload_are_in_the_result(model_dir: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import warnings
+
+    import ctagrg.data.preprocess as preprocess
+    from ctagrg.data.ctio import CTReadWarning
+
+    real = preprocess.load_ct
+
+    def load_with_warning(path, metadata=None):
+        warnings.warn(f"{path}: irregular slice spacing; missing slices?", CTReadWarning, stacklevel=2)
+        return real(path, metadata)
+
+    monkeypatch.setattr(preprocess, "load_ct", load_with_warning)
+    with serving(model_dir) as srv:
+        status, result = call_json(srv, "/api/report?filename=marked.nii.gz", marked_nifti(tmp_path))
+    assert status == 200, result
+    # named by the upload's file name, not the server's temporary path
+    assert result["warnings"][0] == "marked.nii.gz: irregular slice spacing; missing slices?"

@@ -110,6 +110,16 @@ def test_train_writes_checkpoints_logs_and_config(tmp_path):
     assert len(read_rows(tmp_path / "metrics.csv", "valid", "score")) == 3
 
 
+def test_without_a_progress_bar_each_epoch_prints_a_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CTAGRG_PROGRESS", "0")  # as in a log file or a pipe
+    train(ToyTask(toy_cfg(tmp_path, epochs=2)))
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("epoch ")]
+    scores = read_rows(tmp_path / "metrics.csv", "valid", "score")
+    assert [x.split(",")[0] for x in lines] == ["epoch 1/2: step 3", "epoch 2/2: step 6"]
+    assert all(f"valid score {v:.4f}" in x for x, (_, v) in zip(lines, scores, strict=True))
+    assert all(", train loss " in x and x.endswith(" s") for x in lines)
+
+
 def test_resume_after_kill_reproduces_uninterrupted_run(tmp_path):
     full, cut = tmp_path / "full", tmp_path / "cut"
     train(ToyTask(toy_cfg(full, save_every_steps=2)))

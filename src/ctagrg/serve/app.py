@@ -34,6 +34,7 @@ import tempfile
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -249,8 +250,9 @@ class ReportService:
             self._check_size(path, filename)
             with self._model_lock:
                 start = time.perf_counter()
-                volume = self._read(path, filename)
+                volume, read_warnings = self._read(path, filename)
                 report = self.reporter.report_volumes(volume[None])[0]
+                report.warnings[:0] = read_warnings  # missing slices, several series, ...: before the model's
                 seconds = time.perf_counter() - start
         finally:
             shutil.rmtree(folder, ignore_errors=True)
@@ -268,14 +270,21 @@ class ReportService:
         except UnsafeUpload as exc:
             raise ApiError(400, str(exc)) from None
 
-    def _read(self, path: Path, filename: str) -> np.ndarray:
-        """Read + preprocess; reader errors (ValueError, e.g. CTReadError) become 400s naming the upload."""
+    def _read(self, path: Path, filename: str) -> tuple[np.ndarray, list[str]]:
+        """Read + preprocess, with the reader's warnings (naming the upload); reader errors (ValueError, e.g.
+        CTReadError) become 400s naming the upload."""
+        # the reader names its path: show the user's file name, not our temporary path
+        def named(text: str) -> str:
+            return text.replace(str(path), filename).replace(str(path.parent), "")
+
         try:
-            return self.reporter.load_input(path)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                volume = self.reporter.load_input(path)
         except ValueError as exc:
-            # the reader names its path: show the user's file name, not our temporary path
-            message = str(exc).replace(str(path), filename).replace(str(path.parent), "")
+            message = named(str(exc))
             raise ApiError(400, message if filename in message else f"{filename}: {message}") from None
+        return volume, list(dict.fromkeys(named(str(w.message)) for w in caught))
 
     # -- viewer --------------------------------------------------------------------------------------------------
     def scan_info(self, scan_id: str) -> dict[str, Any]:

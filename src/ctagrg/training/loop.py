@@ -46,7 +46,7 @@ from ctagrg.training.ema import ModelEMA
 from ctagrg.training.logging import MetricsLogger
 from ctagrg.training.task import Task
 from ctagrg.utils.atomic import write_json_atomic
-from ctagrg.utils.progress import progress
+from ctagrg.utils.progress import progress, progress_enabled
 
 
 class TrainingError(RuntimeError):
@@ -98,6 +98,7 @@ class Trainer:
         self.task, self.tc, self.info = task, tc, info
         self.out = Path(tc.out_dir)
         self.step, self.epoch, self.micro = 0, 0, 0  # optimizer steps; epochs done; micro-batches done in epoch
+        self._epoch_start, self._last_loss = time.perf_counter(), None  # for the epoch line printed without a bar
         self._resumed_ema: dict[str, Any] | None = None  # the EMA state of a resumed last/, until setup uses it
         self.best_score, self.best_epoch = -math.inf, -1
 
@@ -265,12 +266,13 @@ class Trainer:
         self.sampler.set_epoch(self.epoch, start=self.micro * tc.batch_size)
         self.loader_gen.manual_seed(tc.seed * 100_003 + self.epoch)  # worker seeds independent of global RNG
         window: dict[str, list[float]] = {}
-        t0 = time.perf_counter()
+        t0 = self._epoch_start = time.perf_counter()
         bar = progress(self.train_loader, desc=f"epoch {self.epoch + 1}/{tc.epochs}", total=len(self.train_loader))
         for i, batch in enumerate(bar, start=self.micro):
             step_before = self.step
             for k, v in self._micro_step(batch, i).items():
                 window.setdefault(k, []).append(v)
+            self._last_loss = window["loss"][-1] if window.get("loss") else self._last_loss
             self.micro = i + 1
             if self.step == step_before:
                 continue
@@ -311,6 +313,13 @@ class Trainer:
                 self.task.save_model(model, self.out / "best")
                 write_json_atomic(self.out / "best" / "metrics.json",
                                   {"epoch": epoch_label, "step": self.step, **metrics})
+            if not progress_enabled():  # no bar (a log file, a pipe): one line per epoch instead of silence
+                line = f"epoch {epoch_label}/{self.tc.epochs}: step {self.step}"
+                if self._last_loss is not None:
+                    line += f", train loss {self._last_loss:.4f}"
+                if metrics:
+                    line += f", valid score {metrics['score']:.4f}" + (" (best so far)" if improved else "")
+                print(f"{line}, {time.perf_counter() - self._epoch_start:.0f} s", flush=True)
         self.best_score, self.best_epoch = D.broadcast_object(self.info, (self.best_score, self.best_epoch))
 
     def _validate(self, model: nn.Module) -> dict[str, float]:
