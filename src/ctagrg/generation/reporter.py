@@ -243,7 +243,7 @@ class Reporter:
                 nodule_mm: float | None = None) -> Report:
         abn = {label: Abnormality(probability=float(probs[i]), detected=bool(detected[i]),
                                   threshold=self.thresholds[i], sentence=sentences.get(i) if detected[i] else None,
-                                  size_mm=nodule_mm if label == "Lung nodule" and nodule_mm is not None else None)
+                                  size_mm=nodule_mm if label == "Lung nodule" else None)
                for i, label in enumerate(LABELS)}
         return Report(text=assemble_report(sentences, self.config.assembly), abnormalities=abn)
 
