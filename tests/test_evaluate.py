@@ -148,7 +148,7 @@ def test_failed_volume_is_recorded_and_others_scored(dataset: Path, tmp_path: Pa
 
 
 def test_predictions_of_another_model_are_refused(dataset: Path, tmp_path: Path) -> None:
-    from ctagrg.utils.fingerprint import folder_fingerprint
+    from ctagrg.generation.reporter import model_fingerprint
 
     model = tmp_path / "model"
     model.mkdir()
@@ -156,11 +156,11 @@ def test_predictions_of_another_model_are_refused(dataset: Path, tmp_path: Path)
     cfg = EvaluateConfig(meteor=False, bootstrap=0, limit=2)
     evaluate(model, dataset, tmp_path / "eval", cfg, reporter=StandInReporter())
     lines = read_predictions(tmp_path / "eval" / "predictions.jsonl")
-    assert len(lines) == 2 and {line["model"] for line in lines} == {folder_fingerprint(model)}
+    assert len(lines) == 2 and {line["model"] for line in lines} == {model_fingerprint(model)}
     (model / "thresholds.json").write_text("[0.999]")  # the same folder, another model
     again = StandInReporter()
     with pytest.raises(ValueError, match=r"predictions.jsonl: holds predictions of another model \(fingerprint "
-                                         rf"{lines[0]['model']}; .* is {folder_fingerprint(model)}\)"):
+                                         rf"{lines[0]['model']}; .* is {model_fingerprint(model)}\)"):
         evaluate(model, dataset, tmp_path / "eval", cfg, reporter=again)
     assert again.calls == []
     # a model folder that does not exist is refused before anything is read
@@ -230,6 +230,9 @@ def test_cli_evaluate(dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyP
     # usage errors exit 2 before any report, as `ctagrg report` and `ctagrg serve` do
     assert main(["evaluate", "--model", str(tmp_path / "none"), "--data", str(dataset), "--out", "o3"]) == 2
     assert "none: no such model folder" in capsys.readouterr().err
+    (tmp_path / "file.nii.gz").write_bytes(b"")
+    assert main(["evaluate", "--model", str(tmp_path / "file.nii.gz"), "--data", str(dataset), "--out", "o3"]) == 2
+    assert "file.nii.gz: a file, not a model folder" in capsys.readouterr().err
     assert main(["evaluate", "--model", model, "--data", str(dataset), "--out", "o3", "--labeler", "foo"]) == 2
     assert "unknown labeler 'foo'" in capsys.readouterr().err
     assert main(["evaluate", "--model", model, "--data", str(dataset), "--out", "o3", "--device", "nonsense"]) == 2

@@ -108,12 +108,19 @@ def test_hu_from_input_inverts_the_preprocessing_window() -> None:
     assert np.allclose(hu_from_input(x, -1000.0, 1500.0, 0.449), hu, atol=1e-3)
 
 
-def test_restate_size_replaces_the_first_stated_size() -> None:
+def test_restate_size_replaces_the_one_stated_size() -> None:
     assert restate_size("A 1.2 cm nodule in the right upper lobe.", 17.4) == "A 17 mm nodule in the right upper lobe."
-    assert restate_size("Nodule of 12x9 mm; a 3 mm one too.", 20.6) == "Nodule of 21 mm; a 3 mm one too."
+    assert restate_size("Nodule of 12x9 mm in the left lung.", 20.6) == "Nodule of 21 mm in the left lung."
     assert restate_size("A NODULE OF 12 MM.", 8.0) == "A NODULE OF 8 mm."
     assert restate_size("A nodule in the left lung.", 8.0) == "A nodule in the left lung."
     assert size_mm_from_text(restate_size("A 30 millimetres nodule.", 14.2)) == 14.0
+    # several sizes or a range: one number cannot replace them, the sentence stays as written
+    for sentence in ("A nodule measuring 12 mm x 9 mm.", "A 5-6 mm nodule.", "A 5 to 6 mm nodule.",
+                     "Nodules up to 8 mm, the largest 14 mm."):
+        assert restate_size(sentence, 16.0) == sentence
+    # halves round up, not to even
+    assert restate_size("A 5 mm nodule.", 16.5) == "A 17 mm nodule."
+    assert restate_size("A 5 mm nodule.", 17.5) == "A 18 mm nodule."
 
 
 # -- the Reporter --------------------------------------------------------------------------------------------
@@ -168,11 +175,50 @@ def test_the_reporter_states_the_measured_size(fixed_sentences: str) -> None:
     assert off.sentence == fixed_sentences and off.size_mm is None
 
 
-def test_the_reporter_refuses_nodule_size_on_other_axes() -> None:
+def test_the_reporter_refuses_nodule_size_on_other_axes_or_a_narrow_window() -> None:
     from ctagrg.config import ConfigError
+    from ctagrg.measurement.nodule_size import check_window
 
     with pytest.raises(ConfigError, match="nodule_size needs SLP volumes"):
         _reporter(enabled=True, axcodes="RAS")
+    check_window(CONFIG, -1000.0, 200.0, "ok")  # CT-RATE's window
+    with pytest.raises(ValueError, match=r"mediastinal: nodule_size needs an HU window that keeps lung "
+                                         r"\(< -700 HU\) and solid tissue \(> -400 HU\) apart; the preprocessing's is "
+                                         r"\[-160, 240\]"):
+        check_window(CONFIG, -160.0, 240.0, "mediastinal")
+    with pytest.raises(ValueError, match="apart"):
+        check_window(CONFIG, -1000.0, -450.0, "lung only")
+
+
+def test_the_nodule_is_measured_in_the_halves_where_step_1_found_it() -> None:
+    """The demo's path: a model with lateral halves and half thresholds (Reporter._measure_nodules)."""
+    from types import SimpleNamespace
+
+    from ctagrg.data.preprocess import PreprocessConfig
+    from ctagrg.generation.reporter import Reporter
+    from ctagrg.labels import LABEL_INDEX
+
+    i = LABEL_INDEX["Lung nodule"]
+    hu = lung_with([((80.0, 50.0, 90.0), 24.0), ((60.0, 140.0, 60.0), 12.0)])  # right 24 mm, left 12 mm
+    volume = (hu + 1000.0) / 2500.0 - 0.449
+    heads = SimpleNamespace(half_threshold=torch.full((18,), 0.6))
+    stub = SimpleNamespace(config=SimpleNamespace(nodule_size=CONFIG), visual=SimpleNamespace(heads=heads),
+                           preprocess=PreprocessConfig(spacing=SPACING, shape=SHAPE, hu_max=1500.0))
+    detected = torch.zeros(1, 18, dtype=torch.bool)
+    detected[0, i] = True
+
+    def measured(p_right: float, p_left: float) -> float:
+        halves = torch.zeros(1, 2, 18)
+        halves[0, :, i] = torch.tensor([p_right, p_left])
+        sentences = [{i: "A 5 mm nodule."}]
+        size = Reporter._measure_nodules(stub, volume[None], detected, halves, sentences)[0]
+        assert size is not None and sentences[0][i] == f"A {int(size + 0.5)} mm nodule."
+        return size
+
+    right, left = measured(0.9, 0.1), measured(0.1, 0.9)
+    assert abs(right - 24.0) <= 3.5 and abs(left - 12.0) <= 3.5
+    assert measured(0.9, 0.9) == right  # both halves on: the larger
+    assert measured(0.3, 0.5) == left  # neither on: the higher half
 
 
 def test_from_training_outputs_loads_step_1s_calibration(tmp_path: Path, gpt2_tokenizer_dir: Path) -> None:
@@ -258,6 +304,10 @@ def test_step1_calibrates_the_offset_on_validation_nodules(tmp_path: Path) -> No
     assert saved["calibration"]["validation_nodules"] == saved["calibration"]["measured"] == 8
     assert saved["calibration"]["validation_within_5mm_in_sample"] == 1.0
     assert NoduleSizeConfig(**saved).offset_mm == saved["offset_mm"]
+    # retrained into the same folder with the measurement off: the old calibration does not stay behind
+    off = [s for s in sets if s != "nodule_size.enabled=true"] + ["nodule_size.enabled=false", "train.resume=false"]
+    assert cli_main(["train", "classifier", *sum((["--set", s] for s in off), [])]) == 0
+    assert not (tmp_path / "cls" / "best" / "nodule_size.json").exists()
 
 
 def test_step1_refuses_nodule_size_without_sentences(tmp_path: Path) -> None:
@@ -275,7 +325,10 @@ def test_the_model_card_says_sizes_are_measured() -> None:
     on = dataclasses.asdict(dataclasses.replace(CONFIG, offset_mm=3.0, calibration={"calibrated": True,
                                                                                       "measured": 41}))
     card = render_model_card(preprocess={}, thresholds=[0.5] * 18, generation={}, nodule_size=on)
-    assert "**measured, not generated**" in card and "+ 3.00 mm (calibrated on 41 validation nodules)" in card
+    assert "**measured, not generated**" in card
+    assert "2 x radius + 3.00 mm (calibrated on 41 validation nodules)" in card
+    paragraph = card.split("A detected lung nodule")[1].split("\n\n")[0]
+    assert not any(line.startswith(("+ ", "- ", "* ")) for line in paragraph.splitlines())  # no list item in Markdown
     off = render_model_card(preprocess={}, thresholds=[0.5] * 18, generation={}, nodule_size=dataclasses.asdict(
         NoduleSizeConfig()))
     assert "measured, not generated" not in off

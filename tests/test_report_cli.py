@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from ctagrg.cli.main import main
+from ctagrg.generation.reporter import model_fingerprint
 from ctagrg.labels import LABELS
-from ctagrg.utils.fingerprint import folder_fingerprint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -63,11 +63,12 @@ def test_report_files_folders_csv_and_resume(model_dir: Path, tmp_path: Path, ca
     by_input = {line["input"]: line for line in lines}
     assert set(by_input) == {str(one), str(tmp_path / "folder" / "a.nii.gz"), str(tmp_path / "folder" / "sub" /
                              "b.nii.gz"), str(bad), str(tmp_path / "listed" / "c.nii.gz")}
-    assert set(by_input[str(bad)]) == {"input", "name", "error", "model"}
+    assert set(by_input[str(bad)]) == {"input", "input_resolved", "name", "error", "model"}
     assert "bad.nii.gz" in by_input[str(bad)]["error"]
     good = by_input[str(one)]
-    assert set(good) == {"input", "name", "report", "abnormalities", "seconds", "model"} and good["seconds"] > 0
-    assert {line["model"] for line in lines} == {folder_fingerprint(model_dir)}
+    assert set(good) == {"input", "input_resolved", "name", "report", "abnormalities", "seconds", "model"}
+    assert good["seconds"] > 0 and good["input_resolved"] == str(one.resolve())
+    assert {line["model"] for line in lines} == {model_fingerprint(model_dir)}
     assert list(good["abnormalities"]) == list(LABELS)
     detected = [k for k, v in good["abnormalities"].items() if v["detected"]]
     assert detected == list(LABELS[:9])  # thresholds 0 for the first 9 labels, above 1 for the rest
@@ -89,6 +90,22 @@ def test_report_files_folders_csv_and_resume(model_dir: Path, tmp_path: Path, ca
     assert len(read_lines(out)) == 6 and "1 scan(s) already reported, skipped" in capsys.readouterr().err
 
 
+def test_resume_from_another_working_folder(model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture) -> None:
+    write_scan(tmp_path / "a" / "scans" / "x.nii.gz", 1)
+    out = tmp_path / "r.jsonl"
+    monkeypatch.chdir(tmp_path / "a")
+    assert main(["report", "scans/x.nii.gz", "--model", str(model_dir), "--out", str(out), "--quiet"]) == 0
+    monkeypatch.chdir(tmp_path)  # the recorded input "scans/x.nii.gz" means nothing from here; input_resolved does
+    assert main(["report", "a/scans/x.nii.gz", "--model", str(model_dir), "--out", str(out), "--quiet"]) == 0
+    assert len(read_lines(out)) == 1 and "1 scan(s) already reported, skipped" in capsys.readouterr().err
+    # one run given the same scan twice, relatively and absolutely, reports it once
+    out2 = tmp_path / "r2.jsonl"
+    assert main(["report", "a/scans/x.nii.gz", str(tmp_path / "a" / "scans" / "x.nii.gz"), "--model",
+                 str(model_dir), "--out", str(out2), "--quiet"]) == 0
+    assert [line["name"] for line in read_lines(out2)] == ["x"]
+
+
 def test_reports_of_another_model_are_refused(model_dir: Path, tmp_path: Path,
                                               capsys: pytest.CaptureFixture) -> None:
     import shutil
@@ -101,9 +118,33 @@ def test_reports_of_another_model_are_refused(model_dir: Path, tmp_path: Path,
     assert main(["report", str(scan), "--model", str(model_dir), "--out", str(out), "--quiet"]) == 0
     assert main(["report", str(scan), "--model", str(other), "--out", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert (f"r.jsonl: holds reports of another model (fingerprint {folder_fingerprint(model_dir)}; {other} is "
-            f"{folder_fingerprint(other)}); use another --out" in err)
+    assert (f"r.jsonl: holds reports of another model (fingerprint {model_fingerprint(model_dir)}; {other} is "
+            f"{model_fingerprint(other)}); use another --out" in err)
     assert len(read_lines(out)) == 1
+    # an OUT holding only another model's error lines, or lines of an older ctagrg, is refused too
+    errors_only = tmp_path / "e.jsonl"
+    errors_only.write_text(json.dumps({"input": "x", "name": "x", "error": "x: bad", "model": "0123"}) + "\n")
+    assert main(["report", str(scan), "--model", str(model_dir), "--out", str(errors_only), "--quiet"]) == 2
+    assert "holds reports of another model (fingerprint 0123;" in capsys.readouterr().err
+    old = tmp_path / "old.jsonl"
+    old.write_text(json.dumps({"input": "x", "name": "x", "report": "r"}) + "\n")
+    assert main(["report", str(scan), "--model", str(model_dir), "--out", str(old), "--quiet"]) == 2
+    assert "(fingerprint none recorded: an older ctagrg;" in capsys.readouterr().err
+
+
+def test_the_fingerprint_covers_what_the_model_loads(model_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "m"
+    shutil.copytree(model_dir, copy)
+    before = model_fingerprint(copy)
+    assert before == model_fingerprint(model_dir)  # a copy is the same model
+    (copy / ".DS_Store").write_bytes(b"x")
+    (copy / "reports.jsonl").write_text("{}\n")  # an --out kept inside the model folder
+    (copy / "README.md").write_text("edited card")
+    assert model_fingerprint(copy) == before
+    (copy / "reporter.json").write_text((copy / "reporter.json").read_text().replace("6", "7", 1))
+    assert model_fingerprint(copy) != before
 
 
 def test_bad_out_and_csv_files_are_clear_errors(model_dir: Path, tmp_path: Path,
@@ -132,20 +173,23 @@ def test_warnings_from_reading_a_scan_are_in_its_line(model_dir: Path, tmp_path:
 
     def load_with_warning(source, metadata=None):
         warnings.warn(f"{source}: irregular slice spacing; missing slices?", ctio.CTReadWarning, stacklevel=2)
+        warnings.warn("a library's deprecation", DeprecationWarning, stacklevel=2)  # not about the scan
         return real(source, metadata)
 
     monkeypatch.setattr(ctio, "load_ct", load_with_warning)
     scan = write_scan(tmp_path / "s.nii.gz", 5)
     out = tmp_path / "r.jsonl"
-    assert main(["report", str(scan), "--model", str(model_dir), "--out", str(out), "--quiet"]) == 0
+    with pytest.warns(DeprecationWarning, match="a library's deprecation"):  # passed on, not swallowed
+        assert main(["report", str(scan), "--model", str(model_dir), "--out", str(out), "--quiet"]) == 0
     line = read_lines(out)[0]
     assert line["warnings"][0] == f"{scan}: irregular slice spacing; missing slices?"
+    assert not any("deprecation" in w for w in line["warnings"])  # other warnings go their usual way
 
 
 def test_resume_after_a_cut_line(model_dir: Path, tmp_path: Path) -> None:
     scan = write_scan(tmp_path / "s.nii.gz", 5)
     out = tmp_path / "r.jsonl"
-    model = folder_fingerprint(model_dir)
+    model = model_fingerprint(model_dir)
     out.write_text(f'{{"input": "elsewhere", "report": "x", "model": "{model}"}}\n{{"input": "cut')  # cut write
     assert main(["report", str(scan), "--model", str(model_dir), "--out", str(out), "--quiet"]) == 0
     lines = out.read_text().splitlines()

@@ -111,13 +111,21 @@ def test_train_writes_checkpoints_logs_and_config(tmp_path):
 
 
 def test_without_a_progress_bar_each_epoch_prints_a_line(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("CTAGRG_PROGRESS", "0")  # as in a log file or a pipe
+    import ctagrg.training.loop as loop
+
+    monkeypatch.setattr(loop, "progress_enabled", lambda: False)  # as in a log file or a pipe
     train(ToyTask(toy_cfg(tmp_path, epochs=2)))
     lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("epoch ")]
     scores = read_rows(tmp_path / "metrics.csv", "valid", "score")
+    losses = read_rows(tmp_path / "metrics.csv")  # per optimizer step (log_every 1), the mean of its 2 micro-batches
     assert [x.split(",")[0] for x in lines] == ["epoch 1/2: step 3", "epoch 2/2: step 6"]
-    assert all(f"valid score {v:.4f}" in x for x, (_, v) in zip(lines, scores, strict=True))
-    assert all(", train loss " in x and x.endswith(" s") for x in lines)
+    for epoch, (line, (_, score)) in enumerate(zip(lines, scores, strict=True)):
+        mean = sum(v for _, v in losses[3 * epoch: 3 * epoch + 3]) / 3  # the epoch's mean training loss
+        assert f", train loss {mean:.4f}, valid score {score:.4f}" in line and line.endswith(" s")
+    # with a bar (a terminal), no such lines
+    monkeypatch.setattr(loop, "progress_enabled", lambda: True)
+    train(ToyTask(toy_cfg(tmp_path / "bar", epochs=1)))
+    assert not [x for x in capsys.readouterr().out.splitlines() if x.startswith("epoch ")]
 
 
 def test_resume_after_kill_reproduces_uninterrupted_run(tmp_path):

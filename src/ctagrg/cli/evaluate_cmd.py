@@ -47,8 +47,9 @@ def run(args: argparse.Namespace) -> int:
         resolve_device(args.device)
         check_labeler_spec(args.labeler)
         if not Path(args.model).is_dir():
-            raise FileNotFoundError(f"{args.model}: no such model folder (a folder written by "
-                                    f"Reporter.save_pretrained, e.g. demo_out/model)")
+            what = "a file, not a model folder" if Path(args.model).exists() else "no such model folder"
+            raise FileNotFoundError(f"{args.model}: {what} (a folder written by Reporter.save_pretrained, e.g. "
+                                    f"demo_out/model)")
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"ctagrg evaluate: {exc}", file=sys.stderr)
         return 2

@@ -54,8 +54,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         root = generate_dataset(Path(args.out), n=args.n, seed=args.seed, size=args.size, split=args.split,
                                 workers=args.workers, min_prevalence=args.min_prevalence)
-    except ValueError as exc:
-        print(f"{args.out}: {exc}", file=sys.stderr)
+    except ValueError as exc:  # the out-folder checks name the folder; the others name the option
+        print(f"ctagrg phantom: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {args.n} phantom volumes to {root} in {time.perf_counter() - start:.1f} s")
     return 0

@@ -7,7 +7,6 @@ import csv
 import json
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +14,11 @@ DESCRIPTION = (
     "Generate a report for each scan with a packaged model (Reporter.save_pretrained folder). SCAN may be a file "
     "(NIfTI, NRRD, MHA/MHD, .zip), a DICOM folder, a folder of scans (searched recursively), a CT-RATE root, or a "
     "CSV list (a 'path' column, or one path per row without a header; relative paths are relative to the CSV). "
-    "Each report is printed; with --out, one JSON line per scan is appended (input, name, report, abnormalities, "
-    "seconds, model: the model folder's fingerprint, warnings when any) and scans already reported there by the same "
-    "model are skipped, so an interrupted run resumes (reports of another model in OUT are refused). A scan that "
-    "fails gets an {input, name, error} line and the others go on. Research software, not for diagnostic use."
+    "Each report is printed; with --out, one JSON line per scan is appended (input, input_resolved, name, report, "
+    "abnormalities, seconds, model: the model folder's fingerprint, warnings when any) and scans already reported "
+    "there by the same model are skipped, so an interrupted run resumes (reports of another model in OUT are "
+    "refused). A scan that fails gets an {input, input_resolved, name, error, model} line and the others go on. "
+    "Research software, not for diagnostic use."
 )
 
 
@@ -60,16 +60,19 @@ def expand_csv_lists(scans: list[str]) -> list[str]:
 
 
 def same_input(source: str) -> str:
-    """The key two spellings of one scan share (a relative and an absolute path, ``a/../b``): its resolved path."""
+    """The key two spellings of one scan share (a relative and an absolute path, ``a/../b``): its resolved path,
+    recorded in each line as ``input_resolved`` (a later run may start from another folder)."""
     return str(Path(source).resolve())
 
 
-def read_done(out: Path) -> dict[str, str | None]:
-    """Inputs (:func:`same_input`) that already have a report line in ``out``, with the model that made it (the
-    line's ``"model"`` fingerprint; None when not recorded). Error lines are retried."""
-    done: dict[str, str | None] = {}
+def read_done(out: Path) -> tuple[set[str], set[str | None]]:
+    """Inputs (``input_resolved``, else :func:`same_input` of ``input``) that already have a report line in
+    ``out``, and the models (``"model"`` fingerprints; None when not recorded) of all its lines, error lines
+    included. Error lines are retried."""
+    done: set[str] = set()
+    models: set[str | None] = set()
     if not out.is_file():
-        return done
+        return done, models
     try:
         text = out.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -82,9 +85,11 @@ def read_done(out: Path) -> dict[str, str | None]:
         except json.JSONDecodeError:
             print(f"{out}:{i}: unreadable line skipped (an interrupted write?)", file=sys.stderr)
             continue
+        if "input" in line:
+            models.add(line.get("model"))
         if "report" in line and "input" in line:
-            done[same_input(line["input"])] = line.get("model")
-    return done
+            done.add(line.get("input_resolved") or same_input(line["input"]))
+    return done, models
 
 
 def _report_batch(reporter: Any, items: list[Any], model: str) -> list[dict[str, Any]]:
@@ -92,22 +97,21 @@ def _report_batch(reporter: Any, items: list[Any], model: str) -> list[dict[str,
     raised while reading a scan (missing slices, several series, ...) join its line's ``warnings``; ``model``
     (the model folder's fingerprint) is recorded in every line."""
     lines: list[dict[str, Any] | None] = [None] * len(items)
-    from ctagrg.data.ctio import error_text, load_ct
+    from ctagrg.data.ctio import collect_read_warnings, error_text, load_ct
     from ctagrg.data.preprocess import preprocess_volume
 
     arrays, where, seconds, read_warnings = [], [], [], []
     for k, item in enumerate(items):
         start = time.perf_counter()
         try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
+            with collect_read_warnings() as read:
                 arrays.append(preprocess_volume(load_ct(item.source, item.metadata), reporter.preprocess))
             where.append(k)
             seconds.append(time.perf_counter() - start)
-            read_warnings.append(list(dict.fromkeys(str(w.message) for w in caught)))
+            read_warnings.append(read)
         except Exception as exc:  # noqa: BLE001 - a bad scan must not stop the batch
-            lines[k] = {"input": item.source, "name": item.name, "error": error_text(item.source, exc),
-                        "model": model}
+            lines[k] = {"input": item.source, "input_resolved": same_input(item.source), "name": item.name,
+                        "error": error_text(item.source, exc), "model": model}
     if arrays:
         import numpy as np
 
@@ -115,8 +119,8 @@ def _report_batch(reporter: Any, items: list[Any], model: str) -> list[dict[str,
         reports = reporter.report_volumes(np.stack(arrays))
         share = (time.perf_counter() - start) / len(arrays)
         for k, report, sec, read in zip(where, reports, seconds, read_warnings, strict=True):
-            line = {"input": items[k].source, "name": items[k].name, **report.to_dict(),
-                    "seconds": round(sec + share, 3), "model": model}
+            line = {"input": items[k].source, "input_resolved": same_input(items[k].source), "name": items[k].name,
+                    **report.to_dict(), "seconds": round(sec + share, 3), "model": model}
             if read:
                 line["warnings"] = read + line.get("warnings", [])
             lines[k] = line
@@ -126,8 +130,7 @@ def _report_batch(reporter: Any, items: list[Any], model: str) -> list[dict[str,
 def run(args: argparse.Namespace) -> int:
 
     from ctagrg.data.inputs import discover_inputs
-    from ctagrg.generation.reporter import Reporter
-    from ctagrg.utils.fingerprint import folder_fingerprint
+    from ctagrg.generation.reporter import Reporter, model_fingerprint
     from ctagrg.utils.progress import progress
 
     if args.batch_size < 1:
@@ -137,11 +140,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         items = discover_inputs(expand_csv_lists(args.scans), args.metadata)
         reporter = Reporter.from_pretrained(args.model, device=args.device)
-        model = folder_fingerprint(args.model)
+        model = model_fingerprint(args.model)
         if out is not None and out.is_dir():
             raise IsADirectoryError(f"--out {out}: is a folder; give a .jsonl file path")
-        done = read_done(out) if out else {}
-        others = sorted({str(m) for m in done.values() if m != model})
+        done, models = read_done(out) if out else (set(), set())
+        others = sorted({str(m) if m else "none recorded: an older ctagrg" for m in models if m != model})
         if others:
             raise ValueError(f"{out}: holds reports of another model (fingerprint {', '.join(others)}; {args.model} "
                              f"is {model}); use another --out, or delete it to start over")

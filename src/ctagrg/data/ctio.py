@@ -19,10 +19,11 @@ Conventions
 from __future__ import annotations
 
 import ast
+import contextlib
 import io
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,30 @@ def error_text(source: str, exc: BaseException) -> str:
 
 class CTReadWarning(UserWarning):
     """Something about a scan that was handled but deserves a look (skipped rescale, several series, ...)."""
+
+
+@contextlib.contextmanager
+def collect_read_warnings() -> Iterator[list[str]]:
+    """Collect the :class:`CTReadWarning` messages raised inside the block into the yielded list (each once, in
+    order) instead of printing them; any other warning is passed on as usual when the block ends.
+
+    ``warnings.catch_warnings`` swaps process-wide state: callers reading in several threads at once should hold
+    one lock around this (``ctagrg serve`` reads under its model lock)."""
+    messages: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CTReadWarning)
+        try:
+            yield messages
+        finally:
+            others = []
+            for w in caught:
+                if issubclass(w.category, CTReadWarning):
+                    if str(w.message) not in messages:
+                        messages.append(str(w.message))
+                else:
+                    others.append(w)
+    for w in others:  # outside the block: the caller's filters decide (DeprecationWarning stays hidden, -W works)
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
 
 
 @dataclass(frozen=True)

@@ -120,12 +120,13 @@ def discover_inputs(inputs: Sequence[str | Path], metadata_csv: str | Path | Non
 def _unique(items: list[InputItem]) -> list[InputItem]:
     sources: dict[str, set[str]] = {}
     for item in items:
-        sources.setdefault(item.name, set()).add(item.source)
+        sources.setdefault(item.name, set()).add(str(Path(item.source).resolve()))
     out, seen = [], set()
     for item in items:
-        if item.source in seen:
-            continue  # the same source given twice
-        seen.add(item.source)
+        key = str(Path(item.source).resolve())
+        if key in seen:
+            continue  # the same source given twice (also as a relative and an absolute path)
+        seen.add(key)
         if len(sources[item.name]) > 1:
             item.name = f"{item.name}-{hashlib.sha1(item.source.encode()).hexdigest()[:8]}"
         out.append(item)

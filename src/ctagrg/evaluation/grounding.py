@@ -15,6 +15,7 @@ False detections (detected but absent) are not counted here; the classification 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -32,6 +33,8 @@ _RIGHT_RE = re.compile(r"\bright\b")
 _NUM = r"\d+(?:[.,]\d+)?"
 _SIZE_RE = re.compile(rf"({_NUM}(?:\s*[x×*]\s*{_NUM})*)\s*(mm|millimet(?:er|re)s?|cm|centimet(?:er|re)s?)\b")
 _SIZE_RE_ANY_CASE = re.compile(_SIZE_RE.pattern, re.IGNORECASE)
+# a number and a dash or "to" right before a size: the size ends a range ("5-6 mm", "5 to 6 mm")
+_RANGE_BEFORE_RE = re.compile(rf"{_NUM}\s*(?:-|–|to)\s*$", re.IGNORECASE)
 
 
 def side_from_text(sentence: str | None) -> str | None:
@@ -72,16 +75,21 @@ def size_mm_from_text(sentence: str | None) -> float | None:
 
 
 def restate_size(sentence: str, size_mm: float) -> str:
-    """``sentence`` with the first size it states (as :func:`size_mm_from_text` reads it) replaced by
-    ``size_mm``, rounded to whole mm; unchanged when it states none.
+    """``sentence`` with the size it states (as :func:`size_mm_from_text` reads it: "12 mm", "1.2 cm",
+    "12 x 9 mm") replaced by ``size_mm``, rounded half up to whole mm. Unchanged when it states no size, more than
+    one ("12 mm x 9 mm", "up to 8 mm, the largest 14 mm") or a range ("5-6 mm", "5 to 6 mm"): one number cannot
+    replace those without garbling them.
 
     >>> restate_size("A 1.2 cm nodule in the right upper lobe.", 17.4)
     'A 17 mm nodule in the right upper lobe.'
+    >>> restate_size("A 5-6 mm nodule.", 17.4)
+    'A 5-6 mm nodule.'
     """
-    match = _SIZE_RE_ANY_CASE.search(sentence)  # on the sentence itself: lower() can move offsets
-    if match is None:
+    matches = list(_SIZE_RE_ANY_CASE.finditer(sentence))  # on the sentence itself: lower() can move offsets
+    if len(matches) != 1 or _RANGE_BEFORE_RE.search(sentence[: matches[0].start()]):
         return sentence
-    return f"{sentence[: match.start()]}{round(size_mm):d} mm{sentence[match.end():]}"
+    match = matches[0]
+    return f"{sentence[: match.start()]}{math.floor(size_mm + 0.5):d} mm{sentence[match.end():]}"
 
 
 def expected_side(findings: Iterable[Mapping[str, Any]], label: str) -> str | None:

@@ -167,25 +167,27 @@ def predict_split(model_dir: Path, split: Split, out_path: Path, cache_dir: str 
     ``{"name", "input", "error"}`` line and the others go on; a rerun retries the failed ones (the last line of a
     name is the one that counts, :func:`read_predictions`).
 
-    Every line records the model that made it (``"model"``: :func:`folder_fingerprint` of ``model_dir``); lines
-    from another model, or from an unrecorded one, are refused: a rerun into the same folder must not mix two
-    models' predictions under one name.
+    Every line records the model that made it (``"model"``: ``Reporter.model_fingerprint`` of ``model_dir``);
+    lines from another model, or from an unrecorded one, are refused: a rerun into the same folder must not mix
+    two models' predictions under one name.
 
     ``reporter``: an object with ``report_batch(inputs) -> list[Report]``; by default
     ``Reporter.from_pretrained(model_dir)``. Inputs are preprocessed (D, H, W) arrays from the cache, or paths.
     """
-    from ctagrg.utils.fingerprint import folder_fingerprint
+    from ctagrg.generation.reporter import model_fingerprint
 
     model_dir = Path(model_dir)
     if reporter is None and not model_dir.is_dir():
-        raise FileNotFoundError(f"{model_dir}: no such model folder (a folder written by Reporter.save_pretrained, "
-                                f"e.g. demo_out/model)")
-    model = folder_fingerprint(model_dir) if model_dir.is_dir() else None
+        what = "a file, not a model folder" if model_dir.exists() else "no such model folder"
+        raise FileNotFoundError(f"{model_dir}: {what} (a folder written by Reporter.save_pretrained, e.g. "
+                                f"demo_out/model)")
+    model = model_fingerprint(model_dir) if model_dir.is_dir() else None
     cache = find_cache(data_dir, cache_dir)
     if cache is not None:
         check_cache_matches_model(cache, model_dir)
     existing = read_predictions(out_path)
-    others = sorted({str(line.get("model")) for line in existing if line.get("model") != model})
+    others = sorted({str(line.get("model", "none recorded: an older ctagrg")) for line in existing
+                     if line.get("model") != model})
     if others:
         raise ValueError(f"{out_path}: holds predictions of another model (fingerprint {', '.join(others)}; "
                          f"{model_dir} is {model}); use another --out, or delete {out_path} to start over")

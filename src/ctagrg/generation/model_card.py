@@ -37,11 +37,13 @@ def render_model_card(*, preprocess: dict[str, Any], thresholds: list[float], ge
         cal = nodule_size.get("calibration") or {}
         how = (f"calibrated on {cal.get('measured')} validation nodules" if cal.get("calibrated")
                else "not calibrated")
+        offset = f"{nodule_size.get('offset_mm', 0.0):.2f}"
         measured = f"""
 A detected lung nodule's size is **measured, not generated** (not part of the published method): the diameter of
-the largest solid sphere with aerated lung around it in the lateral half where the nodule was found, 2 x its radius
-+ {nodule_size.get("offset_mm", 0.0):.2f} mm ({how}). The nodule's sentence states that diameter in place of the
-one the decoder wrote, and `size_mm` holds it. Validated on synthetic phantoms only.
+the largest solid sphere with aerated lung around it, in the lateral half where the nodule was found (the whole
+volume for a model without lateral halves): diameter = 2 x radius + {offset} mm ({how}). The nodule's sentence
+states that diameter in place of the one the decoder wrote (a sentence with a range or several sizes is left as
+written), and `size_mm` holds it. Validated on synthetic phantoms only.
 """
     thr = "\n".join(f"| {label} | {t:.3f} |" for label, t in zip(LABELS, thresholds, strict=True))
     return f"""# CT-AGRG report generator (ctagrg packaged model)

@@ -33,7 +33,13 @@ from ctagrg.generation.assemble import AssemblyConfig, assemble_report
 from ctagrg.generation.generate import GenerationSettings, generate_sentences
 from ctagrg.generation.model_card import render_model_card
 from ctagrg.labels import LABEL_INDEX, LABELS, NUM_LABELS
-from ctagrg.measurement.nodule_size import NODULE_SIZE_FILE, SIDES, NoduleSizeConfig, nodule_diameter_mm
+from ctagrg.measurement.nodule_size import (
+    NODULE_SIZE_FILE,
+    SIDES,
+    NoduleSizeConfig,
+    check_window,
+    nodule_diameter_mm,
+)
 from ctagrg.models.cnn3d import OUTLIER_SD
 from ctagrg.models.decoder import ReportDecoder, load_tokenizer
 from ctagrg.models.preprocess_match import check_encoder_preprocess, encoder_config_of
@@ -42,6 +48,17 @@ from ctagrg.utils.atomic import write_json_atomic, write_text_atomic
 from ctagrg.utils.device import resolve_device
 
 Input = str | Path | np.ndarray | torch.Tensor
+# what a packaged model folder holds that from_pretrained reads (the model card README.md is a description)
+MODEL_PARTS = ("visual", "decoder", "tokenizer", "thresholds.json", "preprocess.json", "reporter.json")
+
+
+def model_fingerprint(directory: str | Path) -> str:
+    """16 hex digits of SHA-256 over the parts of a packaged model folder that ``from_pretrained`` reads
+    (``MODEL_PARTS``): what `ctagrg report` and `ctagrg evaluate` record as the ``model`` of each output line.
+    Files added beside them (a reports file, ``.DS_Store``) and the model card do not change it."""
+    from ctagrg.utils.fingerprint import folder_fingerprint
+
+    return folder_fingerprint(directory, MODEL_PARTS)
 
 
 @dataclass
@@ -135,9 +152,14 @@ class Reporter:
             check_encoder_preprocess(encoder_cfg, preprocess, "the Reporter's preprocessing (preprocess.json)")
         self.preprocess = preprocess
         self.config = config or ReporterConfig()
-        if self.config.nodule_size.enabled and preprocess.axcodes != "SLP":
-            raise ConfigError(f"Reporter: nodule_size needs SLP volumes (its halves run along axis 1, right to left); "
-                              f"the preprocessing gives {preprocess.axcodes}")
+        if self.config.nodule_size.enabled:
+            if preprocess.axcodes != "SLP":
+                raise ConfigError(f"Reporter: nodule_size needs SLP volumes (its halves run along axis 1, right to "
+                                  f"left); the preprocessing gives {preprocess.axcodes}")
+            try:
+                check_window(self.config.nodule_size, preprocess.hu_min, preprocess.hu_max, "Reporter")
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         self.card = card or {}
 
     # -- inference -------------------------------------------------------------------------------------------
@@ -308,7 +330,7 @@ class Reporter:
         preprocess: a preprocess.json / YAML path or a PreprocessConfig (default: the seed's PreprocessConfig).
         tokenizer_dir: default ``decoder_dir/tokenizer`` (written by the decoder stage).
         config: default: generation settings from ``decoder_dir/generation.json`` when present, and the nodule
-            measurement step 1 calibrated (``nodule_size.json`` in step1_dir or its parent) when present.
+            measurement step 1 calibrated (``nodule_size.json`` in step1_dir) when present.
         card: model-card fields; without ``metrics``, the validation metrics of both ``best/`` folders
             (``metrics.json``, written by the training loop) are used.
         """
@@ -330,9 +352,8 @@ class Reporter:
             gen_path = decoder_dir / "generation.json"
             gen = read_json_object(gen_path).get("generation", {}) if gen_path.is_file() else {}
             config = ReporterConfig(generation=from_dict(GenerationSettings, gen, where=str(gen_path)))
-            size_path = next((f for f in (Path(step1_dir) / NODULE_SIZE_FILE, Path(step1_dir).parent / NODULE_SIZE_FILE)
-                              if f.is_file()), None)
-            if size_path is not None:
+            size_path = Path(step1_dir) / NODULE_SIZE_FILE
+            if size_path.is_file():
                 config.nodule_size = from_dict(NoduleSizeConfig, read_json_object(size_path), where=str(size_path))
         card = dict(card or {})
         if "metrics" not in card:

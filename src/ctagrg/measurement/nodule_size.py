@@ -135,6 +135,15 @@ def calibrate_offset(radii_mm: Sequence[float], stated_mm: Sequence[float]) -> f
     return float(np.median(s - 2.0 * r))
 
 
+def check_window(config: NoduleSizeConfig, hu_min: float, hu_max: float, where: str) -> None:
+    """Raise ValueError (naming ``where``) when the preprocessing's HU window [hu_min, hu_max] clips away the
+    distinction the measurement needs: aerated lung below ``lung_hu`` and solid tissue above ``solid_hu``."""
+    if not (hu_min < config.lung_hu and hu_max > config.solid_hu):
+        raise ValueError(f"{where}: nodule_size needs an HU window that keeps lung (< {config.lung_hu:g} HU) and "
+                         f"solid tissue (> {config.solid_hu:g} HU) apart; the preprocessing's is "
+                         f"[{hu_min:g}, {hu_max:g}]")
+
+
 def hu_from_input(volume: np.ndarray, hu_min: float, hu_max: float, offset: float) -> np.ndarray:
     """A preprocessed volume (HU window mapped to [0, 1], minus ``offset``) back to HU, float32. Values at the
     window's ends stay there (the preprocessing clipped them)."""

@@ -237,12 +237,13 @@ def _check_out_dir(root: Path, cfg: PhantomConfig) -> None:
     """Refuse a file, or a non-empty folder that is not a dataset of the same settings (``phantom.json``; the
     number of workers does not count)."""
     if root.exists() and not root.is_dir():
-        raise ValueError("is a file; --out is the dataset folder to write")
+        raise ValueError(f"{root}: is a file; --out is the dataset folder to write")
     if not root.is_dir() or not any(root.iterdir()):
         return
     saved_path = root / "phantom.json"
     if not saved_path.is_file():
-        raise ValueError("is not empty and holds no phantom dataset (phantom.json); use an empty or new folder")
+        raise ValueError(f"{root}: is not empty and holds no phantom dataset (phantom.json); use an empty or new "
+                         f"folder")
     try:
         saved = json.loads(saved_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -251,8 +252,8 @@ def _check_out_dir(root: Path, cfg: PhantomConfig) -> None:
     differs = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
     if differs:
         what = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in differs.items())
-        raise ValueError(f"holds a phantom dataset made with other settings ({what}); its volumes would stay beside "
-                         f"the new ones: use another --out, or delete it first")
+        raise ValueError(f"{root}: holds a phantom dataset made with other settings ({what}); its volumes would stay "
+                         f"beside the new ones: use another --out, or delete it first")
 
 
 def generate_dataset(out_dir: str | Path, n: int, seed: int = 0, size: str = "small",

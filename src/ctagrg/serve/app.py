@@ -34,7 +34,6 @@ import tempfile
 import threading
 import time
 import traceback
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -46,6 +45,7 @@ from urllib.parse import SplitResult, parse_qs, urlsplit
 import numpy as np
 
 from ctagrg.config import to_dict
+from ctagrg.data.ctio import collect_read_warnings
 from ctagrg.labels import LABELS
 from ctagrg.serve.hosts import host_allowed, host_names
 from ctagrg.serve.limits import UnsafeUpload, VolumeTooLarge, check_upload
@@ -278,13 +278,12 @@ class ReportService:
             return text.replace(str(path), filename).replace(str(path.parent), "")
 
         try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
+            with collect_read_warnings() as read:  # under the model lock: one reader at a time
                 volume = self.reporter.load_input(path)
         except ValueError as exc:
             message = named(str(exc))
             raise ApiError(400, message if filename in message else f"{filename}: {message}") from None
-        return volume, list(dict.fromkeys(named(str(w.message)) for w in caught))
+        return volume, [named(w) for w in read]
 
     # -- viewer --------------------------------------------------------------------------------------------------
     def scan_info(self, scan_id: str) -> dict[str, Any]:

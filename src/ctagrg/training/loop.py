@@ -98,7 +98,10 @@ class Trainer:
         self.task, self.tc, self.info = task, tc, info
         self.out = Path(tc.out_dir)
         self.step, self.epoch, self.micro = 0, 0, 0  # optimizer steps; epochs done; micro-batches done in epoch
-        self._epoch_start, self._last_loss = time.perf_counter(), None  # for the epoch line printed without a bar
+        # for the line printed per epoch without a progress bar: start time, summed loss and micro-batches of the
+        # epoch (this process's), and the last validation's metrics and whether it improved
+        self._epoch_start, self._loss_sum, self._loss_n = time.perf_counter(), 0.0, 0
+        self._last_valid: tuple[dict[str, float], bool] = ({}, False)
         self._resumed_ema: dict[str, Any] | None = None  # the EMA state of a resumed last/, until setup uses it
         self.best_score, self.best_epoch = -math.inf, -1
 
@@ -267,12 +270,14 @@ class Trainer:
         self.loader_gen.manual_seed(tc.seed * 100_003 + self.epoch)  # worker seeds independent of global RNG
         window: dict[str, list[float]] = {}
         t0 = self._epoch_start = time.perf_counter()
+        self._loss_sum, self._loss_n = 0.0, 0
         bar = progress(self.train_loader, desc=f"epoch {self.epoch + 1}/{tc.epochs}", total=len(self.train_loader))
         for i, batch in enumerate(bar, start=self.micro):
             step_before = self.step
             for k, v in self._micro_step(batch, i).items():
                 window.setdefault(k, []).append(v)
-            self._last_loss = window["loss"][-1] if window.get("loss") else self._last_loss
+            if window.get("loss"):
+                self._loss_sum, self._loss_n = self._loss_sum + window["loss"][-1], self._loss_n + 1
             self.micro = i + 1
             if self.step == step_before:
                 continue
@@ -313,14 +318,22 @@ class Trainer:
                 self.task.save_model(model, self.out / "best")
                 write_json_atomic(self.out / "best" / "metrics.json",
                                   {"epoch": epoch_label, "step": self.step, **metrics})
-            if not progress_enabled():  # no bar (a log file, a pipe): one line per epoch instead of silence
-                line = f"epoch {epoch_label}/{self.tc.epochs}: step {self.step}"
-                if self._last_loss is not None:
-                    line += f", train loss {self._last_loss:.4f}"
-                if metrics:
-                    line += f", valid score {metrics['score']:.4f}" + (" (best so far)" if improved else "")
-                print(f"{line}, {time.perf_counter() - self._epoch_start:.0f} s", flush=True)
+            self._last_valid = (metrics, improved)
         self.best_score, self.best_epoch = D.broadcast_object(self.info, (self.best_score, self.best_epoch))
+
+    def _print_epoch(self, epoch_label: int) -> None:
+        """Without a progress bar (a log file, a pipe), one line per epoch instead of silence: step, the epoch's
+        mean training loss (this process's micro-batches), the validation score when validated, seconds."""
+        if not self.info.is_main or progress_enabled():
+            return
+        line = f"epoch {epoch_label}/{self.tc.epochs}: step {self.step}"
+        if self._loss_n:
+            line += f", train loss {self._loss_sum / self._loss_n:.4f}"
+        metrics, improved = self._last_valid
+        if metrics:
+            line += f", valid score {metrics['score']:.4f}" + (" (best so far)" if improved else "")
+        print(f"{line}, {time.perf_counter() - self._epoch_start:.0f} s", flush=True)
+        self._last_valid = ({}, False)
 
     def _validate(self, model: nn.Module) -> dict[str, float]:
         model.eval()
@@ -352,6 +365,7 @@ class Trainer:
                     self.validate_and_select(self.epoch)
                 else:  # stopped by max_steps mid-epoch: validate what we have
                     self.validate_and_select(self.epoch + 1, force=True)
+                self._print_epoch(self.epoch if completed else self.epoch + 1)
                 self.save_last()
                 if not completed:
                     break

@@ -534,6 +534,8 @@ class ClassifierTask(_VisualTask):
             self._set_half_thresholds(model, Path(out_dir) / "best")
         if self.cfg.nodule_size.enabled:
             self._calibrate_nodule_size(Path(out_dir) / "best")
+        else:  # a calibration left by an earlier run into this folder must not turn the measurement on
+            (Path(out_dir) / "best" / NODULE_SIZE_FILE).unlink(missing_ok=True)
 
     def _calibrate_nodule_size(self, best: Path) -> None:
         """``nodule_size.enabled``: measure, in each validation volume whose lung-nodule sentence states a size and
@@ -546,6 +548,7 @@ class ClassifierTask(_VisualTask):
         from ctagrg.measurement.nodule_size import (
             SIDES,
             calibrate_offset,
+            check_window,
             hu_from_input,
             largest_isolated_radius,
             solid_spheres,
@@ -558,6 +561,10 @@ class ClassifierTask(_VisualTask):
         pp = from_dict(PreprocessConfig, read_json_object(path), where=str(path))
         if pp.axcodes != "SLP":
             raise ConfigError(f"{path}: nodule_size needs SLP volumes, the cache is {pp.axcodes}")
+        try:
+            check_window(cfg, pp.hu_min, pp.hu_max, str(path))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         targets = self._half_sides or self._attributes or AttributeTargets.from_sentences_csv(
             self.cfg.attributes.sentences_csv)
         i = LABEL_INDEX["Lung nodule"]
