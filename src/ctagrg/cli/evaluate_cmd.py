@@ -37,19 +37,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from ctagrg.evaluation.evaluate import EvaluateConfig, evaluate, headline_table
+    from ctagrg.generation.reporter import check_model_dir
     from ctagrg.text.labeler import check_labeler_spec
     from ctagrg.utils.device import resolve_device
 
     try:  # usage errors first (exit 2, as `ctagrg report` and `ctagrg serve`), before any report is generated
         resolve_device(args.device)
         check_labeler_spec(args.labeler)
-        if not Path(args.model).is_dir():
-            what = "a file, not a model folder" if Path(args.model).exists() else "no such model folder"
-            raise FileNotFoundError(f"{args.model}: {what} (a folder written by Reporter.save_pretrained, e.g. "
-                                    f"demo_out/model)")
+        check_model_dir(args.model)
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"ctagrg evaluate: {exc}", file=sys.stderr)
         return 2

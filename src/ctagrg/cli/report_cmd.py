@@ -59,16 +59,12 @@ def expand_csv_lists(scans: list[str]) -> list[str]:
     return out
 
 
-def same_input(source: str) -> str:
-    """The key two spellings of one scan share (a relative and an absolute path, ``a/../b``): its resolved path,
-    recorded in each line as ``input_resolved`` (a later run may start from another folder)."""
-    return str(Path(source).resolve())
-
-
 def read_done(out: Path) -> tuple[set[str], set[str | None]]:
     """Inputs (``input_resolved``, else :func:`same_input` of ``input``) that already have a report line in
     ``out``, and the models (``"model"`` fingerprints; None when not recorded) of all its lines, error lines
     included. Error lines are retried."""
+    from ctagrg.data.inputs import source_key
+
     done: set[str] = set()
     models: set[str | None] = set()
     if not out.is_file():
@@ -88,7 +84,7 @@ def read_done(out: Path) -> tuple[set[str], set[str | None]]:
         if "input" in line:
             models.add(line.get("model"))
         if "report" in line and "input" in line:
-            done.add(line.get("input_resolved") or same_input(line["input"]))
+            done.add(line.get("input_resolved") or source_key(line["input"]))
     return done, models
 
 
@@ -98,6 +94,7 @@ def _report_batch(reporter: Any, items: list[Any], model: str) -> list[dict[str,
     (the model folder's fingerprint) is recorded in every line."""
     lines: list[dict[str, Any] | None] = [None] * len(items)
     from ctagrg.data.ctio import collect_read_warnings, error_text, load_ct
+    from ctagrg.data.inputs import source_key
     from ctagrg.data.preprocess import preprocess_volume
 
     arrays, where, seconds, read_warnings = [], [], [], []
@@ -110,7 +107,7 @@ def _report_batch(reporter: Any, items: list[Any], model: str) -> list[dict[str,
             seconds.append(time.perf_counter() - start)
             read_warnings.append(read)
         except Exception as exc:  # noqa: BLE001 - a bad scan must not stop the batch
-            lines[k] = {"input": item.source, "input_resolved": same_input(item.source), "name": item.name,
+            lines[k] = {"input": item.source, "input_resolved": source_key(item.source), "name": item.name,
                         "error": error_text(item.source, exc), "model": model}
     if arrays:
         import numpy as np
@@ -119,7 +116,7 @@ def _report_batch(reporter: Any, items: list[Any], model: str) -> list[dict[str,
         reports = reporter.report_volumes(np.stack(arrays))
         share = (time.perf_counter() - start) / len(arrays)
         for k, report, sec, read in zip(where, reports, seconds, read_warnings, strict=True):
-            line = {"input": items[k].source, "input_resolved": same_input(items[k].source), "name": items[k].name,
+            line = {"input": items[k].source, "input_resolved": source_key(items[k].source), "name": items[k].name,
                     **report.to_dict(), "seconds": round(sec + share, 3), "model": model}
             if read:
                 line["warnings"] = read + line.get("warnings", [])
@@ -129,7 +126,7 @@ def _report_batch(reporter: Any, items: list[Any], model: str) -> list[dict[str,
 
 def run(args: argparse.Namespace) -> int:
 
-    from ctagrg.data.inputs import discover_inputs
+    from ctagrg.data.inputs import discover_inputs, source_key
     from ctagrg.generation.reporter import Reporter, model_fingerprint
     from ctagrg.utils.progress import progress
 
@@ -152,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError, RuntimeError) as exc:  # ValueError: a bad model folder or --device
         print(f"{exc}", file=sys.stderr)
         return 2
-    todo = [it for it in items if same_input(it.source) not in done]
+    todo = [it for it in items if source_key(it.source) not in done]
     if done and len(todo) < len(items):
         print(f"{out}: {len(items) - len(todo)} scan(s) already reported, skipped", file=sys.stderr)
     failures = 0

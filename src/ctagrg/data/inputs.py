@@ -117,13 +117,19 @@ def discover_inputs(inputs: Sequence[str | Path], metadata_csv: str | Path | Non
     return _unique(items)
 
 
+def source_key(source: str) -> str:
+    """The key two spellings of one input share (a relative and an absolute path, ``a/../b``): its resolved
+    path."""
+    return str(Path(source).resolve())
+
+
 def _unique(items: list[InputItem]) -> list[InputItem]:
     sources: dict[str, set[str]] = {}
     for item in items:
-        sources.setdefault(item.name, set()).add(str(Path(item.source).resolve()))
+        sources.setdefault(item.name, set()).add(source_key(item.source))
     out, seen = [], set()
     for item in items:
-        key = str(Path(item.source).resolve())
+        key = source_key(item.source)
         if key in seen:
             continue  # the same source given twice (also as a relative and an absolute path)
         seen.add(key)

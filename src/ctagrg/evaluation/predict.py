@@ -174,13 +174,9 @@ def predict_split(model_dir: Path, split: Split, out_path: Path, cache_dir: str 
     ``reporter``: an object with ``report_batch(inputs) -> list[Report]``; by default
     ``Reporter.from_pretrained(model_dir)``. Inputs are preprocessed (D, H, W) arrays from the cache, or paths.
     """
-    from ctagrg.generation.reporter import model_fingerprint
+    from ctagrg.generation.reporter import check_model_dir, model_fingerprint
 
-    model_dir = Path(model_dir)
-    if reporter is None and not model_dir.is_dir():
-        what = "a file, not a model folder" if model_dir.exists() else "no such model folder"
-        raise FileNotFoundError(f"{model_dir}: {what} (a folder written by Reporter.save_pretrained, e.g. "
-                                f"demo_out/model)")
+    model_dir = Path(model_dir) if reporter is not None else check_model_dir(model_dir)
     model = model_fingerprint(model_dir) if model_dir.is_dir() else None
     cache = find_cache(data_dir, cache_dir)
     if cache is not None:

@@ -52,6 +52,16 @@ Input = str | Path | np.ndarray | torch.Tensor
 MODEL_PARTS = ("visual", "decoder", "tokenizer", "thresholds.json", "preprocess.json", "reporter.json")
 
 
+def check_model_dir(directory: str | Path) -> Path:
+    """``directory`` as a Path; FileNotFoundError saying what it is when it is not a folder."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        what = "a file, not a model folder" if directory.exists() else "no such model folder"
+        raise FileNotFoundError(f"{directory}: {what} (a folder written by Reporter.save_pretrained, e.g. "
+                                f"demo_out/model)")
+    return directory
+
+
 def model_fingerprint(directory: str | Path) -> str:
     """16 hex digits of SHA-256 over the parts of a packaged model folder that ``from_pretrained`` reads
     (``MODEL_PARTS``): what `ctagrg report` and `ctagrg evaluate` record as the ``model`` of each output line.
@@ -156,10 +166,7 @@ class Reporter:
             if preprocess.axcodes != "SLP":
                 raise ConfigError(f"Reporter: nodule_size needs SLP volumes (its halves run along axis 1, right to "
                                   f"left); the preprocessing gives {preprocess.axcodes}")
-            try:
-                check_window(self.config.nodule_size, preprocess.hu_min, preprocess.hu_max, "Reporter")
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from None
+            check_window(self.config.nodule_size, preprocess.hu_min, preprocess.hu_max, "Reporter")
         self.card = card or {}
 
     # -- inference -------------------------------------------------------------------------------------------
@@ -298,11 +305,7 @@ class Reporter:
         from ctagrg.data.preprocess import PreprocessConfig
         from ctagrg.models.step1 import Step1Model
 
-        directory = Path(directory)
-        if not directory.is_dir():
-            what = "a file, not a model folder" if directory.exists() else "no such model folder"
-            raise FileNotFoundError(f"{directory}: {what} (a folder written by Reporter.save_pretrained, e.g. "
-                                    f"demo_out/model)")
+        directory = check_model_dir(directory)
         missing = [p for p in ("visual", "decoder", "tokenizer", "thresholds.json", "preprocess.json")
                    if not (directory / p).exists()]
         if missing:

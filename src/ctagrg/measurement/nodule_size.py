@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from ctagrg.config import ConfigError
+
 SIDES = ("right", "left")  # lateral halves along SLP axis 1: low indices are the patient's right
 NODULE_SIZE_FILE = "nodule_size.json"  # step 1's calibrated NoduleSizeConfig, beside thresholds.json
 
@@ -136,10 +138,11 @@ def calibrate_offset(radii_mm: Sequence[float], stated_mm: Sequence[float]) -> f
 
 
 def check_window(config: NoduleSizeConfig, hu_min: float, hu_max: float, where: str) -> None:
-    """Raise ValueError (naming ``where``) when the preprocessing's HU window [hu_min, hu_max] clips away the
-    distinction the measurement needs: aerated lung below ``lung_hu`` and solid tissue above ``solid_hu``."""
+    """Raise ConfigError (a ValueError, naming ``where``) when the preprocessing's HU window [hu_min, hu_max]
+    clips away the distinction the measurement needs: aerated lung below ``lung_hu``, solid tissue above
+    ``solid_hu``."""
     if not (hu_min < config.lung_hu and hu_max > config.solid_hu):
-        raise ValueError(f"{where}: nodule_size needs an HU window that keeps lung (< {config.lung_hu:g} HU) and "
+        raise ConfigError(f"{where}: nodule_size needs an HU window that keeps lung (< {config.lung_hu:g} HU) and "
                          f"solid tissue (> {config.solid_hu:g} HU) apart; the preprocessing's is "
                          f"[{hu_min:g}, {hu_max:g}]")
 

@@ -274,10 +274,11 @@ class Trainer:
         bar = progress(self.train_loader, desc=f"epoch {self.epoch + 1}/{tc.epochs}", total=len(self.train_loader))
         for i, batch in enumerate(bar, start=self.micro):
             step_before = self.step
-            for k, v in self._micro_step(batch, i).items():
+            values = self._micro_step(batch, i)
+            for k, v in values.items():
                 window.setdefault(k, []).append(v)
-            if window.get("loss"):
-                self._loss_sum, self._loss_n = self._loss_sum + window["loss"][-1], self._loss_n + 1
+            if "loss" in values:
+                self._loss_sum, self._loss_n = self._loss_sum + values["loss"], self._loss_n + 1
             self.micro = i + 1
             if self.step == step_before:
                 continue

@@ -561,10 +561,7 @@ class ClassifierTask(_VisualTask):
         pp = from_dict(PreprocessConfig, read_json_object(path), where=str(path))
         if pp.axcodes != "SLP":
             raise ConfigError(f"{path}: nodule_size needs SLP volumes, the cache is {pp.axcodes}")
-        try:
-            check_window(cfg, pp.hu_min, pp.hu_max, str(path))
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+        check_window(cfg, pp.hu_min, pp.hu_max, str(path))
         targets = self._half_sides or self._attributes or AttributeTargets.from_sentences_csv(
             self.cfg.attributes.sentences_csv)
         i = LABEL_INDEX["Lung nodule"]
@@ -573,9 +570,8 @@ class ClassifierTask(_VisualTask):
         ds = CachedVolumeDataset(data.cache_dir, labels=data.valid_labels)
         sides, sizes = targets.gather(ds.names, torch.from_numpy(ds.label_matrix()), "cpu")
         for k in range(len(ds)):
-            side, size = sides[k : k + 1], sizes[k : k + 1]
-            where = SIDE_CLASSES[int(side[0, i])] if side[0, i] >= 0 else None
-            if where not in SIDES or torch.isnan(size[0, i]):
+            where = SIDE_CLASSES[int(sides[k, i])] if sides[k, i] >= 0 else None
+            if where not in SIDES or torch.isnan(sizes[k, i]):
                 continue
             found += 1
             volume = ds[k]["volume"][0].numpy()
@@ -583,7 +579,7 @@ class ClassifierTask(_VisualTask):
             r = largest_isolated_radius(spheres, volume.shape[1], cfg, where)
             if r is not None:
                 radii.append(r)
-                stated.append(float(size[0, i]))
+                stated.append(float(sizes[k, i]))
         calibrated = len(radii) >= 5
         offset = calibrate_offset(radii, stated) if calibrated else cfg.offset_mm
         within = (float(np.mean(np.abs(2 * np.array(radii) + offset - np.array(stated)) <= 5.0)) if radii
