@@ -173,7 +173,12 @@ def test_the_labeler_is_checked_before_the_reports(dataset: Path, tmp_path: Path
     with pytest.raises(ValueError, match="unknown labeler 'foo'"):
         evaluate(tmp_path / "m", dataset, tmp_path / "e", EvaluateConfig(meteor=False, labeler="foo"), reporter=again)
     assert again.calls == [] and not (tmp_path / "e" / "predictions.jsonl").exists()
-    with pytest.raises(ValueError, match="is not a folder"):
+    from ctagrg.text.labeler import check_labeler_spec
+
+    (tmp_path / "clf.pth").write_bytes(b"")  # a checkpoint file is a valid RadBERT spec, as a folder is
+    check_labeler_spec(f"radbert:{tmp_path / 'clf.pth'}")
+    check_labeler_spec(f"radbert:{tmp_path}")
+    with pytest.raises(ValueError, match=r"/no not found \(a local RadBERT classifier folder or checkpoint\)"):
         evaluate(tmp_path / "m", dataset, tmp_path / "e", EvaluateConfig(labeler=f"radbert:{tmp_path / 'no'}"),
                  reporter=again)
 

@@ -126,19 +126,18 @@ def check_labeler_spec(spec: str) -> None:
     if spec == "rules":
         return
     if spec.startswith("radbert:"):
-        folder = Path(spec.split(":", 1)[1])
-        if not folder.is_dir():
-            raise ValueError(f"labeler {spec!r}: {folder} is not a folder (a local RadBERT classifier)")
+        path = Path(spec.split(":", 1)[1])
+        if not path.exists():  # a classifier folder or its checkpoint file (RadBertLabeler.from_dir takes both)
+            raise ValueError(f"labeler {spec!r}: {path} not found (a local RadBERT classifier folder or checkpoint)")
         return
     raise ValueError(f"unknown labeler {spec!r}; expected 'rules' or 'radbert:DIR'")
 
 
 def get_labeler(spec: str = "rules") -> Labeler:
     """Build a labeler from a spec: ``"rules"`` or ``"radbert:DIR"`` (a local RadBERT classifier folder)."""
+    check_labeler_spec(spec)
     if spec == "rules":
         return RuleLabeler()
-    if spec.startswith("radbert:"):
-        from ctagrg.text.radbert import RadBertLabeler
+    from ctagrg.text.radbert import RadBertLabeler
 
-        return RadBertLabeler.from_dir(spec.split(":", 1)[1])
-    raise ValueError(f"unknown labeler {spec!r}; expected 'rules' or 'radbert:DIR'")
+    return RadBertLabeler.from_dir(spec.split(":", 1)[1])
