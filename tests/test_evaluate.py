@@ -178,7 +178,7 @@ def test_the_labeler_is_checked_before_the_reports(dataset: Path, tmp_path: Path
     (tmp_path / "clf.pth").write_bytes(b"")  # a checkpoint file is a valid RadBERT spec, as a folder is
     check_labeler_spec(f"radbert:{tmp_path / 'clf.pth'}")
     check_labeler_spec(f"radbert:{tmp_path}")
-    with pytest.raises(ValueError, match=r"/no not found \(a local RadBERT classifier folder or checkpoint\)"):
+    with pytest.raises(ValueError, match=r"/no: RadBERT folder or checkpoint not found \(labeler 'radbert:"):
         evaluate(tmp_path / "m", dataset, tmp_path / "e", EvaluateConfig(labeler=f"radbert:{tmp_path / 'no'}"),
                  reporter=again)
 

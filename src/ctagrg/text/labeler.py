@@ -128,7 +128,7 @@ def check_labeler_spec(spec: str) -> None:
     if spec.startswith("radbert:"):
         path = Path(spec.split(":", 1)[1])
         if not path.exists():  # a classifier folder or its checkpoint file (RadBertLabeler.from_dir takes both)
-            raise ValueError(f"labeler {spec!r}: {path} not found (a local RadBERT classifier folder or checkpoint)")
+            raise ValueError(f"{path}: RadBERT folder or checkpoint not found (labeler {spec!r})")
         return
     raise ValueError(f"unknown labeler {spec!r}; expected 'rules' or 'radbert:DIR'")
 
