@@ -190,3 +190,23 @@ def test_a_folder_of_an_earlier_design_is_not_reused(tmp_path: Path) -> None:
     path.write_text(json.dumps(old))
     with pytest.raises(DemoError, match=rf"other settings \(design None there, '{demo.DEMO_DESIGN}' now\)"):
         run_stages(_stages(calls), DemoConfig(out_dir=str(tmp_path), quick=True), lambda s: None)
+
+
+def test_the_committed_demo_configs_build_their_models():
+    """configs/demo's pretraining and step-1 configs agree with themselves (heads.in_dim is the encoder's
+    embedding width, the two encoders are the same) and both models run on a demo-shaped volume."""
+    import torch
+
+    from ctagrg.config import load_config
+    from ctagrg.models.step1 import PretrainModel, Step1Model
+    from ctagrg.training.visual_tasks import ClassifierTaskConfig, PretrainTaskConfig
+
+    configs = Path(__file__).resolve().parents[1] / "configs" / "demo"
+    pre = load_config(PretrainTaskConfig, configs / "pretrain.yaml", [])
+    cls = load_config(ClassifierTaskConfig, configs / "classifier.yaml", [])
+    assert pre.model.cnn3d == cls.model.cnn3d  # step 1 loads pretraining's encoder weights
+    volume = torch.full((1, 1, *pre.model.cnn3d.input_shape), -0.449)
+    volume[0, 0, 16:48, 32:96, 32:96] = 0.0  # something other than air
+    with torch.no_grad():
+        assert PretrainModel(pre.model).eval()(volume)["logits"].shape == (1, 18)
+        assert Step1Model(cls.model).eval()(volume)["logits"].shape == (1, 18)

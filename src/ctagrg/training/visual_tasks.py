@@ -125,6 +125,11 @@ class PretrainTaskConfig:
     # (data.augment.shift_step a multiple of model.cnn3d.patch). The same losses and weights as computing the stem
     # every step, exactly (tested), except that with cnn3d's ``blob`` a shift changes the blob channel near the border.
     cache_stem: bool = False
+    # L1 penalty on the head's last Linear weights: loss += head_l1 x sum |W|. With ~300 volumes and a linear
+    # read-out of ~1800 pooled features per half, a small finding's few telling features (the maximum of one stem
+    # channel) are outweighed by many that fit the training volumes by chance; the penalty keeps each label's
+    # read-out sparse (docs/training.md, "Sparse read-out"). 0: off.
+    head_l1: float = 0.0
 
 
 @dataclass
@@ -462,6 +467,14 @@ class PretrainTask(_VisualTask):
         if not self.cfg.cache_stem:
             return super()._inputs(batch, train)
         return {"stem": self._stem_batch(batch["name"], self._draws(batch, train))}
+
+    def training_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
+        result = super().training_step(model, batch)
+        if self.cfg.head_l1 > 0:
+            l1 = unwrap(model).head.net[-1].weight.abs().sum()
+            result["loss"] = result["loss"] + self.cfg.head_l1 * l1
+            result["head_l1"] = l1.detach()
+        return result
 
 
 class ClassifierTask(_VisualTask):
