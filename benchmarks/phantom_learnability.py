@@ -3,9 +3,10 @@
 1. Generate 300 train and 100 test ``small`` phantoms (different seeds, so different patients) and time it.
 2. Preprocess them as the demo does (``ctagrg preprocess`` with ``configs/demo/preprocess.yaml``) and split the
    training reports into per-finding sentences (``ctagrg sentences``), where the half supervision reads the sides.
-3. Train the demo's pretraining model (``configs/demo/pretrain.yaml``: the cnn3d encoder with lateral halves and a
-   linear head, mirroring and shifts, half supervision) through ``ctagrg train pretrain``'s code for the config's
-   epochs, with no validation split (the last epoch is kept). The training time is reported against ``--minutes``.
+3. Train the demo's pretraining model (``configs/demo/pretrain.yaml``: the cnn3d encoder with its fixed stem
+   channels and lateral halves, a linear head with an L1 penalty, mirroring and shifts, half supervision) through
+   ``ctagrg train pretrain``'s code for the config's epochs, with no validation split (the last epoch is kept).
+   The training time is reported against ``--minutes``.
 4. Report per-label AUROC on the test set and, as the side probe, how often the higher of a one-sided finding's two
    half logits (right half, mirrored left half) is on its true side (phantom ground truth), for nodules, pleural
    effusions and consolidations.
