@@ -10,9 +10,10 @@ Shapes for the demo input (B, 1, 64, 128, 128) at (4, 2, 2) mm, default config::
     HU-bin stem (fixed)             (B, 14, 32, 32, 32)    per 2x4x4 patch (8 mm): square root of the fraction of
                                                            voxels in each of 12 HU bins (air, lung, ground glass,
                                                            fat, fluid, soft tissue, bone, calcium, metal, ...),
-                                                           mean and max HU; with ``context`` (the demo) 16
-                                                           channels: + lung fraction 16 mm around, and solid
-                                                           fraction x that ("solid surrounded by lung")
+                                                           mean and max HU; with ``context`` + lung fraction
+                                                           16 mm around, and solid fraction x that ("solid
+                                                           surrounded by lung"); with ``blob`` and ``sphere``
+                                                           the isolated-blob and -sphere channels (the demo: 19)
     1x1 conv + conv3 at 32^3        (B, 2w, 32, 32, 32)
     stride-2 stages                 (B, 4w, 16, 16, 16) -> (B, 8w, 8, 8, 8)
     region pooling                  per octant (superior/inferior x right/left x anterior/posterior) max + mean of
@@ -122,7 +123,7 @@ class CNN3DConfig:
     # ``sphere_min_radius_mm`` is centred. The blob channels test 26 shell points, between which a vessel 2-5 mm wide
     # slips, so vessels pass as often as nodules under 12 mm; 98 points 16-27 degrees apart meet them. Alone, its
     # maximum gave the learnability benchmark's test phantoms nodule AUROC 0.87 (the blob channel's: 0.71; the
-    # parameters chosen on its training phantoms; docs/training.md, "Sphere channel"). Needs ``voxel_mm``, like
+    # parameters chosen on its training phantoms; docs/training.md, "Models"). Needs ``voxel_mm``, like
     # ``blob``. Off by default so that checkpoints saved without it load.
     sphere: bool = False
     sphere_hu: tuple[float, float] = (-700.0, -400.0)  # aerated lung below the first, solid tissue above the second
