@@ -99,33 +99,31 @@ def evaluate(best: Path, out: Path) -> dict:
 
     from ctagrg.data.dataset import CachedVolumeDataset
     from ctagrg.evaluation.classification import classification_report
+    from ctagrg.evaluation.grounding import half_side_probe, load_ground_truth, side_probe_summary
     from ctagrg.labels import LABEL_INDEX, LABELS
     from ctagrg.models.step1 import PretrainModel
 
     model = PretrainModel.from_pretrained(best)
     ds = CachedVolumeDataset(out / "cache_test",
                              labels=out / "test" / "multi_abnormality_labels" / "test_predicted_labels.csv")
-    labels, probs, sides = [], [], {name: [] for name in SIDE_LABELS}
+    labels, probs, entries = [], [], []
     with torch.no_grad():
         for batch in DataLoader(ds, batch_size=8):
             res = model(batch["volume"])
             probs.append(torch.sigmoid(res["logits"]).numpy())
             labels.append(batch["labels"].numpy())
             for name, half in zip(batch["name"], res["half_logits"], strict=True):
-                truth = json.loads((out / "test" / "ground_truth" / f"{name.replace('.nii.gz', '')}.json")
-                                   .read_text(encoding="utf-8"))
-                for f in truth["findings"]:
-                    if f["label"] in sides and f["side"] in ("left", "right"):
-                        i = LABEL_INDEX[f["label"]]
-                        said = "right" if half[0, i] > half[1, i] else "left"
-                        sides[f["label"]].append(said == f["side"])
+                truth = load_ground_truth(out / "test" / "ground_truth", name.replace(".nii.gz", "")) or []
+                entries += half_side_probe(half.numpy(), truth, SIDE_LABELS)
     y, p = np.concatenate(labels), np.concatenate(probs)
     rep = classification_report(y, p, 0.5)
-    side = {name: {"accuracy": float(np.mean(v)) if v else float("nan"), "n": len(v)} for name, v in sides.items()}
-    every = [ok for v in sides.values() for ok in v]
+    summary = side_probe_summary(entries)
+    side = {name: {"accuracy": summary[name]["accuracy"] if name in summary else float("nan"),
+                   "n": summary[name]["n"] if name in summary else 0} for name in SIDE_LABELS}
     return {"auroc": {n: rep["per_label"][n]["auroc"] for n in LABELS}, "macro_auroc": rep["macro"]["auroc"],
             "test_positives": {n: int(y[:, LABEL_INDEX[n]].sum()) for n in LABELS}, "side": side,
-            "side_accuracy": float(np.mean(every)) if every else float("nan"), "side_n": len(every)}
+            "side_accuracy": summary["all"]["accuracy"], "side_n": summary["all"]["n"],
+            "side_ci95": summary["all"]["ci95"]}
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ import torch
 
 from ctagrg.data.augment import AugmentDraw, apply_augmentation
 from ctagrg.measurement.nodule_size import DIRECTIONS, shell_directions
-from ctagrg.models.cnn3d import SPHERE_DIRECTIONS, CNN3DConfig, CNN3DEncoder, HUBinStem
+from ctagrg.models.cnn3d import SPHERE_DIRECTIONS, SPHERE_MEMO, CNN3DConfig, CNN3DEncoder, HUBinStem
 from ctagrg.models.preprocess_match import encoder_preprocess_mismatches
 
 SHAPE = (16, 32, 32)
@@ -107,6 +107,37 @@ def test_the_sphere_channel_commutes_with_flips_and_rotations_exactly(draw):
     got = apply_augmentation(stem.measure(v)[0], draw, stem.measure_padding(-0.449), scale=(2, 4, 4))[None]
     assert torch.equal(got, expected)
     assert expected[0, -1].max() > 1.0
+
+
+@pytest.fixture()
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # the pool path: each volume of a batch on its own thread
+    yield
+    torch.set_num_threads(before)
+
+
+def test_a_batch_is_measured_on_threads_and_remembered_by_contents(two_threads):
+    stem = HUBinStem(_config())
+    rng = np.random.default_rng(1)
+    volumes = []
+    for k in range(3):
+        hu = np.full(SHAPE, -860.0) + rng.normal(0.0, 30.0, SHAPE)
+        _ball(hu, (16.0 + 8 * k, 20.0, 30.0), 3.0 + k)
+        volumes.append(_preprocessed(hu))
+    batch = torch.cat(volumes)
+    SPHERE_MEMO.clear()
+    alone = [stem.measure(v)[0, -1] for v in volumes]  # 3 misses, one volume at a time
+    hits = SPHERE_MEMO.hits
+    together = stem.measure(batch)[:, -1]  # all three from the memo
+    assert SPHERE_MEMO.hits == hits + 3 and len(SPHERE_MEMO) == 3
+    assert all(torch.equal(a, t) for a, t in zip(alone, together, strict=True))
+    SPHERE_MEMO.clear()
+    fresh = stem.measure(batch)[:, -1]  # recomputed, on two threads
+    assert torch.equal(fresh, together) and fresh[0].max() > 1.0
+    # another setting is another key: a smaller radius weight changes the channel, and is not served the old one
+    other = HUBinStem(_config(sphere_radius_weight=0.25)).measure(batch)[:, -1]
+    assert not torch.equal(other, fresh) and len(SPHERE_MEMO) == 6
 
 
 def test_the_encoder_widens_by_the_sphere_channel_and_config_errors():
