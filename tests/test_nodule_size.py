@@ -68,6 +68,22 @@ def test_a_touching_vessel_does_not_change_the_size_and_a_chest_wall_is_no_nodul
     assert nodule_diameter_mm(wall_only, SPACING, CONFIG) is None
 
 
+def test_the_shell_fractions_split_lung_between_and_solid() -> None:
+    hu = lung_with([((80.0, 96.0, 90.0), 16.0)])
+    spheres = solid_spheres(hu, SPACING, CONFIG)
+    best = int(np.argmax(spheres.radii_mm))
+    assert spheres.lung_fraction[best] == 1.0 and spheres.between_fraction[best] == 0.0
+    # the same ball in fat (-90 HU): above CONFIG's solid_hu (-400), one solid region with the ball; with soft tissue
+    # as solid (above -30 HU) the ball stands alone and its shell is all "between" lung and solid
+    hu[hu < CONFIG.lung_hu] = -90.0
+    soft = NoduleSizeConfig(solid_hu=-30.0, lung_hu=-400.0, gap_mm=4.5, min_radius_mm=4.0)
+    spheres = solid_spheres(hu, SPACING, soft)
+    best = int(np.argmax(spheres.radii_mm))
+    assert spheres.between_fraction[best] == 1.0 and spheres.lung_fraction[best] == 0.0
+    empty = solid_spheres(np.full((8, 8, 8), -860.0), SPACING, CONFIG)
+    assert empty.between_fraction.shape == (0,) and empty.lung_fraction.shape == (0,)
+
+
 def test_the_side_selects_the_lateral_half() -> None:
     # SLP: axis 1 runs from the patient's right (low index) to the left; 96 voxels of 2 mm, midline at 96 mm
     hu = lung_with([((80.0, 50.0, 90.0), 24.0), ((80.0, 150.0, 90.0), 12.0)])

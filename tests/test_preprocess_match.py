@@ -84,7 +84,7 @@ def test_reporter_refuses_a_preprocessing_its_encoder_does_not_fit(gpt2_tokenize
     tok = load_tokenizer(gpt2_tokenizer_dir)
     fits = PreprocessConfig(spacing=(8.0, 4.0, 4.0), shape=(8, 32, 16), hu_max=1500.0, offset=0.0)
     Reporter(visual, tiny_decoder(), tok, [0.5] * 18, fits)
-    with pytest.raises(ConfigError, match=r"voxel_mm \[8.0, 4.0, 4.0\] \(the voxel size of its blob and sphere "
+    with pytest.raises(ConfigError, match=r"voxel_mm \[8.0, 4.0, 4.0\] \(the voxel size of its blob, sphere and node "
                                           r"channels\) is not the preprocessing's spacing \[4.0, 2.0, 2.0\] mm"):
         Reporter(visual, tiny_decoder(), tok, [0.5] * 18,
                  PreprocessConfig(spacing=(4.0, 2.0, 2.0), shape=(8, 32, 16), hu_max=1500.0, offset=0.0))

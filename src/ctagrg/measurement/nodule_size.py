@@ -77,12 +77,14 @@ DIRECTIONS = shell_directions(1)
 
 @dataclass
 class Spheres:
-    """Candidate spheres of one volume: ``centres`` (N, 3) voxel indices, ``radii_mm`` (N,), ``lung_fraction``
-    (N,) of their isolation shell."""
+    """Candidate spheres of one volume: ``centres`` (N, 3) voxel indices, ``radii_mm`` (N,), and of their
+    isolation shell's points the fraction in aerated lung (``lung_fraction``, (N,)) and the fraction inside the
+    volume that is neither lung nor solid (``between_fraction``, (N,): fat, for the usual thresholds)."""
 
     centres: np.ndarray
     radii_mm: np.ndarray
     lung_fraction: np.ndarray
+    between_fraction: np.ndarray
 
 
 def solid_spheres(hu: np.ndarray, spacing_mm: Sequence[float], config: NoduleSizeConfig,
@@ -108,8 +110,12 @@ def solid_spheres(hu: np.ndarray, spacing_mm: Sequence[float], config: NoduleSiz
     shape = np.array(hu.shape)
     inside = np.all((points >= 0) & (points < shape), axis=2)
     p = np.clip(points, 0, shape - 1)
-    fraction = (lung[p[..., 0], p[..., 1], p[..., 2]] & inside).mean(axis=1) if len(centres) else np.zeros(0)
-    return Spheres(centres, radii, fraction)
+    if not len(centres):
+        return Spheres(centres, radii, np.zeros(0), np.zeros(0))
+    at = hu[p[..., 0], p[..., 1], p[..., 2]]
+    in_lung = lung[p[..., 0], p[..., 1], p[..., 2]] & inside
+    between = (at >= config.lung_hu) & (at <= config.solid_hu) & inside
+    return Spheres(centres, radii, in_lung.mean(axis=1), between.mean(axis=1))
 
 
 def largest_isolated_radius(spheres: Spheres, width: int, config: NoduleSizeConfig,

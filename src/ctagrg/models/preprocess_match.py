@@ -2,7 +2,7 @@
 
 Some encoder settings restate facts about the preprocessed input: ``input_shape`` (every encoder), ``input_hu``
 (the HU window and offset, which the cnn3d stem and CT-Net's ``input_windows`` invert to read HU again) and
-``voxel_mm`` (the voxel size, which places the cnn3d blob and sphere channels' shells at their radii in mm). A
+``voxel_mm`` (the voxel size, which places the cnn3d blob, sphere and node channels' shells at their radii in mm). A
 mismatch does not fail on its own: the stem bins the wrong HU, or the shells sit at other radii, and the model
 silently sees other images than it was trained on. So training and the step-2 embedding cache (against the volume
 cache's ``preprocess.json``) and the ``Reporter`` (against its own) check them with :func:`check_encoder_preprocess`.
@@ -29,8 +29,8 @@ def encoder_preprocess_mismatches(encoder_cfg: Any, preprocess: Any) -> list[str
     ``PreprocessConfig`` or its dict, as in ``preprocess.json``) contradicts; empty when they agree.
 
     Checked: ``input_shape`` vs ``shape``; ``input_hu`` vs (``hu_min``, ``hu_max``, ``offset``) when the encoder
-    reads HU (cnn3d always, CT-Net with ``input_windows``); ``voxel_mm`` vs ``spacing`` when cnn3d's ``blob`` or
-    ``sphere`` is on.
+    reads HU (cnn3d always, CT-Net with ``input_windows``); ``voxel_mm`` vs ``spacing`` when cnn3d's ``blob``,
+    ``sphere`` or ``node`` is on.
     """
     p = asdict(preprocess) if is_dataclass(preprocess) else dict(preprocess)
     problems = []
@@ -45,10 +45,10 @@ def encoder_preprocess_mismatches(encoder_cfg: Any, preprocess: Any) -> list[str
         if not _close(hu, window):
             problems.append(f"the encoder's input_hu {[float(v) for v in hu]} is not the preprocessing's "
                             f"(hu_min, hu_max, offset) {[float(v) for v in window]}")
-    uses_mm = getattr(encoder_cfg, "blob", False) or getattr(encoder_cfg, "sphere", False)
+    uses_mm = any(getattr(encoder_cfg, name, False) for name in ("blob", "sphere", "node"))
     if uses_mm and "spacing" in p and not _close(encoder_cfg.voxel_mm, p["spacing"]):
         problems.append(f"the encoder's voxel_mm {[float(v) for v in encoder_cfg.voxel_mm]} (the voxel size of its "
-                        f"blob and sphere channels) is not the preprocessing's spacing "
+                        f"blob, sphere and node channels) is not the preprocessing's spacing "
                         f"{[float(v) for v in p['spacing']]} mm")
     return problems
 

@@ -21,13 +21,17 @@ SIDES = ("right", "left")
 SIGN = {"right": -1.0, "left": 1.0}  # x sign of each side in the patient frame
 HU = {"air": -1000.0, "lung": -860.0, "fat": -100.0, "mediastinum": -80.0, "muscle": 45.0, "blood": 45.0, "fluid": 5.0,
       "liver": 55.0, "bone": 250.0, "cortex": 600.0, "wall": 20.0}
+# Half-width of the mediastinum between the lungs, as a fraction of the thoracic cavity's half-width: 17-26 mm,
+# so the mediastinum is 34-52 mm wide (on CT about 40-70 mm at the carina and the aortic arch).
+MEDIASTINUM_HALF_WIDTH = 0.2
 BACK_RADII = (38.0, 20.0)  # mm (x, y) of the paraspinal muscles' ellipse, centred at Anatomy.back_center_y
 
 
 @dataclass
 class Lung:
     """One lung: an elliptic cross-section (centre ``xc, yc``, semi-axes ``ax, ay`` mm) tapering to the apex,
-    cut below by a diaphragm dome that rises from ``z_recess`` (costophrenic recess) to ``z_dome``."""
+    cut below by a diaphragm dome that rises from ``z_recess`` (costophrenic recess) to ``z_dome``, and medially
+    by the mediastinum: no lung within ``medial_mm`` of the midline (x = 0)."""
 
     xc: float
     yc: float
@@ -36,6 +40,7 @@ class Lung:
     z_apex: float
     z_recess: float
     z_dome: float
+    medial_mm: float = 0.0
 
     def height(self, z: np.ndarray) -> np.ndarray:
         """Fraction of lung height (0 at the recess, 1 at the apex)."""
@@ -49,7 +54,8 @@ class Lung:
         taper = np.sqrt(np.clip(1.0 - t**2, 0.0, 1.0))
         radial = (taper - rho) * min(self.ax, self.ay)
         dome = self.z_recess + (self.z_dome - self.z_recess) * np.clip(1.0 - rho**2, 0.0, 1.0)
-        return np.minimum(radial, z - dome)
+        medial = np.sign(self.xc) * x - self.medial_mm
+        return np.minimum(np.minimum(radial, z - dome), medial)
 
     def lobe(self, side: str, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
         """Lobe name per point: the oblique fissure runs from posterior-superior to anterior-inferior."""
@@ -137,8 +143,13 @@ def sample_anatomy(rng: np.random.Generator, z_extent: float) -> Anatomy:
     lungs = {}
     for side in SIDES:
         dome = z_recess + rng.uniform(0.2, 0.26) * height - (8.0 if side == "left" else 0.0)
+        # The mediastinum (MEDIASTINUM_HALF_WIDTH x the cavity's half-width each side of the midline) is fat
+        # around the trachea, esophagus, aorta and nodes. Without it (before 2026-11-30) the lungs met within a few
+        # mm of the midline and wrapped round each mediastinal structure, so a subcarinal or paratracheal node lay
+        # in lung like a nodule, and the cnn3d sphere channel could not tell them apart.
         lungs[side] = Lung(xc=SIGN[side] * 0.5 * cax, yc=0.05 * cay, ax=rng.uniform(0.43, 0.47) * cax,
-                           ay=0.9 * cay, z_apex=z_apex, z_recess=z_recess, z_dome=dome)
+                           ay=0.9 * cay, z_apex=z_apex, z_recess=z_recess, z_dome=dome,
+                           medial_mm=MEDIASTINUM_HALF_WIDTH * cax)
     hr = np.array([0.42 * cax, 0.55 * cay, rng.uniform(44, 54)], np.float32)
     heart_c = np.array([0.18 * cax, -0.33 * cay, lungs["left"].z_dome + 0.75 * hr[2]], np.float32)
     spine_y = cay - 4.0

@@ -120,11 +120,11 @@ class PretrainTaskConfig:
     init: InitConfig = field(default_factory=InitConfig)
     attributes: AttributeConfig = field(default_factory=AttributeConfig)  # only half_weight applies here
     # cnn3d only: its HU-bin stem has no weights, so measure each volume's patches once, keep them in memory
-    # (float32, measure_channels x the patch grid: 1.8 MB per volume at the demo's shape, 2.2 MB with the demo's two
-    # blob channels and sphere channel; not for CT-RATE-sized sets) and augment them instead of the volume. Needs
-    # whole-patch shifts (data.augment.shift_step a multiple of model.cnn3d.patch). The same losses and weights as
-    # computing the stem every step, exactly (tested), except that with cnn3d's ``blob`` or ``sphere`` a shift
-    # changes those channels near the border.
+    # (float32, measure_channels x the patch grid: 1.8 MB per volume at the demo's shape, 2.4 MB with the demo's two
+    # blob channels and sphere and node channels; not for CT-RATE-sized sets) and augment them instead of the volume.
+    # Needs whole-patch shifts (data.augment.shift_step a multiple of model.cnn3d.patch). The same losses and weights
+    # as computing the stem every step, exactly (tested), except that with cnn3d's ``blob``, ``sphere`` or ``node``
+    # a shift changes those channels near the border.
     cache_stem: bool = False
     # L1 penalty on the head's last Linear weights: loss += head_l1 x sum |W|. With ~300 volumes and a linear
     # read-out of ~1800 pooled features per half, a small finding's few telling features (the maximum of one stem
