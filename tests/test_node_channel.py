@@ -7,14 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from stem_fixtures import HU, MM, SHAPE, ball, points_mm, preprocessed
 
 from ctagrg.data.augment import AugmentDraw, apply_augmentation
 from ctagrg.models.cnn3d import CNN3DConfig, HUBinStem
 from ctagrg.models.preprocess_match import encoder_preprocess_mismatches
 
-SHAPE = (16, 32, 32)
-MM = (4.0, 2.0, 2.0)
-HU = (-1000.0, 1500.0, 0.449)
 FAT, LUNG, SOFT = -90.0, -860.0, 40.0
 
 
@@ -23,47 +21,33 @@ def _config(**kw) -> CNN3DConfig:
                        **({"node": True} | kw))
 
 
-def _preprocessed(hu: np.ndarray) -> torch.Tensor:
-    lo, hi, off = HU
-    return torch.from_numpy(((hu - lo) / (hi - lo) - off).astype(np.float32))[None, None]
-
-
-def _points_mm() -> np.ndarray:
-    d, h, w = np.meshgrid(*(np.arange(n) for n in SHAPE), indexing="ij")
-    return np.stack([d * MM[0], h * MM[1], w * MM[2]], -1)
-
-
-def _ball(hu: np.ndarray, centre_mm, radius_mm: float, value: float = SOFT) -> None:
-    hu[np.linalg.norm(_points_mm() - np.asarray(centre_mm), axis=-1) <= radius_mm] = value
-
-
 def _node(hu: np.ndarray) -> torch.Tensor:
-    return HUBinStem(_config()).measure(_preprocessed(hu))[0, -1]
+    return HUBinStem(_config()).measure(preprocessed(hu))[0, -1]
 
 
 def test_a_node_in_fat_scores_one_a_nodule_in_lung_the_lung_weight():
     hu = np.full(SHAPE, FAT)
-    _ball(hu, (32.0, 32.0, 32.0), 7.0)  # a 14 mm node centred on voxel (8, 16, 16): patch (4, 4, 4)
+    ball(hu, (32.0, 32.0, 32.0), 7.0)  # a 14 mm node centred on voxel (8, 16, 16): patch (4, 4, 4)
     node = _node(hu)
     assert node.shape == (8, 8, 8)
     assert node[4, 4, 4] == 1.0 and node.max() == 1.0 and (node == 0).float().mean() > 0.95
     hu = np.full(SHAPE, LUNG)
-    _ball(hu, (32.0, 32.0, 32.0), 7.0)  # the same ball in lung: a nodule
+    ball(hu, (32.0, 32.0, 32.0), 7.0)  # the same ball in lung: a nodule
     assert _node(hu).max() == pytest.approx(_config().node_lung_weight)
 
 
 def test_a_tube_scores_less_than_a_ball_and_fat_or_small_specks_not_at_all():
     hu = np.full(SHAPE, FAT)
-    hu[np.linalg.norm(_points_mm()[..., 1:] - np.array([32.0, 32.0]), axis=-1) <= 7.0] = SOFT  # a 14 mm vessel
+    hu[np.linalg.norm(points_mm()[..., 1:] - np.array([32.0, 32.0]), axis=-1) <= 7.0] = SOFT  # a 14 mm vessel
     tube = _node(hu)
     # along its axis the shell meets the tube itself (about a fifth of the 98 points)
     assert 0.6 < tube.max() < 0.9
     hu = np.full(SHAPE, FAT)
-    _ball(hu, (32.0, 20.0, 20.0), 3.0)  # a 6 mm speck: its radius is under node_radius_mm's 5
-    _ball(hu, (32.0, 46.0, 46.0), 7.0, value=-60.0)  # a ball of fat is not solid
+    ball(hu, (32.0, 20.0, 20.0), 3.0)  # a 6 mm speck: its radius is under node_radius_mm's 5
+    ball(hu, (32.0, 46.0, 46.0), 7.0, value=-60.0)  # a ball of fat is not solid
     assert _node(hu).max() == 0.0
     hu = np.full(SHAPE, FAT)
-    _ball(hu, (32.0, 32.0, 32.0), 16.0)  # a 32 mm mass: over node_radius_mm's 13
+    ball(hu, (32.0, 32.0, 32.0), 16.0)  # a 32 mm mass: over node_radius_mm's 13
     assert _node(hu).max() == 0.0
 
 
@@ -73,9 +57,9 @@ def test_the_sphere_and_node_channels_commute_with_flips_exactly(draw):
     rng = np.random.default_rng(0)
     hu = np.full(SHAPE, FAT) + rng.normal(0.0, 10.0, SHAPE)
     hu[:, :16] = LUNG + rng.normal(0.0, 30.0, (16, 16, 32))  # lung on one side, fat on the other
-    _ball(hu, (24.0, 14.0, 40.0), 5.0)
-    _ball(hu, (40.0, 44.0, 14.0), 8.0)
-    v = _preprocessed(hu)
+    ball(hu, (24.0, 14.0, 40.0), 5.0)
+    ball(hu, (40.0, 44.0, 14.0), 8.0)
+    v = preprocessed(hu)
     measured = stem.measure(v)
     assert stem.measure_channels == len(stem.config.hu_edges) + 3 + 2
     sphere, node = measured[0, -2], measured[0, -1]  # the sphere channel first, then the node channel

@@ -7,15 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from stem_fixtures import HU, MM, SHAPE, ball, points_mm, preprocessed
 
 from ctagrg.data.augment import AugmentDraw, apply_augmentation
 from ctagrg.measurement.nodule_size import DIRECTIONS, shell_directions
 from ctagrg.models.cnn3d import SPHERE_DIRECTIONS, SPHERE_MEMO, CNN3DConfig, CNN3DEncoder, HUBinStem
 from ctagrg.models.preprocess_match import encoder_preprocess_mismatches
-
-SHAPE = (16, 32, 32)
-MM = (4.0, 2.0, 2.0)
-HU = (-1000.0, 1500.0, 0.449)
 
 
 def _config(**kw) -> CNN3DConfig:
@@ -23,23 +20,9 @@ def _config(**kw) -> CNN3DConfig:
                        voxel_mm=MM, **kw)
 
 
-def _preprocessed(hu: np.ndarray) -> torch.Tensor:
-    lo, hi, off = HU
-    return torch.from_numpy(((hu - lo) / (hi - lo) - off).astype(np.float32))[None, None]
-
-
-def _points_mm() -> np.ndarray:
-    d, h, w = np.meshgrid(*(np.arange(n) for n in SHAPE), indexing="ij")
-    return np.stack([d * MM[0], h * MM[1], w * MM[2]], -1)
-
-
-def _ball(hu: np.ndarray, centre_mm, radius_mm: float) -> None:
-    hu[np.linalg.norm(_points_mm() - np.asarray(centre_mm), axis=-1) <= radius_mm] = 40.0
-
-
 def _vessel(hu: np.ndarray, start_mm, end_mm, radius_mm: float) -> None:
     a, b = np.asarray(start_mm, float), np.asarray(end_mm, float)
-    p = _points_mm()
+    p = points_mm()
     t = np.clip(((p - a) @ (b - a)) / ((b - a) @ (b - a)), 0.0, 1.0)
     hu[np.linalg.norm(p - (a + t[..., None] * (b - a)), axis=-1) <= radius_mm] = 40.0
 
@@ -65,9 +48,9 @@ def test_a_nodule_in_lung_scores_its_radius_term_above_one_and_a_vessel_less():
     cfg = _config()
     stem = HUBinStem(cfg)
     hu = np.full(SHAPE, -860.0)
-    _ball(hu, (32.0, 16.0, 16.0), 4.0)  # an 8 mm nodule centred on voxel (8, 8, 8)
+    ball(hu, (32.0, 16.0, 16.0), 4.0)  # an 8 mm nodule centred on voxel (8, 8, 8)
     _vessel(hu, (0.0, 40.0, 10.0), (64.0, 62.0, 54.0), 3.0)  # an oblique 6 mm vessel through the volume
-    measured = stem.measure(_preprocessed(hu))
+    measured = stem.measure(preprocessed(hu))
     assert measured.shape == (1, stem.measure_channels, 8, 8, 8)
     assert stem.measure_channels == len(cfg.hu_edges) + 3 + 1
     sphere = measured[0, -1]
@@ -88,7 +71,7 @@ def test_small_candidates_and_solid_outside_lung_do_not_score_one():
     hu = np.full(SHAPE, -860.0)
     hu[8, 8, 12] = 40.0  # a one-voxel speck: its distance transform (2 mm) is under sphere_min_radius_mm (2.7)
     hu[:, :, -5:] = 45.0  # a 10 mm chest wall
-    sphere = stem.measure(_preprocessed(hu))[0, -1]
+    sphere = stem.measure(preprocessed(hu))[0, -1]
     assert sphere[:, :, :6].max() == 0.0  # no candidate at the speck (patch (4, 2, 3)) or in open lung
     assert 0.5 < sphere[:, :, 6:].max() < 1.0  # the chest wall: lung on one side only
 
@@ -99,10 +82,10 @@ def test_the_sphere_channel_commutes_with_flips_and_rotations_exactly(draw):
     stem = HUBinStem(_config())
     rng = np.random.default_rng(0)
     hu = np.full(SHAPE, -860.0) + rng.normal(0.0, 30.0, SHAPE)
-    _ball(hu, (20.0, 18.0, 40.0), 5.0)
-    _ball(hu, (44.0, 48.0, 12.0), 3.5)
+    ball(hu, (20.0, 18.0, 40.0), 5.0)
+    ball(hu, (44.0, 48.0, 12.0), 3.5)
     _vessel(hu, (0.0, 10.0, 20.0), (64.0, 50.0, 60.0), 2.8)
-    v = _preprocessed(hu)
+    v = preprocessed(hu)
     expected = stem.measure(apply_augmentation(v[0], draw, -0.449)[None])
     got = apply_augmentation(stem.measure(v)[0], draw, stem.measure_padding(-0.449), scale=(2, 4, 4))[None]
     assert torch.equal(got, expected)
@@ -123,8 +106,8 @@ def test_a_batch_is_measured_on_threads_and_remembered_by_contents(two_threads):
     volumes = []
     for k in range(3):
         hu = np.full(SHAPE, -860.0) + rng.normal(0.0, 30.0, SHAPE)
-        _ball(hu, (16.0 + 8 * k, 20.0, 30.0), 3.0 + k)
-        volumes.append(_preprocessed(hu))
+        ball(hu, (16.0 + 8 * k, 20.0, 30.0), 3.0 + k)
+        volumes.append(preprocessed(hu))
     batch = torch.cat(volumes)
     SPHERE_MEMO.clear()
     alone = [stem.measure(v)[0, -1] for v in volumes]  # 3 misses, one volume at a time
@@ -146,8 +129,8 @@ def test_the_encoder_widens_by_the_sphere_channel_and_config_errors():
     assert cfg.stem_channels == plain.stem_channels + 1
     assert cfg.out_dim == plain.out_dim + 2 * 8  # the stem's max and mean on its 8 regions, for the one channel
     hu = np.full(SHAPE, -860.0)
-    _ball(hu, (32.0, 16.0, 16.0), 5.0)
-    assert CNN3DEncoder(cfg).eval()(_preprocessed(hu)).shape == (1, cfg.out_dim)
+    ball(hu, (32.0, 16.0, 16.0), 5.0)
+    assert CNN3DEncoder(cfg).eval()(preprocessed(hu)).shape == (1, cfg.out_dim)
     with pytest.raises(ValueError, match=r"sphere_hu must increase"):
         _config(sphere_hu=(-400.0, -700.0))
     with pytest.raises(ValueError, match=r"sphere_min_radius_mm"):
