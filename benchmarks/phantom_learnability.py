@@ -113,7 +113,9 @@ def evaluate(best: Path, out: Path) -> dict:
             probs.append(torch.sigmoid(res["logits"]).numpy())
             labels.append(batch["labels"].numpy())
             for name, half in zip(batch["name"], res["half_logits"], strict=True):
-                truth = load_ground_truth(out / "test" / "ground_truth", name.replace(".nii.gz", "")) or []
+                truth = load_ground_truth(out / "test" / "ground_truth", name.replace(".nii.gz", ""))
+                if truth is None:
+                    raise SystemExit(f"{out / 'test' / 'ground_truth'}: no ground truth for {name}")
                 entries += half_side_probe(half.numpy(), truth, SIDE_LABELS)
     y, p = np.concatenate(labels), np.concatenate(probs)
     rep = classification_report(y, p, 0.5)

@@ -19,6 +19,7 @@ phantoms generated and preprocessed here (other patients than any training set w
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -34,7 +35,13 @@ def fresh_phantoms(work: Path, n: int, seed: int, min_prevalence: float, workers
     from ctagrg.phantom.generate import generate_dataset
 
     data, cache = work / "data", work / "cache"
-    if not (data / "phantom.json").is_file():
+    if (data / "phantom.json").is_file():  # reuse, but only phantoms made with these settings
+        made = json.loads((data / "phantom.json").read_text(encoding="utf-8"))
+        want = {"n": n, "seed": seed, "size": "small", "min_prevalence": min_prevalence}
+        if any(made.get(k) != v for k, v in want.items()):
+            raise SystemExit(f"{data / 'phantom.json'}: made with {({k: made.get(k) for k in want})}, not "
+                             f"{want}; use another --work")
+    else:
         generate_dataset(data, n=n, seed=seed, size="small", split={"test": 1.0}, workers=workers,
                          min_prevalence=min_prevalence)
     if not (cache / "manifest.csv").is_file():
@@ -52,9 +59,11 @@ def probe(model_dir: Path, data: Path, cache: Path, split: str, batch_size: int)
 
     from ctagrg.data.dataset import CachedVolumeDataset, cached_names
     from ctagrg.evaluation.grounding import half_side_probe, load_ground_truth
+    from ctagrg.models.preprocess_match import check_cache_preprocess, encoder_config_of
     from ctagrg.models.step1 import PretrainModel
 
     model = PretrainModel.from_pretrained(model_dir).eval()
+    check_cache_preprocess(encoder_config_of(model), cache)  # the encoder must fit the cache's preprocessing
     names = [n for n in cached_names(cache) if n.split("_", 1)[0] == split]
     if not names:
         raise SystemExit(f"{cache}: no cached volumes of split {split!r}")

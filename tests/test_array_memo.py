@@ -44,6 +44,8 @@ def test_the_least_recently_used_values_go_first_past_max_bytes():
     assert memo.get(bytes([2])) is None and memo.get(bytes([1])) is not None
     memo.put(b"big", np.zeros(30, np.float32))  # larger than the whole memo: not kept, nothing dropped
     assert memo.get(b"big") is None and len(memo) == 2
+    memo.put(bytes([1]), np.zeros(30, np.float32))  # too large for a key that holds a value: the old one goes too
+    assert memo.get(bytes([1])) is None and len(memo) == 1 and memo.nbytes == 40
     memo.clear()
     assert len(memo) == 0 and memo.nbytes == 0
     with pytest.raises(ValueError, match="max_bytes"):

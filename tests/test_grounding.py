@@ -108,19 +108,21 @@ def test_the_half_logit_side_probe_picks_the_higher_half():
                 {"label": "Lung nodule", "side": "left", "size_mm": 6.0},  # same volume, other side: wrong
                 {"label": "Pleural effusion", "side": "right"},
                 {"label": "Pleural effusion", "side": "bilateral"},  # not one-sided: not probed
+                {"label": "Consolidation", "side": "left"},  # both halves 0: a tie names no side
                 {"label": "Cardiomegaly", "side": None}]
     entries = half_side_probe(half, findings)
     assert [(e["label"], e["said"], e["correct"], e["size_mm"]) for e in entries] == [
         ("Lung nodule", "right", True, 12.0), ("Lung nodule", "right", False, 6.0),
-        ("Pleural effusion", "left", False, None)]
+        ("Pleural effusion", "left", False, None), ("Consolidation", None, False, None)]
     summary = side_probe_summary(entries)
     assert summary["Lung nodule"]["correct"] == 1 and summary["Lung nodule"]["n"] == 2
-    assert summary["all"]["accuracy"] == pytest.approx(1 / 3)
+    assert summary["all"]["accuracy"] == pytest.approx(1 / 4)
     low, high = summary["all"]["ci95"]
-    assert 0.0 < low < 1 / 3 < high < 1.0
+    assert 0.0 < low < 1 / 4 < high < 1.0
     assert side_probe_summary([])["all"]["n"] == 0
-    with pytest.raises(ValueError, match=r"\(2, 18\)"):
-        half_side_probe(half[:1], findings)
+    for bad in (half[:1], half[:, :17]):
+        with pytest.raises(ValueError, match=r"\(2, 18\)"):
+            half_side_probe(bad, findings)
 
 
 def test_the_wilson_interval_matches_known_values():
@@ -132,3 +134,5 @@ def test_the_wilson_interval_matches_known_values():
     assert wilson_interval(10, 10)[1] == pytest.approx(1.0) and wilson_interval(0, 10)[0] == pytest.approx(0.0)
     assert wilson_interval(10, 10)[0] == pytest.approx(0.7225, abs=1e-3)  # all right in 10: still wide
     assert all(np.isnan(v) for v in wilson_interval(0, 0))
+    with pytest.raises(ValueError, match="correct <= n"):
+        wilson_interval(11, 10)

@@ -76,8 +76,13 @@ def test_node_config_errors_width_and_the_spacing_check():
     assert _config(sphere=True).sphere_channels == 2
     assert cfg.out_dim == plain.out_dim + 2 * 8  # the stem's max and mean on its 8 regions
     for bad, match in (({"node_hu": (-30.0, -400.0)}, "node_hu must increase"),
-                       ({"node_radius_mm": (6.0, 5.0)}, "node_radius_mm"),
-                       ({"node_lung_weight": 1.5}, "node_lung_weight"), ({"node_gap_mm": -1.0}, "node_gap_mm")):
+                       ({"node_hu": (-400.0,)}, r"node_hu: expected two numbers"),
+                       ({"node_hu": (-1200.0, -30.0)}, r"inside the input's HU window \[-1000.0, 1500.0\]"),
+                       ({"node_radius_mm": (6.0, 5.0)}, r"node_radius_mm must be \(min, max\)"),
+                       ({"node_radius_mm": 5.0}, r"node_radius_mm: expected two numbers"),
+                       ({"node_lung_weight": 1.5}, r"node_lung_weight must be in \[0, 1\], got 1.5"),
+                       ({"node_gap_mm": -1.0}, r"node_gap_mm must be >= 0, got -1.0"),
+                       ({"node_gap_mm": float("nan")}, r"node_gap_mm must be >= 0, got nan")):
         with pytest.raises(ValueError, match=match):
             _config(**bad)
     preprocess = {"shape": list(SHAPE), "hu_min": HU[0], "hu_max": HU[1], "offset": HU[2], "spacing": list(MM)}

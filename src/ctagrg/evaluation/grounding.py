@@ -177,21 +177,24 @@ def half_side_probe(half_logits: Any, findings: Iterable[Mapping[str, Any]],
             (``PretrainModel``'s ``half_logits`` for one volume).
         findings: the volume's ground-truth findings (:func:`load_ground_truth`).
 
-    Returns one dict per such finding: ``label``, ``side`` (the truth), ``said`` (the probe's), ``correct`` and
+    Returns one dict per such finding: ``label``, ``side`` (the truth), ``said`` (the probe's; None when the two
+    logits are equal, which counts as wrong), ``correct`` and
     ``size_mm`` (None when the truth has none). A volume with one-sided findings of a label on both sides counts
     each, so at most one of them can be right: the probe is a two-way choice."""
-    from ctagrg.labels import LABEL_INDEX
+    from ctagrg.labels import LABEL_INDEX, NUM_LABELS
 
     rows = [[float(v) for v in row] for row in half_logits]
-    if len(rows) != 2:
-        raise ValueError(f"half_side_probe: expected (2, 18) half logits, got {len(rows)} rows")
+    if len(rows) != 2 or any(len(row) != NUM_LABELS for row in rows):
+        raise ValueError(f"half_side_probe: expected (2, {NUM_LABELS}) half logits, got "
+                         f"{[len(row) for row in rows]} values per row")
     wanted = set(labels)
     out = []
     for f in findings:
         if f.get("label") not in wanted or f.get("side") not in ("left", "right"):
             continue
         i = LABEL_INDEX[f["label"]]
-        said = "right" if rows[0][i] > rows[1][i] else "left"
+        right, left = rows[0][i], rows[1][i]
+        said = "right" if right > left else "left" if left > right else None  # a tie names no side: wrong
         size = f.get("size_mm")
         out.append({"label": f["label"], "side": f["side"], "said": said, "correct": said == f["side"],
                     "size_mm": float(size) if size else None})
@@ -202,6 +205,8 @@ def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, f
     """Wilson score interval (95% by default) for ``correct`` successes in ``n`` trials; (nan, nan) when n = 0."""
     if n <= 0:
         return math.nan, math.nan
+    if not 0 <= correct <= n:
+        raise ValueError(f"wilson_interval: need 0 <= correct <= n, got {correct} of {n}")
     p = correct / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)

@@ -59,8 +59,8 @@ Triple = tuple[int, int, int]
 OUTLIER_SD = 8.0
 
 SPHERE_DIRECTIONS = shell_directions(2)  # the sphere channel's 98 shell directions
-# The sphere channels already computed, by volume contents and settings (ctagrg.utils.array_memo): 128 KiB per demo
-# volume, so 256 MiB keeps ~2,000 volumes (the demo has 600).
+# The sphere and node channels already computed, by volume contents and settings (ctagrg.utils.array_memo): 128 KiB
+# per channel and demo volume, so 256 MiB keeps ~1,000 volumes with both (the demo has 600).
 SPHERE_MEMO = ArrayMemo(256 * 2**20)
 
 HU_EDGES: tuple[float, ...] = (-950.0, -800.0, -650.0, -350.0, -150.0, -40.0, 25.0, 80.0, 400.0, 900.0, 1400.0)
@@ -186,15 +186,8 @@ class CNN3DConfig:
                              f"positive; got {list(self.sphere_hu)}, {self.sphere_gap_mm}, "
                              f"{self.sphere_radius_weight}, {self.sphere_min_radius_mm}, {self.sphere_radius_cap_mm}, "
                              f"{list(self.voxel_mm)}")
-        self.node_hu = tuple(float(v) for v in self.node_hu)  # type: ignore[assignment]
-        self.node_radius_mm = tuple(float(v) for v in self.node_radius_mm)  # type: ignore[assignment]
-        if self.node and (not self.node_hu[0] < self.node_hu[1] or self.node_gap_mm < 0
-                          or len(self.node_radius_mm) != 2 or not 0 < self.node_radius_mm[0] <= self.node_radius_mm[1]
-                          or not 0 <= self.node_lung_weight <= 1 or min(self.voxel_mm) <= 0):
-            raise ValueError(f"CNN3DConfig.node: node_hu must increase (lung, solid), node_gap_mm >= 0, "
-                             f"node_radius_mm (min, max) with 0 < min <= max, node_lung_weight in [0, 1] and "
-                             f"voxel_mm positive; got {list(self.node_hu)}, {self.node_gap_mm}, "
-                             f"{list(self.node_radius_mm)}, {self.node_lung_weight}, {list(self.voxel_mm)}")
+        if self.node:
+            self._check_node()
         if self.blob_profile and not self.blob:
             raise ValueError("CNN3DConfig.blob_profile needs blob: true")
         if self.context or self.blob:
@@ -211,6 +204,32 @@ class CNN3DConfig:
             raise ValueError(f"CNN3DConfig.lateral_halves: input_shape H={self.input_shape[1]} must be divisible by "
                              f"8 x patch ({8 * self.patch[1]}), so that the stem and the CNN maps split into equal "
                              f"halves")
+
+    def _check_node(self) -> None:
+        """Normalise the ``node`` fields and raise ValueError naming the first one that is wrong."""
+        def pair(name: str) -> tuple[float, float]:
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
+                raise ValueError(f"CNN3DConfig.{name}: expected two numbers, got {value!r}")
+            return float(value[0]), float(value[1])
+
+        self.node_hu = pair("node_hu")
+        self.node_radius_mm = pair("node_radius_mm")
+        if not self.node_hu[0] < self.node_hu[1]:
+            raise ValueError(f"CNN3DConfig.node_hu must increase (lung below the first, solid above the second), got "
+                             f"{list(self.node_hu)}")
+        if not (self.input_hu[0] <= self.node_hu[0] and self.node_hu[1] <= self.input_hu[1]):
+            raise ValueError(f"CNN3DConfig.node_hu {list(self.node_hu)} must lie inside the input's HU window "
+                             f"{list(self.input_hu[:2])}")
+        if not self.node_gap_mm >= 0:  # NaN fails too
+            raise ValueError(f"CNN3DConfig.node_gap_mm must be >= 0, got {self.node_gap_mm}")
+        if not 0 < self.node_radius_mm[0] <= self.node_radius_mm[1]:
+            raise ValueError(f"CNN3DConfig.node_radius_mm must be (min, max) with 0 < min <= max, got "
+                             f"{list(self.node_radius_mm)}")
+        if not 0 <= self.node_lung_weight <= 1:
+            raise ValueError(f"CNN3DConfig.node_lung_weight must be in [0, 1], got {self.node_lung_weight}")
+        if not min(self.voxel_mm) > 0:
+            raise ValueError(f"CNN3DConfig.node needs a positive voxel_mm, got {list(self.voxel_mm)}")
 
     @property
     def lung_bins(self) -> list[int]:
@@ -309,8 +328,9 @@ class HUBinStem(nn.Module):
     @torch.no_grad()
     def measure(self, volume: torch.Tensor) -> torch.Tensor:
         """(B, 1, D, H, W) preprocessed → (B, measure_channels, D/pd, H/ph, W/pw) float32: per patch, the fraction
-        of voxels in each HU bin, mean HU / 1000 and max HU / 1000 (clipped to [-1, 3]), and with ``blob`` each blob
-        channel's maximum (``blob_channels``: the score, or one per radius, and the whole-shell indicator).
+        of voxels in each HU bin, mean HU / 1000 and max HU / 1000 (clipped to [-1, 3]), with ``blob`` each blob
+        channel's maximum (``blob_channels``: the score, or one per radius, and the whole-shell indicator), then with
+        ``sphere`` and ``node`` their channels (:meth:`_spheres`).
 
         Everything the stem reads from the voxels. The patch grid commutes with flips and whole-patch shifts, so
         a caller may compute this once per volume and augment it (:meth:`assemble` then gives what the stem of
@@ -342,7 +362,7 @@ class HUBinStem(nn.Module):
     def _spheres(self, hu: np.ndarray) -> torch.Tensor:
         """(B, D, H, W) HU -> (B, sphere_channels, d, h, w) float32 on the patch grid: per patch, the best score of
         the candidate spheres centred in it (``CNN3DConfig.sphere``, then ``node``), 0 where none. Numpy and scipy
-        on the CPU, ~0.1 s per channel for a 64 x 128 x 128 volume, the batch's volumes on up to
+        on the CPU, ~0.15 CPU-s per channel for a 64 x 128 x 128 volume, the batch's volumes on up to
         ``torch.get_num_threads()`` threads (scipy's distance transform releases the GIL); a flipped volume gives
         exactly the flipped channels (symmetric shell points). Results are memoised by the volume's contents
         (``SPHERE_MEMO``): the demo's later stages measure the same volumes again."""

@@ -21,8 +21,8 @@ SIDES = ("right", "left")
 SIGN = {"right": -1.0, "left": 1.0}  # x sign of each side in the patient frame
 HU = {"air": -1000.0, "lung": -860.0, "fat": -100.0, "mediastinum": -80.0, "muscle": 45.0, "blood": 45.0, "fluid": 5.0,
       "liver": 55.0, "bone": 250.0, "cortex": 600.0, "wall": 20.0}
-# Half-width of the mediastinum between the lungs, as a fraction of the thoracic cavity's half-width: 17-26 mm,
-# so the mediastinum is 34-52 mm wide (on CT about 40-70 mm at the carina and the aortic arch).
+# Half-width of the mediastinum between the lungs, as a fraction of the thoracic cavity's half-width: 16-26 mm,
+# so the mediastinum is 33-52 mm wide (on CT about 40-70 mm at the carina and the aortic arch).
 MEDIASTINUM_HALF_WIDTH = 0.2
 BACK_RADII = (38.0, 20.0)  # mm (x, y) of the paraspinal muscles' ellipse, centred at Anatomy.back_center_y
 
@@ -31,7 +31,8 @@ BACK_RADII = (38.0, 20.0)  # mm (x, y) of the paraspinal muscles' ellipse, centr
 class Lung:
     """One lung: an elliptic cross-section (centre ``xc, yc``, semi-axes ``ax, ay`` mm) tapering to the apex,
     cut below by a diaphragm dome that rises from ``z_recess`` (costophrenic recess) to ``z_dome``, and medially
-    by the mediastinum: no lung within ``medial_mm`` of the midline (x = 0)."""
+    by the mediastinum: no lung within ``medial_mm`` of the midline (x = 0; with 0 the lung still stops at the
+    midline). Its side is the sign of ``xc``, which must not be 0."""
 
     xc: float
     yc: float
@@ -41,6 +42,11 @@ class Lung:
     z_recess: float
     z_dome: float
     medial_mm: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.xc == 0 or self.medial_mm < 0:
+            raise ValueError(f"Lung: xc must be off the midline (its sign is the side) and medial_mm >= 0, got "
+                             f"{self.xc}, {self.medial_mm}")
 
     def height(self, z: np.ndarray) -> np.ndarray:
         """Fraction of lung height (0 at the recess, 1 at the apex)."""

@@ -1,10 +1,10 @@
 """A bounded in-memory memo for results computed from a numpy array's contents.
 
-Why: the cnn3d sphere channel (a numpy/scipy pass, ~0.2 s per demo volume) is measured from the same preprocessed
-volumes by three demo stages in one process: pretraining's stem cache, step 1's frozen-encoder cache and the step-2
-embedding cache. Keyed by a digest of the array's bytes, the second and third stage reuse the first one's result,
-and a changed volume (another file, an augmentation) is a different key, so a hit is always the value that
-recomputing would give.
+Why: the cnn3d sphere and node channels (a numpy/scipy pass, ~0.15 CPU-s per channel and demo volume) are
+measured from the same preprocessed volumes by three demo stages in one process: pretraining's stem cache, step 1's
+frozen-encoder cache and the step-2 embedding cache. Keyed by a digest of the array's bytes, the second and third
+stage reuse the first one's result, and a changed volume (another file, an augmentation) is a different key, so a
+hit is always the value that recomputing would give.
 """
 
 from __future__ import annotations
@@ -54,12 +54,12 @@ class ArrayMemo:
     def put(self, key: bytes, value: np.ndarray) -> None:
         value = np.array(value)  # an own copy, so later changes to the caller's array do not reach the memo
         value.flags.writeable = False
-        if value.nbytes > self.max_bytes:
-            return
         with self._lock:
             old = self._values.pop(key, None)
             if old is not None:
                 self._bytes -= old.nbytes
+            if value.nbytes > self.max_bytes:  # not kept; nor is the key's old value, which this replaces
+                return
             self._values[key] = value
             self._bytes += value.nbytes
             while self._bytes > self.max_bytes:
