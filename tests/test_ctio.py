@@ -125,9 +125,11 @@ def _write_zero_pixdim(path: Path) -> None:
     ("make", "message"),
     [
         (lambda p: p.write_bytes(gzip.compress(b"\x5c\x02" + b"\0" * 500)), "not a NIfTI file"),
-        (lambda p: p.write_bytes(write_nifti(p, phantom_hu(), np.eye(4)).read_bytes()[:3000]), "cannot read"),
+        (lambda p: p.write_bytes(write_nifti(p, phantom_hu(), np.eye(4)).read_bytes()[:3000]),
+         "truncated gzip data"),
         (lambda p: p.write_bytes(gzip.compress(gzip.decompress(write_nifti(p, phantom_hu(), np.eye(4)).read_bytes())
-                                               [:2000])), "truncated: header promises 7680 voxels"),
+                                               [:2000])),
+         "truncated: the header and its voxels need 15,712 bytes, the file decompresses to 2,000"),
         (lambda p: write_nifti(p, np.zeros((20, 20), np.int16) - 1000, np.eye(4)), "expected a 3D volume"),
         (lambda p: write_nifti(p, np.zeros((8, 8, 6, 3), np.int16) - 1000, np.eye(4)), "expected a 3D volume"),
         (lambda p: write_nifti(p, np.full((8, 8, 6), 40, np.int16), np.eye(4)), "no value below -500"),

@@ -171,10 +171,10 @@ def test_warnings_from_reading_a_scan_are_in_its_line(model_dir: Path, tmp_path:
 
     real = ctio.load_ct
 
-    def load_with_warning(source, metadata=None):
+    def load_with_warning(source, metadata=None, **kwargs):
         warnings.warn(f"{source}: irregular slice spacing; missing slices?", ctio.CTReadWarning, stacklevel=2)
         warnings.warn("a library's deprecation", DeprecationWarning, stacklevel=2)  # not about the scan
-        return real(source, metadata)
+        return real(source, metadata, **kwargs)
 
     monkeypatch.setattr(ctio, "load_ct", load_with_warning)
     scan = write_scan(tmp_path / "s.nii.gz", 5)

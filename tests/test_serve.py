@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import gzip
 import http.client
 import io
 import json
@@ -24,7 +23,6 @@ import torch
 from ctagrg.labels import LABELS
 from ctagrg.serve.app import Handler, ServeConfig, make_server, safe_filename
 from ctagrg.serve.hosts import host_allowed, host_names
-from ctagrg.serve.limits import UnsafeUpload, VolumeTooLarge, check_upload
 from ctagrg.serve.slices import (
     WINDOWS,
     apply_window,
@@ -373,46 +371,6 @@ def test_only_the_last_scans_are_kept(server: Any, tmp_path: Path) -> None:
     assert all(call_json(server, f"/api/scans/{i}")[0] == 200 for i in ids[1:])
 
 
-# -- limits: uploads that would unpack to too much, or read something else -----------------------------------------
-def test_check_upload_passes_scans_within_the_limit(tmp_path: Path) -> None:
-    air = np.full((12, 32, 32), -1000, dtype=np.int16)  # 12288 voxels
-    (tmp_path / "ok.nii.gz").write_bytes(nifti_bytes(air.T, tmp_path, "ok.nii.gz"))
-    itk_bytes(air, tmp_path / "ok.nrrd")
-    itk_bytes(air, tmp_path / "ok.mha")
-    dicom_zip(air, tmp_path, "ok.zip")
-    for name in ("ok.nii.gz", "ok.nrrd", "ok.mha", "ok.zip"):
-        check_upload(tmp_path / name, name, max_voxels=MAX_VOXELS)
-        with pytest.raises(VolumeTooLarge, match=rf"^{name}: .*12,288 voxels.* exceed the limit of 12,287 voxels"):
-            check_upload(tmp_path / name, name, max_voxels=12_287)
-
-
-def test_check_upload_refuses_bombs_and_detached_headers(tmp_path: Path) -> None:
-    import nibabel as nib
-
-    # a valid 12288-voxel NIfTI followed by 4 MiB of zeros: 4 kB compressed
-    nii = nib.Nifti1Image(np.zeros((32, 32, 12), np.int16), np.diag([4.0, 4.0, 8.0, 1.0])).to_bytes()
-    (tmp_path / "bomb.nii.gz").write_bytes(gzip.compress(nii + bytes(4 << 20)))
-    with pytest.raises(VolumeTooLarge, match=r"^bomb\.nii\.gz: decompresses to more than the 1,073,504 bytes"):
-        check_upload(tmp_path / "bomb.nii.gz", "bomb.nii.gz", max_voxels=MAX_VOXELS)
-    (tmp_path / "junk.nii.gz").write_bytes(b"not gzip" * 50)
-    with pytest.raises(UnsafeUpload, match=r"^junk\.nii\.gz: cannot read the NIfTI header") as err:
-        check_upload(tmp_path / "junk.nii.gz", "junk.nii.gz", max_voxels=MAX_VOXELS)
-    assert str(tmp_path) not in str(err.value)
-    # headers naming another file as their voxels: SimpleITK would read it (here a "private" file of ours)
-    secret = tmp_path / "secret.raw"
-    secret.write_bytes(bytes(8 * 8 * 4 * 2))
-    (tmp_path / "d.nrrd").write_text(f"NRRD0004\ntype: short\ndimension: 3\nsizes: 8 8 4\nencoding: raw\n"
-                                     f"endian: little\ndata file: {secret}\n\n")
-    (tmp_path / "d.mha").write_text(f"ObjectType = Image\nNDims = 3\nDimSize = 8 8 4\nElementType = MET_SHORT\n"
-                                    f"ElementDataFile = {secret}\n")
-    for name in ("d.nrrd", "d.mha"):
-        with pytest.raises(UnsafeUpload, match=rf"^{name}: the header names a separate data file"):
-            check_upload(tmp_path / name, name, max_voxels=MAX_VOXELS)
-    (tmp_path / "pad.nrrd").write_bytes(b"NRRD0004\n" + b"# padding\n" * 120_000 + f"data file: {secret}\n\n".encode())
-    with pytest.raises(UnsafeUpload, match=r"^pad\.nrrd: no end of the header in its first 1 MiB"):
-        check_upload(tmp_path / "pad.nrrd", "pad.nrrd", max_voxels=MAX_VOXELS)
-
-
 def test_oversized_uploads_are_413_before_decoding(server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                                    ) -> None:
     def never(path: Any) -> None:
@@ -459,7 +417,7 @@ def test_uploads_need_the_octet_stream_content_type(server: Any) -> None:
     # parameters and case do not matter: this one reaches the reader, which refuses the bytes
     status, err = raw_call(server, "POST", path, {"Host": f"127.0.0.1:{port}", "Content-Length": "3",
                                                   "Content-Type": "Application/Octet-Stream; x=1"}, b"abc")
-    assert status == 400 and err["error"].startswith("a.nii.gz: cannot read the NIfTI header")
+    assert status == 400 and err["error"].startswith("a.nii.gz: cannot decompress"), err
 
 
 def test_requests_must_name_this_server(server: Any) -> None:
@@ -608,9 +566,9 @@ def test_warnings_from_reading_an_upload_are_in_the_result(model_dir: Path, tmp_
 
     real = preprocess.load_ct
 
-    def load_with_warning(path, metadata=None):
+    def load_with_warning(path, metadata=None, **kwargs):
         warnings.warn(f"{path}: irregular slice spacing; missing slices?", CTReadWarning, stacklevel=2)
-        return real(path, metadata)
+        return real(path, metadata, **kwargs)
 
     monkeypatch.setattr(preprocess, "load_ct", load_with_warning)
     with serving(model_dir) as srv:

@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from ctagrg.cli.arguments import add_max_memory_mb, max_memory_bytes
+
 DESCRIPTION = (
     "Print a scan's shape, voxel spacing, orientation code and HU range, then the preprocessing plan: "
     "reorientation to SLP, the resampled size, the centre crop/pad per axis (in voxels and mm) and the output "
@@ -20,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML with PreprocessConfig fields (default: the seed's)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     parser.add_argument("--run", action="store_true", help="also run the preprocessing and summarise the output")
+    add_max_memory_mb(parser)
 
 
 def describe(vol: Any, config: Any) -> list[str]:
@@ -74,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         metadata = read_metadata_csv(args.metadata).get(input_stem(Path(args.path))) if args.metadata else None
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            vol = load_ct(args.path, metadata)
+            vol = load_ct(args.path, metadata, max_bytes=max_memory_bytes(args))
     except (ConfigError, CTReadError, FileNotFoundError, ValueError) as exc:
         print(str(exc), file=sys.stderr)
         return 1

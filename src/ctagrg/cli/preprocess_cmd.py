@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ctagrg.cli.arguments import add_max_memory_mb, max_memory_bytes
+
 DESCRIPTION = (
     "Preprocess CT scans (NIfTI, NRRD, MHA/MHD, DICOM folders or .zip, or a whole CT-RATE root) into DIR: one "
     "<name>.safetensors per volume, manifest.csv (name, source, status, error, shape, spacing, seconds, ...) and "
@@ -35,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
                         help="process only shard I of N (0-based), e.g. $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT")
+    add_max_memory_mb(parser, "a scan (the budget of all --workers together)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(PreprocessConfig, args.config, args.set)
         items = discover_inputs(args.inputs, args.metadata)
-        rows = build_cache(items, args.out, config, workers=args.workers, shard=args.shard, wrap=progress)
+        rows = build_cache(items, args.out, config, workers=args.workers, shard=args.shard, wrap=progress,
+                           max_bytes=max_memory_bytes(args))
     except (ConfigError, CacheConfigMismatch, FileNotFoundError, ValueError) as exc:
         print(str(exc), file=sys.stderr)
         return 2

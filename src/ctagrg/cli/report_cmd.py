@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ctagrg.cli.arguments import add_max_memory_mb, max_memory_bytes
+
 DESCRIPTION = (
     "Generate a report for each scan with a packaged model (Reporter.save_pretrained folder). SCAN may be a file "
     "(NIfTI, NRRD, MHA/MHD, .zip), a DICOM folder, a folder of scans (searched recursively), a CT-RATE root, or a "
@@ -30,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=1, help="scans per model batch (default 1)")
     parser.add_argument("--metadata", help="CT-RATE metadata CSV (rescale slope/intercept, spacing) for the scans")
     parser.add_argument("--quiet", action="store_true", help="do not print the reports")
+    add_max_memory_mb(parser)
 
 
 def expand_csv_lists(scans: list[str]) -> list[str]:
@@ -88,7 +91,7 @@ def read_done(out: Path) -> tuple[set[str], set[str | None]]:
     return done, models
 
 
-def _report_batch(reporter: Any, items: list[Any], model: str) -> list[dict[str, Any]]:
+def _report_batch(reporter: Any, items: list[Any], model: str, max_bytes: int | None = None) -> list[dict[str, Any]]:
     """Preprocess each item (failures become error lines), then report the good ones in one model batch. Warnings
     raised while reading a scan (missing slices, several series, ...) join its line's ``warnings``; ``model``
     (the model folder's fingerprint) is recorded in every line."""
@@ -102,7 +105,8 @@ def _report_batch(reporter: Any, items: list[Any], model: str) -> list[dict[str,
         start = time.perf_counter()
         try:
             with collect_read_warnings() as read:
-                arrays.append(preprocess_volume(load_ct(item.source, item.metadata), reporter.preprocess))
+                arrays.append(preprocess_volume(load_ct(item.source, item.metadata, max_bytes=max_bytes),
+                                                    reporter.preprocess))
             where.append(k)
             seconds.append(time.perf_counter() - start)
             read_warnings.append(read)
@@ -156,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         batches = [todo[i : i + args.batch_size] for i in range(0, len(todo), args.batch_size)]
         for batch in progress(batches, desc="reports", total=len(batches)):
-            for line in _report_batch(reporter, batch, model):
+            for line in _report_batch(reporter, batch, model, max_memory_bytes(args)):
                 failures += "error" in line
                 _emit(line, fh, args.quiet)
     finally:

@@ -1,16 +1,17 @@
 """``ctagrg serve --model DIR [--host H] [--port P] [--device D] [--max-upload-mb MB] [--keep N]``.
 
-Also ``--max-voxels N``, ``--max-pending N``, ``--timeout S`` and ``--allow-host NAME`` (repeatable); see
-docs/serve.md.
+Also ``--max-voxels N``, ``--max-memory-mb MB``, ``--max-pending N``, ``--timeout S`` and ``--allow-host NAME``
+(repeatable); see docs/serve.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import signal
 import sys
 from types import FrameType
+
+from ctagrg.cli.arguments import add_max_memory_mb, port_number, positive_float, positive_int
 
 DESCRIPTION = (
     "Serve a packaged model over HTTP with a slice viewer: open the printed URL, upload a scan (NIfTI, NRRD, MHA "
@@ -38,37 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                         help="another name clients may use for this server in the Host header (repeatable)")
     parser.add_argument("--keep", type=positive_int, default=8, help="scans kept in memory for the viewer (default 8)")
-
-
-def port_number(text: str) -> int:
-    """argparse type: a TCP port, 0..65535."""
-    value = _parse(int, text, "a port number 0..65535")
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port number 0..65535, got {text}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    value = _parse(int, text, "an integer >= 1")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0 (not nan or inf)."""
-    value = _parse(float, text, "a number > 0")
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
-    return value
-
-
-def _parse(kind: type, text: str, expected: str) -> int | float:
-    try:
-        return kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    add_max_memory_mb(parser, "an upload")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from ctagrg.generation.reporter import Reporter
     from ctagrg.serve.app import ServeConfig, make_server
 
-    config = ServeConfig(max_upload_mb=args.max_upload_mb, max_voxels=args.max_voxels,
+    config = ServeConfig(max_upload_mb=args.max_upload_mb, max_voxels=args.max_voxels, max_memory_mb=args.max_memory_mb,
                          max_pending=args.max_pending, timeout_s=args.timeout,
                          allowed_hosts=tuple(args.allow_host), keep=args.keep)
     try:

@@ -23,6 +23,7 @@ from ctagrg.config import from_dict, to_dict
 from ctagrg.data.cache import cache_path
 from ctagrg.data.inputs import InputItem
 from ctagrg.data.preprocess import PreprocessConfig
+from ctagrg.data.read_cost import MIB, default_max_memory_mb
 from ctagrg.utils.atomic import atomic_open, write_json_atomic
 
 MANIFEST_FIELDS = ("name", "source", "status", "error", "shape", "spacing", "axcodes", "hu_min", "hu_max",
@@ -39,8 +40,10 @@ def _fmt(values: Iterable[float], digits: int = 4) -> str:
     return "x".join(f"{v:.{digits}g}" if isinstance(v, float) else str(v) for v in values)
 
 
-def process_item(item: InputItem, out_dir: str | Path, config: PreprocessConfig) -> dict[str, Any]:
-    """Load, preprocess and cache one volume; never raises (errors become a ``failed`` row)."""
+def process_item(item: InputItem, out_dir: str | Path, config: PreprocessConfig, max_bytes: int | None = None
+                 ) -> dict[str, Any]:
+    """Load (within ``max_bytes``, see :func:`~ctagrg.data.ctio.load_ct`), preprocess and cache one volume; never
+    raises (errors become a ``failed`` row)."""
     from ctagrg.data.cache import save_cached
     from ctagrg.data.ctio import load_ct
     from ctagrg.data.preprocess import preprocess_volume
@@ -50,7 +53,7 @@ def process_item(item: InputItem, out_dir: str | Path, config: PreprocessConfig)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            vol = load_ct(item.source, item.metadata)
+            vol = load_ct(item.source, item.metadata, max_bytes=max_bytes)
             lo, hi = vol.hu_range()
             row.update(shape=_fmt(vol.shape), spacing=_fmt(vol.spacing), axcodes="".join(vol.axcodes),
                        hu_min=f"{lo:g}", hu_max=f"{hi:g}")
@@ -74,9 +77,9 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _work(args: tuple[InputItem, str, dict[str, Any]]) -> dict[str, Any]:
-    item, out_dir, cfg = args
-    return process_item(item, out_dir, from_dict(PreprocessConfig, cfg))
+def _work(args: tuple[InputItem, str, dict[str, Any], int]) -> dict[str, Any]:
+    item, out_dir, cfg, max_bytes = args
+    return process_item(item, out_dir, from_dict(PreprocessConfig, cfg), max_bytes)
 
 
 def check_config(out_dir: Path, config: PreprocessConfig) -> None:
@@ -129,12 +132,14 @@ def shard_items(items: Sequence[InputItem], shard: tuple[int, int]) -> list[Inpu
 
 
 def build_cache(items: Sequence[InputItem], out_dir: str | Path, config: PreprocessConfig, workers: int = 1,
-                shard: tuple[int, int] = (0, 1), wrap: Callable[..., Iterable[Any]] | None = None
-                ) -> list[dict[str, Any]]:
+                shard: tuple[int, int] = (0, 1), wrap: Callable[..., Iterable[Any]] | None = None,
+                max_bytes: int | None = None) -> list[dict[str, Any]]:
     """Preprocess ``items`` (this shard's part) into ``out_dir``; return this run's manifest rows.
 
     Args:
         workers: processes (1 = in this process). Each worker uses ``cpu_count // workers`` torch threads.
+        max_bytes: the memory budget of the reads running at once (``workers`` of them), split evenly; None:
+            half of this machine's memory (:func:`ctagrg.data.read_cost.default_max_memory_mb`).
         wrap: progress wrapper ``wrap(iterable, total=...)`` (e.g. :func:`ctagrg.utils.progress.progress`).
     """
     out_dir = Path(out_dir)
@@ -151,8 +156,10 @@ def build_cache(items: Sequence[InputItem], out_dir: str | Path, config: Preproc
         else:
             todo.append(item)
     wrap = wrap or (lambda it, **_: it)
+    total = int(default_max_memory_mb() * MIB) if max_bytes is None else max_bytes
+    per_read = total // max(1, min(workers, len(todo)))
     try:
-        rows.extend(wrap(_run(todo, out_dir, config, workers), total=len(todo), desc="preprocess"))
+        rows.extend(wrap(_run(todo, out_dir, config, workers, per_read), total=len(todo), desc="preprocess"))
     finally:  # an interrupted run still records what it finished
         if shard[1] > 1:
             write_manifest(out_dir / f"manifest.shard-{shard[0]}-of-{shard[1]}.csv", rows)
@@ -175,11 +182,11 @@ def _row_from_cache_file(item: InputItem, out_dir: Path) -> dict[str, Any]:
     return row
 
 
-def _run(todo: Sequence[InputItem], out_dir: Path, config: PreprocessConfig, workers: int
+def _run(todo: Sequence[InputItem], out_dir: Path, config: PreprocessConfig, workers: int, max_bytes: int
          ) -> Iterable[dict[str, Any]]:
     if workers <= 1 or len(todo) <= 1:
         for item in todo:
-            yield process_item(item, out_dir, config)
+            yield process_item(item, out_dir, config, max_bytes)
         return
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -189,7 +196,7 @@ def _run(todo: Sequence[InputItem], out_dir: Path, config: PreprocessConfig, wor
     # spawn, not fork: forking a process whose torch/OpenMP thread pool is running can deadlock
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
                              initargs=(threads,)) as pool:
-        futures = {pool.submit(_work, (item, str(out_dir), cfg)): item for item in todo}
+        futures = {pool.submit(_work, (item, str(out_dir), cfg, max_bytes)): item for item in todo}
         for fut in as_completed(futures):
             try:
                 yield fut.result()

@@ -11,9 +11,9 @@ from __future__ import annotations
 import io
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -21,6 +21,7 @@ from ctagrg.data.ctio import LPS_TO_RAS, CTReadError, CTReadWarning, CTVolume
 
 # Relative deviation of a slice gap from the median gap above which the series is called irregular.
 IRREGULAR_GAP = 0.1
+DICOM_MAGIC_END = 132  # 128 bytes of preamble, then "DICM"
 
 
 def read_dicom_series(path: str | Path) -> CTVolume:
@@ -45,22 +46,28 @@ def _iter_datasets(path: Path) -> Iterator[Any]:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    for label, opener in _iter_members(path):
+    for _, label, opener in dicom_files(path):
         try:
             with opener() as fh:
                 ds = pydicom.dcmread(fh)
         except (InvalidDicomError, EOFError, OSError, ValueError):
-            continue  # DICOMDIR-less folders often hold non-DICOM files (README, .txt); skip them.
+            continue  # a file that starts like DICOM but does not parse: skip it as the other non-DICOM files
         if "PixelData" in ds:
             ds.filename = label
             yield ds
 
 
-def _iter_members(path: Path) -> Iterator[tuple[str, Any]]:
-    """(name, opener) for each file in a folder (recursively) or a zip archive."""
+def dicom_files(path: Path, whole: bool = True) -> Iterator[tuple[int, str, Callable[[], IO[bytes]]]]:
+    """(size, name, opener) of each file in a folder (recursively) or a ``.zip`` that starts like DICOM: the
+    "DICM" magic after the 128-byte preamble, without which pydicom refuses a file. Other files (a README, a
+    DICOMDIR-less folder's .txt, a member of zeros) are never read past their first 132 bytes.
+
+    ``whole``: a zip member's opener gives its bytes in memory (pydicom seeks freely) rather than a stream.
+    """
     if path.is_dir():
-        for f in sorted(p for p in path.rglob("*") if p.is_file()):
-            yield str(f), (lambda f=f: open(f, "rb"))
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            if _starts_like_dicom(lambda file=file: open(file, "rb")):
+                yield file.stat().st_size, str(file), (lambda file=file: open(file, "rb"))
         return
     try:
         archive = zipfile.ZipFile(path)
@@ -68,8 +75,19 @@ def _iter_members(path: Path) -> Iterator[tuple[str, Any]]:
         raise CTReadError(f"{path}: not a readable zip archive ({exc})") from None
     with archive:
         for info in sorted(archive.infolist(), key=lambda i: i.filename):
-            if not info.is_dir():
-                yield f"{path}:{info.filename}", (lambda i=info: io.BytesIO(archive.read(i)))
+            if not info.is_dir() and _starts_like_dicom(lambda info=info: archive.open(info)):
+                opener = (lambda info=info: io.BytesIO(archive.read(info))) if whole else \
+                    (lambda info=info: archive.open(info))
+                yield info.file_size, f"{path}:{info.filename}", opener
+
+
+def _starts_like_dicom(opener: Callable[[], IO[bytes]]) -> bool:
+    try:
+        with opener() as fh:
+            head = fh.read(DICOM_MAGIC_END)
+    except (OSError, zipfile.BadZipFile, RuntimeError, NotImplementedError):
+        return False  # unreadable, encrypted or an unknown compression: skipped like any non-DICOM file
+    return len(head) == DICOM_MAGIC_END and head[128:] == b"DICM"
 
 
 def _group_by_series(datasets: Iterator[Any]) -> dict[str, list[Any]]:

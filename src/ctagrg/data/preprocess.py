@@ -289,15 +289,17 @@ def _padded_output(shape: tuple[int, int, int], taps: list[Any], pad_value: floa
     return out
 
 
-def preprocess_file(path: str | Path, metadata: Any = None, config: PreprocessConfig | None = None) -> np.ndarray:
+def preprocess_file(path: str | Path, metadata: Any = None, config: PreprocessConfig | None = None, *,
+                    max_bytes: int | None = None) -> np.ndarray:
     """Read ``path`` with :func:`~ctagrg.data.ctio.load_ct` and preprocess it.
 
     Args:
         path: any format ``load_ct`` reads (NIfTI, NRRD, MHA/MHD, DICOM folder or ``.zip``).
         metadata: optional CT-RATE metadata row (mapping) or :class:`~ctagrg.data.ctio.CTMetadata`.
         config: :class:`PreprocessConfig`; default = the seed's (240, 480, 480) at (1.5, 0.75, 0.75) mm.
+        max_bytes: the read's memory budget (``load_ct``'s); None: half of this machine's memory.
 
     Returns:
         float32 (D, H, W) = SLP, ``config.shape``.
     """
-    return preprocess_volume(load_ct(path, metadata), config)
+    return preprocess_volume(load_ct(path, metadata, max_bytes=max_bytes), config)

@@ -178,12 +178,13 @@ class Reporter:
         """Reports for several scans; raises ValueError naming the first input that cannot be read."""
         return self.report_volumes(np.stack([self.load_input(x) for x in inputs]) if inputs else np.zeros((0,)))
 
-    def load_input(self, scan: Input) -> np.ndarray:
-        """A path is read and preprocessed; an array must already be preprocessed to ``preprocess.shape``."""
+    def load_input(self, scan: Input, *, max_bytes: int | None = None) -> np.ndarray:
+        """A path is read (within ``max_bytes`` of memory, see :func:`ctagrg.data.ctio.load_ct`) and preprocessed;
+        an array must already be preprocessed to ``preprocess.shape``."""
         if isinstance(scan, (str, Path)):
             from ctagrg.data.preprocess import preprocess_file
 
-            return preprocess_file(scan, config=self.preprocess)
+            return preprocess_file(scan, config=self.preprocess, max_bytes=max_bytes)
         array = scan.detach().cpu().numpy() if isinstance(scan, torch.Tensor) else np.asarray(scan)
         if array.ndim == 4 and array.shape[0] == 1:
             array = array[0]

@@ -46,6 +46,7 @@ import numpy as np
 
 from ctagrg.config import to_dict
 from ctagrg.data.ctio import collect_read_warnings
+from ctagrg.data.read_cost import ScanTooLarge
 from ctagrg.labels import LABELS
 from ctagrg.serve.hosts import host_allowed, host_names
 from ctagrg.serve.limits import UnsafeUpload, VolumeTooLarge, check_upload
@@ -85,6 +86,8 @@ class ServeConfig:
             600 million, is 512 x 512 x 2288 slices: 1.2 GB as int16 before preprocessing adds its own copies.
         max_pending: uploads received or reported at the same time; one more is answered 503. Bounds the
             temporary folder to ``max_pending x max_upload_mb``.
+        max_memory_mb: the memory budget of decoding one upload, MiB, estimated from its headers before any
+            voxel is decoded (docs/serve.md, "Limits and threat model"); None: half of this machine's memory.
         timeout_s: seconds a connection may stay silent (mid-request or mid-upload) before it is dropped.
         allowed_hosts: extra names the ``Host`` header may give besides the bound address (and localhost when
             bound to loopback), e.g. this machine's DNS name when bound to all addresses.
@@ -95,6 +98,7 @@ class ServeConfig:
 
     max_upload_mb: float = 2048.0
     max_voxels: int = 600_000_000
+    max_memory_mb: float | None = None
     max_pending: int = 2
     timeout_s: float = 60.0
     allowed_hosts: tuple[str, ...] = ()
@@ -102,8 +106,10 @@ class ServeConfig:
     log_requests: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("max_upload_mb", "timeout_s"):
+        for name in ("max_upload_mb", "timeout_s", "max_memory_mb"):
             value = getattr(self, name)
+            if value is None and name == "max_memory_mb":
+                continue
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"ServeConfig.{name}: expected a finite number > 0, got {value}")
         for name in ("max_voxels", "max_pending", "keep"):
@@ -114,6 +120,12 @@ class ServeConfig:
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * MIB)
+
+    @property
+    def max_memory_bytes(self) -> int:
+        from ctagrg.data.read_cost import default_max_memory_mb
+
+        return int((default_max_memory_mb() if self.max_memory_mb is None else self.max_memory_mb) * MIB)
 
 
 class ApiError(Exception):
@@ -247,7 +259,7 @@ class ReportService:
         path = folder / safe_filename(filename)
         try:
             _receive(body, length, path, filename)
-            self._check_size(path, filename)
+            path = self._check_size(path, filename)
             with self._model_lock:
                 start = time.perf_counter()
                 volume, read_warnings = self._read(path, filename)
@@ -261,10 +273,12 @@ class ReportService:
                 "spacing": list(pre.spacing), "hu_window": list(self.hu_window)}
         return self.store.add(info, volume_to_hu(volume, hu_min=pre.hu_min, hu_max=pre.hu_max, offset=pre.offset))
 
-    def _check_size(self, path: Path, filename: str) -> None:
-        """Headers only, before the reader decodes anything: 413 past ``max_voxels``, 400 for an unsafe header."""
+    def _check_size(self, path: Path, filename: str) -> Path:
+        """Headers only, before the reader decodes anything: 413 past ``max_voxels`` or the memory budget, 400 for
+        an unsafe header. Returns the file the reader may open (see :func:`ctagrg.serve.limits.check_upload`)."""
         try:
-            check_upload(path, filename, max_voxels=self.config.max_voxels)
+            return check_upload(path, filename, max_voxels=self.config.max_voxels,
+                                max_bytes=self.config.max_memory_bytes)
         except VolumeTooLarge as exc:
             raise ApiError(413, str(exc)) from None
         except UnsafeUpload as exc:
@@ -279,7 +293,9 @@ class ReportService:
 
         try:
             with collect_read_warnings() as read:  # under the model lock: one reader at a time
-                volume = self.reporter.load_input(path)
+                volume = self.reporter.load_input(path, max_bytes=self.config.max_memory_bytes)
+        except ScanTooLarge as exc:  # found while decoding: a .nii.gz that decompresses to more than it says
+            raise ApiError(413, named(str(exc))) from None
         except ValueError as exc:
             message = named(str(exc))
             raise ApiError(400, message if filename in message else f"{filename}: {message}") from None
