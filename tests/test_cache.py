@@ -150,3 +150,22 @@ def test_lost_manifest_is_rebuilt_from_the_cache_files(scans: Path, tmp_path: Pa
     assert main(["preprocess", good, "--out", str(out), *SMALL]) == 0
     row = _read_manifest(out)["good1"]
     assert (row["status"], row["shape"], row["spacing"], row["out_shape"]) == ("ok", "16x16x8", "2x2x4", "12x16x16")
+
+
+def test_cache_files_repeat_byte_for_byte(scans: Path, tmp_path: Path) -> None:
+    import hashlib
+
+    volume = np.linspace(-0.449, 0.551, 4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    digests = set()
+    for k in range(6):  # safetensors orders the metadata by hash: six equal files by chance are (1/24)^5 unlikely
+        save_cached(tmp_path / f"v{k}.safetensors", volume, -0.449, 0.551, {"source": "a", "spacing": "1x1x1"})
+        digests.add(hashlib.sha256((tmp_path / f"v{k}.safetensors").read_bytes()).hexdigest())
+    assert len(digests) == 1
+    np.testing.assert_allclose(load_cached(tmp_path / "v0.safetensors"), volume, atol=1 / 255)
+    runs = []
+    for run in ("a", "b"):
+        good = [str(scans / "good1.nii.gz"), str(scans / "good2.nii"), str(scans / "patient")]
+        assert main(["preprocess", *good, "--out", str(tmp_path / run), *SMALL]) == 0
+        runs.append({p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+                     for p in sorted((tmp_path / run).glob("*.safetensors"))})
+    assert len(runs[0]) == 3 and runs[0] == runs[1]

@@ -51,12 +51,15 @@ def save_cached(path: str | Path, volume: np.ndarray, lo: float, hi: float, extr
     """
     from safetensors.numpy import save_file
 
+    from ctagrg.utils.safetensors_order import sort_header
+
     if not hi > lo:
         raise ValueError(f"{path}: cache range hi ({hi}) must be above lo ({lo})")
     q = quantize(volume, lo, hi)
     meta = {"format": FORMAT, "lo": repr(float(lo)), "hi": repr(float(hi)), "extra": json.dumps(extra or {})}
     with atomic_path(path, suffix=SUFFIX) as tmp:
         save_file({"volume": q}, str(tmp), metadata=meta)
+        sort_header(tmp)  # safetensors writes metadata in hash order: sorted, two runs write the same bytes
 
 
 def read_cache_metadata(path: str | Path) -> dict[str, Any]:
