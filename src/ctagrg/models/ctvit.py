@@ -105,8 +105,8 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         b, n, _ = x.shape
-        x = self.norm(x)
-        q, k, v = (self.to_q(x), *self.to_kv(x).chunk(2, dim=-1))
+        # CT-CLIP normalises the queries' input only: keys and values see the un-normalised tokens
+        q, k, v = (self.to_q(self.norm(x)), *self.to_kv(x).chunk(2, dim=-1))
         q, k, v = (t.view(b, n, self.heads, -1).transpose(1, 2) for t in (q, k, v))
         q = F.normalize(q, dim=-1) * self.q_scale
         k = F.normalize(k, dim=-1) * self.k_scale
