@@ -6,10 +6,9 @@ import pytest
 import torch
 
 from ctagrg.models.ctnet import CTNetConfig, CTNetEncoder
-from ctagrg.models.ctvit import CTViTConfig, CTViTEncoder
 from ctagrg.models.registry import ENCODERS, create_encoder
 from ctagrg.models.resnet import ResNetTrunk
-from ctagrg.models.weights import load_ctclip_ctvit, load_resnet18_trunk
+from ctagrg.models.weights import load_resnet18_trunk
 from ctagrg.training.checkpoint import CheckpointError
 
 TINY = {
@@ -123,123 +122,6 @@ def test_load_torchvision_resnet18(tmp_path):
         load_resnet18_trunk(ResNetTrunk(), tmp_path / "broken.pth")
     with pytest.raises(CheckpointError, match=r"shape mismatch \[\d+\]: bn1.bias \(model \(8,\), checkpoint \(64,\)"):
         load_resnet18_trunk(ResNetTrunk(type(trunk.config)(width=8)), tmp_path / "resnet18.pth")
-
-
-# -- CT-CLIP CTViT: a checkpoint in CT-CLIP's key layout, and CT-CLIP's forward arithmetic written out -------------
-CFG = CTViTConfig(input_shape=(8, 16, 16), dim=32, patch_size=4, temporal_patch_size=2, spatial_depth=2,
-                  temporal_depth=1, heads=2, dim_head=8, pool_grid=(2, 2), embed_dim=24, dropout=0.0)
-
-
-def ctclip_layout(cfg: CTViTConfig, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g) * 0.2  # noqa: E731
-    d, inner, n_in = cfg.dim, cfg.heads * cfg.dim_head, cfg.temporal_patch_size * cfg.patch_size**2
-    ff = int(cfg.ff_mult * 2 / 3 * d)
-    sd = {"to_patch_emb.1.weight": 1 + r(n_in), "to_patch_emb.1.bias": r(n_in), "to_patch_emb.2.weight": r(d, n_in),
-          "to_patch_emb.2.bias": r(d), "to_patch_emb.3.weight": 1 + r(d), "to_patch_emb.3.bias": r(d),
-          "spatial_rel_pos_bias.net.0.0.weight": r(d, 2), "spatial_rel_pos_bias.net.0.0.bias": r(d),
-          "spatial_rel_pos_bias.net.1.0.weight": r(d, d), "spatial_rel_pos_bias.net.1.0.bias": r(d),
-          "spatial_rel_pos_bias.net.2.weight": r(cfg.heads, d), "spatial_rel_pos_bias.net.2.bias": r(cfg.heads),
-          "vq._codebook.embed": r(1, 64, d), "to_pixels.0.weight": r(n_in, d), "dec_spatial_transformer.norm_out.gamma":
-          r(d), "to_patch_emb_first_frame.2.weight": r(d, 16)}
-    for part, depth in (("spatial", cfg.spatial_depth), ("temporal", cfg.temporal_depth)):
-        p = f"enc_{part}_transformer"
-        for i in range(depth):
-            q = f"{p}.layers.{i}"
-            sd |= {f"{q}.0.dsconv.weight": r(d, 1, 3, 3, 3), f"{q}.0.dsconv.bias": r(d),
-                   f"{q}.1.null_kv": r(cfg.heads, 0, cfg.dim_head), f"{q}.1.to_q.weight": r(inner, d),
-                   f"{q}.1.to_kv.weight": r(2 * inner, d), f"{q}.1.q_scale": 1 + r(cfg.dim_head),
-                   f"{q}.1.k_scale": 1 + r(cfg.dim_head), f"{q}.1.to_out.weight": r(d, inner),
-                   f"{q}.1.norm.gamma": 1 + r(d), f"{q}.1.norm.beta": torch.zeros(d),
-                   f"{q}.1.context_norm.gamma": 1 + r(d), f"{q}.1.context_norm.beta": torch.zeros(d),
-                   f"{q}.3.0.weight": 1 + r(d), f"{q}.3.0.bias": r(d), f"{q}.3.1.weight": r(2 * ff, d),
-                   f"{q}.3.4.weight": r(d, ff)}
-        sd |= {f"{p}.norm_out.gamma": 1 + r(d), f"{p}.norm_out.beta": torch.zeros(d)}
-    return {f"visual_transformer.{k}": v for k, v in sd.items()} | {"text_transformer.embeddings.weight": r(5, 4)}
-
-
-def ctclip_reference_tokens(sd: dict[str, torch.Tensor], cfg: CTViTConfig, video: torch.Tensor) -> torch.Tensor:
-    """CT-CLIP's CTViT.encode(to_patch_emb(video)), transcribed op by op from its ctvit.py / attention.py."""
-    F = torch.nn.functional
-    sd = {k.removeprefix("visual_transformer."): v for k, v in sd.items()}
-    b, c, f, H, W = video.shape
-    p, pt, hd = cfg.patch_size, cfg.temporal_patch_size, cfg.heads
-    x = video.reshape(b, c, f // pt, pt, H // p, p, W // p, p).permute(0, 2, 4, 6, 1, 3, 5, 7)
-    x = x.reshape(b, f // pt, H // p, W // p, -1)
-    x = F.layer_norm(x, x.shape[-1:], sd["to_patch_emb.1.weight"], sd["to_patch_emb.1.bias"])
-    x = F.linear(x, sd["to_patch_emb.2.weight"], sd["to_patch_emb.2.bias"])
-    x = F.layer_norm(x, x.shape[-1:], sd["to_patch_emb.3.weight"], sd["to_patch_emb.3.bias"])
-    t, h, w = x.shape[1:4]
-    shape = (b, t, h, w)
-    grid = torch.stack(torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")).flatten(1).T
-    rel = (grid[:, None] - grid[None]).float()
-    rel = torch.sign(rel) * torch.log(rel.abs() + 1)
-    for i in range(2):
-        rel = F.leaky_relu(F.linear(rel, sd[f"spatial_rel_pos_bias.net.{i}.0.weight"],
-                                    sd[f"spatial_rel_pos_bias.net.{i}.0.bias"]), 0.1)
-    bias = F.linear(rel, sd["spatial_rel_pos_bias.net.2.weight"], sd["spatial_rel_pos_bias.net.2.bias"])
-    bias = bias.permute(2, 0, 1)
-
-    def transformer(x, prefix, depth, attn_bias):
-        for i in range(depth):
-            q_ = f"{prefix}.layers.{i}"
-            y = x.reshape(*shape, -1).permute(0, 4, 1, 2, 3)
-            y = F.conv3d(F.pad(y, (1, 1, 1, 1, 2, 0)), sd[f"{q_}.0.dsconv.weight"], sd[f"{q_}.0.dsconv.bias"],
-                         groups=cfg.dim)
-            x = y.permute(0, 2, 3, 4, 1).reshape(x.shape) + x
-            n = F.layer_norm(x, x.shape[-1:], sd[f"{q_}.1.norm.gamma"], sd[f"{q_}.1.norm.beta"])
-            q = F.linear(n, sd[f"{q_}.1.to_q.weight"])
-            k, v = F.linear(n, sd[f"{q_}.1.to_kv.weight"]).chunk(2, dim=-1)
-            q, k, v = (z.reshape(z.shape[0], z.shape[1], hd, -1).transpose(1, 2) for z in (q, k, v))
-            q = F.normalize(q, dim=-1) * sd[f"{q_}.1.q_scale"]
-            k = F.normalize(k, dim=-1) * sd[f"{q_}.1.k_scale"]
-            sim = torch.einsum("bhid,bhjd->bhij", q, k) * 8
-            if attn_bias is not None:
-                sim = sim + attn_bias
-            out = torch.einsum("bhij,bhjd->bhid", sim.softmax(-1), v).transpose(1, 2).flatten(2)
-            x = F.linear(out, sd[f"{q_}.1.to_out.weight"]) + x
-            z = F.linear(F.layer_norm(x, x.shape[-1:], sd[f"{q_}.3.0.weight"], sd[f"{q_}.3.0.bias"]),
-                         sd[f"{q_}.3.1.weight"])
-            a, gate = z.chunk(2, dim=-1)
-            x = F.linear(F.gelu(gate) * a, sd[f"{q_}.3.4.weight"]) + x
-        return F.layer_norm(x, x.shape[-1:], sd[f"{prefix}.norm_out.gamma"], sd[f"{prefix}.norm_out.beta"])
-
-    x = transformer(x.reshape(b * t, h * w, -1), "enc_spatial_transformer", cfg.spatial_depth, bias)
-    x = x.reshape(b, t, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b * h * w, t, -1)
-    x = transformer(x, "enc_temporal_transformer", cfg.temporal_depth, None)
-    return x.reshape(b, h, w, t, -1).permute(0, 3, 1, 2, 4)
-
-
-def test_load_ctclip_ctvit_matches_ctclip_arithmetic(tmp_path):
-    sd = ctclip_layout(CFG)
-    torch.save(sd, tmp_path / "CT-CLIP_v2.pt")
-    enc = CTViTEncoder(CFG).eval()
-    report = load_ctclip_ctvit(enc, tmp_path / "CT-CLIP_v2.pt")
-    assert not report.unexpected and "text_transformer.embeddings.weight" in report.ignored
-    assert "vq._codebook.embed" in report.ignored and len(report.loaded) == 12 + 3 * 12 + 2
-    video = torch.randn(2, 1, *CFG.input_shape, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        ours = enc.forward_tokens(video)
-        ref = ctclip_reference_tokens(sd, CFG, video)
-    assert ours.shape == (2, 4, 4, 4, 32)
-    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
-
-
-def test_load_ctclip_reports_bad_keys(tmp_path):
-    sd = ctclip_layout(CFG)
-    sd["visual_transformer.enc_spatial_transformer.layers.0.9.weight"] = torch.zeros(1)
-    torch.save(sd, tmp_path / "odd.pt")
-    with pytest.raises(CheckpointError, match=r"odd.pt: keys not known .*enc_spatial_transformer.layers.0.9.weight"):
-        load_ctclip_ctvit(CTViTEncoder(CFG), tmp_path / "odd.pt")
-    wide = CTViTConfig(**{**CFG.__dict__, "dim": 48})
-    torch.save(ctclip_layout(CFG), tmp_path / "ok.pt")
-    with pytest.raises(CheckpointError, match=r"do not fit this CTViT config: shape mismatch \[\d+\]: patch_embed"):
-        load_ctclip_ctvit(CTViTEncoder(wide), tmp_path / "ok.pt")
-    del sd["visual_transformer.enc_spatial_transformer.layers.0.9.weight"]
-    del sd["visual_transformer.enc_temporal_transformer.layers.0.1.to_q.weight"]
-    torch.save(sd, tmp_path / "partial.pt")
-    with pytest.raises(CheckpointError, match=r"missing \[1\]: temporal.blocks.0.attn.to_q.weight"):
-        load_ctclip_ctvit(CTViTEncoder(CFG), tmp_path / "partial.pt")
 
 
 def test_ctnet_pool_reducer_is_invariant_to_triplet_order():

@@ -6,11 +6,15 @@ the same tokens:
 
 - patch embedding: LayerNorm -> Linear -> LayerNorm on (pt·p·p) voxels; tokens (B, t, h, w, dim);
 - every block: depth-wise Conv3d position generator ("PEG", causally padded along depth), cosine-similarity
-  attention (l2-normalised q/k, learned per-dim scales, temperature 8), GEGLU feed-forward; bias-free LayerNorms;
+  attention (l2-normalised q/k, learned per-dim scales, temperature 8; queries from the LayerNorm'd tokens, keys
+  and values from the un-normalised ones), GEGLU feed-forward; bias-free LayerNorms;
 - spatial blocks get a continuous relative position bias (an MLP over log-distances between the h×w patches);
 - CT-CLIP quirk kept for weight compatibility: the temporal blocks' PEG reinterprets the (B·h·w, t) token layout
   as (B, t, h, w) without transposing, mixing positions; fixing it would change what loaded weights compute.
 - CT-CLIP vector-quantises the tokens (a VQ-VAE codebook) before its projection; we use the continuous tokens.
+
+``tests/test_ctvit.py`` compares ``forward_tokens`` with tokens written by CT-CLIP's own code; docs/training.md
+("CT-ViT and CT-CLIP") has the paper-size figure and every remaining difference.
 
 Pooling to 2048 (not published for CT-AGRG): tokens are averaged over depth as CT-CLIP does, then adaptively
 average-pooled to a ``pool_grid`` (4×4 by default) so left/right and anterior/posterior stay distinguishable,
@@ -105,8 +109,8 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         b, n, _ = x.shape
-        x = self.norm(x)
-        q, k, v = (self.to_q(x), *self.to_kv(x).chunk(2, dim=-1))
+        # CT-CLIP normalises the queries' input only: keys and values see the un-normalised tokens
+        q, k, v = (self.to_q(self.norm(x)), *self.to_kv(x).chunk(2, dim=-1))
         q, k, v = (t.view(b, n, self.heads, -1).transpose(1, 2) for t in (q, k, v))
         q = F.normalize(q, dim=-1) * self.q_scale
         k = F.normalize(k, dim=-1) * self.k_scale

@@ -74,63 +74,122 @@ def load_resnet18_trunk(trunk: nn.Module, path: str | Path) -> LoadReport:
     return _load_mapped(trunk, mapped, Path(path), report, "torchvision ResNet-18 state dict")
 
 
-# CT-CLIP CTViT key -> ours. Block index i and sub-keys are carried over by the regex groups.
-_CTVIT_RULES: list[tuple[str, str]] = [
-    (r"to_patch_emb\.1\.(weight|bias)", r"patch_embed.norm_in.\1"),
-    (r"to_patch_emb\.2\.(weight|bias)", r"patch_embed.proj.\1"),
-    (r"to_patch_emb\.3\.(weight|bias)", r"patch_embed.norm_out.\1"),
-    (r"spatial_rel_pos_bias\.net\.(\d)\.0\.(weight|bias)", r"pos_bias.mlp.\1.\2"),
-    (r"spatial_rel_pos_bias\.net\.2\.(weight|bias)", r"pos_bias.out.\1"),
-    (r"enc_(spatial|temporal)_transformer\.layers\.(\d+)\.0\.dsconv\.(weight|bias)", r"\1.blocks.\2.peg.\3"),
-    (r"enc_(spatial|temporal)_transformer\.layers\.(\d+)\.1\.norm\.gamma", r"\1.blocks.\2.attn.norm.weight"),
-    (r"enc_(spatial|temporal)_transformer\.layers\.(\d+)\.1\.(to_q|to_kv|to_out)\.weight",
-     r"\1.blocks.\2.attn.\3.weight"),
-    (r"enc_(spatial|temporal)_transformer\.layers\.(\d+)\.1\.(q_scale|k_scale)", r"\1.blocks.\2.attn.\3"),
-    (r"enc_(spatial|temporal)_transformer\.layers\.(\d+)\.3\.0\.(weight|bias)", r"\1.blocks.\2.ff.norm.\3"),
-    (r"enc_(spatial|temporal)_transformer\.layers\.(\d+)\.3\.1\.weight", r"\1.blocks.\2.ff.proj_in.weight"),
-    (r"enc_(spatial|temporal)_transformer\.layers\.(\d+)\.3\.4\.weight", r"\1.blocks.\2.ff.proj_out.weight"),
-    (r"enc_(spatial|temporal)_transformer\.norm_out\.gamma", r"\1.norm_out.weight"),
+# CT-CLIP CTViT key template -> ours. A {field} matches the pattern in _FIELDS and is carried over by name, so the
+# same table renames both ways (CT-CLIP's names in error messages).
+_CTVIT_KEYS: list[tuple[str, str]] = [
+    ("to_patch_emb.1.{p}", "patch_embed.norm_in.{p}"),
+    ("to_patch_emb.2.{p}", "patch_embed.proj.{p}"),
+    ("to_patch_emb.3.{p}", "patch_embed.norm_out.{p}"),
+    ("spatial_rel_pos_bias.net.{j}.0.{p}", "pos_bias.mlp.{j}.{p}"),
+    ("spatial_rel_pos_bias.net.2.{p}", "pos_bias.out.{p}"),
+    ("enc_{part}_transformer.layers.{i}.0.dsconv.{p}", "{part}.blocks.{i}.peg.{p}"),
+    ("enc_{part}_transformer.layers.{i}.1.norm.gamma", "{part}.blocks.{i}.attn.norm.weight"),
+    ("enc_{part}_transformer.layers.{i}.1.{proj}.weight", "{part}.blocks.{i}.attn.{proj}.weight"),
+    ("enc_{part}_transformer.layers.{i}.1.{scale}", "{part}.blocks.{i}.attn.{scale}"),
+    ("enc_{part}_transformer.layers.{i}.3.0.{p}", "{part}.blocks.{i}.ff.norm.{p}"),
+    ("enc_{part}_transformer.layers.{i}.3.1.weight", "{part}.blocks.{i}.ff.proj_in.weight"),
+    ("enc_{part}_transformer.layers.{i}.3.4.weight", "{part}.blocks.{i}.ff.proj_out.weight"),
+    ("enc_{part}_transformer.norm_out.gamma", "{part}.norm_out.weight"),
 ]
-# Keys CT-CLIP has that the encoder does not need: bias-free LayerNorms' zero "beta" buffers, the unused
-# context norm and (empty) null key/values of self-attention, the VQ codebook, the VQ-VAE decoder, GAN parts.
+_FIELDS = {"p": "weight|bias", "part": "spatial|temporal", "i": r"\d+", "j": "[01]", "proj": "to_q|to_kv|to_out",
+           "scale": "q_scale|k_scale"}
+# Keys CT-CLIP has that the encoder does not need: bias-free LayerNorms' zero "beta" buffers, the context norm and
+# null key/values of self-attention (unused, and empty, in CT-CLIP's CTViT; checked by _unsupported), the VQ
+# codebook, the VQ-VAE decoder, the unused first-frame patch embedding, GAN parts.
 _CTVIT_IGNORE = re.compile(
     r"(.*\.beta|.*\.context_norm\..*|.*\.null_kv|vq\..*|dec_.*|to_pixels.*|to_patch_emb_first_frame\..*"
     r"|discr\..*|vgg\..*)"
 )
+_CTCLIP_PREFIX = "visual_transformer."
+
+
+def _template_regex(template: str) -> re.Pattern[str]:
+    return re.compile(re.sub(r"\\\{(\w+)\\\}", lambda m: f"(?P<{m[1]}>{_FIELDS[m[1]]})", re.escape(template)))
+
+
+_RULES = [(_template_regex(theirs), ours, _template_regex(ours), theirs) for theirs, ours in _CTVIT_KEYS]
+
+
+def _rename(key: str, to_ours: bool = True) -> str | None:
+    """A CT-CLIP CTViT key in our naming (or back, ``to_ours=False``); None when no rule matches."""
+    for theirs_re, ours, ours_re, theirs in _RULES:
+        pattern, target = (theirs_re, ours) if to_ours else (ours_re, theirs)
+        if m := pattern.fullmatch(key):
+            return target.format(**m.groupdict())
+    return None
 
 
 def map_ctclip_keys(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], LoadReport]:
-    """Rename CT-CLIP CTViT keys to ours; returns the mapped tensors and a report of ignored/unexpected keys."""
-    prefix = "visual_transformer."
-    if any(k.startswith(prefix) for k in state):  # a whole CTCLIP checkpoint: keep only the image encoder
-        other = [k for k in state if not k.startswith(prefix)]
-        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    else:
-        other = []
-    report = LoadReport(ignored=sorted(other))
+    """Rename CT-CLIP CTViT keys to ours. Returns the mapped tensors and a report whose ``ignored`` and
+    ``unexpected`` hold the file's own key names (``visual_transformer.`` kept for a whole CTCLIP checkpoint)."""
+    prefix = _CTCLIP_PREFIX if any(k.startswith(_CTCLIP_PREFIX) for k in state) else ""
+    report = LoadReport(ignored=sorted(k for k in state if not k.startswith(prefix)))
     mapped: dict[str, torch.Tensor] = {}
     for key, tensor in state.items():
-        for pattern, repl in _CTVIT_RULES:
-            if re.fullmatch(pattern, key):
-                mapped[re.sub(pattern, repl, key)] = tensor
-                break
+        if not key.startswith(prefix):
+            continue
+        ours = _rename(key[len(prefix):])
+        if ours is not None:
+            mapped[ours] = tensor
         else:
-            (report.ignored if _CTVIT_IGNORE.fullmatch(key) else report.unexpected).append(key)
+            (report.ignored if _CTVIT_IGNORE.fullmatch(key[len(prefix):]) else report.unexpected).append(key)
+    report.ignored.sort()
+    report.unexpected.sort()
     return mapped, report
 
 
+def _unsupported(state: dict[str, torch.Tensor], prefix: str) -> list[str]:
+    """Ignored tensors of CT-CLIP's encoder transformers that would change the tokens: non-zero LayerNorm betas
+    (CT-CLIP keeps them as zero buffers) and self-attention null key/values (CT-CLIP's CTViT has none)."""
+    found = []
+    for key, tensor in state.items():
+        if not key.startswith(prefix + "enc_"):
+            continue
+        if key.endswith(".beta") and ".context_norm." not in key and bool(tensor.any()):
+            found.append(f"{key} is not zero (CTViTEncoder's LayerNorms there have no bias)")
+        elif key.endswith(".null_kv") and tensor.numel():
+            found.append(f"{key} holds {tensor.shape[1] // 2} null key/values (CTViTEncoder has none)")
+    return found
+
+
+def describe_ctvit_weights(state: dict[str, torch.Tensor]) -> str:
+    """The hyperparameters a CTViTEncoder state dict (our key names) fixes, e.g. 'dim 512, 4000 voxels per tubelet,
+    4 spatial + 4 temporal blocks, 8 heads x 32, feed-forward 1365'."""
+    parts = []
+    if (w := state.get("patch_embed.proj.weight")) is not None:
+        parts.append(f"dim {w.shape[0]}, {w.shape[1]} voxels per tubelet")
+    depths = [len({k.split(".")[2] for k in state if k.startswith(f"{p}.blocks.")}) for p in ("spatial", "temporal")]
+    parts.append(f"{depths[0]} spatial + {depths[1]} temporal blocks")
+    heads, scale = state.get("pos_bias.out.weight"), state.get("spatial.blocks.0.attn.q_scale")
+    if heads is not None and scale is not None:
+        parts.append(f"{heads.shape[0]} heads x {scale.shape[0]}")
+    if (w := state.get("spatial.blocks.0.ff.proj_out.weight")) is not None:
+        parts.append(f"feed-forward {w.shape[1]}")
+    return ", ".join(parts)
+
+
 def load_ctclip_ctvit(encoder: nn.Module, path: str | Path, strict: bool = True) -> LoadReport:
-    """Load CT-CLIP's CTViT weights into ``encoder`` (a CTViTEncoder). The pooling/projection ``fc`` stays as
-    initialised (CT-CLIP has no 2048-d projection). Raises on shape mismatches, on missing encoder tensors, and on
-    unexpected keys when ``strict``."""
+    """Load CT-CLIP's CTViT weights into ``encoder`` (a CTViTEncoder); its ``fc`` (the projection to ``embed_dim``)
+    stays as initialised, CT-CLIP has none. Every problem raises a one-line CheckpointError naming the file, in
+    CT-CLIP's key names: encoder tensors the file lacks, CTViT tensors the encoder has no place for (a deeper
+    checkpoint), wrong shapes (with the hyperparameters of file and config), ignored tensors that would change the
+    tokens, and, when ``strict``, keys unknown to the mapping. The tubelet's split into temporal and in-plane patch
+    sizes is not in the weights (only its voxel count): ``encoder.config`` must state CT-CLIP's (10, 20)."""
     path = Path(path)
-    mapped, report = map_ctclip_keys(read_state_dict(path))
+    state = read_state_dict(path)
+    mapped, report = map_ctclip_keys(state)
     if strict and report.unexpected:
-        raise CheckpointError(f"{path}: keys not known to the CT-CLIP mapping: {', '.join(report.unexpected[:20])}")
+        raise CheckpointError(f"{path}: keys not known to the CT-CLIP CTViT mapping [{len(report.unexpected)}]: "
+                              f"{', '.join(report.unexpected[:20])}")
+    prefix = _CTCLIP_PREFIX if any(k.startswith(_CTCLIP_PREFIX) for k in state) else ""
+    if unsupported := _unsupported(state, prefix):
+        raise CheckpointError(f"{path}: CT-CLIP CTViT weights this encoder cannot compute: {'; '.join(unsupported)}")
     target = {k: v for k, v in encoder.state_dict().items() if not k.startswith("fc.")}
-    problem = describe_mismatch(target, mapped)
+    problem = describe_mismatch({prefix + (_rename(k, to_ours=False) or k): v for k, v in target.items()},
+                                {prefix + (_rename(k, to_ours=False) or k): v for k, v in mapped.items()})
     if problem:
-        raise CheckpointError(f"{path}: CT-CLIP CTViT weights do not fit this CTViT config: {problem}")
+        raise CheckpointError(f"{path}: CT-CLIP CTViT weights do not fit this CTViTConfig (file: "
+                              f"{describe_ctvit_weights(mapped)}; config: {describe_ctvit_weights(target)}): {problem}")
     encoder.load_state_dict(mapped, strict=False)
     report.loaded = sorted(mapped)
     return report
