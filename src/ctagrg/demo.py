@@ -120,8 +120,8 @@ def cpu_seconds() -> float:
 # this version's stages cannot reuse (2026-11-29: larger consolidations (b), the whole-shell blob channel (c), step
 # 1's gated halves and step 2's mirrored pairs (d), measured nodule diameters calibrated by step 1 (e), the sphere
 # stem channel and the L1 read-out in pretraining (f); 2026-11-30: the phantoms' mediastinum and the node stem
-# channel (a)).
-DEMO_DESIGN = "2026-11-30a"
+# channel (a), the phantoms' CSVs under CT-RATE's release names and metadata columns (b)).
+DEMO_DESIGN = "2026-11-30b"
 
 
 def run_settings(cfg: DemoConfig) -> dict[str, Any]:
