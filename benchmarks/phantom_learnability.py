@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ctagrg.data.ctrate import split_csv
+
 ROOT = Path(__file__).resolve().parents[1]
 SIDE_LABELS = ("Lung nodule", "Pleural effusion", "Consolidation")
 
@@ -66,7 +68,7 @@ def prepare(out: Path, workers: int) -> dict[str, float]:
             _cli("preprocess", out / split, "--out", out / f"cache_{split}", "--config",
                  ROOT / "configs" / "demo" / "preprocess.yaml", "--workers", workers)
     if not (out / "sentences_train.csv").is_file():
-        _cli("sentences", out / "train" / "radiology_text_reports" / "train_reports.csv", "--out",
+        _cli("sentences", split_csv(out / "train", "reports", "train"), "--out",
              out / "sentences_train.csv", "--text-columns", "Findings_EN")
     return {"preprocess_s": time.perf_counter() - start}
 
@@ -79,7 +81,7 @@ def train(out: Path, minutes: float, overrides: list[str]) -> tuple[Path, dict[s
     from ctagrg.training.visual_tasks import PretrainTask, PretrainTaskConfig
 
     over = [f"data.cache_dir={out / 'cache_train'}",
-            f"data.train_labels={out / 'train' / 'multi_abnormality_labels' / 'train_predicted_labels.csv'}",
+            f"data.train_labels={split_csv(out / 'train', 'labels', 'train')}",
             "data.valid_labels=", f"train.out_dir={out / 'run'}", "train.tensorboard=false",
             f"attributes.sentences_csv={out / 'sentences_train.csv'}", *overrides]
     cfg = load_config(PretrainTaskConfig, ROOT / "configs" / "demo" / "pretrain.yaml", over)
@@ -105,7 +107,7 @@ def evaluate(best: Path, out: Path) -> dict:
 
     model = PretrainModel.from_pretrained(best)
     ds = CachedVolumeDataset(out / "cache_test",
-                             labels=out / "test" / "multi_abnormality_labels" / "test_predicted_labels.csv")
+                             labels=split_csv(out / "test", "labels", "test"))
     labels, probs, entries = [], [], []
     with torch.no_grad():
         for batch in DataLoader(ds, batch_size=8):

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from ctagrg.data.ctrate import split_csv
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -71,9 +73,8 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.KEY=VALUE")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    labels = args.data / "multi_abnormality_labels"
-    common = [f"data.cache_dir={args.cache}", f"data.train_labels={labels / 'train_predicted_labels.csv'}",
-              f"data.valid_labels={labels / 'valid_predicted_labels.csv'}", "train.tensorboard=false"]
+    common = [f"data.cache_dir={args.cache}", f"data.train_labels={split_csv(args.data, 'labels', 'train')}",
+              f"data.valid_labels={split_csv(args.data, 'labels', 'valid')}", "train.tensorboard=false"]
     if not any(o.startswith("classifier.attributes.sentences_csv=") for o in args.overrides):
         # step 1's attribute supervision (configs/demo/classifier.yaml) reads sides and sizes from the report
         # sentences of the training and validation splits, as `ctagrg demo` does
@@ -83,7 +84,7 @@ def main() -> None:
         for split in ("train", "valid"):
             target = sentences / f"{split}.csv"
             if not target.is_file():
-                reports = args.data / "radiology_text_reports" / f"{split}_reports.csv"
+                reports = split_csv(args.data, "reports", split)
                 if cli_main(["sentences", str(reports), "--out", str(target), "--text-columns", "Findings_EN"]):
                     raise SystemExit(f"{reports}: `ctagrg sentences` failed")
         args.overrides.append(f"classifier.attributes.sentences_csv={sentences}")
@@ -97,7 +98,7 @@ def main() -> None:
         print(f"{stage}: {times[stage]}", flush=True)
     from ctagrg.evaluation.classification import markdown_table
 
-    rep = test_report(best, args.cache, labels / "test_predicted_labels.csv")
+    rep = test_report(best, args.cache, split_csv(args.data, "labels", "test"))
     (args.out / "test_report.json").write_text(json.dumps({"times": times, **rep}, indent=2))
     print(markdown_table(rep))
     print(json.dumps({"times": times, "macro_auroc": rep["macro"]["auroc"]}))

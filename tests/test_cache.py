@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ct_fixtures import phantom_hu, write_dicom_series, write_nifti
+from ctrate_fixtures import Volume, drop_rows, write_release_tree
 
 from ctagrg.cli.main import main
 from ctagrg.data.cache import CacheError, cache_path, load_cached, load_cached_tensor, read_cache_metadata, save_cached
@@ -140,6 +141,33 @@ def test_ctrate_root_input_uses_metadata(tmp_path: Path) -> None:
     assert main(["preprocess", str(root), "--out", str(out), *SMALL]) == 0
     row = _read_manifest(out)["valid_3_a_1"]
     assert row["spacing"] == "2x2x4" and row["hu_min"].startswith("-10")
+
+
+def _release_root(tmp_path: Path) -> Path:
+    return write_release_tree(tmp_path / "ctrate", {"train_1_a_1": Volume("Normal.", folder="train_fixed"),
+                                                    "valid_2_a_1": Volume("Normal.", folder="valid_fixed")})
+
+
+def test_ctrate_root_metadata_errors_name_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root, out = _release_root(tmp_path), str(tmp_path / "cache")
+    meta = root / "metadata" / "validation_metadata.csv"
+    items = {i.name: i for i in discover_inputs([root])}
+    assert items["valid_2_a_1"].metadata["XYSpacing"] == "[2.0, 2.0]"  # from validation_metadata.csv
+    drop_rows(meta, ["valid_2_a_1"])
+    assert main(["preprocess", str(root), "--out", out]) == 2
+    assert capsys.readouterr().err == f"{meta}: no row for 1 of the 1 volume(s) of split valid, e.g. valid_2_a_1\n"
+    meta.write_text("Name,XYSpacing\nvalid_2_a_1.nii.gz,\"[2.0, 2.0]\"\n")
+    assert main(["preprocess", str(root), "--out", out]) == 2
+    assert capsys.readouterr().err == f"{meta}: missing column(s) VolumeName; found Name, XYSpacing\n"
+    meta.unlink()
+    assert main(["preprocess", str(root), "--out", out]) == 2
+    assert capsys.readouterr().err == (f"{meta}: file not found (the spacing and rescale of the valid split)\n")
+    # an explicit --metadata CSV stands in for the root's own
+    other = tmp_path / "meta.csv"
+    other.write_text("VolumeName,XYSpacing,ZSpacing\nvalid_2_a_1.nii.gz,\"[1.5, 1.5]\",3\n")
+    items = {i.name: i for i in discover_inputs([root], other)}
+    assert items["valid_2_a_1"].metadata["XYSpacing"] == "[1.5, 1.5]"
+    assert items["train_1_a_1"].metadata["XYSpacing"] == "[2.0, 2.0]"
 
 
 def test_lost_manifest_is_rebuilt_from_the_cache_files(scans: Path, tmp_path: Path) -> None:

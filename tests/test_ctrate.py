@@ -1,58 +1,70 @@
-"""ctagrg.data.ctrate: CT-RATE layout discovery, CSV parsing and joining, patient-level splits."""
+"""ctagrg.data.ctrate: the release's file names, layout discovery, CSV parsing, joining and errors, patient splits."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
+import yaml
+from ctrate_fixtures import METADATA_HEADER, RELEASE_FILES, Volume, drop_rows, volume_path, write_release_tree
 
-from ctagrg.data.ctrate import CTRateIndex, find_volumes, parse_name, patient_splits
+from ctagrg.data.ctrate import (
+    METADATA_COLUMNS,
+    CTRateIndex,
+    canonical_split,
+    find_volumes,
+    parse_name,
+    patient_splits,
+    split_csv,
+)
 from ctagrg.labels import LABELS
 
-
-def _touch_volume(root: Path, split_dir: str, name: str) -> Path:
-    split, pid, scan, _ = name.split("_")
-    folder = root / split_dir / f"{split}_{pid}" / f"{split}_{pid}_{scan}"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.nii.gz"
-    path.write_bytes(b"")
-    return path
-
-
-def _labels_csv(path: Path, rows: dict[str, list[int]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    header = ",".join(["VolumeName", *LABELS])
-    lines = [header] + [",".join([f"{n}.nii.gz", *map(str, v)]) for n, v in rows.items()]
-    path.write_text("\n".join(lines) + "\n")
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 @pytest.fixture()
 def root(tmp_path: Path) -> Path:
-    r = tmp_path / "CT-RATE"
-    _touch_volume(r, "train", "train_1_a_1")
-    _touch_volume(r, "train", "train_1_a_2")
-    _touch_volume(r, "train", "train_2_b_1")
-    _touch_volume(r, "train_fixed", "train_2_b_1")  # corrected twin wins
-    _touch_volume(r, "valid", "valid_7_a_1")
-    (r / "radiology_text_reports").mkdir()
-    (r / "radiology_text_reports" / "train_reports.csv").write_text(
-        "VolumeName,ClinicalInformation_EN,Technique_EN,Findings_EN,Impressions_EN\n"
-        'train_1_a_1.nii.gz,Cough.,Non-contrast.,"Nodule in the right lung, 5 mm.",Nodule.\n'
-        "train_2_b_1.nii.gz,,,Normal heart.,\n")
-    (r / "radiology_text_reports" / "validation_reports.csv").write_text(
-        "VolumeName,ClinicalInformation_EN,Technique_EN,Findings_EN,Impressions_EN\n"
-        "valid_7_a_1.nii.gz,,,Pleural effusion.,Effusion.\n"
-        "valid_8_a_1.nii.gz,,,No volume for this one.,\n")
-    one = [0] * 18
-    one[LABELS.index("Lung nodule")] = 1
-    _labels_csv(r / "multi_abnormality_labels" / "train_predicted_labels.csv",
-                {"train_1_a_1": one, "train_1_a_2": one, "train_2_b_1": [0] * 18})
-    (r / "metadata").mkdir()
-    (r / "metadata" / "train_metadata.csv").write_text(
-        "VolumeName,XYSpacing,ZSpacing,RescaleSlope,RescaleIntercept,Manufacturer\n"
-        'train_1_a_1.nii.gz,"[0.341796875, 0.341796875]",1.0,1,-1024,Philips\n')
+    """The release's names and headers: train/ and train_fixed/, valid/, and a validation report and label row
+    whose volume was not downloaded."""
+    r = write_release_tree(tmp_path / "CT-RATE", {
+        "train_1_a_1": Volume("Nodule in the right lung, 5 mm.", ["Lung nodule"], folder="train", xy=0.341796875),
+        "train_1_a_2": Volume("Nodule.", ["Lung nodule"], folder="train"),
+        "train_2_b_1": Volume("Normal heart.", folder="train_fixed"),
+        "valid_7_a_1": Volume("Pleural effusion.", ["Pleural effusion"], folder="valid"),
+        "valid_8_a_1": Volume("No volume for this one."),
+    })
+    twin = volume_path(r, "train", "train_2_b_1")  # the uncorrected twin: train_fixed/ wins
+    twin.parent.mkdir(parents=True)
+    twin.write_bytes(b"")
     return r
+
+
+def test_split_csv_spells_the_release_names() -> None:
+    for split, files in RELEASE_FILES.items():
+        for kind, rel in files.items():
+            assert split_csv("R", kind, split) == Path("R", rel)  # type: ignore[arg-type]
+    for kind in ("reports", "labels", "metadata"):  # "validation" names the same split
+        assert split_csv("R", kind, "validation") == split_csv("R", kind, "valid")  # type: ignore[arg-type]
+    assert [split_csv("R", k, "test").name for k in ("reports", "labels", "metadata")] == [  # type: ignore[arg-type]
+        "test_reports.csv", "test_predicted_labels.csv", "test_metadata.csv"]
+    assert canonical_split("validation") == "valid" and canonical_split("train") == "train"
+    with pytest.raises(ValueError, match="kind must be one of reports, labels, metadata"):
+        split_csv("R", "findings", "train")  # type: ignore[arg-type]
+
+
+def test_metadata_columns_are_the_release_header() -> None:
+    assert ",".join(METADATA_COLUMNS) == METADATA_HEADER and len(METADATA_COLUMNS) == 44
+
+
+def test_ctrate_configs_name_the_release_files() -> None:
+    data = Path("data/CT-RATE/dataset")
+    for stage in ("pretrain", "classifier"):
+        cfg = yaml.safe_load((CONFIGS / "ctrate" / f"{stage}.yaml").read_text())["data"]
+        assert Path(cfg["train_labels"]) == split_csv(data, "labels", "train")
+        assert Path(cfg["valid_labels"]) == split_csv(data, "labels", "valid")
+    emb = yaml.safe_load((CONFIGS / "ctrate" / "decoder.yaml").read_text())["embeddings"]
+    assert Path(emb["labels_csv"]) == split_csv(data, "labels", "train").parent
+    assert Path(emb["reports_csv"]) == split_csv(data, "reports", "valid").parent
 
 
 def test_parse_name() -> None:
@@ -75,20 +87,66 @@ def test_index_joins_everything(root: Path) -> None:
     assert row["Lung nodule"] == 1.0 and row["Cardiomegaly"] == 0.0 and row["Manufacturer"] == "Philips"
     assert row["path"].endswith("train/train_1/train_1_a/train_1_a_1.nii.gz")
     assert index.names() == ["train_1_a_1", "train_1_a_2", "train_2_b_1", "valid_7_a_1"]
-    assert index.names(with_volume=False)[-1] == "valid_8_a_1"  # report without a volume is kept
+    assert index.names(with_volume=False)[-1] == "valid_8_a_1"  # rows without a volume are kept
     assert index.names("train", labelled=True) == ["train_1_a_1", "train_1_a_2", "train_2_b_1"]
-    assert index.names("valid", labelled=True) == []
-    labels = index.labels(["train_1_a_2", "valid_7_a_1"])
-    assert labels.shape == (2, 18) and labels[0, LABELS.index("Lung nodule")] == 1 and np.isnan(labels[1]).all()
-    assert index.metadata("train_1_a_1")["XYSpacing"] == "[0.341796875, 0.341796875]"
-    assert index.metadata("valid_7_a_1") is None
-    assert index.report("valid_7_a_1") == "Pleural effusion.\n\nEffusion."
+    assert index.names("valid", labelled=True) == ["valid_7_a_1"]
+    assert index.names("validation", with_volume=False) == index.names("valid", with_volume=False) == [
+        "valid_7_a_1", "valid_8_a_1"]
+    labels = index.labels(["train_1_a_2", "valid_8_a_1"])
+    assert labels.shape == (2, 18) and labels[0, LABELS.index("Lung nodule")] == 1 and labels[1].sum() == 0
+    meta = index.metadata("train_1_a_1")
+    assert meta is not None and meta["XYSpacing"] == "[0.341796875, 0.341796875]" and meta["RescaleIntercept"] == -1024
+    assert index.metadata("valid_7_a_1")["ZSpacing"] == 4.0  # from validation_metadata.csv
+    assert index.report("valid_7_a_1") == "Pleural effusion."
     assert index.report("train_2_b_1") == "Normal heart."
 
 
-def test_labels_csv_missing_column_is_named(root: Path) -> None:
-    (root / "multi_abnormality_labels" / "bad.csv").write_text("VolumeName,Emphysema\nx_1_a_1.nii.gz,1\n")
-    with pytest.raises(ValueError, match=r"bad\.csv: missing column\(s\) Medical material"):
+def test_index_without_a_downloaded_split_needs_no_csvs_of_it(root: Path) -> None:
+    for kind in ("reports", "labels", "metadata"):
+        split_csv(root, kind, "valid").unlink()  # type: ignore[arg-type]
+    for path in (root / "valid").rglob("*.nii.gz"):
+        path.unlink()
+    assert CTRateIndex(root).splits == ["train"]
+
+
+@pytest.mark.parametrize("kind, what", [("reports", "report texts"), ("labels", "18 abnormality labels"),
+                                        ("metadata", "spacing and rescale")])
+def test_a_missing_csv_is_named(root: Path, kind: str, what: str) -> None:
+    path = split_csv(root, kind, "valid")  # type: ignore[arg-type]
+    path.unlink()
+    with pytest.raises(FileNotFoundError, match=rf"^{path}: file not found \(the {what} of the valid split\)$"):
+        CTRateIndex(root)
+
+
+def test_an_old_phantom_name_is_pointed_out(root: Path) -> None:
+    old = root / "radiology_text_reports" / "valid_reports.csv"
+    split_csv(root, "reports", "valid").rename(old)
+    with pytest.raises(FileNotFoundError, match=r"validation_reports.csv: file not found .*; valid_reports.csv is "
+                                                r"there, the name older `ctagrg phantom` versions wrote"):
+        CTRateIndex(root)
+
+
+@pytest.mark.parametrize("kind", ["reports", "labels", "metadata"])
+def test_a_csv_without_volumename_is_named(root: Path, kind: str) -> None:
+    path = split_csv(root, kind, "train")  # type: ignore[arg-type]
+    path.write_text(path.read_text().replace("VolumeName", "Volume", 1))
+    with pytest.raises(ValueError, match=rf"^{path}: missing column\(s\) VolumeName; found Volume,"):
+        CTRateIndex(root)
+
+
+@pytest.mark.parametrize("kind", ["reports", "labels", "metadata"])
+def test_a_csv_lacking_volumes_of_its_split_is_named(root: Path, kind: str) -> None:
+    path = split_csv(root, kind, "valid")  # type: ignore[arg-type]
+    drop_rows(path, ["valid_7_a_1"])
+    with pytest.raises(ValueError, match=rf"^{path}: no row for 1 of the 1 volume\(s\) of split valid, "
+                                         r"e.g. valid_7_a_1$"):
+        CTRateIndex(root)
+
+
+def test_labels_csv_missing_label_column_is_named(root: Path) -> None:
+    path = split_csv(root, "labels", "train")
+    path.write_text(path.read_text().replace(",Medical material", ",Medical", 1))
+    with pytest.raises(ValueError, match=r"train_predicted_labels\.csv: missing column\(s\) Medical material"):
         CTRateIndex(root)
 
 

@@ -208,3 +208,19 @@ def test_decoder_task_trains_through_the_loop(tmp_path: Path, gpt2_tokenizer_dir
                                                                f"model.tokenizer_path={gpt2_tokenizer_dir}"]))
     with pytest.raises(ConfigError, match="no training pairs"):
         strict.train_dataset()
+
+
+def test_validation_and_valid_name_the_same_split(tmp_path: Path, gpt2_tokenizer_dir: Path) -> None:
+    from ctagrg.config import load_config
+    from ctagrg.training.decoder_task import DecoderTask, DecoderTaskConfig
+
+    _write_cache(tmp_path / "emb")
+
+    def valid_names(spelling: str) -> list[str]:
+        task = DecoderTask(load_config(DecoderTaskConfig, None, [
+            f"embeddings.out_dir={tmp_path / 'emb'}", f"model.tokenizer_path={gpt2_tokenizer_dir}",
+            f"valid_splits=[{spelling}]", "pairs=present"]))
+        ds = task.valid_dataset()
+        return [] if ds is None else [task.table().names[v] for v, _ in ds.pairs]
+
+    assert valid_names("validation") == valid_names("valid") == ["valid_3_a_1"]

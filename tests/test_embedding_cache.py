@@ -170,11 +170,11 @@ def test_build_from_report_and_label_folders(tmp_path: Path) -> None:
              "valid_2_a_1": "Left pleural effusion is present. No nodule was detected."}
     for name, text in texts.items():
         split = name.split("_")[0]
-        (tmp_path / "reports" / f"{split}_reports.csv").write_text(
+        (tmp_path / "reports" / {"train": "train_reports.csv", "valid": "validation_reports.csv"}[split]).write_text(
             f'VolumeName,Findings_EN,Impressions_EN\n{name}.nii.gz,"{text}",\n')
         row = [1 if (label == "Lung nodule") == (split == "train") and label in ("Lung nodule", "Pleural effusion")
                else 0 for label in LABELS]
-        (tmp_path / "labels" / f"{split}_labels.csv").write_text(
+        (tmp_path / "labels" / f"{split}_predicted_labels.csv").write_text(
             "VolumeName," + ",".join(LABELS) + f"\n{name}.nii.gz," + ",".join(map(str, row)) + "\n")
     cfg = EmbeddingCacheConfig(out_dir=str(tmp_path / "emb"), volume_cache=str(tmp_path / "vols"),
                                reports_csv=str(tmp_path / "reports"), labels_csv=str(tmp_path / "labels"))

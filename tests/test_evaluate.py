@@ -6,12 +6,15 @@ orchestration (split loading, resumable predictions, metrics.json keys, report f
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from ct_fixtures import phantom_hu, write_nifti
+from ctrate_fixtures import Volume, drop_rows, write_release_tree
 
 from ctagrg.evaluation.evaluate import HEADLINE_KEYS, EvaluateConfig, classification_metrics, evaluate
 from ctagrg.evaluation.predict import load_split, read_predictions, report_line
@@ -84,10 +87,24 @@ def test_load_split(dataset: Path) -> None:
     assert split.labels is not None and split.labels.shape == (4, 18) and split.labels[0, NODULE] == 1
     assert split.paths[0] == dataset / "test" / "test_1" / "test_1_a" / "test_1_a_1.nii.gz"
     assert split.references[2] == "The heart is enlarged."
-    with pytest.raises(FileNotFoundError, match="valid_reports.csv: file not found"):
+    with pytest.raises(FileNotFoundError, match=r"radiology_text_reports/validation_reports.csv: file not found "
+                                                r"\(the report texts of the valid split\)$"):
         load_split(dataset, "valid")
     with pytest.raises(ValueError, match="missing column.*Nope.*found VolumeName"):
         load_split(dataset, "test", reference_columns=("Nope",))
+
+
+def test_load_split_errors_name_the_file(dataset: Path) -> None:
+    labels = dataset / "multi_abnormality_labels" / "test_predicted_labels.csv"
+    drop_rows(labels, ["test_3_a_1"])
+    with pytest.raises(ValueError, match=rf"^{labels}: no row for 1 of the 4 volume\(s\) of split test, "
+                                         r"e.g. test_3_a_1$"):
+        load_split(dataset, "test")
+    assert load_split(dataset, "test", limit=2).names == ["test_1_a_1", "test_2_a_1"]  # only the split's rows count
+    reports = dataset / "radiology_text_reports" / "test_reports.csv"
+    reports.write_text(reports.read_text().replace("VolumeName", "Name", 1))
+    with pytest.raises(ValueError, match=rf"^{reports}: missing column\(s\) VolumeName; found Name,"):
+        load_split(dataset, "test")
 
 
 def test_evaluate_writes_metrics_predictions_and_report(dataset: Path, tmp_path: Path) -> None:
@@ -318,3 +335,60 @@ def test_evaluate_with_real_parts(tmp_path: Path, gpt2_tokenizer_dir: Path) -> N
     assert metrics["clinical"]["micro_f1"] == pytest.approx(2 * tp / max(2 * tp + fp + fn, 1))
     assert "grounding" in metrics and metrics["meta"]["split"] == "test"
     assert (out / "report.html").is_file() and (out / "roc_curves.png").is_file()
+
+
+@pytest.mark.slow
+def test_preprocess_then_evaluate_on_the_release_layout(tmp_path: Path, gpt2_tokenizer_dir: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """A tree with CT-RATE's exact file names and headers: ``ctagrg preprocess ROOT`` reads each split's metadata
+    (validation_metadata.csv for valid/ and valid_fixed/), and ``ctagrg evaluate --split valid`` (or
+    ``validation``) reads validation_reports.csv and valid_predicted_labels.csv."""
+    import torch
+
+    from ctagrg.cli.main import main
+    from ctagrg.utils.atomic import write_text_atomic
+
+    torch.set_num_threads(1)
+    volumes = {  # valid/ stores raw values (HU + 1024) as the original release does; *_fixed/ stores HU
+        "train_1_a_1": Volume("The heart is enlarged.", ["Cardiomegaly"], folder="train_fixed"),
+        "valid_1_a_1": Volume("A 12 mm nodule is seen in the right lung.", ["Lung nodule"], folder="valid"),
+        "valid_1_a_2": Volume("No abnormality is seen.", folder="valid_fixed"),
+        "valid_2_a_1": Volume("Left pleural effusion is present.", ["Pleural effusion"], folder="valid_fixed"),
+        "valid_3_a_1": Volume("Not downloaded: only its CSV rows are here."),
+    }
+
+    def write(path: Path, name: str, v: Volume) -> None:
+        hu = phantom_hu(v.shape, seed=len(name) + int(name[6]))
+        stored = hu + 1024 if v.folder in ("train", "valid") else hu
+        write_nifti(path, stored.astype(np.int16), np.diag([-v.xy, -v.xy, v.z, 1.0]))  # LPS axes
+
+    root = write_release_tree(tmp_path / "CT-RATE" / "dataset", volumes, write)
+    cache, model, out = tmp_path / "cache", tmp_path / "model", tmp_path / "eval"
+    pre = tmp_path / "pre.yaml"
+    write_text_atomic(pre, "spacing: [8.0, 4.0, 4.0]\nshape: [12, 32, 32]\n")
+    assert main(["preprocess", str(root), "--out", str(cache), "--config", str(pre)]) == 0
+    with open(cache / "manifest.csv", newline="", encoding="utf-8") as fh:
+        manifest = {r["name"]: r for r in csv.DictReader(fh)}
+    assert sorted(manifest) == ["train_1_a_1", "valid_1_a_1", "valid_1_a_2", "valid_2_a_1"]
+    for name in ("valid_1_a_1", "valid_1_a_2"):  # the metadata rescale applied to raw values only: both are HU
+        assert manifest[name]["hu_min"].startswith("-10") and manifest[name]["spacing"] == "2x2x4", name
+    _tiny_packaged_model(model, gpt2_tokenizer_dir)
+    capsys.readouterr()
+    common = ["--model", str(model), "--data", str(root), "--cache", str(cache), "--out", str(out), "--no-meteor",
+              "--bootstrap", "0", "--limit", "3"]
+    assert main(["evaluate", *common, "--split", "valid"]) == 0, capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["meta"]["split"] == "valid" and metrics["meta"]["evaluated"] == 3
+    per_label = metrics["classification"]["per_label"]  # valid_predicted_labels.csv: two labels with both classes
+    assert metrics["classification"]["auroc_labels"] == 2 and per_label["Cardiomegaly"]["auroc"] is None
+    assert per_label["Lung nodule"]["auroc"] is not None and per_label["Pleural effusion"]["auroc"] is not None
+    lines = read_predictions(out / "predictions.jsonl")
+    assert [line["name"] for line in lines] == ["valid_1_a_1", "valid_1_a_2", "valid_2_a_1"]
+    assert lines[0]["input"].endswith("valid/valid_1/valid_1_a/valid_1_a_1.nii.gz")
+    assert lines[1]["input"].endswith("valid_fixed/valid_1/valid_1_a/valid_1_a_2.nii.gz")
+    examples = json.loads((out / "examples.json").read_text())
+    assert "A 12 mm nodule is seen in the right lung." in json.dumps(examples)  # from validation_reports.csv
+    # "validation" names the same split: the rerun finds every prediction done and scores the same volumes
+    assert main(["evaluate", *common, "--split", "validation"]) == 0
+    assert read_predictions(out / "predictions.jsonl") == lines
+    assert json.loads((out / "metrics.json").read_text())["meta"]["split"] == "valid"

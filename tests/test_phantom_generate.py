@@ -10,11 +10,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from ctrate_fixtures import METADATA_HEADER, RELEASE_FILES, REPORTS_HEADER
 
 from ctagrg.labels import LABELS, LATERALISED
 from ctagrg.phantom.generate import (
-    METADATA_COLUMNS,
-    REPORT_COLUMNS,
     PhantomConfig,
     generate_dataset,
     parse_split,
@@ -40,17 +39,31 @@ def test_layout_and_csv_columns(dataset):
     for rel in vols:
         split, patient, scan, name = rel.split("/")
         assert patient.startswith(split + "_") and scan == patient + "_a" and name.startswith(scan + "_")
+    csvs = sorted(p.relative_to(dataset).as_posix() for p in dataset.glob("*/*.csv"))
+    assert csvs == sorted(f for files in RELEASE_FILES.values() for f in files.values())  # the release's names
     for split in ("train", "valid"):
-        reports = _rows(dataset / "radiology_text_reports" / f"{split}_reports.csv")
-        labels = _rows(dataset / "multi_abnormality_labels" / f"{split}_predicted_labels.csv")
-        meta = _rows(dataset / "metadata" / f"{split}_metadata.csv")
-        assert tuple(reports[0]) == REPORT_COLUMNS
+        reports = _rows(dataset / RELEASE_FILES[split]["reports"])
+        labels = _rows(dataset / RELEASE_FILES[split]["labels"])
+        meta = _rows(dataset / RELEASE_FILES[split]["metadata"])
+        assert ",".join(reports[0]) == REPORTS_HEADER
         assert tuple(labels[0]) == ("VolumeName", *LABELS)
-        assert tuple(meta[0]) == METADATA_COLUMNS
+        assert ",".join(meta[0]) == METADATA_HEADER
+        assert {meta[0]["RescaleType"], meta[0]["PatientPosition"], meta[0]["DistanceSourceToDetector"]} == {
+            "HU", "HFS", ""}  # a value the phantom has none for stays empty, as in the release
         names = [r["VolumeName"] for r in reports]
         assert names == [r["VolumeName"] for r in labels] == [r["VolumeName"] for r in meta]
         assert all(n.startswith(split + "_") and n.endswith(".nii.gz") for n in names)
     assert json.loads((dataset / "phantom.json").read_text())["seed"] == 7
+
+
+def test_the_test_split_follows_the_release_pattern(tmp_path):
+    root = generate_dataset(tmp_path / "t", n=2, seed=1, size="tiny", split="test=1.0")
+    assert sorted(p.relative_to(root).as_posix() for p in root.glob("*/*.csv")) == [
+        "metadata/test_metadata.csv", "multi_abnormality_labels/test_predicted_labels.csv",
+        "radiology_text_reports/test_reports.csv"]
+    name = _rows(root / "metadata" / "test_metadata.csv")[0]["VolumeName"][: -len(".nii.gz")]
+    gt = json.loads((root / "ground_truth" / f"{name}.json").read_text())
+    assert 8.0 <= gt["noise_hu"] <= 18.0  # the phantom's own setting lives in its ground truth, not the metadata
 
 
 def test_splits_are_by_patient_and_sum_to_n():
@@ -86,8 +99,8 @@ def test_volumes_store_raw_with_rescale_and_an_lps_affine(dataset):
 
 def test_ground_truth_matches_labels_and_reports(dataset):
     for split in ("train", "valid"):
-        reports = {r["VolumeName"]: r for r in _rows(dataset / "radiology_text_reports" / f"{split}_reports.csv")}
-        for row in _rows(dataset / "multi_abnormality_labels" / f"{split}_predicted_labels.csv"):
+        reports = {r["VolumeName"]: r for r in _rows(dataset / RELEASE_FILES[split]["reports"])}
+        for row in _rows(dataset / RELEASE_FILES[split]["labels"]):
             gt = json.loads((dataset / "ground_truth" / (row["VolumeName"][:-7] + ".json")).read_text())
             present = {f["label"] for f in gt["findings"]}
             assert present == {name for name in LABELS if row[name] == "1"}
@@ -134,6 +147,11 @@ def test_bad_settings_are_reported():
         PhantomConfig(split={"train_fixed": 1.0}).validate()
     with pytest.raises(ValueError, match="at least 1"):
         PhantomConfig(n=0).validate()
+    assert parse_split("train=0.8,validation=0.2") == {"train": 0.8, "valid": 0.2}  # the same split
+    with pytest.raises(ValueError, match="given twice"):
+        parse_split("valid=0.5,validation=0.5")
+    with pytest.raises(ValueError, match="use 'valid' for the validation split"):
+        PhantomConfig(split={"validation": 1.0}).validate()
 
 
 def test_ctrate_loader_reads_the_dataset_unchanged(dataset):

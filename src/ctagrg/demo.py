@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ctagrg.data.ctrate import CsvKind, require_split_csv, split_csv
 from ctagrg.utils.atomic import write_json_atomic
 
 STAGES: tuple[str, ...] = ("phantoms", "preprocess", "pretrain", "classifier", "embeddings", "decoder", "package",
@@ -119,8 +120,8 @@ def cpu_seconds() -> float:
 # this version's stages cannot reuse (2026-11-29: larger consolidations (b), the whole-shell blob channel (c), step
 # 1's gated halves and step 2's mirrored pairs (d), measured nodule diameters calibrated by step 1 (e), the sphere
 # stem channel and the L1 read-out in pretraining (f); 2026-11-30: the phantoms' mediastinum and the node stem
-# channel (a)).
-DEMO_DESIGN = "2026-11-30a"
+# channel (a), the phantoms' CSVs under CT-RATE's release names and metadata columns (b)).
+DEMO_DESIGN = "2026-11-30b"
 
 
 def run_settings(cfg: DemoConfig) -> dict[str, Any]:
@@ -242,12 +243,13 @@ def _preprocess(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     return {}
 
 
-def _merge_csvs(data: Path, folder: str, pattern: str, splits: tuple[str, ...], target: Path) -> Path:
+def _merge_csvs(data: Path, kind: CsvKind, splits: tuple[str, ...], target: Path) -> Path:
+    """Concatenate the ``kind`` CSVs (reports | labels) of ``splits`` into ``target``."""
     import pandas as pd
 
-    frames = [pd.read_csv(data / folder / pattern.format(split=s)) for s in splits
-              if (data / folder / pattern.format(split=s)).is_file()]
     from ctagrg.utils.atomic import atomic_path
+
+    frames = [pd.read_csv(require_split_csv(data, kind, s)) for s in splits]
 
     with atomic_path(target, suffix=".csv") as tmp:
         pd.concat(frames, ignore_index=True).to_csv(tmp, index=False)
@@ -271,11 +273,10 @@ def _epochs(epochs: int | None) -> list[str]:
 
 def _visual_overrides(out: Path, cfg: DemoConfig, epochs: int | None) -> list[str]:
     p = _paths(out)
-    labels = p["data"] / "multi_abnormality_labels"
     # augmentation is the config's: pretraining mirrors left-right (labels have no side), step 1 does not
     return [*_epochs(epochs), f"train.seed={cfg.seed}", f"data.cache_dir={p['cache']}",
-            f"data.train_labels={labels / 'train_predicted_labels.csv'}",
-            f"data.valid_labels={labels / 'valid_predicted_labels.csv'}"]
+            f"data.train_labels={split_csv(p['data'], 'labels', 'train')}",
+            f"data.valid_labels={split_csv(p['data'], 'labels', 'valid')}"]
 
 
 def _pretrain(out: Path, cfg: DemoConfig) -> dict[str, Any]:
@@ -292,8 +293,7 @@ def _sentences(out: Path) -> Path:
     p = _paths(out)
     sentences = p["text"] / "sentences_train_valid.csv"
     if not sentences.is_file():
-        reports = _merge_csvs(p["data"], "radiology_text_reports", "{split}_reports.csv", ("train", "valid"),
-                              p["text"] / "reports_train_valid.csv")
+        reports = _merge_csvs(p["data"], "reports", ("train", "valid"), p["text"] / "reports_train_valid.csv")
         _cli(["sentences", reports, "--out", sentences, "--text-columns", "Findings_EN"])
     return sentences
 
@@ -329,8 +329,7 @@ def _embeddings(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     from ctagrg.training.embedding_cache import EmbeddingCacheConfig, build_from_config
 
     p = _paths(out)
-    _merge_csvs(p["data"], "multi_abnormality_labels", "{split}_predicted_labels.csv", ("train", "valid", "test"),
-                p["text"] / "labels.csv")
+    _merge_csvs(p["data"], "labels", ("train", "valid", "test"), p["text"] / "labels.csv")
     sentences = _sentences(out)
     vocab = train_tokenizer(pd.read_csv(sentences)["Sentence"].astype(str).tolist(), p["tokenizer"])
     build_from_config(EmbeddingCacheConfig(out_dir=str(p["embeddings"]), step1_dir=str(p["classifier"] / "best"),

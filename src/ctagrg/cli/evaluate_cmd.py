@@ -16,7 +16,10 @@ DESCRIPTION = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="packaged model folder (Reporter.save_pretrained)")
     parser.add_argument("--data", required=True, help="dataset root in CT-RATE layout")
-    parser.add_argument("--split", default="test", help="split name (default: test)")
+    parser.add_argument("--split", default="test",
+                        help="split name (default: test, the phantoms'); CT-RATE's is valid (validation names the "
+                             "same split): its radiology_text_reports/validation_reports.csv and "
+                             "multi_abnormality_labels/valid_predicted_labels.csv")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--cache", default=None, help="preprocessed cache (default: DATA/cache if it exists)")
     parser.add_argument("--labeler", default="rules",

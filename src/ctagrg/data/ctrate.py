@@ -1,16 +1,23 @@
-"""The CT-RATE folder layout (also written by ``ctagrg phantom``): find volumes, read and join the CSVs.
+"""The CT-RATE folder layout (also written by ``ctagrg phantom``): find volumes, name, read and join the CSVs.
 
 ::
 
     ROOT/<split>/<split>_<pid>/<split>_<pid>_<scan>/<split>_<pid>_<scan>_<recon>.nii.gz   (also <split>_fixed/)
-    ROOT/radiology_text_reports/*.csv      VolumeName, ClinicalInformation_EN, Technique_EN, Findings_EN, Impressions_EN
-    ROOT/multi_abnormality_labels/*.csv    VolumeName + the 18 LABELS columns (0/1)
-    ROOT/metadata/*.csv                    VolumeName, XYSpacing, ZSpacing, RescaleSlope, RescaleIntercept, ...
+    ROOT/radiology_text_reports/train_reports.csv, validation_reports.csv
+        VolumeName, ClinicalInformation_EN, Technique_EN, Findings_EN, Impressions_EN
+    ROOT/multi_abnormality_labels/train_predicted_labels.csv, valid_predicted_labels.csv
+        VolumeName + the 18 LABELS columns (0/1)
+    ROOT/metadata/train_metadata.csv, validation_metadata.csv
+        VolumeName, Manufacturer, SeriesDescription, ..., XYSpacing, RescaleIntercept, RescaleSlope, ..., ZSpacing
 
-Every CSV in those folders is read (CT-RATE names them ``train_reports.csv``, ``validation_reports.csv``, ...,
-the phantoms ``<split>_reports.csv``). When both ``train/`` and ``train_fixed/`` hold a volume, the corrected
-release (``_fixed``) wins.
+CT-RATE spells its validation split ``valid`` in volume names, folders and the label CSV, and ``validation`` in
+the reports and metadata CSVs. Here both name the same split (:func:`canonical_split`), and :func:`split_csv` is
+the one place that spells a split's CSV name. Any other split (the phantoms' ``test``) follows the same pattern:
+``test_reports.csv``, ``test_predicted_labels.csv``, ``test_metadata.csv``. When both ``train/`` and
+``train_fixed/`` hold a volume, the corrected release (``_fixed``) wins.
 
+>>> split_csv("CT-RATE/dataset", "reports", "valid").as_posix()
+'CT-RATE/dataset/radiology_text_reports/validation_reports.csv'
 >>> index = CTRateIndex("CT-RATE/")                      # doctest: +SKIP
 >>> index.table[["name", "split", "patient", "path"]]    # doctest: +SKIP
 >>> splits = patient_splits(index.names(), {"train": 0.8, "valid": 0.1, "test": 0.1}, seed=0)  # doctest: +SKIP
@@ -21,7 +28,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -34,6 +41,87 @@ METADATA_DIR = "metadata"
 NOT_SPLITS = {REPORTS_DIR, LABELS_DIR, METADATA_DIR, "ground_truth", "anatomy_segmentation_labels"}
 NAME_RE = re.compile(r"^(?P<split>[A-Za-z]+)_(?P<pid>\d+)_(?P<scan>[A-Za-z0-9]+)_(?P<recon>\d+)$")
 REPORT_SECTIONS = ("ClinicalInformation_EN", "Technique_EN", "Findings_EN", "Impressions_EN")
+KEY_COLUMN = "VolumeName"
+# The header of the release's metadata/train_metadata.csv and validation_metadata.csv (44 columns, in order).
+METADATA_COLUMNS = (
+    "VolumeName", "Manufacturer", "SeriesDescription", "ManufacturerModelName", "PatientSex", "PatientAge",
+    "ReconstructionDiameter", "DistanceSourceToDetector", "DistanceSourceToPatient", "GantryDetectorTilt",
+    "TableHeight", "RotationDirection", "ExposureTime", "XRayTubeCurrent", "Exposure", "FilterType",
+    "GeneratorPower", "FocalSpots", "ConvolutionKernel", "PatientPosition", "RevolutionTime", "SingleCollimationWidth",
+    "TotalCollimationWidth", "TableSpeed", "TableFeedPerRotation", "SpiralPitchFactor", "DataCollectionCenterPatient",
+    "ReconstructionTargetCenterPatient", "ExposureModulationType", "CTDIvol", "ImagePositionPatient",
+    "ImageOrientationPatient", "SliceLocation", "SamplesPerPixel", "PhotometricInterpretation", "Rows", "Columns",
+    "XYSpacing", "RescaleIntercept", "RescaleSlope", "RescaleType", "NumberofSlices", "ZSpacing", "StudyDate",
+)
+
+CsvKind = Literal["reports", "labels", "metadata"]
+CSV_KINDS: tuple[CsvKind, ...] = ("reports", "labels", "metadata")
+_CSV_FOLDER = {"reports": REPORTS_DIR, "labels": LABELS_DIR, "metadata": METADATA_DIR}
+_CSV_SUFFIX = {"reports": "_reports.csv", "labels": "_predicted_labels.csv", "metadata": "_metadata.csv"}
+_CSV_CONTENT = {"reports": "report texts", "labels": "18 abnormality labels", "metadata": "spacing and rescale"}
+SPLIT_ALIASES = {"validation": "valid"}
+# How the release spells the validation split in each file name (the label CSV keeps "valid").
+_FILE_SPLIT = {"reports": {"valid": "validation"}, "labels": {}, "metadata": {"valid": "validation"}}
+
+
+def canonical_split(split: str) -> str:
+    """The split's name in volume names and folders: ``validation`` → ``valid``; any other name unchanged.
+
+    >>> canonical_split("validation"), canonical_split("valid"), canonical_split("test")
+    ('valid', 'valid', 'test')
+    """
+    return SPLIT_ALIASES.get(split, split)
+
+
+def split_csv(root: str | Path, kind: CsvKind, split: str) -> Path:
+    """``ROOT/<folder>/<file>`` of one split's ``kind`` CSV (reports | labels | metadata), spelled as CT-RATE does.
+
+    >>> split_csv("R", "labels", "validation").as_posix(), split_csv("R", "metadata", "test").as_posix()
+    ('R/multi_abnormality_labels/valid_predicted_labels.csv', 'R/metadata/test_metadata.csv')
+    """
+    if kind not in _CSV_FOLDER:
+        raise ValueError(f"split_csv: kind must be one of {', '.join(CSV_KINDS)}, got {kind!r}")
+    split = canonical_split(split)
+    return Path(root) / _CSV_FOLDER[kind] / f"{_FILE_SPLIT[kind].get(split, split)}{_CSV_SUFFIX[kind]}"
+
+
+def require_split_csv(root: str | Path, kind: CsvKind, split: str) -> Path:
+    """:func:`split_csv` when the file exists; else FileNotFoundError naming it (and an old phantom's spelling)."""
+    path = split_csv(root, kind, split)
+    if path.is_file():
+        return path
+    split = canonical_split(split)
+    old = path.with_name(f"{split}{_CSV_SUFFIX[kind]}")
+    hint = (f"; {old.name} is there, the name older `ctagrg phantom` versions wrote: regenerate the phantoms or "
+            f"rename it" if old != path and old.is_file() else "")
+    raise FileNotFoundError(f"{path}: file not found (the {_CSV_CONTENT[kind]} of the {split} split){hint}")
+
+
+def read_csv_checked(path: str | Path, required: Sequence[str] = ()) -> Any:
+    """A CT-RATE CSV as a pandas DataFrame (``VolumeName`` as str); errors name the file and what is missing."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found")
+    try:
+        df = pd.read_csv(path, dtype={KEY_COLUMN: str}, keep_default_na=True)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise ValueError(f"{path}: not a readable CSV ({exc})") from None
+    missing = [c for c in (KEY_COLUMN, *required) if c not in df.columns]
+    if missing:
+        shown = ", ".join(map(str, df.columns[:8])) + (", ..." if len(df.columns) > 8 else "")
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; found {shown or 'none'}")
+    return df
+
+
+def check_covers(path: str | Path, have: Any, names: Sequence[str], split: str) -> None:
+    """Raise ValueError naming ``path`` when its rows (stems ``have``) lack some of the split's volume ``names``."""
+    have = set(have)
+    absent = [n for n in names if n not in have]
+    if absent:
+        raise ValueError(f"{path}: no row for {len(absent)} of the {len(names)} volume(s) of split "
+                         f"{canonical_split(split)}, e.g. {', '.join(absent[:3])}")
 
 
 def parse_name(name: str) -> dict[str, str]:
@@ -67,28 +155,47 @@ def find_volumes(root: str | Path) -> dict[str, Path]:
     return found
 
 
-def _read_csv_folder(folder: Path, required: Sequence[str] = ()) -> Any:
-    """Concatenate every CSV in ``folder`` into one DataFrame keyed by ``name`` (VolumeName stem)."""
+def _read_split_csvs(root: Path, kind: CsvKind, splits: Sequence[str], volumes: Mapping[str, Path],
+                     required: Sequence[str] = ()) -> Any:
+    """Concatenate the ``kind`` CSVs of ``splits`` into one DataFrame keyed by ``name`` (VolumeName stem).
+
+    Every split with volumes on disk must have its CSV, with a row for each of those volumes."""
     import pandas as pd
 
     frames = []
-    for csv_path in sorted(folder.glob("*.csv")):
-        try:
-            df = pd.read_csv(csv_path, dtype={"VolumeName": str}, keep_default_na=True)
-        except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-            raise ValueError(f"{csv_path}: not a readable CSV ({exc})") from None
-        missing = [c for c in ("VolumeName", *required) if c not in df.columns]
-        if missing:
-            raise ValueError(f"{csv_path}: missing column(s) {', '.join(missing)}")
-        df["name"] = df["VolumeName"].map(volume_stem)
+    for split in splits:
+        on_disk = sorted(n for n in volumes if _split_of(n) == split)
+        path = require_split_csv(root, kind, split) if on_disk else split_csv(root, kind, split)
+        if not path.is_file():
+            continue
+        df = read_csv_checked(path, required)
+        df["name"] = df[KEY_COLUMN].map(volume_stem)
+        check_covers(path, df["name"], on_disk, split)
         frames.append(df)
     if not frames:
         return None
     return pd.concat(frames, ignore_index=True).drop_duplicates("name", keep="first").set_index("name")
 
 
+def _split_of(name: str) -> str:
+    return canonical_split(parse_name(name)["split"])
+
+
+def _csv_splits(root: Path) -> set[str]:
+    """Splits named by the CSV files present (``validation_reports.csv`` → ``valid``)."""
+    found = set()
+    for kind in CSV_KINDS:
+        for path in (root / _CSV_FOLDER[kind]).glob(f"*{_CSV_SUFFIX[kind]}"):
+            found.add(canonical_split(path.name[: -len(_CSV_SUFFIX[kind])]))
+    return found
+
+
 class CTRateIndex:
     """One row per volume (found on disk or named in a CSV), joining volumes, reports, labels and metadata.
+
+    Each split's CSVs are read by their release names (:func:`split_csv`). A split with volumes on disk must have
+    all three CSVs, each with a row for every one of those volumes; otherwise the error names the file and what
+    is missing. Rows without a volume on disk (a partial download) are kept.
 
     Attributes:
         root: the dataset root.
@@ -105,9 +212,10 @@ class CTRateIndex:
         if not self.root.is_dir():
             raise FileNotFoundError(f"{self.root}: CT-RATE root folder not found")
         volumes = find_volumes(self.root)
-        reports = _read_csv_folder(self.root / REPORTS_DIR)
-        labels = _read_csv_folder(self.root / LABELS_DIR, required=LABELS)
-        self._metadata = _read_csv_folder(self.root / METADATA_DIR)
+        splits = sorted({_split_of(n) for n in volumes} | _csv_splits(self.root))
+        reports = _read_split_csvs(self.root, "reports", splits, volumes)
+        labels = _read_split_csvs(self.root, "labels", splits, volumes, required=LABELS)
+        self._metadata = _read_split_csvs(self.root, "metadata", splits, volumes)
         names = set(volumes)
         for df in (reports, labels):
             if df is not None:
@@ -115,7 +223,7 @@ class CTRateIndex:
         if not names:
             raise FileNotFoundError(f"{self.root}: no volumes (<split>/<split>_<pid>/<...>/*.nii.gz) and no "
                                     f"{REPORTS_DIR}/ or {LABELS_DIR}/ CSVs found")
-        rows = [{"name": n, "volume_name": f"{n}.nii.gz", **parse_name(n),
+        rows = [{"name": n, "volume_name": f"{n}.nii.gz", **parse_name(n), "split": _split_of(n),
                  "path": str(volumes[n]) if n in volumes else None} for n in sorted(names)]
         table = pd.DataFrame(rows).set_index("name", drop=False)
         if reports is not None:
@@ -133,14 +241,16 @@ class CTRateIndex:
 
     @property
     def splits(self) -> list[str]:
+        """Canonical split names (``valid``, never ``validation``)."""
         return sorted(self.table["split"].unique())
 
     def names(self, split: str | None = None, with_volume: bool = True, labelled: bool = False) -> list[str]:
-        """Volume stems, optionally of one ``split``, only those present on disk / with all 18 labels."""
+        """Volume stems, optionally of one ``split`` (``valid`` or ``validation``), only those present on disk /
+        with all 18 labels."""
         t = self.table
         mask = np.ones(len(t), bool)
         if split is not None:
-            mask &= (t["split"] == split).to_numpy()
+            mask &= (t["split"] == canonical_split(split)).to_numpy()
         if with_volume:
             mask &= t["path"].notna().to_numpy()
         if labelled:

@@ -4,7 +4,10 @@
 - A folder is searched recursively: every volume file (NIfTI, NRRD, MHA/MHD, ``.zip``) and every folder that
   directly holds DICOM files is one item; a DICOM series is named after its folder.
 - A CT-RATE root (a folder with ``radiology_text_reports/``, ``multi_abnormality_labels/`` or ``metadata/``)
-  gives its volumes named by VolumeName stem, each with its metadata row.
+  gives its volumes named by VolumeName stem, each with its row of its split's metadata CSV
+  (``metadata/train_metadata.csv``, ``metadata/validation_metadata.csv``; ``ctagrg.data.ctrate.split_csv``).
+  A split whose metadata CSV is missing or lacks some of its volumes is an error, unless ``metadata_csv`` is
+  given.
 - A folder with nothing readable (or a missing path) becomes one item that fails with a clear error, so the
   problem shows up in the manifest instead of silently disappearing.
 
@@ -22,7 +25,17 @@ from pathlib import Path
 from typing import Any
 
 from ctagrg.data.ctio import ITK_SUFFIXES, NIFTI_SUFFIXES
-from ctagrg.data.ctrate import LABELS_DIR, METADATA_DIR, REPORTS_DIR, find_volumes
+from ctagrg.data.ctrate import (
+    LABELS_DIR,
+    METADATA_DIR,
+    REPORTS_DIR,
+    canonical_split,
+    check_covers,
+    find_volumes,
+    parse_name,
+    require_split_csv,
+    split_csv,
+)
 from ctagrg.data.dataset import volume_stem
 
 VOLUME_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES + (".zip",)
@@ -85,17 +98,31 @@ def read_metadata_csv(path: str | Path) -> dict[str, dict[str, Any]]:
         raise FileNotFoundError(f"{path}: metadata CSV not found")
     with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
-        if "VolumeName" not in (reader.fieldnames or []):
-            raise ValueError(f"{path}: missing column VolumeName")
+        fields = reader.fieldnames or []
+        if "VolumeName" not in fields:
+            shown = ", ".join(fields[:8]) + (", ..." if len(fields) > 8 else "")
+            raise ValueError(f"{path}: missing column(s) VolumeName; found {shown or 'none'}")
         return {volume_stem(r["VolumeName"]): r for r in reader}
 
 
-def _ctrate_items(root: Path) -> list[InputItem]:
+def _ctrate_items(root: Path, require_metadata: bool = True) -> list[InputItem]:
+    """The root's volumes, each with its row of its split's metadata CSV (``metadata/validation_metadata.csv``
+    for ``valid/``). With ``require_metadata``, a split without its metadata CSV, or a volume without a row in
+    it, is an error: without them CT-RATE volumes would be read with their headers' spacing."""
+    volumes = find_volumes(root)
+    by_split: dict[str, list[str]] = {}
+    for name in volumes:
+        by_split.setdefault(canonical_split(parse_name(name)["split"]), []).append(name)
     meta: dict[str, dict[str, Any]] = {}
-    for csv_path in sorted((root / METADATA_DIR).glob("*.csv")):
-        for k, v in read_metadata_csv(csv_path).items():
-            meta.setdefault(k, v)
-    return [InputItem(name, str(p), meta.get(name)) for name, p in sorted(find_volumes(root).items())]
+    for split, names in sorted(by_split.items()):
+        path = require_split_csv(root, "metadata", split) if require_metadata else split_csv(root, "metadata", split)
+        if not path.is_file():
+            continue
+        rows = read_metadata_csv(path)
+        if require_metadata:
+            check_covers(path, rows, sorted(names), split)
+        meta.update(rows)
+    return [InputItem(name, str(p), meta.get(name)) for name, p in sorted(volumes.items())]
 
 
 def discover_inputs(inputs: Sequence[str | Path], metadata_csv: str | Path | None = None) -> list[InputItem]:
@@ -104,7 +131,7 @@ def discover_inputs(inputs: Sequence[str | Path], metadata_csv: str | Path | Non
     for raw in inputs:
         path = Path(raw)
         if is_ctrate_root(path):
-            items.extend(_ctrate_items(path))
+            items.extend(_ctrate_items(path, require_metadata=metadata_csv is None))
         elif path.is_dir():
             found = _scan_folder(path) or [path]  # nothing readable: the folder itself fails with a clear error
             items.extend(InputItem(input_stem(p), str(p)) for p in found)

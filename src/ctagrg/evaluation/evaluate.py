@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ctagrg.data.ctrate import canonical_split
 from ctagrg.evaluation import bootstrap as bs
 from ctagrg.evaluation.clinical import REFERENCE_SOURCES, clinical_metrics, confusion_counts, label_texts
 from ctagrg.evaluation.clinical import reference_labels as choose_reference
@@ -38,7 +39,7 @@ HEADLINE_KEYS: tuple[str, ...] = (
 class EvaluateConfig:
     """Settings of one evaluation run (saved into metrics.json under ``config``)."""
 
-    split: str = "test"
+    split: str = "test"  # CT-RATE: valid (or validation, the same split)
     cache_dir: str | None = None  # preprocessed cache; None: <data>/cache when it has a manifest.csv
     labeler: str = "rules"  # ctagrg.text.labeler.get_labeler spec, e.g. "rules" or "radbert:DIR"
     clinical_reference: str = "csv"  # csv: the dataset's label CSV; reports: label the reference reports
@@ -52,6 +53,7 @@ class EvaluateConfig:
     limit: int | None = None  # evaluate only the first N volumes of the split (smoke tests)
 
     def __post_init__(self) -> None:
+        self.split = canonical_split(self.split)
         if self.clinical_reference not in REFERENCE_SOURCES:
             raise ValueError(f"clinical_reference must be one of {', '.join(REFERENCE_SOURCES)}, "
                              f"got {self.clinical_reference!r}")

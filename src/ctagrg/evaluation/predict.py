@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ctagrg.data.ctio import error_text
+from ctagrg.data.ctrate import check_covers, read_csv_checked, require_split_csv, split_csv
 from ctagrg.labels import LABELS
 from ctagrg.utils.progress import progress
 
@@ -36,18 +37,6 @@ class Split:
     paths: list[Path | None]
     references: list[str]
     labels: np.ndarray | None
-
-
-def _read_csv(path: Path, required: Sequence[str]) -> Any:
-    import pandas as pd
-
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found")
-    table = pd.read_csv(path)
-    missing = [c for c in required if c not in table.columns]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(map(str, table.columns))}")
-    return table
 
 
 def volume_path(root: Path, name: str) -> Path | None:
@@ -69,21 +58,21 @@ def _strip(name: str) -> str:
 
 def load_split(root: str | Path, split: str, reference_columns: Sequence[str] = ("Findings_EN",),
                limit: int | None = None) -> Split:
-    """Read ``radiology_text_reports/<split>_reports.csv`` and, when present, the split's label CSV."""
+    """Read the split's reports CSV (``radiology_text_reports/validation_reports.csv`` for ``valid`` or
+    ``validation``, ``<split>_reports.csv`` otherwise) and, when present, its label CSV, which must then hold every
+    volume of the reports CSV (file names: ``ctagrg.data.ctrate.split_csv``)."""
     root = Path(root)
-    reports = _read_csv(root / "radiology_text_reports" / f"{split}_reports.csv", ["VolumeName", *reference_columns])
+    reports = read_csv_checked(require_split_csv(root, "reports", split), reference_columns)
     if limit is not None:
         reports = reports.head(limit)
     names = [_strip(str(v)) for v in reports["VolumeName"]]
     texts = reports[list(reference_columns)].fillna("").astype(str).agg(" ".join, axis=1).str.strip().tolist()
-    label_csv = root / "multi_abnormality_labels" / f"{split}_predicted_labels.csv"
+    label_csv = split_csv(root, "labels", split)
     labels = None
     if label_csv.is_file():
-        table = _read_csv(label_csv, ["VolumeName", *LABELS])
+        table = read_csv_checked(label_csv, LABELS)
         table.index = [_strip(str(v)) for v in table["VolumeName"]]
-        absent = [n for n in names if n not in table.index]
-        if absent:
-            raise ValueError(f"{label_csv}: no labels for {len(absent)} volume(s), e.g. {absent[0]}")
+        check_covers(label_csv, table.index, names, split)
         labels = table.loc[names, list(LABELS)].to_numpy().astype(np.int64)
     return Split(names, [volume_path(root, n) for n in names], texts, labels)
 

@@ -1,14 +1,16 @@
-"""Write a synthetic dataset in CT-RATE's layout (docs/architecture.md, "CT-RATE layout"):
+"""Write a synthetic dataset in CT-RATE's layout, with the release's file names and columns (docs/architecture.md,
+"CT-RATE layout"; names from ``ctagrg.data.ctrate.split_csv``):
 
     ROOT/<split>/<split>_<pid>/<split>_<pid>_a/<split>_<pid>_a_<recon>.nii.gz
-    ROOT/radiology_text_reports/<split>_reports.csv
-    ROOT/multi_abnormality_labels/<split>_predicted_labels.csv
-    ROOT/metadata/<split>_metadata.csv
+    ROOT/radiology_text_reports/train_reports.csv, validation_reports.csv, test_reports.csv
+    ROOT/multi_abnormality_labels/train_predicted_labels.csv, valid_predicted_labels.csv, test_predicted_labels.csv
+    ROOT/metadata/train_metadata.csv, validation_metadata.csv, test_metadata.csv
     ROOT/ground_truth/<name>.json
     ROOT/phantom.json                      (the resolved PhantomConfig)
 
-Volumes are int16 raw values (HU + 1024) with NIfTI scl_slope 1 / scl_inter −1024, and the metadata CSV lists
-the same RescaleSlope/RescaleIntercept, like CT-RATE's original release. Patients have 1-3 reconstructions;
+CT-RATE has no test split; the phantoms' ``test`` follows the release's pattern. Volumes are int16 raw values
+(HU + 1024) with NIfTI scl_slope 1 / scl_inter −1024, and the metadata CSV (the release's 44 columns) lists the
+same RescaleSlope/RescaleIntercept, like CT-RATE's original release. Patients have 1-3 reconstructions;
 splits are by patient. Every volume is a pure function of (seed, patient, reconstruction), so the output does
 not depend on ``workers`` and any file can be regenerated alone.
 
@@ -30,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ctagrg.config import save_config, to_dict
+from ctagrg.data.ctrate import METADATA_COLUMNS, REPORT_SECTIONS, canonical_split, split_csv
 from ctagrg.labels import LABELS
 from ctagrg.phantom.findings import Case
 from ctagrg.phantom.reports import write_report
@@ -37,11 +40,7 @@ from ctagrg.phantom.volume import RESCALE_INTERCEPT, RESCALE_SLOPE, SIZES, Recon
 from ctagrg.utils.atomic import atomic_open, write_json_atomic
 from ctagrg.utils.progress import progress
 
-REPORT_COLUMNS = ("VolumeName", "ClinicalInformation_EN", "Technique_EN", "Findings_EN", "Impressions_EN")
-METADATA_COLUMNS = ("VolumeName", "Manufacturer", "ManufacturerModelName", "PatientSex", "PatientAge", "Rows",
-                    "Columns", "NumberofSlices", "XYSpacing", "ZSpacing", "SliceThickness", "RescaleSlope",
-                    "RescaleIntercept", "RescaleType", "ImagePositionPatient", "ImageOrientationPatient", "KVP",
-                    "ConvolutionKernel", "NoiseHU")
+REPORT_COLUMNS = ("VolumeName", *REPORT_SECTIONS)
 RECON_COUNTS, RECON_P = (1, 2, 3), (0.5, 0.35, 0.15)
 SCANNERS = (("PHANTOM", "Synthetic CT A"), ("PHANTOM", "Synthetic CT B"))
 KERNELS = ("STANDARD", "LUNG", "SOFT")
@@ -76,6 +75,8 @@ class PhantomConfig:
         bad = [k for k in self.split if not re.fullmatch(r"[a-z]+", k)]
         if bad or not self.split:
             raise ValueError(f"split names must be lowercase letters (no '_'), got {list(self.split)}")
+        if any(canonical_split(k) != k for k in self.split):  # volumes are named valid_*, as in CT-RATE
+            raise ValueError(f"split names: use 'valid' for the validation split, got {list(self.split)}")
         if any(v < 0 for v in self.split.values()) or sum(self.split.values()) <= 0:
             raise ValueError(f"split fractions must be >= 0 and not all 0, got {self.split}")
         if abs(sum(self.split.values()) - 1.0) > 1e-6:  # a share left out would otherwise be spread silently
@@ -102,15 +103,18 @@ class VolumeSpec:
 
 
 def parse_split(spec: str | Sequence[float] | Mapping[str, float]) -> dict[str, float]:
-    """'train=0.7,valid=0.15,test=0.15', (0.7, 0.15, 0.15) or a mapping → {name: fraction}."""
+    """'train=0.7,valid=0.15,test=0.15', (0.7, 0.15, 0.15) or a mapping → {name: fraction}; ``validation`` is
+    read as ``valid``."""
     if isinstance(spec, Mapping):
-        return {str(k): float(v) for k, v in spec.items()}
+        return _canonical_keys({str(k): float(v) for k, v in spec.items()}, spec)
     if isinstance(spec, str):
         out = {}
         for part in filter(None, (p.strip() for p in spec.split(","))):
             name, sep, value = part.partition("=")
+            if canonical_split(name.strip()) in out:
+                raise ValueError(f"--split {spec!r}: split {canonical_split(name.strip())!r} given twice")
             try:
-                out[name.strip()] = float(value)
+                out[canonical_split(name.strip())] = float(value)
             except ValueError:
                 raise ValueError(f"--split {spec!r}: expected name=fraction pairs, got {part!r}") from None
             if not sep:
@@ -119,6 +123,13 @@ def parse_split(spec: str | Sequence[float] | Mapping[str, float]) -> dict[str, 
     if len(spec) != 3:
         raise ValueError(f"split tuple must be (train, valid, test) fractions, got {tuple(spec)}")
     return dict(zip(("train", "valid", "test"), (float(v) for v in spec), strict=True))
+
+
+def _canonical_keys(split: dict[str, float], spec: object) -> dict[str, float]:
+    out = {canonical_split(k): v for k, v in split.items()}
+    if len(out) != len(split):
+        raise ValueError(f"split {spec!r}: 'valid' and 'validation' name the same split; give it once")
+    return out
 
 
 def plan_volumes(n: int, seed: int, split: Mapping[str, float]) -> list[VolumeSpec]:
@@ -155,16 +166,22 @@ def _nifti_bytes(rec: Reconstruction) -> bytes:
 
 
 def _metadata_row(spec: VolumeSpec, case: Case, rec: Reconstruction, rng: np.random.Generator) -> dict[str, Any]:
+    """A row with the release's 44 metadata columns; those a phantom has no value for stay empty, as many do in
+    CT-RATE."""
     g = rec.grid
     maker, model = SCANNERS[spec.patient % len(SCANNERS)]
-    return {"VolumeName": spec.name + ".nii.gz", "Manufacturer": maker, "ManufacturerModelName": model,
-            "PatientSex": case.sex, "PatientAge": f"{case.age:03d}Y", "Rows": g.shape[1], "Columns": g.shape[0],
-            "NumberofSlices": g.shape[2], "XYSpacing": f"[{g.spacing[0]:.6g}, {g.spacing[1]:.6g}]",
-            "ZSpacing": f"{g.spacing[2]:.6g}", "SliceThickness": f"{g.spacing[2]:.6g}",
-            "RescaleSlope": RESCALE_SLOPE, "RescaleIntercept": RESCALE_INTERCEPT, "RescaleType": "HU",
-            "ImagePositionPatient": str([round(float(v), 3) for v in np.asarray(g.origin) + rec.table_lps]),
-            "ImageOrientationPatient": "[1, 0, 0, 0, 1, 0]", "KVP": int(rng.choice((100, 120))),
-            "ConvolutionKernel": str(rng.choice(KERNELS)), "NoiseHU": round(rec.noise_hu, 2)}
+    kernel = str(rng.choice(KERNELS))
+    position = [round(float(v), 3) for v in np.asarray(g.origin) + rec.table_lps]
+    known = {"VolumeName": spec.name + ".nii.gz", "Manufacturer": maker, "SeriesDescription": f"CHEST {kernel}",
+             "ManufacturerModelName": model, "PatientSex": case.sex, "PatientAge": f"{case.age:03d}Y",
+             "ReconstructionDiameter": f"{g.shape[0] * g.spacing[0]:.6g}", "GantryDetectorTilt": 0,
+             "ConvolutionKernel": kernel, "PatientPosition": "HFS", "ImagePositionPatient": str(position),
+             "ImageOrientationPatient": "[1, 0, 0, 0, 1, 0]", "SliceLocation": position[2], "SamplesPerPixel": 1,
+             "PhotometricInterpretation": "MONOCHROME2", "Rows": g.shape[1], "Columns": g.shape[0],
+             "XYSpacing": f"[{g.spacing[0]:.6g}, {g.spacing[1]:.6g}]", "RescaleIntercept": RESCALE_INTERCEPT,
+             "RescaleSlope": RESCALE_SLOPE, "RescaleType": "HU", "NumberofSlices": g.shape[2],
+             "ZSpacing": f"{g.spacing[2]:.6g}"}
+    return {c: known.get(c, "") for c in METADATA_COLUMNS}
 
 
 def _ground_truth(spec: VolumeSpec, case: Case, rec: Reconstruction, sentences: dict[str, str]) -> dict[str, Any]:
@@ -177,7 +194,8 @@ def _ground_truth(spec: VolumeSpec, case: Case, rec: Reconstruction, sentences: 
             item["center_voxel"] = [round(float(v), 2) for v in rec.voxel_of(f.center)]
         findings.append(item)
     return {"name": spec.name, "patient": {"age": case.age, "sex": case.sex}, "shape": list(rec.grid.shape),
-            "spacing": [round(float(s), 6) for s in rec.grid.spacing], "axcodes": "LPS", "findings": findings}
+            "spacing": [round(float(s), 6) for s in rec.grid.spacing], "axcodes": "LPS",
+            "noise_hu": round(rec.noise_hu, 2), "findings": findings}
 
 
 def write_patient(root: Path, specs: list[VolumeSpec], cfg: PhantomConfig) -> list[dict[str, Any]]:
@@ -216,13 +234,11 @@ def _write_tables(root: Path, rows: list[dict[str, Any]], splits: Sequence[str])
         mine = [r for r in rows if r["split"] == split]
         if not mine:
             continue
-        _write_csv(root / "radiology_text_reports" / f"{split}_reports.csv", REPORT_COLUMNS,
-                   [r["report"] for r in mine])
+        _write_csv(split_csv(root, "reports", split), REPORT_COLUMNS, [r["report"] for r in mine])
         labels = [{"VolumeName": r["report"]["VolumeName"], **dict(zip(LABELS, r["labels"], strict=True))}
                   for r in mine]
-        _write_csv(root / "multi_abnormality_labels" / f"{split}_predicted_labels.csv", ("VolumeName", *LABELS),
-                   labels)
-        _write_csv(root / "metadata" / f"{split}_metadata.csv", METADATA_COLUMNS, [r["metadata"] for r in mine])
+        _write_csv(split_csv(root, "labels", split), ("VolumeName", *LABELS), labels)
+        _write_csv(split_csv(root, "metadata", split), METADATA_COLUMNS, [r["metadata"] for r in mine])
 
 
 def _natural_key(name: str) -> list[Any]:

@@ -34,6 +34,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ctagrg.config import ConfigError, to_dict
+from ctagrg.data.ctrate import canonical_split
 from ctagrg.generation.generate import GenerationSettings
 from ctagrg.labels import LABEL_INDEX
 from ctagrg.models.decoder import DecoderConfig, ReportDecoder, load_tokenizer
@@ -101,7 +102,7 @@ class DecoderTaskConfig:
     pairs: str = "detected_and_present"  # | present
     thresholds: str = ""  # thresholds.json overriding those recorded in the cache
     train_splits: tuple[str, ...] = ("train",)  # name prefixes; empty: every volume
-    valid_splits: tuple[str, ...] = ("valid",)
+    valid_splits: tuple[str, ...] = ("valid",)  # "validation" names the same split
     target: TargetConfig = field(default_factory=TargetConfig)
     mirror: MirrorConfig = field(default_factory=MirrorConfig)
     generation: GenerationSettings = field(default_factory=GenerationSettings)  # saved for the packaged model
@@ -249,7 +250,8 @@ class DecoderTask(Task):
 
     def _dataset(self, splits: tuple[str, ...], mirror: MirrorConfig | None = None) -> PairDataset:
         table = self.table()
-        names = {n for n in table.names if not splits or n.split("_", 1)[0] in splits}
+        wanted = {canonical_split(s) for s in splits}  # valid and validation name the same split
+        names = {n for n in table.names if not splits or canonical_split(n.split("_", 1)[0]) in wanted}
         thresholds = read_thresholds(self.cfg.thresholds) if self.cfg.thresholds else None
         pairs = table.pairs(self.cfg.pairs, thresholds=thresholds, names=names)
         m = self.cfg.model
