@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 from pathlib import Path
@@ -197,3 +198,59 @@ def test_cache_files_repeat_byte_for_byte(scans: Path, tmp_path: Path) -> None:
         runs.append({p.name: hashlib.sha256(p.read_bytes()).hexdigest()
                      for p in sorted((tmp_path / run).glob("*.safetensors"))})
     assert len(runs[0]) == 3 and runs[0] == runs[1]
+
+
+def _children(pid: int) -> list[int]:
+    """Live (not zombie) processes whose parent is ``pid``, from /proc."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux's /proc to find the worker processes")
+def test_workers_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k in range(24):
+        write_nifti(folder / f"s{k}.nii.gz", phantom_hu((96, 96, 48), seed=k), np.diag([1.0, 1.0, 2.0, 1.0]))
+    parent = subprocess.Popen([sys.executable, "-m", "ctagrg.cli.main", "preprocess", str(folder), "--out",
+                               str(tmp_path / "cache"), "--workers", "2", "--set", "shape=[64,128,128]"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        workers: list[int] = []
+        cache = tmp_path / "cache"
+        while time.monotonic() < deadline and parent.poll() is None and not list(cache.glob("*.safetensors")):
+            time.sleep(0.05)  # the workers are running once the first volume is written
+        workers = _children(parent.pid)
+        assert len(workers) >= 2 and len(list(cache.glob("*.safetensors"))) < 24, "no workers running"
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        gone_by = time.monotonic() + 2.0
+        while any(_alive(p) for p in workers) and time.monotonic() < gone_by:
+            time.sleep(0.05)
+        assert not [p for p in workers if _alive(p)], "worker processes outlived their killed parent"
+    finally:
+        for pid in _children(parent.pid) + [parent.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -80,14 +80,17 @@ def test_report_files_folders_csv_and_resume(model_dir: Path, tmp_path: Path, ca
     assert error.startswith(f"{bad}: ") and error.count("bad.nii.gz") == 1 and "CTReadError" not in error
     assert f"{error}\n" in printed.err
 
-    # Resume: the four reported scans are skipped, only the failed one is tried again.
-    assert main(argv) == 1
-    again = read_lines(out)
-    assert len(again) == 6 and again[:5] == lines and again[5]["input"] == str(bad) and "error" in again[5]
+    # Resume: the four reported scans are skipped, only the failed one is tried again; its old error line is
+    # replaced, not repeated, however often the run is repeated.
+    for _ in range(2):
+        assert main(argv) == 1
+        again = read_lines(out)
+        assert len(again) == 5 and again[:4] == [x for x in lines if "report" in x]
+        assert again[4]["input"] == str(bad) and "error" in again[4]
     # the same scan by a relative path from another folder is the same scan
     monkeypatch.chdir(tmp_path / "folder")
     assert main(["report", "a.nii.gz", "--model", str(model_dir), "--out", str(out)]) == 0
-    assert len(read_lines(out)) == 6 and "1 scan(s) already reported, skipped" in capsys.readouterr().err
+    assert len(read_lines(out)) == 5 and "1 scan(s) already reported, skipped" in capsys.readouterr().err
 
 
 def test_resume_from_another_working_folder(model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -190,10 +193,30 @@ def test_resume_after_a_cut_line(model_dir: Path, tmp_path: Path) -> None:
     scan = write_scan(tmp_path / "s.nii.gz", 5)
     out = tmp_path / "r.jsonl"
     model = model_fingerprint(model_dir)
-    out.write_text(f'{{"input": "elsewhere", "report": "x", "model": "{model}"}}\n{{"input": "cut')  # cut write
+    kept = f'{{"input": "elsewhere", "report": "x", "model": "{model}"}}'
+    out.write_text(f'{kept}\n{{"input": "cut')  # a write cut by an interruption
     assert main(["report", str(scan), "--model", str(model_dir), "--out", str(out), "--quiet"]) == 0
-    lines = out.read_text().splitlines()
-    assert len(lines) == 3 and json.loads(lines[2])["input"] == str(scan)
+    lines = out.read_text().splitlines()  # the cut line is repaired away, not kept
+    assert len(lines) == 2 and lines[0] == kept and json.loads(lines[1])["input"] == str(scan)
+    assert all(isinstance(json.loads(x), dict) for x in lines)
+
+
+def test_a_folder_mixing_a_dicom_series_and_scan_files_reports_every_scan(
+        model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from ct_fixtures import phantom_hu, write_dicom_series
+
+    folder = tmp_path / "mixed"
+    write_dicom_series(folder, phantom_hu((8, 16, 16)), spacing=(5.0, 2.0, 2.0))
+    nifti = write_scan(folder / "extra.nii.gz", 1)
+    nested = write_scan(folder / "sub" / "nested.nii.gz", 2)
+    (folder / "notes.txt").write_text("not a scan")
+    out = tmp_path / "r.jsonl"
+    with caplog.at_level("WARNING", logger="ctagrg.data.inputs"):
+        assert main(["report", str(folder), "--model", str(model_dir), "--out", str(out), "--quiet"]) == 0
+    inputs = {line["input"] for line in read_lines(out)}
+    assert inputs == {str(folder), str(nifti), str(nested)}
+    assert all("report" in line for line in read_lines(out))
+    assert f"{folder}: 1 file(s) that are not scans skipped: notes.txt" in caplog.text
 
 
 def test_missing_model_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

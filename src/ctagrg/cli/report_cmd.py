@@ -82,7 +82,7 @@ def read_done(out: Path) -> tuple[set[str], set[str | None]]:
         try:
             line = json.loads(raw)
         except json.JSONDecodeError:
-            print(f"{out}:{i}: unreadable line skipped (an interrupted write?)", file=sys.stderr)
+            print(f"{out}:{i}: unreadable line removed (an interrupted write?)", file=sys.stderr)
             continue
         if "input" in line:
             models.add(line.get("model"))
@@ -149,11 +149,13 @@ def run(args: argparse.Namespace) -> int:
         if others:
             raise ValueError(f"{out}: holds reports of another model (fingerprint {', '.join(others)}; {args.model} "
                              f"is {model}); use another --out, or delete it to start over")
+        todo = [it for it in items if source_key(it.source) not in done]
+        if out is not None:
+            compact_out(out, {source_key(it.source) for it in todo})
         fh = _open_append(out) if out else None
     except (OSError, ValueError, RuntimeError) as exc:  # ValueError: a bad model folder or --device
         print(f"{exc}", file=sys.stderr)
         return 2
-    todo = [it for it in items if source_key(it.source) not in done]
     if done and len(todo) < len(items):
         print(f"{out}: {len(items) - len(todo)} scan(s) already reported, skipped", file=sys.stderr)
     failures = 0
@@ -167,6 +169,34 @@ def run(args: argparse.Namespace) -> int:
         if fh is not None:
             fh.close()
     return 1 if failures else 0
+
+
+def compact_out(out: Path, retried: set[str]) -> None:
+    """Rewrite ``out`` atomically without the error lines of the inputs this run retries and without unreadable
+    lines (a line cut by an interruption), so that reruns do not pile up old errors. Other lines stay as they are,
+    in their order; nothing is written when nothing would change."""
+    from ctagrg.data.inputs import source_key
+    from ctagrg.utils.atomic import atomic_open
+
+    if not out.is_file():
+        return
+    kept, dropped = [], 0
+    for raw in out.read_text(encoding="utf-8").splitlines():
+        try:
+            line = json.loads(raw) if raw.strip() else None
+        except json.JSONDecodeError:
+            line = None
+        if not isinstance(line, dict):
+            dropped += bool(raw.strip())
+            continue
+        key = line.get("input_resolved") or (source_key(line["input"]) if "input" in line else None)
+        if "error" in line and key in retried:
+            dropped += bool(raw.strip())
+            continue
+        kept.append(raw)
+    if dropped:
+        with atomic_open(out, "w", encoding="utf-8") as fh:
+            fh.writelines(f"{raw}\n" for raw in kept)
 
 
 def _open_append(out: Path) -> Any:

@@ -10,6 +10,7 @@ failed volumes are retried.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import time
@@ -71,10 +72,32 @@ def process_item(item: InputItem, out_dir: str | Path, config: PreprocessConfig,
     return row
 
 
-def _worker_init(threads: int) -> None:
+def _worker_init(threads: int, parent: int) -> None:
+    exit_with_parent(parent)  # first: importing torch takes seconds
     import torch
 
     torch.set_num_threads(threads)
+
+
+def exit_with_parent(parent: int, poll_s: float = 0.25) -> None:
+    """End this worker process when ``parent`` (its parent's pid) dies, e.g. killed with SIGKILL, which leaves no
+    chance to stop the pool: Linux's parent-death signal where there is one, and a thread that polls the parent's
+    pid everywhere (the signal is tied to the parent thread that started the worker)."""
+    import ctypes
+    import signal
+    import sys
+    import threading
+
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _work(args: tuple[InputItem, str, dict[str, Any], int]) -> dict[str, Any]:
@@ -195,7 +218,7 @@ def _run(todo: Sequence[InputItem], out_dir: Path, config: PreprocessConfig, wor
     cfg = to_dict(config)
     # spawn, not fork: forking a process whose torch/OpenMP thread pool is running can deadlock
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                             initargs=(threads,)) as pool:
+                             initargs=(threads, os.getpid())) as pool:
         futures = {pool.submit(_work, (item, str(out_dir), cfg, max_bytes)): item for item in todo}
         for fut in as_completed(futures):
             try:

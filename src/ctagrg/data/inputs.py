@@ -2,7 +2,9 @@
 
 - A file is one item named after its stem (``scan.nii.gz`` → ``scan``).
 - A folder is searched recursively: every volume file (NIfTI, NRRD, MHA/MHD, ``.zip``) and every folder that
-  directly holds DICOM files is one item; a DICOM series is named after its folder.
+  directly holds DICOM files is one item; a DICOM series is named after its folder. Volume files beside a DICOM
+  series are items too; a DICOM folder inside another is read with its parent's series (the reader takes the
+  largest series and warns, naming every one).
 - A CT-RATE root (a folder with ``radiology_text_reports/``, ``multi_abnormality_labels/`` or ``metadata/``)
   gives its volumes named by VolumeName stem, each with its row of its split's metadata CSV
   (``metadata/train_metadata.csv``, ``metadata/validation_metadata.csv``; ``ctagrg.data.ctrate.split_csv``).
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,6 +41,7 @@ from ctagrg.data.ctrate import (
 )
 from ctagrg.data.dataset import volume_stem
 
+logger = logging.getLogger(__name__)
 VOLUME_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES + (".zip",)
 DICOM_SUFFIXES = (".dcm", ".ima")
 
@@ -78,16 +82,25 @@ def _is_dicom_file(path: Path) -> bool:
 
 
 def _scan_folder(folder: Path) -> list[Path]:
-    """Volume files and DICOM series folders under ``folder`` (recursive, sorted)."""
+    """Volume files and DICOM series folders under ``folder`` (recursive, sorted).
+
+    A folder that directly holds DICOM files is one item (the series reader searches its sub-folders as well);
+    the volume files beside those DICOM files, and in its sub-folders, are items of their own. Other files are
+    not scans: they are named in one log line per folder, never dropped in silence.
+    """
     found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames.sort()
         d = Path(dirpath)
-        if any(_is_dicom_file(d / f) for f in filenames):
+        dicom = [f for f in filenames if _is_dicom_file(d / f)]
+        volumes = [d / f for f in sorted(filenames) if f.lower().endswith(VOLUME_SUFFIXES)]
+        if dicom and not any(p == d or d.is_relative_to(p) for p in found if p.is_dir()):
             found.append(d)
-            dirnames.clear()  # the series reader searches sub-folders itself
-            continue
-        found.extend(d / f for f in sorted(filenames) if f.lower().endswith(VOLUME_SUFFIXES))
+        found.extend(volumes)
+        others = sorted(set(filenames) - set(dicom) - {p.name for p in volumes})
+        if others:
+            shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+            logger.warning("%s: %d file(s) that are not scans skipped: %s", d, len(others), shown)
     return found
 
 
