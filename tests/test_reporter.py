@@ -166,6 +166,20 @@ def test_from_training_outputs(reporter: Reporter, tmp_path: Path) -> None:
     vol = volumes(1, seed=4)[0]
     assert built.report(vol).to_dict() == reporter.report(vol).to_dict()
 
+    # the same assembly as a command
+    from ctagrg.cli.main import main
+
+    argv = ["package", "--classifier", str(tmp_path / "step1" / "best"), "--decoder", str(tmp_path / "dec" / "best"),
+            "--preprocess", str(tmp_path / "pre.json"), "--out", str(tmp_path / "packaged"),
+            "--training-data", "tiny test volumes"]
+    assert main(argv) == 0
+    packaged = Reporter.from_pretrained(tmp_path / "packaged")
+    assert packaged.report(vol).to_dict() == reporter.report(vol).to_dict()
+    assert "tiny test volumes" in (tmp_path / "packaged" / "README.md").read_text()
+    assert main(argv) == 2  # the folder now holds a model: refused without --force
+    assert main([*argv, "--force"]) == 0
+    assert main([*argv[:4], str(tmp_path / "nowhere"), *argv[5:], "--out", str(tmp_path / "p2")]) == 2
+
 
 def test_a_file_gets_the_probabilities_of_its_cached_copy(reporter: Reporter, tmp_path: Path) -> None:
     """Models train on the uint8 cache: the Reporter rounds every input to the cache's levels, so a scan read from

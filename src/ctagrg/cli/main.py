@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "label": ("ctagrg.cli.label_cmd", "label report text with the 18 CT-RATE abnormalities"),
     "sentences": ("ctagrg.cli.sentences_cmd", "extract each abnormality's sentences from reports"),
     "train": ("ctagrg.cli.train_cmd", "train a stage: pretrain | classifier | decoder"),
+    "package": ("ctagrg.cli.package_cmd", "assemble a packaged model from the classifier and decoder runs"),
     "report": ("ctagrg.cli.report_cmd", "generate reports for scans with a trained model"),
     "evaluate": ("ctagrg.cli.evaluate_cmd", "evaluate a model on a dataset split"),
     "serve": ("ctagrg.cli.serve_cmd", "serve a model over HTTP with a slice viewer (localhost by default)"),
