@@ -72,7 +72,7 @@ def main() -> None:
     texts = np.array(reports.texts, dtype=object)
     cases = {
         "columns rebuild CT-CLIP's text": (rebuilt, lambda t: t),
-        "whitespace around the quote lost in the split": (~rebuilt, lambda t: t),
+        "whitespace or quotes lost in the split": (~rebuilt, lambda t: t),
         "rebuilt, but lower-cased": (rebuilt, str.lower),
         "rebuilt, but joined by a newline": (rebuilt, lambda t: t.replace(labeler.column_separator, "\n", 1)),
     }
