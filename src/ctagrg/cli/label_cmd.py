@@ -36,12 +36,12 @@ def read_for_cli(args: argparse.Namespace):  # -> tuple[Reports, Labeler] | None
 
     columns = [c.strip() for c in args.text_columns.split(",") if c.strip()]
     try:
+        labeler = get_labeler(args.labeler)  # first: it says how to join the text columns
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            reports = read_reports(args.reports, columns, args.id_column)
+            reports = read_reports(args.reports, columns, args.id_column, labeler.column_separator)
         for w in caught:
             print(f"warning: {w.message}", file=sys.stderr)
-        labeler = get_labeler(args.labeler)
     except (ReportsError, OSError, ValueError) as exc:
         print(str(exc), file=sys.stderr)
         return None

@@ -30,6 +30,8 @@ from ctagrg.text.sentences import split_sentences
 class Labeler(Protocol):
     """What evaluation code may rely on, whichever labeler is behind it."""
 
+    column_separator: str  # joins a report's text columns (findings, impression) into the text it labels
+
     def label_reports(self, texts: list[str]) -> np.ndarray: ...
 
     def sentences_by_label(self, text: str) -> dict[str, list[str]]: ...
@@ -45,6 +47,8 @@ class RuleLabeler:
     CT-RATE reports repeat template sentences ("Trachea, both main bronchi are open."): about half the sentences of
     the development reports are repeats, so caching per sentence roughly doubles throughput.
     """
+
+    column_separator = "\n"  # each column is split into sentences on its own
 
     def __init__(self, concepts: tuple[Concept, ...] = CONCEPTS, cache_size: int = 65536) -> None:
         unknown = [c.label for c in concepts if c.label not in LABEL_INDEX]

@@ -3,8 +3,13 @@
 CT-CLIP's ``text_classifier`` defines ``RadBertClassifier`` = ``self.model`` (a ``RobertaModel`` from
 ``zzxslp/RadBERT-RoBERTa-4m``) + ``self.classifier`` (``Linear(768, 18)``) on ``pooler_output``, saved with
 ``torch.save(model.state_dict())``. So its keys are ``model.embeddings.…``, ``model.encoder.…``,
-``model.pooler.dense.…``, ``classifier.weight``, ``classifier.bias``. Inference: lower-cased text, at most 512
-tokens, sigmoid, > 0.5.
+``model.pooler.dense.…``, ``classifier.weight``, ``classifier.bias``.
+
+Inference as CT-CLIP's ``infer.py`` does it: the text as it is (CT-CLIP asks its RoBERTa tokenizer for
+``do_lower_case=True``, which a RoBERTa tokenizer ignores, so the classifier was trained and run on cased text), at
+most 512 tokens with truncation, sigmoid, positive when the probability is >= 0.5. The classifier's texts are a
+report's findings, a space, a double quote, a space, then its impression (:data:`COLUMN_SEPARATOR`).
+docs/labeler.md records the comparison with CT-CLIP's own code.
 
 Folder layout expected by ``RadBertLabeler.from_dir(DIR)``:
 
@@ -28,7 +33,11 @@ from ctagrg.labels import LABELS
 from ctagrg.text.sentences import split_sentences
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin")
+# How CT-CLIP's report_text joins findings and impression (its text_classifier/data/train.csv, docs/labeler.md).
+COLUMN_SEPARATOR = ' " '
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
+# A buffer that older transformers saved in the state dict and newer ones rebuild.
+_IGNORED_SUFFIXES = ("embeddings.position_ids",)
 
 
 class RadBertClassifier(nn.Module):
@@ -60,17 +69,48 @@ def find_checkpoint(path: Path) -> Path:
 
 def load_state_dict(checkpoint: Path) -> dict[str, torch.Tensor]:
     """Load a state dict safely and normalise it: unwrap {"state_dict": ...}, strip DataParallel ``module.``."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a file that is not a tensor pickle
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{checkpoint}: not a readable PyTorch state dict ({reason})") from None
     for key in _WRAPPER_KEYS:
         if isinstance(state, dict) and isinstance(state.get(key), dict) and "classifier.weight" not in state:
             state = state[key]
-    if not isinstance(state, dict):
-        raise ValueError(f"{checkpoint}: expected a state dict, got {type(state).__name__}")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{checkpoint}: expected a state dict of tensors, got {type(state).__name__}")
+    return {k.removeprefix("module."): v for k, v in state.items()
+            if not k.removeprefix("module.").endswith(_IGNORED_SUFFIXES)}
+
+
+def _some(keys: list[str], n: int = 4) -> str:
+    return ", ".join(keys[:n]) + (f", … ({len(keys) - n} more)" if len(keys) > n else "")
+
+
+def check_state_dict(checkpoint: Path, state: dict[str, torch.Tensor], model: RadBertClassifier) -> None:
+    """Raise a one-line ValueError naming ``checkpoint`` and what does not fit ``model`` (built from config.json):
+    the number of labels, missing or unexpected keys, or tensor shapes."""
+    expected = {k: v for k, v in model.state_dict().items() if not k.endswith(_IGNORED_SUFFIXES)}
+    head = state.get("classifier.weight")
+    if head is not None and head.ndim == 2 and head.shape[0] != len(LABELS):
+        raise ValueError(f"{checkpoint}: the classifier has {head.shape[0]} outputs, expected {len(LABELS)} "
+                         "(CT-RATE's abnormalities, ctagrg.labels.LABELS)")
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        raise ValueError(f"{checkpoint}: not a CT-CLIP RadBertClassifier state dict: {len(missing)} missing keys "
+                         f"[{_some(missing)}], {len(unexpected)} unexpected keys [{_some(unexpected)}]")
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+             for k, v in expected.items() if state[k].shape != v.shape]
+    if wrong:
+        raise ValueError(f"{checkpoint}: {len(wrong)} tensor shapes differ from those config.json gives "
+                         f"(checkpoint vs config): {_some(wrong, 3)}")
 
 
 class RadBertLabeler:
-    """The ``Labeler`` interface over a ``RadBertClassifier``: reports -> (N, 18) 0/1 at sigmoid > threshold."""
+    """The ``Labeler`` interface over a ``RadBertClassifier``: reports -> (N, 18) 0/1 at sigmoid >= threshold."""
+
+    column_separator = COLUMN_SEPARATOR
 
     def __init__(self, model: RadBertClassifier, tokenizer, *, threshold: float = 0.5, max_length: int = 512,
                  batch_size: int = 16, device: str = "cpu") -> None:
@@ -96,21 +136,18 @@ class RadBertLabeler:
         model = RadBertClassifier(config)
         checkpoint = find_checkpoint(path)
         state = load_state_dict(checkpoint)
-        # position_ids is a buffer that older transformers saved and newer ones rebuild.
-        state = {k: v for k, v in state.items() if not k.endswith("embeddings.position_ids")}
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"{checkpoint}: state dict does not match RadBertClassifier; missing keys "
-                             f"{missing[:8]}, unexpected keys {unexpected[:8]}")
+        check_state_dict(checkpoint, state, model)
+        model.load_state_dict(state, strict=False)  # strict=False: the ignored buffers; check_state_dict did the rest
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         return cls(model, tokenizer, **kwargs)
 
     @torch.no_grad()
     def probabilities(self, texts: Sequence[str]) -> np.ndarray:
-        """(N, 18) float32 sigmoid probabilities; texts are lower-cased as the released classifier expects."""
+        """(N, 18) float32 sigmoid probabilities of the texts as they are (cased, as CT-CLIP's classifier reads them),
+        each cut to ``max_length`` tokens. Padding is per batch: masked, so it does not change the result."""
         out = []
         for i in range(0, len(texts), self.batch_size):
-            batch = [str(t or "").lower() for t in texts[i:i + self.batch_size]]
+            batch = [str(t or "") for t in texts[i:i + self.batch_size]]
             enc = self.tokenizer(batch, padding=True, truncation=True, max_length=self.max_length,
                                  return_tensors="pt").to(self.device)
             logits = self.model(enc["input_ids"], enc["attention_mask"])
@@ -118,12 +155,13 @@ class RadBertLabeler:
         return np.concatenate(out) if out else np.zeros((0, len(LABELS)), dtype=np.float32)
 
     def label_reports(self, texts: list[str]) -> np.ndarray:
-        """(N, 18) int 0/1; empty texts get all zeros without running the model."""
+        """(N, 18) int 0/1, positive where the probability is >= ``threshold`` (CT-CLIP's rule). Empty texts get all
+        zeros without running the model (CT-CLIP would classify the string "nan" or "")."""
         result = np.zeros((len(texts), len(LABELS)), dtype=np.int64)
         keep = [i for i, t in enumerate(texts) if isinstance(t, str) and t.strip()]
         if keep:
             probs = self.probabilities([texts[i] for i in keep])
-            result[keep] = (probs > self.threshold).astype(np.int64)
+            result[keep] = (probs >= self.threshold).astype(np.int64)
         return result
 
     def sentences_by_label(self, text: str) -> dict[str, list[str]]:

@@ -30,7 +30,7 @@ class ReportsError(ValueError):
 @dataclass
 class Reports:
     ids: list[str]
-    texts: list[str]  # the chosen columns joined by newlines; "" where all were empty or NaN
+    texts: list[str]  # the chosen columns joined by ``separator``; "" where all were empty or NaN
     n_empty: int  # reports whose text columns were all empty / NaN
 
 
@@ -56,8 +56,10 @@ def read_reports(
     path: str | Path,
     text_columns: Sequence[str] = DEFAULT_TEXT_COLUMNS,
     id_column: str = DEFAULT_ID_COLUMN,
+    separator: str = "\n",
 ) -> Reports:
-    """Read a reports CSV; each report's text is its ``text_columns`` joined by newlines.
+    """Read a reports CSV; each report's text is its non-empty ``text_columns`` joined by ``separator`` (a labeler's
+    ``column_separator``).
 
     Raises:
         ReportsError: file missing, not UTF-8 (with the line number), not a CSV, or a column missing (the message
@@ -77,7 +79,8 @@ def read_reports(
     missing = [c for c in (id_column, *text_columns) if c not in frame.columns]
     if missing:
         raise ReportsError(f"{path}: missing column(s) {missing}; columns found: {list(frame.columns)}")
-    texts = ["\n".join(t for t in (_cell(v) for v in row) if t) for row in frame[list(text_columns)].itertuples(False)]
+    rows = frame[list(text_columns)].itertuples(False)
+    texts = [separator.join(t for t in (_cell(v) for v in row) if t) for row in rows]
     n_empty = sum(1 for t in texts if not t)
     if n_empty:
         warnings.warn(f"{path}: {n_empty} report(s) have empty or NaN text; they get all-zero labels", stacklevel=2)
