@@ -224,3 +224,117 @@ def test_validation_and_valid_name_the_same_split(tmp_path: Path, gpt2_tokenizer
         return [] if ds is None else [task.table().names[v] for v, _ in ds.pairs]
 
     assert valid_names("validation") == valid_names("valid") == ["valid_3_a_1"]
+
+
+# -- a GPT-2 folder as healx/gpt-2-pubmed-medium ships it --------------------------------------------------------
+def write_healx_style_gpt2(folder: Path, tokenizer_dir: Path) -> dict[str, torch.Tensor]:
+    """A tiny random GPT-2 laid out as healx/gpt-2-pubmed-medium is: config.json, pytorch_model.bin, vocab.json,
+    merges.txt, tokenizer_config.json, special_tokens_map.json, no safetensors. The .bin is written as the
+    transformers of 2020 wrote it: torch's pre-1.6 serialisation, ``transformer.`` + ``lm_head`` keys, and the
+    attention-mask buffers ``attn.bias`` / ``attn.masked_bias`` that today's GPT-2 no longer stores.
+    Returns the state dict of the model the file holds (today's keys)."""
+    import shutil
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(3)
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=4, n_positions=64, vocab_size=50257))
+    state = {k: v.clone() for k, v in gpt2.state_dict().items()}
+    old = dict(state)
+    for i in range(2):
+        old[f"transformer.h.{i}.attn.bias"] = torch.ones(64, 64).tril().view(1, 1, 64, 64)
+        old[f"transformer.h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
+    folder.mkdir(parents=True)
+    torch.save(old, folder / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    gpt2.config.to_json_file(folder / "config.json")
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(tokenizer_dir / name, folder / name)
+    (folder / "tokenizer_config.json").write_text('{"model_max_length": 1024}')
+    (folder / "special_tokens_map.json").write_text(
+        '{"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}')
+    return state
+
+
+def test_healx_style_folder_loads_every_tensor(tmp_path: Path, gpt2_tokenizer_dir: Path) -> None:
+    state = write_healx_style_gpt2(tmp_path / "gpt2", gpt2_tokenizer_dir)
+    assert not list((tmp_path / "gpt2").glob("*.safetensors"))
+    model = ReportDecoder(tiny_config(gpt2_path=str(tmp_path / "gpt2")))
+    loaded = model.gpt2.state_dict()
+    assert sorted(loaded) == sorted(state)
+    for key, tensor in state.items():
+        assert torch.equal(loaded[key], tensor), key
+    assert model.gpt2.lm_head.weight.data_ptr() == model.gpt2.transformer.wte.weight.data_ptr()
+    tok = load_tokenizer(tmp_path / "gpt2")
+    assert len(tok) == 50257 and tok.eos_token_id == tok.pad_token_id == 50256
+
+
+def test_gpt2_folder_errors_name_the_folder(tmp_path: Path) -> None:
+    import argparse
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    folder = tmp_path / "gpt2"
+    folder.mkdir()
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, n_positions=16, vocab_size=50))
+    gpt2.config.to_json_file(folder / "config.json")
+    with pytest.raises(ConfigError, match=f"^{folder}: no GPT-2 weights \\(expected one of model.safetensors, .*"
+                                          "pytorch_model.bin"):
+        ReportDecoder(tiny_config(gpt2_path=str(folder)))
+    # weights_only=True: a pickle that holds anything but tensors and plain containers is refused, not run
+    torch.save({**gpt2.state_dict(), "note": argparse.Namespace(run="code")}, folder / "pytorch_model.bin")
+    with pytest.raises(ConfigError, match=f"^{folder}: cannot load GPT-2 from this folder") as err:
+        ReportDecoder(tiny_config(gpt2_path=str(folder)))
+    assert "\n" not in str(err.value)
+
+
+def test_healx_style_folder_trains_packages_and_reports(tmp_path: Path, gpt2_tokenizer_dir: Path) -> None:
+    """Step 2 on a GPT-2 folder with a pytorch_model.bin and its own tokenizer files, then the packaged model
+    reports without that folder."""
+    import json
+    import shutil
+
+    from ctagrg.config import load_config
+    from ctagrg.generation.generate import GenerationSettings
+    from ctagrg.generation.reporter import Reporter, ReporterConfig
+    from ctagrg.models.ctnet import CTNetConfig
+    from ctagrg.models.heads import HeadsConfig
+    from ctagrg.models.resnet import ResNetConfig
+    from ctagrg.models.step1 import Step1Model, VisualModelConfig
+    from ctagrg.training.decoder_task import DecoderTask, DecoderTaskConfig
+    from ctagrg.training.loop import train
+
+    state = write_healx_style_gpt2(tmp_path / "gpt2", gpt2_tokenizer_dir)
+    _write_cache(tmp_path / "emb")
+    cfg = load_config(DecoderTaskConfig, None, [
+        f"train.out_dir={tmp_path / 'run'}", "train.epochs=2", "train.batch_size=3", "train.grad_accum=1",
+        "train.lr=1e-2", "train.scheduler=none", "train.tensorboard=false", "train.log_every=1",
+        f"embeddings.out_dir={tmp_path / 'emb'}", f"model.gpt2_path={tmp_path / 'gpt2'}", "model.tokenizer_path=",
+        "model.conditioning.input_dim=0", "model.conditioning.hidden_dims=[32]", "model.conditioning.output_dim=24"])
+    best = train(DecoderTask(cfg))
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    losses = [float(r.split(",")[-1]) for r in rows if ",train,loss," in r]
+    assert len(losses) == 2 and losses[-1] < losses[0]
+    decoder = ReportDecoder.from_pretrained(best)
+    for key, tensor in state.items():  # GPT-2 frozen (the paper): its weights leave training unchanged
+        assert torch.equal(decoder.gpt2.state_dict()[key], tensor), key
+
+    torch.manual_seed(0)
+    shape = (12, 32, 32)
+    ctnet = CTNetConfig(input_shape=shape, trunk=ResNetConfig(width=4, layers=(1, 1, 1, 1)),
+                        reducer_channels=(4, 4, 4), reducer_kernels=((3, 1, 1), (3, 1, 1), (1, 1, 1)),
+                        reducer_strides=((3, 1, 1), (3, 1, 1), (1, 1, 1)), embed_dim=32)
+    visual = Step1Model(VisualModelConfig(ctnet=ctnet, heads=HeadsConfig(in_dim=32, embed_dim=16,
+                                                                         classifier_hidden=8)))
+    visual.save_pretrained(tmp_path / "step1")
+    (tmp_path / "step1" / "thresholds.json").write_text(json.dumps([0.0] * 18))  # every label detected
+    (tmp_path / "pre.json").write_text(json.dumps({"spacing": [8.0, 4.0, 4.0], "shape": list(shape)}))
+    built = Reporter.from_training_outputs(tmp_path / "step1", best, preprocess=tmp_path / "pre.json",
+                                           config=ReporterConfig(generation=GenerationSettings(max_new_tokens=6)))
+    built.save_pretrained(tmp_path / "model")
+    shutil.rmtree(tmp_path / "gpt2")  # the package carries every weight and the tokenizer
+    packaged = Reporter.from_pretrained(tmp_path / "model")
+    assert not list((tmp_path / "model").rglob("*.bin"))
+    volume = torch.randn(*shape).numpy()
+    report = packaged.report(volume)
+    assert len(report.detected) == 18 and all(a.sentence for a in report.abnormalities.values())
+    assert report.to_dict() == built.report(volume).to_dict()

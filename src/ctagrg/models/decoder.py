@@ -66,16 +66,39 @@ class DecoderConfig:
             raise ConfigError(f"decoder: n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
 
 
+# What a local GPT-2 folder may hold its weights in; healx/gpt-2-pubmed-medium ships a 2020 pytorch_model.bin only
+# (torch's pre-1.6 serialisation, "transformer." keys, attn.bias/masked_bias buffers).
+GPT2_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                     "pytorch_model.bin.index.json")
+
+
 def _build_gpt2(config: DecoderConfig) -> GPT2LMHeadModel:
     if config.gpt2_path:
-        path = Path(config.gpt2_path)
-        if not (path / "config.json").is_file():
-            raise ConfigError(f"{path}: not a Hugging Face GPT-2 checkpoint folder (no config.json)")
-        return GPT2LMHeadModel.from_pretrained(path)
+        return load_gpt2_folder(config.gpt2_path)
     gpt2_config = GPT2Config(n_layer=config.n_layer, n_embd=config.n_embd, n_head=config.n_head,
                              n_positions=config.n_positions, vocab_size=config.vocab_size,
                              bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id)
     return GPT2LMHeadModel(gpt2_config)
+
+
+def load_gpt2_folder(path: str | Path) -> GPT2LMHeadModel:
+    """GPT-2 from a local Hugging Face folder: ``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``.
+
+    A ``.bin`` is read with ``weights_only=True``: torch's restricted unpickler, which accepts tensors and plain
+    containers only, so the file cannot run code. Any failure is one ``ConfigError`` naming the folder.
+    """
+    import pickle
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"{path}: not a Hugging Face GPT-2 checkpoint folder (no config.json)")
+    if not any((path / name).is_file() for name in GPT2_WEIGHT_FILES):
+        raise ConfigError(f"{path}: no GPT-2 weights (expected one of {', '.join(GPT2_WEIGHT_FILES)})")
+    try:
+        return GPT2LMHeadModel.from_pretrained(path, weights_only=True)
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ConfigError(f"{path}: cannot load GPT-2 from this folder ({type(exc).__name__}: {first})") from None
 
 
 class ReportDecoder(nn.Module):
@@ -118,7 +141,7 @@ class ReportDecoder(nn.Module):
         kv = self.prefix_key_values(e)
         if repeat > 1:
             kv = [(k.repeat_interleave(repeat, 0), v.repeat_interleave(repeat, 0)) for k, v in kv]
-        return DynamicCache(kv)
+        return DynamicCache(kv)  # GPT-2 takes a Cache object from transformers 4.52 on (pyproject.toml)
 
     def forward(self, embeddings: torch.Tensor, label_index: torch.Tensor, input_ids: torch.Tensor,
                 attention_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

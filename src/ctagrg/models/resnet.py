@@ -32,6 +32,11 @@ class ResNetConfig:
     def out_channels(self) -> int:
         return self.width * 8
 
+    @property
+    def is_resnet18(self) -> bool:
+        """True when this is torchvision's resnet18 shape, the one its ImageNet weights fit."""
+        return (self.in_channels, self.width, tuple(self.layers), self.stem) == (3, 64, (2, 2, 2, 2), "resnet")
+
 
 class BasicBlock(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, stride: int = 1) -> None:

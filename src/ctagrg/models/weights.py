@@ -66,12 +66,29 @@ def _load_mapped(module: nn.Module, mapped: dict[str, torch.Tensor], path: Path,
     return report
 
 
+# torchvision's ImageNet ResNet-18 (ResNet18_Weights.IMAGENET1K_V1), the weights CT-Net starts from in the paper
+RESNET18_FILE = "resnet18-f37072fd.pth"
+RESNET18_URL = f"https://download.pytorch.org/models/{RESNET18_FILE}"
+
+
 def load_resnet18_trunk(trunk: nn.Module, path: str | Path) -> LoadReport:
-    """Load torchvision ResNet-18 weights into a ``ResNetTrunk`` (width 64); shape/key problems raise by name."""
+    """Load torchvision ResNet-18 weights (``.pth`` or ``.safetensors``, torchvision's key names) into a
+    ``ResNetTrunk`` (width 64). ``fc.*`` is ignored. A missing, unexpected or mis-shaped tensor raises one
+    ``CheckpointError`` naming the file and the keys.
+
+    BatchNorm ``num_batches_tracked`` counters may be absent: torchvision's ImageNet files predate them (torch
+    0.4.1). They only matter for ``momentum=None``; an absent one is set to 0, as torch does for such state dicts.
+    """
     state = read_state_dict(path)
     report = LoadReport(ignored=sorted(k for k in state if k.startswith("fc.")))
     mapped = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    return _load_mapped(trunk, mapped, Path(path), report, "torchvision ResNet-18 state dict")
+    for key, tensor in trunk.state_dict().items():
+        bn = key.removesuffix("num_batches_tracked")
+        if bn != key and key not in mapped and f"{bn}running_mean" in mapped:
+            mapped[key] = torch.zeros_like(tensor)
+    _load_mapped(trunk, mapped, Path(path), report, "torchvision ResNet-18 state dict")
+    report.loaded = sorted(k for k in report.loaded if k in state)
+    return report
 
 
 # CT-CLIP CTViT key template -> ours. A {field} matches the pattern in _FIELDS and is carried over by name, so the

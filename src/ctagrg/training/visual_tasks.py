@@ -66,7 +66,9 @@ class InitConfig:
     """Weights to start from (local files only)."""
 
     encoder_from: str = ""  # a visual checkpoint folder (e.g. pretraining's best/): its encoder.* tensors
-    resnet18: str = ""  # torchvision ImageNet resnet18 state dict -> CT-Net trunk (width 64 only)
+    # torchvision's ImageNet resnet18 (.pth or .safetensors) -> the CT-Net trunk. The paper's CT-Net (a resnet18-shaped
+    # trunk) trained without init.encoder_from needs it set: a path, or "none" to start from random weights
+    resnet18: str = ""
     ctclip: str = ""  # CT-CLIP checkpoint -> CT-ViT encoder
     # step 1: start the abnormality heads from encoder_from's linear pretraining head (heads.pretrain_hidden: []),
     # so that step 1 begins with pretraining's logits (AbnormalityHeads.warm_start) instead of random heads. Not in
@@ -151,6 +153,36 @@ class ClassifierTaskConfig:
     nodule_size: NoduleSizeConfig = field(default_factory=NoduleSizeConfig)
 
 
+RESNET18_NONE = "none"  # init.resnet18's explicit opt-out: CT-Net's trunk starts from random weights
+
+
+def check_resnet18_init(cfg: Any) -> None:
+    """Refuse a run that would silently train the paper's CT-Net from random weights, or that names a missing file.
+
+    A ``ctnet`` encoder whose trunk is torchvision's resnet18 shape, trained without ``init.encoder_from``, needs
+    ``init.resnet18``: the ImageNet weights' path (the paper always starts there) or ``none``. Other trunks (the
+    tests' and demos' narrow ones) and other encoders are unaffected.
+    """
+    from ctagrg.models.weights import RESNET18_FILE, RESNET18_URL
+
+    value, model = cfg.init.resnet18, cfg.model
+    fetch = (f"download torchvision's ImageNet ResNet-18 ({RESNET18_URL}, ResNet18_Weights.IMAGENET1K_V1) and set "
+             f"init.resnet18 to its path, or set init.resnet18: {RESNET18_NONE} to start CT-Net's trunk from random "
+             "weights")
+    if value == RESNET18_NONE:
+        return
+    if value:
+        if model.encoder != "ctnet":
+            raise ConfigError(f"init.resnet18: only for the ctnet encoder, not {model.encoder!r} (set "
+                              f"init.resnet18: {RESNET18_NONE})")
+        if not Path(value).is_file():
+            raise ConfigError(f"init.resnet18: {value} not found; {fetch}")
+        return
+    if model.encoder == "ctnet" and model.ctnet.trunk.is_resnet18 and not cfg.init.encoder_from:
+        raise ConfigError(f"init.resnet18: not set, and the paper's CT-Net starts from ImageNet ({RESNET18_FILE}): "
+                          f"{fetch}")
+
+
 class _VisualTask(Task):
     model_cls: type = PretrainModel
 
@@ -209,10 +241,9 @@ class _VisualTask(Task):
     # -- model ------------------------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
         model = self.model_cls(self.cfg.model)
+        check_resnet18_init(self.cfg)  # the loop builds the model first: a run refuses before reading any data
         init = self.cfg.init
-        if init.resnet18:
-            if self.cfg.model.encoder != "ctnet":
-                raise ConfigError("init.resnet18: only for the ctnet encoder")
+        if init.resnet18 and init.resnet18 != RESNET18_NONE:
             from ctagrg.models.weights import load_resnet18_trunk
 
             print(f"{init.resnet18}: {load_resnet18_trunk(model.encoder.trunk, init.resnet18).summary()}")
