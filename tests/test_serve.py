@@ -528,7 +528,7 @@ def test_trickling_uploads_are_dropped_and_others_served(model_dir: Path, tmp_pa
                 outcomes[name] = "reset"
 
     start = time.monotonic()
-    with serving(model_dir, max_pending=2, timeout_s=1.0, min_upload_rate_kib=4) as srv:
+    with serving(model_dir, max_pending=2, timeout_s=2.0, min_upload_rate_kib=4) as srv:
         clients = [threading.Thread(target=trickle, args=(srv, f"slow{i}.nii.gz")) for i in range(2)]
         for client in clients:
             client.start()
