@@ -547,7 +547,7 @@ def test_trickling_uploads_are_dropped_and_others_served(model_dir: Path, tmp_pa
         if outcome != "reset":
             assert outcome[0] == 408 and re.fullmatch(
                 rf"{name}: upload too slow: [0-9]+ of 40000 bytes in [0-9.]+ s, under the minimum of 4 KiB/s after "
-                r"the first 1 s \(ctagrg serve --min-upload-rate\)", outcome[1]["error"]), outcome
+                r"the first 2 s \(ctagrg serve --min-upload-rate\)", outcome[1]["error"]), outcome
 
 
 def test_paced_body_keeps_the_minimum_rate() -> None:
