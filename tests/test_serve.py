@@ -6,6 +6,7 @@ import contextlib
 import http.client
 import io
 import json
+import select
 import socket
 import threading
 import time
@@ -21,8 +22,9 @@ import pytest
 import torch
 
 from ctagrg.labels import LABELS
-from ctagrg.serve.app import Handler, ServeConfig, make_server, safe_filename
+from ctagrg.serve.app import ServeConfig, safe_filename
 from ctagrg.serve.hosts import host_allowed, host_names
+from ctagrg.serve.http import Handler, make_server
 from ctagrg.serve.slices import (
     WINDOWS,
     apply_window,
@@ -493,15 +495,103 @@ def test_too_many_uploads_are_503_busy(model_dir: Path, tmp_path: Path) -> None:
 
 def test_a_stalled_upload_times_out_and_frees_its_slot(model_dir: Path, tmp_path: Path) -> None:
     data = marked_nifti(tmp_path)
-    with serving(model_dir, max_pending=1, timeout_s=0.3) as srv, \
+    # 1 KiB/s: the 100 bytes keep the upload on pace beyond the silence timeout, so the stall is what ends it
+    with serving(model_dir, max_pending=1, timeout_s=0.3, min_upload_rate_kib=1) as srv, \
             socket.create_connection(srv.server_address[:2]) as stalled:
         stalled.sendall(upload_head(srv, "slow.nii.gz", len(data)) + data[:100])  # and then nothing
         stalled.settimeout(30)
         status, err = read_response(stalled)
         assert status == 408
-        assert err["error"] == (f"slow.nii.gz: upload stalled after 100 of {len(data)} bytes: no data within the "
-                                f"server's timeout")
+        assert err["error"] == (f"slow.nii.gz: upload stalled after 100 of {len(data)} bytes: no data for 0.3 s "
+                                f"(ctagrg serve --timeout)")
         assert call_json(srv, "/api/report?filename=next.nii.gz", data)[0] == 200
+
+
+def test_trickling_uploads_are_dropped_and_others_served(model_dir: Path, tmp_path: Path) -> None:
+    """Two clients that hold both upload slots by sending one byte every 50 ms (never silent for --timeout) are
+    dropped once behind the minimum rate, and a normal upload then goes through within seconds."""
+    import re
+
+    data, slow = marked_nifti(tmp_path), bytes(40_000)  # at 20 bytes a second, `slow` would take 33 minutes
+    outcomes: dict[str, Any] = {}
+
+    def trickle(srv: Any, name: str) -> None:
+        with socket.create_connection(srv.server_address[:2], timeout=30) as sock:
+            sock.sendall(upload_head(srv, name, len(slow)))
+            for sent in range(len(slow)):
+                if select.select([sock], [], [], 0.05)[0]:  # the server answered: stop sending
+                    break
+                sock.sendall(slow[sent:sent + 1])
+            try:
+                outcomes[name] = read_response(sock)
+            except ConnectionResetError:  # a byte sent as the server closed: the kernel resets, the 408 is lost
+                outcomes[name] = "reset"
+
+    start = time.monotonic()
+    with serving(model_dir, max_pending=2, timeout_s=2.0, min_upload_rate_kib=4) as srv:
+        clients = [threading.Thread(target=trickle, args=(srv, f"slow{i}.nii.gz")) for i in range(2)]
+        for client in clients:
+            client.start()
+        while len(list(srv.service.workdir.iterdir())) < 2:  # both uploads started: they hold both slots
+            assert time.monotonic() < start + 30, "the trickling uploads never started"
+            time.sleep(0.01)
+        assert call_json(srv, "/api/report?filename=third.nii.gz", data)[0] == 503
+        for client in clients:
+            client.join(30)
+        status, result = call_json(srv, "/api/report?filename=third.nii.gz", data)
+        seconds = time.monotonic() - start
+    assert status == 200 and result["input"] == "third.nii.gz"
+    assert seconds < 20
+    assert set(outcomes) == {"slow0.nii.gz", "slow1.nii.gz"}
+    for name, outcome in outcomes.items():
+        if outcome != "reset":
+            assert outcome[0] == 408 and re.fullmatch(
+                rf"{name}: upload too slow: [0-9]+ of 40000 bytes in [0-9.]+ s, under the minimum of 4 KiB/s after "
+                r"the first 2 s \(ctagrg serve --min-upload-rate\)", outcome[1]["error"]), outcome
+
+
+def test_paced_body_keeps_the_minimum_rate() -> None:
+    """The two limits of an upload body, on a socket pair: a client silent for the timeout is stalled; one that
+    keeps sending, but too little, is dropped when the bytes so far fall behind the minimum rate."""
+    from ctagrg.serve.app import ApiError
+    from ctagrg.serve.http import PacedBody
+
+    client, ours = socket.socketpair()
+    with client, ours, ours.makefile("rb") as rfile:
+        body = PacedBody(rfile, ours, name="x.nii", length=10_000, timeout_s=0.2, min_rate=10_000.0)
+        with pytest.raises(ApiError) as exc:
+            body.read1(100)
+    assert (exc.value.status, exc.value.message) == (408, "x.nii: upload stalled after 0 of 10000 bytes: no data "
+                                                          "for 0.2 s (ctagrg serve --timeout)")
+    client, ours = socket.socketpair()
+    with client, ours, ours.makefile("rb") as rfile:
+        body = PacedBody(rfile, ours, name="x.nii", length=10_000, timeout_s=0.2, min_rate=10_000.0)
+        start = time.monotonic()
+        client.sendall(b"a" * 5000)
+        assert body.read1(10_000) == b"a" * 5000  # on pace until 0.2 s + 5000 bytes / 10000 bytes/s = 0.7 s
+        with pytest.raises(ApiError) as exc:
+            while True:  # a byte every 50 ms: never silent for 0.2 s, and 1 % of the rate
+                client.sendall(b"b")
+                assert body.read1(10_000) == b"b"
+                time.sleep(0.05)
+        seconds = time.monotonic() - start
+    assert exc.value.status == 408 and exc.value.message.startswith("x.nii: upload too slow: 50")
+    assert " of 10000 bytes in " in exc.value.message and exc.value.message.endswith(
+        " s, under the minimum of 9.76562 KiB/s after the first 0.2 s (ctagrg serve --min-upload-rate)")
+    assert 0.7 <= seconds < 5  # not before the pace allows
+
+
+def test_upload_names() -> None:
+    from ctagrg.serve.app import ApiError, upload_name
+
+    assert upload_name("C:\\scans\\a b.NII.GZ") == "a b.NII.GZ" and upload_name("x/.hidden.nrrd") == ".hidden.nrrd"
+    for name, suffix in ((".nii.gz", ".nii.gz"), ("dir/.nii", ".nii"), ("...mha", ".mha"), (" . .ZIP", ".zip")):
+        with pytest.raises(ApiError) as exc:
+            upload_name(name)
+        assert exc.value.status == 400
+        assert f"no file name before the extension {suffix}: give the file a name, e.g. scan{suffix}" in (
+            exc.value.message)
+    assert safe_filename(".hidden.nrrd") == "hidden.nrrd" and safe_filename("..nii.gz") == "upload.nii.gz"
 
 
 def test_cli_parses_and_fails_clearly(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -511,9 +601,11 @@ def test_cli_parses_and_fails_clearly(tmp_path: Path, capsys: pytest.CaptureFixt
     assert (args.host, args.port, args.device, args.max_upload_mb, args.keep) == ("127.0.0.1", 8000, "auto",
                                                                                  2048.0, 8)
     assert (args.max_voxels, args.max_pending, args.timeout, args.allow_host) == (600_000_000, 2, 60.0, [])
+    assert args.min_upload_rate == 64.0
     defaults = ServeConfig()  # the CLI writes its defaults out (no numpy import for --help): they must agree
-    assert (defaults.max_upload_mb, defaults.max_voxels, defaults.max_pending, defaults.timeout_s, defaults.keep) == (
-        args.max_upload_mb, args.max_voxels, args.max_pending, args.timeout, args.keep)
+    assert (defaults.max_upload_mb, defaults.max_voxels, defaults.max_pending, defaults.timeout_s, defaults.keep,
+            defaults.min_upload_rate_kib) == (args.max_upload_mb, args.max_voxels, args.max_pending, args.timeout,
+                                              args.keep, args.min_upload_rate)
     args = build_parser().parse_args(["serve", "--model", "m", "--port", "65535", "--allow-host", "a",
                                       "--allow-host", "b", "--max-voxels", "1_000"])
     assert (args.port, args.allow_host, args.max_voxels) == (65535, ["a", "b"], 1000)
@@ -524,7 +616,8 @@ def test_cli_parses_and_fails_clearly(tmp_path: Path, capsys: pytest.CaptureFixt
            ("--max-upload-mb", "nan", "expected a finite number > 0, got nan"), ("--max-upload-mb", "inf", "inf"),
            ("--max-upload-mb", "0", "got 0"), ("--max-upload-mb", "-5", "got -5"), ("--timeout", "0", "got 0"),
            ("--keep", "0", "expected an integer >= 1, got 0"), ("--max-voxels", "1e9", "got '1e9'"),
-           ("--max-pending", "0", "got 0")]
+           ("--max-pending", "0", "got 0"), ("--min-upload-rate", "0", "got 0"),
+           ("--min-upload-rate", "nan", "got nan")]
     for flag, value, message in bad:
         with pytest.raises(SystemExit) as exc:
             main(["serve", "--model", str(tmp_path), flag, value])
@@ -537,7 +630,7 @@ def test_cli_serves_until_interrupted_then_cleans_up(model_dir: Path, monkeypatc
     import signal
 
     from ctagrg.cli.main import main
-    from ctagrg.serve.app import ReportServer
+    from ctagrg.serve.http import ReportServer
 
     seen: dict[str, Any] = {}
 

@@ -1,7 +1,7 @@
 """``ctagrg serve --model DIR [--host H] [--port P] [--device D] [--max-upload-mb MB] [--keep N]``.
 
-Also ``--max-voxels N``, ``--max-memory-mb MB``, ``--max-pending N``, ``--timeout S`` and ``--allow-host NAME``
-(repeatable); see docs/serve.md.
+Also ``--max-voxels N``, ``--max-memory-mb MB``, ``--max-pending N``, ``--timeout S``, ``--min-upload-rate KIB``
+and ``--allow-host NAME`` (repeatable); see docs/serve.md.
 """
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="uploads received or reported at once; more are answered 503 busy (default 2)")
     parser.add_argument("--timeout", type=positive_float, default=60.0,
                         help="seconds a connection may stay silent before it is dropped (default 60)")
+    parser.add_argument("--min-upload-rate", type=positive_float, default=64.0, metavar="KIB",
+                        help="slowest upload kept, KiB/s on average after its first --timeout seconds: an upload of "
+                             "N KiB must arrive within --timeout + N / KIB seconds (default 64)")
     parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                         help="another name clients may use for this server in the Host header (repeatable)")
     parser.add_argument("--keep", type=positive_int, default=8, help="scans kept in memory for the viewer (default 8)")
@@ -45,10 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
 
     from ctagrg.generation.reporter import Reporter
-    from ctagrg.serve.app import ServeConfig, make_server
+    from ctagrg.serve.app import ServeConfig
+    from ctagrg.serve.http import make_server
 
     config = ServeConfig(max_upload_mb=args.max_upload_mb, max_voxels=args.max_voxels, max_memory_mb=args.max_memory_mb,
                          max_pending=args.max_pending, timeout_s=args.timeout,
+                         min_upload_rate_kib=args.min_upload_rate,
                          allowed_hosts=tuple(args.allow_host), keep=args.keep)
     try:
         reporter = Reporter.from_pretrained(args.model, device=args.device)

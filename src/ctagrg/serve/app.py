@@ -1,46 +1,27 @@
-"""``ctagrg serve``: one Reporter behind a small HTTP service (standard library only) with a slice viewer.
+"""What ``ctagrg serve`` does, without HTTP: its settings, uploads → reports (one model call at a time), and the
+in-memory store of reported scans that the slice viewer reads.
 
-Research software, not for diagnostic use. There is no authentication: bind to localhost (the default) and put a
-reverse proxy with authentication in front before exposing it. See docs/serve.md for the endpoints.
+Research software, not for diagnostic use. The HTTP side (routes, request checks, upload deadlines) is
+:mod:`ctagrg.serve.http`; docs/serve.md has the endpoints and the limits.
 
->>> server = make_server(Reporter.from_pretrained("model/"), host="127.0.0.1", port=8000)   # doctest: +SKIP
->>> server.serve_forever()                                                                   # doctest: +SKIP
-
-Routes (JSON unless noted; errors are ``{"error": "..."}`` with a 4xx/5xx status):
-
-- ``GET /``: the viewer page (HTML).
-- ``POST /api/report?filename=NAME``: body = the raw bytes of one scan file → the report and a scan id.
-- ``GET /api/scans/<id>``: what ``POST /api/report`` returned for that scan.
-- ``GET /api/scans/<id>/slice/<plane>/<index>.png?window=lung|mediastinum|bone`` (or ``?wl=L&ww=W``): PNG.
-- ``GET /api/health``, ``GET /api/model``.
-
-Every request must name this server in its ``Host`` header, and an upload must be sent as
-``Content-Type: application/octet-stream``: together they keep other web sites, open in a browser on this machine,
-from using the service (DNS rebinding, cross-site form posts).
+>>> service = ReportService(Reporter.from_pretrained("model/"), ServeConfig(max_pending=1))   # doctest: +SKIP
+>>> info = service.report_upload("scan.nii.gz", open("scan.nii.gz", "rb"), length)          # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import collections
-import io
-import json
 import math
 import re
 import secrets
 import shutil
-import socket
-import sys
 import tempfile
 import threading
 import time
-import traceback
-from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from urllib.parse import SplitResult, parse_qs, urlsplit
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -48,7 +29,6 @@ from ctagrg.config import to_dict
 from ctagrg.data.ctio import collect_read_warnings
 from ctagrg.data.read_cost import ScanTooLarge
 from ctagrg.labels import LABELS
-from ctagrg.serve.hosts import host_allowed, host_names
 from ctagrg.serve.limits import UnsafeUpload, VolumeTooLarge, check_upload
 from ctagrg.serve.slices import (
     PLANES,
@@ -71,9 +51,7 @@ INTENDED_USE = (
 # Single-file formats only: .mhd/.nhdr headers point to a separate data file that an upload cannot carry.
 UPLOAD_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha", ".zip")
 MIB = 1 << 20
-# A rejected body up to this size is read and discarded before answering: closing a socket with unread data makes
-# the kernel send a reset, and the client would then see "connection reset" instead of our JSON error.
-DRAIN_LIMIT = 64 * MIB
+KIB = 1 << 10
 
 
 @dataclass
@@ -89,6 +67,9 @@ class ServeConfig:
         max_memory_mb: the memory budget of decoding one upload, MiB, estimated from its headers before any
             voxel is decoded (docs/serve.md, "Limits and threat model"); None: half of this machine's memory.
         timeout_s: seconds a connection may stay silent (mid-request or mid-upload) before it is dropped.
+        min_upload_rate_kib: the slowest upload kept, KiB/s on average, counted after its first ``timeout_s``
+            seconds: an upload of N bytes must arrive within ``timeout_s + N / (1024 x min_upload_rate_kib)``
+            seconds and be on pace for that all along, so a client trickling bytes cannot hold an upload slot.
         allowed_hosts: extra names the ``Host`` header may give besides the bound address (and localhost when
             bound to loopback), e.g. this machine's DNS name when bound to all addresses.
         keep: scans kept in memory for the viewer, least recently used dropped first. Each costs 2 bytes a voxel
@@ -101,12 +82,13 @@ class ServeConfig:
     max_memory_mb: float | None = None
     max_pending: int = 2
     timeout_s: float = 60.0
+    min_upload_rate_kib: float = 64.0
     allowed_hosts: tuple[str, ...] = ()
     keep: int = 8
     log_requests: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("max_upload_mb", "timeout_s", "max_memory_mb"):
+        for name in ("max_upload_mb", "timeout_s", "min_upload_rate_kib", "max_memory_mb"):
             value = getattr(self, name)
             if value is None and name == "max_memory_mb":
                 continue
@@ -122,10 +104,21 @@ class ServeConfig:
         return int(self.max_upload_mb * MIB)
 
     @property
+    def min_upload_rate(self) -> float:
+        """``min_upload_rate_kib`` in bytes a second."""
+        return self.min_upload_rate_kib * KIB
+
+    @property
     def max_memory_bytes(self) -> int:
         from ctagrg.data.read_cost import default_max_memory_mb
 
         return int((default_max_memory_mb() if self.max_memory_mb is None else self.max_memory_mb) * MIB)
+
+
+class UploadBody(Protocol):
+    """Where an upload's bytes come from: ``read1(n)`` returns 1 to ``n`` bytes that have arrived, b"" at the end."""
+
+    def read1(self, size: int, /) -> bytes: ...
 
 
 class ApiError(Exception):
@@ -178,21 +171,34 @@ class ScanStore:
             return scan
 
 
+def upload_suffix(name: str) -> str | None:
+    """The supported extension ``name`` ends with (any case), or None."""
+    return next((suffix for suffix in UPLOAD_SUFFIXES if name.lower().endswith(suffix)), None)
+
+
 def upload_name(filename: str | None) -> str:
-    """The base name of an uploaded file, checked for a supported extension."""
+    """The base name of an uploaded file, checked for a supported extension and a name before it."""
     name = re.split(r"[\\/]", filename or "")[-1].strip()
     if not name:
         raise ApiError(400, "missing file name: POST the raw file bytes to /api/report?filename=NAME")
-    if not name.lower().endswith(UPLOAD_SUFFIXES):
+    suffix = upload_suffix(name)
+    if suffix is None:
         raise ApiError(400, f"{name}: unsupported file type; expected one of {', '.join(UPLOAD_SUFFIXES)} "
                             f"(a DICOM series as one .zip)")
+    if not name[:-len(suffix)].strip(". "):
+        raise ApiError(400, f"{name!r}: no file name before the extension {suffix}: give the file a name, e.g. "
+                            f"scan{suffix}")
     return name
 
 
 def safe_filename(name: str) -> str:
-    """``name`` reduced to [A-Za-z0-9._-], at most 100 characters, the extension kept (the reader keys on it)."""
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)[-100:].lstrip(".")
-    return safe or "upload"
+    """``name`` reduced to [A-Za-z0-9._-], at most 100 characters, its extension kept (the reader keys on it).
+
+    ``name`` has passed :func:`upload_name`; a name of dots only before the extension becomes ``upload``.
+    """
+    suffix = upload_suffix(name) or ""
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", name[:len(name) - len(suffix)])[-(100 - len(suffix)):].lstrip(".")
+    return (stem or "upload") + name[len(name) - len(suffix):]
 
 
 class ReportService:
@@ -250,7 +256,7 @@ class ReportService:
     def release_upload(self) -> None:
         self._pending.release()
 
-    def report_upload(self, filename: str, body: io.BufferedIOBase, length: int) -> dict[str, Any]:
+    def report_upload(self, filename: str, body: UploadBody, length: int) -> dict[str, Any]:
         """Write ``length`` bytes of ``body`` to the private folder, report the scan, store it for the viewer.
 
         Returns ``{id, input, report, abnormalities, seconds, shape, spacing, hu_window}``.
@@ -345,217 +351,18 @@ def _number(name: str, value: str) -> float:
     return number
 
 
-def _receive(body: io.BufferedIOBase, length: int, path: Path, filename: str) -> None:
+def _receive(body: UploadBody, length: int, path: Path, filename: str) -> None:
     """Copy ``length`` bytes of the request body to ``path`` in pieces of up to 1 MiB (an upload can be GBs).
 
-    Not an atomic write: the file lives in a private per-upload folder that nothing else reads, it is read only
-    after this returns, and the folder is removed whatever happens.
+    ``body`` enforces the time limits (:class:`ctagrg.serve.http.PacedBody` raises a 408 ApiError); this checks
+    only that the bytes arrive. Not an atomic write: the file lives in a private per-upload folder that nothing
+    else reads, it is read only after this returns, and the folder is removed whatever happens.
     """
     left = length
     with open(path, "wb") as fh:
         while left > 0:
-            try:
-                chunk = body.read1(min(left, MIB))  # what has arrived: a stall is then counted exactly
-            except TimeoutError:  # the socket timeout (ServeConfig.timeout_s): the client stopped sending
-                raise ApiError(408, f"{filename}: upload stalled after {length - left} of {length} bytes: no data "
-                                    f"within the server's timeout") from None
+            chunk = body.read1(min(left, MIB))  # what has arrived: a stall is then counted exactly
             if not chunk:
                 raise ApiError(400, f"{filename}: upload ended after {length - left} of {length} bytes")
             fh.write(chunk)
             left -= len(chunk)
-
-
-# -- HTTP ------------------------------------------------------------------------------------------------------------
-_SLICE = re.compile(r"^/api/scans/(?P<id>[^/]+)/slice/(?P<plane>[^/]+)/(?P<index>[^/]+)\.png$")
-_SCAN = re.compile(r"^/api/scans/(?P<id>[^/]+)$")
-# Everything the page loads comes from this server: a browser refuses any outside script, font or image.
-_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
-        "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'")
-# The only upload type a browser page may send cross-site without a CORS preflight is a "simple" one (form or
-# text types); this one needs a preflight, which the server never grants.
-UPLOAD_CONTENT_TYPE = "application/octet-stream"
-
-
-class Handler(BaseHTTPRequestHandler):
-    """Routes requests to the server's :class:`ReportService`; every error is a JSON ``{"error": ...}``."""
-
-    server: ReportServer
-    server_version = "ctagrg-serve"
-
-    def setup(self) -> None:
-        # read by StreamRequestHandler.setup as the socket timeout: a silent client cannot hold a thread (and an
-        # upload slot) for ever
-        self.timeout = self.server.service.config.timeout_s
-        super().setup()
-
-    def do_GET(self) -> None:
-        self._handle(self._get)
-
-    def do_POST(self) -> None:
-        self._handle(self._post)
-
-    def _handle(self, route: Callable[[SplitResult], None]) -> None:
-        try:
-            self._answer(route)
-        except (ConnectionError, TimeoutError) as exc:
-            # The client left (or stopped reading) while we answered: nobody is there to read an error either.
-            self.close_connection = True
-            if self.server.service.config.log_requests:
-                self.log_message("%s %s: connection lost (%s)", self.command, self.path, type(exc).__name__)
-
-    def _answer(self, route: Callable[[SplitResult], None]) -> None:
-        try:
-            route(urlsplit(self.path))
-        except ApiError as exc:
-            self._send_json(exc.status, {"error": exc.message})
-        except (ConnectionError, TimeoutError):
-            raise
-        except Exception as exc:  # noqa: BLE001 - one failed request must not take the service down
-            traceback.print_exc(file=sys.stderr)
-            self._send_json(500, {"error": f"internal error ({type(exc).__name__}: {exc})"})
-
-    def _get(self, url: SplitResult) -> None:
-        self._check_host()
-        service = self.server.service
-        query = parse_qs(url.query)
-        if url.path == "/":
-            self._send(200, "text/html; charset=utf-8", service.page, {"Content-Security-Policy": _CSP})
-        elif url.path == "/api/health":
-            self._send_json(200, {"status": "ok"})
-        elif url.path == "/api/model":
-            self._send_json(200, service.model_info())
-        elif m := _SCAN.match(url.path):
-            self._send_json(200, service.scan_info(m["id"]))
-        elif m := _SLICE.match(url.path):
-            png = service.slice_png(m["id"], m["plane"], m["index"], query)
-            # a scan id's slices never change; the browser may reuse them while the viewer scrolls back and forth
-            self._send(200, "image/png", png, {"Cache-Control": "private, max-age=3600"})
-        else:
-            raise ApiError(404, f"no such page: GET {url.path}")
-
-    def _post(self, url: SplitResult) -> None:
-        service = self.server.service
-        try:
-            name, length = self._check_upload(url)
-            service.reserve_upload(name)
-        except ApiError:
-            self._discard_body()
-            raise
-        try:
-            result = service.report_upload(name, self.rfile, length)
-        except BaseException:
-            self.close_connection = True  # the body may be partly read: this connection cannot carry another request
-            raise
-        finally:
-            service.release_upload()
-        self._send_json(200, result)
-
-    def _check_upload(self, url: SplitResult) -> tuple[str, int]:
-        """(file name, body length) of an acceptable upload request; ApiError otherwise (nothing read yet)."""
-        self._check_host()
-        if url.path != "/api/report":
-            raise ApiError(404, f"no such endpoint: POST {url.path} (uploads go to /api/report?filename=NAME)")
-        name = upload_name(parse_qs(url.query).get("filename", [None])[0])
-        if self.headers.get_content_type() != UPLOAD_CONTENT_TYPE:
-            raise ApiError(415, f"{name}: expected Content-Type: {UPLOAD_CONTENT_TYPE} (the raw file bytes), got "
-                                f"{self.headers.get('Content-Type', 'none')!r}")
-        length = self._content_length()
-        if length == 0:
-            raise ApiError(400, f"{name}: empty upload (no file bytes in the request body)")
-        config = self.server.service.config
-        if length > config.max_upload_bytes:
-            raise ApiError(413, f"{name}: {length / MIB:.1f} MiB is over the upload limit of "
-                                f"{config.max_upload_mb:g} MiB (ctagrg serve --max-upload-mb)")
-        return name, length
-
-    def _check_host(self) -> None:
-        if not self.server.accepts_host(self.headers.get("Host")):
-            raise ApiError(403, f"Host {self.headers.get('Host')!r} does not name this server: open "
-                                f"{self.server.url} (a guard against DNS rebinding; ctagrg serve --allow-host NAME "
-                                f"adds a name)")
-
-    def _content_length(self) -> int:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            self.close_connection = True
-            raise ApiError(411, "chunked uploads are not supported: send the file with a Content-Length")
-        raw = self.headers.get("Content-Length")
-        if raw is None:
-            return 0  # HTTP: no Content-Length and no Transfer-Encoding means no body
-        if not _is_decimal(raw):
-            self.close_connection = True
-            raise ApiError(400, f"invalid Content-Length {raw!r}")
-        return int(raw)
-
-    def _discard_body(self) -> None:
-        """Read and drop a rejected body (up to DRAIN_LIMIT) so the client gets our answer, not a reset."""
-        raw = self.headers.get("Content-Length", "")
-        left = int(raw) if _is_decimal(raw) else 0
-        if left > DRAIN_LIMIT:
-            self.close_connection = True
-            return
-        while left > 0:
-            chunk = self.rfile.read(min(left, MIB))
-            if not chunk:
-                break
-            left -= len(chunk)
-
-    def _send_json(self, status: int, obj: dict[str, Any]) -> None:
-        self._send(status, "application/json", json.dumps(obj).encode("utf-8"))
-
-    def _send(self, status: int, content_type: str, data: bytes, headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("X-Content-Type-Options", "nosniff")
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        if self.server.service.config.log_requests and not (code == 200 and "/slice/" in self.path):
-            super().log_request(code, size)
-
-
-def _is_decimal(text: str) -> bool:
-    """Whether ``text`` (spaces around allowed) is ASCII digits: ``str.isdigit`` is also true for "²", which
-    ``int`` refuses."""
-    text = text.strip()
-    return text.isascii() and text.isdigit()
-
-
-class ReportServer(ThreadingHTTPServer):
-    """A threading HTTP server owning a :class:`ReportService`; ``server_close`` removes its temporary folder."""
-
-    daemon_threads = True  # Ctrl-C must not wait for a browser's idle connection
-
-    def __init__(self, address: tuple[str, int], service: ReportService) -> None:
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6  # read by TCPServer.__init__ when it creates the socket
-        self.service = service
-        super().__init__(address, Handler)
-        self._host_names = host_names(address[0], str(self.server_address[0]), service.config.allowed_hosts)
-
-    @property
-    def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://[{host}]:{port}/" if ":" in str(host) else f"http://{host}:{port}/"
-
-    def accepts_host(self, header: str | None) -> bool:
-        """Whether a request's ``Host`` header names this server (see :func:`host_allowed`)."""
-        return host_allowed(header, self._host_names, self.server_address[1], self.service.config.allowed_hosts)
-
-    def server_close(self) -> None:
-        super().server_close()
-        self.service.close()
-
-
-def make_server(reporter: Reporter, *, host: str = "127.0.0.1", port: int = 8000,
-                config: ServeConfig | None = None) -> ReportServer:
-    """A bound (not yet serving) server for ``reporter``; port 0 picks a free port (see ``server.url``)."""
-    service = ReportService(reporter, config)
-    try:
-        return ReportServer((host, port), service)
-    except BaseException:
-        service.close()
-        raise
