@@ -236,3 +236,21 @@ def test_multiframe_dicom_is_a_clear_error(tmp_path: Path) -> None:
     ds.save_as(paths[0])
     with pytest.raises(CTReadError, match="multi-frame"):
         load_ct(tmp_path / "mf")
+
+
+def test_infinite_voxels_and_non_finite_scaling_are_warned(tmp_path: Path) -> None:
+    from ctagrg.data.ctio import CTReadWarning
+
+    hu = phantom_hu().astype(np.float32)
+    hu[0, 0, :3] = [np.inf, -np.inf, np.inf]
+    write_nifti(tmp_path / "inf.nii.gz", hu, np.eye(4))
+    with pytest.warns(CTReadWarning, match=r"inf\.nii\.gz: 3 infinite voxels \(±inf\); preprocessing clips them"):
+        vol = load_ct(tmp_path / "inf.nii.gz")
+    assert np.isinf(vol.hu).sum() == 3
+    path = write_nifti(tmp_path / "slope.nii", phantom_hu(), np.eye(4))
+    raw = bytearray(path.read_bytes())
+    raw[112:116] = np.float32(np.inf).tobytes()  # scl_slope
+    path.write_bytes(bytes(raw))
+    with pytest.warns(CTReadWarning, match=r"slope\.nii: non-finite scaling in the header \(scl_slope inf\)"):
+        vol = load_ct(path)
+    np.testing.assert_array_equal(vol.hu, phantom_hu().astype(np.float32))

@@ -290,8 +290,8 @@ def _read_nifti(path: Path) -> CTVolume:
     if int(hdr["sform_code"]) == 0 and int(hdr["qform_code"]) == 0:
         warnings.warn(f"{path}: no sform/qform in the header; orientation assumed from pixdim only (RAS)",
                       CTReadWarning, stacklevel=3)
+    _warn_infinite_scaling(path, float(unchecked["scl_slope"]), float(unchecked["scl_inter"]))
     slope, inter = img.dataobj.slope, img.dataobj.inter
-    _warn_non_finite_scaling(path, slope, inter)
     slope = 1.0 if slope is None or not np.isfinite(slope) or slope == 0 else float(slope)
     inter = 0.0 if inter is None or not np.isfinite(inter) else float(inter)
     raw = _squeeze_to_3d(raw, path)
@@ -300,10 +300,10 @@ def _read_nifti(path: Path) -> CTVolume:
     return CTVolume(raw=raw, slope=slope, intercept=inter, affine=img.affine, source=str(path))
 
 
-def _warn_non_finite_scaling(path: Path, slope: Any, inter: Any) -> None:
-    """NIfTI scl_slope/scl_inter of inf or NaN cannot be applied; they are ignored (as 1 and 0), with a warning."""
-    bad = [f"{k} {v}" for k, v in (("scl_slope", slope), ("scl_inter", inter))
-           if v is not None and not np.isfinite(v)]
+def _warn_infinite_scaling(path: Path, slope: float, inter: float) -> None:
+    """NIfTI scl_slope/scl_inter of ±inf cannot be applied; nibabel ignores them (as 1 and 0): say so. (NaN is the
+    usual "no scaling" that nibabel writes, and 0 the standard's.)"""
+    bad = [f"{k} {v:g}" for k, v in (("scl_slope", slope), ("scl_inter", inter)) if math.isinf(v)]
     if bad:
         warnings.warn(f"{path}: non-finite scaling in the header ({', '.join(bad)}); read the stored values as HU "
                       f"(slope 1, intercept 0)", CTReadWarning, stacklevel=4)
