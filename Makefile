@@ -7,7 +7,7 @@ STAMP := $(VENV)/.ctagrg-installed
 # The CPU wheel of torch 2.13.0 is pinned here (dev/CI set-up only); the package itself asks for a range.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: venv demo demo-quick test test-fast lint bench clean
+.PHONY: venv demo demo-quick test test-fast lint bench clean ctrate-smoke ctrate-smoke-phantoms
 
 venv: $(STAMP)
 
@@ -28,7 +28,21 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks scripts
+
+# The whole CT-RATE recipe at the paper's shapes on a release-layout root: make ctrate-smoke DATA=CT-RATE/dataset
+DATA ?=
+SMOKE_WORK ?= runs/ctrate-smoke
+ctrate-smoke: $(STAMP)
+	@test -n "$(DATA)" || (echo "usage: make ctrate-smoke DATA=CT-RATE/dataset [SMOKE_WORK=DIR]" >&2; exit 2)
+	$(PY) scripts/ctrate_smoke.py --data "$(DATA)" --work "$(SMOKE_WORK)"
+
+# The same on 6 paper-size phantoms written in the release layout (what CI runs)
+SMOKE_PHANTOMS ?= runs/ctrate-smoke-phantoms
+ctrate-smoke-phantoms: $(STAMP)
+	test -f $(SMOKE_PHANTOMS)/metadata/validation_metadata.csv || \
+		$(VENV)/bin/ctagrg phantom --out $(SMOKE_PHANTOMS) --n 6 --size paper --split train=0.5,valid=0.5
+	$(PY) scripts/ctrate_smoke.py --data $(SMOKE_PHANTOMS) --work $(SMOKE_WORK)
 
 clean:
 	rm -rf demo_out demo_out_quick .pytest_cache

@@ -263,8 +263,11 @@ class DecoderTask(Task):
             print(f"mirror: {ds.mirrorable} of {len(ds)} training pairs have a mirror image, each drawn mirrored "
                   f"with probability {self.cfg.mirror.p:g}")
         if len(ds) == 0:
+            hint = (" The step-1 model detects none of the present abnormalities (undertrained?): train step 1 "
+                    "longer, or train on every present abnormality with --set pairs=present."
+                    if self.cfg.pairs == "detected_and_present" else "")
             raise ConfigError(f"{self.cfg.embeddings.out_dir}: no training pairs (splits {self.cfg.train_splits}, "
-                              f"pairs {self.cfg.pairs!r})")
+                              f"pairs {self.cfg.pairs!r}).{hint}")
         return ds
 
     def valid_dataset(self) -> PairDataset | None:
