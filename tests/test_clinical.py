@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import precision_recall_fscore_support
 
-from ctagrg.evaluation.clinical import clinical_metrics, reference_labels
+from ctagrg.evaluation.clinical import clinical_metrics
 from ctagrg.labels import LABELS, NUM_LABELS
 
 
@@ -52,12 +52,3 @@ def test_bad_shapes_and_values_are_errors() -> None:
         clinical_metrics(np.full((1, NUM_LABELS), 2), np.zeros((1, NUM_LABELS)))
     with pytest.raises(ValueError, match="differ in shape"):
         clinical_metrics(np.zeros((2, NUM_LABELS)), np.zeros((3, NUM_LABELS)))
-
-
-def test_reference_label_source() -> None:
-    csv = _labels([[4]])
-    assert (reference_labels("csv", csv, ["ignored"]) == csv).all()
-    with pytest.raises(ValueError, match="unknown clinical reference 'radbert'"):
-        reference_labels("radbert", csv, ["x"])
-    with pytest.raises(ValueError, match="label CSV"):
-        reference_labels("csv", None, ["x"])

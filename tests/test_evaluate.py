@@ -114,11 +114,13 @@ def test_evaluate_writes_metrics_predictions_and_report(dataset: Path, tmp_path:
     metrics = evaluate(tmp_path / "model", dataset, out, cfg, reporter=reporter)
     assert reporter.calls == [3, 1]
     saved = json.loads((out / "metrics.json").read_text())
-    assert set(HEADLINE_KEYS) <= set(saved["headline"])
+    assert set(HEADLINE_KEYS["ctagrg"]) <= set(saved["headline"]) == set(saved["definitions"])
+    assert saved["meta"]["protocol"] == "ctagrg" and saved["clinical"]["reference"].startswith("labeler")
     h = saved["headline"]
     assert h["classification.macro_auroc"] == pytest.approx(1.0)  # positives 0.9, negatives 0.1
     assert h["classification.macro_f1"] == pytest.approx(1.0)
-    assert h["clinical.micro_f1"] == pytest.approx(1.0)  # every generated sentence labels correctly
+    assert h["clinical.micro_f1"] == pytest.approx(1.0)  # every generated sentence labels as its reference
+    assert h["clinical.macro_f1"] == pytest.approx(1.0) and saved["clinical"]["macro_labels"] == 3
     assert h["grounding.side_accuracy"] == pytest.approx(0.5)  # nodule right (ok), effusion right vs left
     assert saved["grounding"]["nodule_size_within_5mm"] == pytest.approx(1.0)
     assert h["nlg.meteor"] is None and "disabled" in saved["nlg"]["notes"]["meteor"]
@@ -200,16 +202,14 @@ def test_the_labeler_is_checked_before_the_reports(dataset: Path, tmp_path: Path
                  reporter=again)
 
 
-def test_without_label_csv_uses_labelled_reference_reports(dataset: Path, tmp_path: Path) -> None:
+def test_without_label_csv_only_the_ctagrg_protocol_runs(dataset: Path, tmp_path: Path) -> None:
     (dataset / "multi_abnormality_labels" / "test_predicted_labels.csv").unlink()
-    with pytest.raises(ValueError, match="needs the dataset's label CSV"):
-        evaluate(tmp_path / "m", dataset, tmp_path / "e1", EvaluateConfig(meteor=False, bootstrap=0),
-                 reporter=StandInReporter())
-    metrics = evaluate(tmp_path / "m", dataset, tmp_path / "e2",
-                       EvaluateConfig(meteor=False, bootstrap=100, clinical_reference="reports"),
+    with pytest.raises(ValueError, match="^protocol vlm3d needs the dataset's label CSV"):
+        evaluate(tmp_path / "m", dataset, tmp_path / "e1", EvaluateConfig(protocol="vlm3d", meteor=False,
+                                                                          bootstrap=0), reporter=StandInReporter())
+    metrics = evaluate(tmp_path / "m", dataset, tmp_path / "e2", EvaluateConfig(meteor=False, bootstrap=100),
                        reporter=StandInReporter())
     assert "classification" not in metrics and "classification.macro_auroc" not in metrics["headline"]
-    assert metrics["clinical"]["reference"] == "reports"
     assert metrics["headline"]["clinical.micro_f1"] == pytest.approx(1.0)
     assert set(metrics["ci95"]) >= {"clinical.micro_f1", "nlg.bleu_4"}
     assert (tmp_path / "e2" / "f1_per_label.png").is_file() and not (tmp_path / "e2" / "roc_curves.png").exists()
@@ -330,8 +330,9 @@ def test_evaluate_with_real_parts(tmp_path: Path, gpt2_tokenizer_dir: Path) -> N
         assert cls[name]["f1"] == pytest.approx(f1_score(labels[:, j], det[:, j], zero_division=0))
         if 0 < labels[:, j].sum() < len(labels):
             assert cls[name]["auroc"] == pytest.approx(roc_auc_score(labels[:, j], probs[:, j]))
-    gen = label_texts([line["report"] for line in lines])
-    tp, fp, fn = (gen & labels).sum(), (gen & ~labels.astype(bool)).sum(), (~gen.astype(bool) & labels).sum()
+    gen = label_texts([line["report"] for line in lines]).astype(bool)
+    ref = label_texts(split.references).astype(bool)  # protocol ctagrg: the labeler on the reference reports
+    tp, fp, fn = (gen & ref).sum(), (gen & ~ref).sum(), (~gen & ref).sum()
     assert metrics["clinical"]["micro_f1"] == pytest.approx(2 * tp / max(2 * tp + fp + fn, 1))
     assert "grounding" in metrics and metrics["meta"]["split"] == "test"
     assert (out / "report.html").is_file() and (out / "roc_curves.png").is_file()

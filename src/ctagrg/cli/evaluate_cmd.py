@@ -1,4 +1,7 @@
-"""``ctagrg evaluate --model DIR --data DIR --split test --out OUT``: score a packaged model on a dataset split."""
+"""``ctagrg evaluate --model DIR --data DIR --split test --out OUT``: score a packaged model on a dataset split.
+
+``ctagrg evaluate --runs DIR... --out OUT`` aggregates finished evaluations into mean ± sd instead.
+"""
 
 from __future__ import annotations
 
@@ -6,27 +9,35 @@ import argparse
 import sys
 
 DESCRIPTION = (
-    "Generate reports for every volume of a split of a CT-RATE-layout dataset (real or phantom) and write "
-    "OUT/predictions.jsonl, OUT/metrics.json (classification AUROC/F1, clinical P/R/F1, BLEU/METEOR/ROUGE-L/CIDEr, "
-    "grounding on phantoms, bootstrap 95% CIs) and OUT/report.md + report.html with figures. "
+    "Generate reports for every volume of a split of a CT-RATE-layout dataset (real or phantom) and score them "
+    "under a protocol: ctagrg (labeler on generated and reference reports, clinical P/R/F1 micro and macro, "
+    "BLEU/METEOR/ROUGE-L/CIDEr on our tokenisation) or vlm3d (the VLM3D challenge's harness: labeler on the "
+    "generated reports vs the label CSV, per-label macro P/R/F1, CRG, pycocoevalcap on the raw strings). Writes "
+    "OUT/predictions.jsonl, metrics.json (with bootstrap 95% CIs and a definition of each figure), "
+    "generated_labels.csv, vlm3d_submission.json and report.md + report.html. With --runs DIR...: mean ± sd of "
+    "several finished evaluations (e.g. five seeds) into OUT/runs_summary.json and .md. "
     "Definitions: docs/evaluation.md. Research software, not for diagnostic use."
 )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="packaged model folder (Reporter.save_pretrained)")
-    parser.add_argument("--data", required=True, help="dataset root in CT-RATE layout")
+    parser.add_argument("--model", help="packaged model folder (Reporter.save_pretrained); required without --runs")
+    parser.add_argument("--data", help="dataset root in CT-RATE layout; required without --runs")
     parser.add_argument("--split", default="test",
                         help="split name (default: test, the phantoms'); CT-RATE's is valid (validation names the "
                              "same split): its radiology_text_reports/validation_reports.csv and "
                              "multi_abnormality_labels/valid_predicted_labels.csv")
     parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--protocol", choices=("ctagrg", "vlm3d"), default="ctagrg",
+                        help="scoring convention (default: ctagrg): ctagrg labels generated and reference reports "
+                             "with --labeler (micro + macro); vlm3d scores as the VLM3D challenge's harness "
+                             "(reference labels from the label CSV; see docs/evaluation.md)")
+    parser.add_argument("--runs", nargs="+", metavar="DIR", default=None,
+                        help="aggregate these finished evaluation folders into mean ± sd per metric "
+                             "(no model is run); they must share protocol, split, labeler and reference columns")
     parser.add_argument("--cache", default=None, help="preprocessed cache (default: DATA/cache if it exists)")
     parser.add_argument("--labeler", default="rules",
-                        help="labeler for clinical metrics: rules (default) | radbert:DIR")
-    parser.add_argument("--clinical-reference", choices=("csv", "reports"), default="csv",
-                        help="reference labels: the dataset's label CSV, or the labeler run on the reference "
-                             "reports (default: csv)")
+                        help="labeler of the reports for clinical metrics: rules (default) | radbert:DIR")
     parser.add_argument("--reference-columns", default="Findings_EN",
                         help="report columns joined as the NLG reference (default: Findings_EN)")
     parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (it starts a JVM)")
@@ -39,7 +50,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="only the first N volumes of the split")
 
 
+def run_aggregate(args: argparse.Namespace) -> int:
+    from ctagrg.evaluation.runs import aggregate_runs, summary_table, write_summary
+
+    try:
+        summary = aggregate_runs(args.runs)
+        paths = write_summary(args.out, summary)
+    except (OSError, ValueError) as exc:
+        print(f"ctagrg evaluate: {exc}", file=sys.stderr)
+        return 1
+    print(summary_table(summary), end="")
+    print(f"wrote {paths[0]}, {paths[1]}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.runs is not None:
+        if args.model or args.data:
+            print("ctagrg evaluate: --runs aggregates finished evaluations; drop --model and --data", file=sys.stderr)
+            return 2
+        return run_aggregate(args)
+    if not (args.model and args.data):
+        print("ctagrg evaluate: --model and --data are required (or --runs DIR... to aggregate)", file=sys.stderr)
+        return 2
     from ctagrg.evaluation.evaluate import EvaluateConfig, evaluate, headline_table
     from ctagrg.generation.reporter import check_model_dir
     from ctagrg.text.labeler import check_labeler_spec
@@ -53,8 +86,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"ctagrg evaluate: {exc}", file=sys.stderr)
         return 2
     try:
-        cfg = EvaluateConfig(split=args.split, cache_dir=args.cache, labeler=args.labeler,
-                             clinical_reference=args.clinical_reference,
+        cfg = EvaluateConfig(split=args.split, protocol=args.protocol, cache_dir=args.cache, labeler=args.labeler,
                              reference_columns=tuple(c.strip() for c in args.reference_columns.split(",") if c),
                              meteor=not args.no_meteor, bootstrap=args.bootstrap, seed=args.seed,
                              batch_size=args.batch_size, device=args.device, examples=args.examples,
@@ -65,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     meta = metrics["meta"]
     print(f"{meta['evaluated']} of {meta['volumes']} volumes evaluated ({meta['failed']} failed) in "
-          f"{meta['seconds']} s")
+          f"{meta['seconds']} s, protocol {meta['protocol']}")
     print(headline_table(metrics))
-    print(f"wrote {args.out}/metrics.json, predictions.jsonl, report.md, report.html")
+    print(f"wrote {args.out}/metrics.json, predictions.jsonl, generated_labels.csv, vlm3d_submission.json, "
+          "report.md, report.html")
     return 1 if meta["failed"] else 0

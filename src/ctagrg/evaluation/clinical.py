@@ -11,9 +11,9 @@ abnormality (1) or not (0), and so does the reference. From those (N, 18) binary
 
 A ratio with a zero denominator is 0 (sklearn's ``zero_division=0``); e.g. precision of a label never predicted.
 
-The reference labels are either the dataset's label CSV (``reference="csv"``; for CT-RATE these come from
-RadBERT, for phantoms they are exact) or the *same* labeler applied to the reference reports
-(``reference="reports"``, the convention of CT2Rep/CT-AGRG-style papers: any labeler error is shared).
+Which reference labels are compared is the evaluation protocol's choice (:mod:`ctagrg.evaluation.protocols`):
+the same labeler on the reference reports (``ctagrg``) or the dataset's label CSV (``vlm3d``, which macro-averages
+over all 18 labels instead, :mod:`ctagrg.evaluation.vlm3d`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ from typing import Any
 import numpy as np
 
 from ctagrg.labels import LABELS, NUM_LABELS
-
-REFERENCE_SOURCES: tuple[str, ...] = ("csv", "reports")
 
 
 def _check_binary(name: str, arr: np.ndarray) -> np.ndarray:
@@ -103,15 +101,3 @@ def label_texts(texts: Sequence[str], labeler_spec: str = "rules") -> np.ndarray
         raise ValueError(f"labeler {labeler_spec!r} returned shape {labels.shape}, expected ({len(texts)}, "
                          f"{NUM_LABELS})")
     return labels.astype(np.int64)
-
-
-def reference_labels(source: str, csv_labels: np.ndarray | None, reference_texts: Sequence[str],
-                     labeler_spec: str = "rules") -> np.ndarray:
-    """Reference labels from the dataset CSV (``source="csv"``) or by labeling the reference reports."""
-    if source not in REFERENCE_SOURCES:
-        raise ValueError(f"unknown clinical reference {source!r}; choose one of {', '.join(REFERENCE_SOURCES)}")
-    if source == "reports":
-        return label_texts(reference_texts, labeler_spec)
-    if csv_labels is None:
-        raise ValueError("clinical reference 'csv' needs the dataset's label CSV, and none was found")
-    return np.asarray(csv_labels).astype(np.int64)

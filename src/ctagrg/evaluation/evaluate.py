@@ -1,9 +1,12 @@
 """``ctagrg evaluate``: generate reports for one split of a CT-RATE-layout dataset and score them.
 
 Outputs in ``out_dir``: ``predictions.jsonl`` (the ``ctagrg report`` line format; resumable), ``metrics.json``
-(classification, clinical, NLG, grounding on phantoms, bootstrap 95% CIs), ``examples.json`` (every generated
-report beside its reference) and ``report.md`` / ``report.html`` with figures (see
-:mod:`ctagrg.evaluation.report_render`). What every number means is in docs/evaluation.md.
+(classification, the protocol's clinical and NLG sections, grounding on phantoms, bootstrap 95% CIs, a definition
+of each headline figure), ``generated_labels.csv`` (the labeler on the generated reports), ``vlm3d_submission.json``
+(the VLM3D challenge's submission format), ``examples.json`` (every generated report beside its reference) and
+``report.md`` / ``report.html`` with figures (see :mod:`ctagrg.evaluation.report_render`). The two scoring
+conventions (``protocol``) are in :mod:`ctagrg.evaluation.protocols`; what every number means is in
+docs/evaluation.md.
 
 Volumes are read from the preprocessed cache when one exists (``--cache`` or ``<data>/cache`` with a
 ``manifest.csv``), so evaluation never repeats preprocessing; otherwise from the NIfTI files.
@@ -21,18 +24,12 @@ import numpy as np
 
 from ctagrg.data.ctrate import canonical_split
 from ctagrg.evaluation import bootstrap as bs
-from ctagrg.evaluation.clinical import REFERENCE_SOURCES, clinical_metrics, confusion_counts, label_texts
-from ctagrg.evaluation.clinical import reference_labels as choose_reference
+from ctagrg.evaluation.clinical import clinical_metrics, confusion_counts, label_texts
+from ctagrg.evaluation.definitions import DEFINITIONS
 from ctagrg.evaluation.diversity import diversity_metrics
-from ctagrg.evaluation.predict import load_split, predict_split, read_predictions
+from ctagrg.evaluation.predict import VOLUME_SUFFIX, load_split, predict_split, read_predictions
+from ctagrg.evaluation.protocols import HEADLINE_KEYS, ScoringInput, check_protocol, score
 from ctagrg.labels import LABELS
-
-HEADLINE_KEYS: tuple[str, ...] = (
-    "classification.macro_auroc", "classification.macro_f1",
-    "clinical.micro_f1", "clinical.macro_f1", "clinical.micro_precision", "clinical.micro_recall",
-    "nlg.bleu_1", "nlg.bleu_2", "nlg.bleu_3", "nlg.bleu_4", "nlg.meteor", "nlg.rouge_l", "nlg.cider",
-    "grounding.side_accuracy", "grounding.nodule_size_within_5mm", "diversity.unique_reports",
-)
 
 
 @dataclass
@@ -40,9 +37,9 @@ class EvaluateConfig:
     """Settings of one evaluation run (saved into metrics.json under ``config``)."""
 
     split: str = "test"  # CT-RATE: valid (or validation, the same split)
+    protocol: str = "ctagrg"  # ctagrg: labeler on both sides, micro + macro; vlm3d: the VLM3D challenge's harness
     cache_dir: str | None = None  # preprocessed cache; None: <data>/cache when it has a manifest.csv
     labeler: str = "rules"  # ctagrg.text.labeler.get_labeler spec, e.g. "rules" or "radbert:DIR"
-    clinical_reference: str = "csv"  # csv: the dataset's label CSV; reports: label the reference reports
     reference_columns: tuple[str, ...] = ("Findings_EN",)  # reference text for NLG (joined with a space)
     meteor: bool = True
     bootstrap: int = 1000  # resamples for the 95% CIs (0: no CIs)
@@ -54,9 +51,7 @@ class EvaluateConfig:
 
     def __post_init__(self) -> None:
         self.split = canonical_split(self.split)
-        if self.clinical_reference not in REFERENCE_SOURCES:
-            raise ValueError(f"clinical_reference must be one of {', '.join(REFERENCE_SOURCES)}, "
-                             f"got {self.clinical_reference!r}")
+        check_protocol(self.protocol)
         if self.bootstrap < 0 or self.batch_size < 1:
             raise ValueError("bootstrap must be >= 0 and batch_size >= 1")
 
@@ -84,33 +79,17 @@ def _arrays(preds: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
     return probs.reshape(-1, len(LABELS)), det.reshape(-1, len(LABELS))
 
 
-def _confidence_intervals(cfg: EvaluateConfig, probs: np.ndarray, det: np.ndarray, labels: np.ndarray | None,
-                          clin_counts: dict[str, np.ndarray], hyps: list[str], refs: list[str],
-                          rouge_each: list[float], cider_each: list[float]) -> dict[str, list[float] | None]:
-    from ctagrg.evaluation.nlg import tokenize
-
-    w = bs.resample_weights(len(hyps), cfg.bootstrap, cfg.seed)
-    ci: dict[str, list[float] | None] = {}
-    if labels is not None:
-        ci["classification.macro_auroc"] = bs.percentile_interval(bs.macro_auroc_samples(probs, labels, w))
-        cls = bs.clinical_samples(confusion_counts(det, labels), w)
-        ci["classification.macro_f1"] = bs.percentile_interval(cls["macro_f1"])
-    clin = bs.clinical_samples(clin_counts, w)
-    for key in ("micro_f1", "macro_f1", "micro_precision", "micro_recall"):
-        ci[f"clinical.{key}"] = bs.percentile_interval(clin[key])
-    bleu = bs.bleu_samples(bs.bleu_statistics([tokenize(h) for h in hyps], [tokenize(r) for r in refs]), w)
-    for n in range(4):
-        ci[f"nlg.bleu_{n + 1}"] = bs.percentile_interval(bleu[:, n])
-    ci["nlg.rouge_l"] = bs.percentile_interval(bs.mean_samples(rouge_each, w))
-    ci["nlg.cider"] = bs.percentile_interval(bs.mean_samples(cider_each, w))
-    return ci
+def _classification_intervals(probs: np.ndarray, det: np.ndarray, labels: np.ndarray,
+                              w: np.ndarray) -> dict[str, list[float] | None]:
+    cls = bs.clinical_samples(confusion_counts(det, labels), w)
+    return {"classification.macro_auroc": bs.percentile_interval(bs.macro_auroc_samples(probs, labels, w)),
+            "classification.macro_f1": bs.percentile_interval(cls["macro_f1"])}
 
 
 def compute_metrics(preds: list[dict[str, Any]], split: Any, cfg: EvaluateConfig,
                     ground_truth_dir: Path | None) -> dict[str, Any]:
     """All metrics for the successful predictions of ``split`` (a :class:`~ctagrg.evaluation.predict.Split`)."""
     from ctagrg.evaluation.grounding import grounding_metrics
-    from ctagrg.evaluation.nlg import nlg_metrics
 
     by_name = {p["name"]: p for p in preds if "error" not in p}
     keep = [i for i, n in enumerate(split.names) if n in by_name]
@@ -123,23 +102,26 @@ def compute_metrics(preds: list[dict[str, Any]], split: Any, cfg: EvaluateConfig
     labels = split.labels[keep] if split.labels is not None else None
     if labels is not None:
         out["classification"] = classification_metrics(probs, det, labels)
-    ref_lab = choose_reference(cfg.clinical_reference, labels, refs, cfg.labeler)
+    weights = bs.resample_weights(len(hyps), cfg.bootstrap, cfg.seed) if cfg.bootstrap else None
     gen_lab = label_texts(hyps, cfg.labeler)
-    out["clinical"] = {**clinical_metrics(gen_lab, ref_lab), "reference": cfg.clinical_reference,
-                       "labeler": cfg.labeler}
-    nlg = nlg_metrics(hyps, refs, meteor=cfg.meteor)
-    out["nlg"] = {**nlg.scores, "notes": nlg.notes, "reference_columns": list(cfg.reference_columns)}
+    inp = ScoringInput(names=[p["name"] for p in ok], generated=hyps, references=refs, generated_labels=gen_lab,
+                       csv_labels=labels, labeler=cfg.labeler, meteor=cfg.meteor,
+                       reference_columns=tuple(cfg.reference_columns), weights=weights)
+    sections, ci = score(cfg.protocol, inp)
+    out.update(sections)
     if ground_truth_dir is not None:
         out["grounding"] = grounding_metrics(ok, ground_truth_dir)
     out["diversity"] = diversity_metrics(hyps, refs)
-    out["headline"] = {k: _lookup(out, k) for k in HEADLINE_KEYS if _lookup(out, k, missing=True) is not _MISSING}
-    if cfg.bootstrap:
-        ci = _confidence_intervals(cfg, probs, det, labels, confusion_counts(gen_lab, ref_lab), hyps, refs,
-                                   nlg.per_report["rouge_l"], nlg.per_report["cider"])
-        out["ci95"] = {k: v for k, v in ci.items() if k in out["headline"]}
+    keys = HEADLINE_KEYS[cfg.protocol]
+    out["headline"] = {k: _lookup(out, k) for k in keys if _lookup(out, k, missing=True) is not _MISSING}
+    out["definitions"] = {k: DEFINITIONS[k] for k in out["headline"]}
+    if weights is not None:
+        if labels is not None:
+            ci.update(_classification_intervals(probs, det, labels, weights))
+        out["ci95"] = {k: ci[k] for k in out["headline"] if k in ci}
     out["examples"] = [{"name": p["name"], "generated": p["report"], "reference": r}
                        for p, r in zip(ok, refs, strict=True)]
-    out["_arrays"] = {"probs": probs, "detected": det, "labels": labels}
+    out["_arrays"] = {"probs": probs, "detected": det, "labels": labels, "generated_labels": gen_lab}
     return out
 
 
@@ -179,13 +161,24 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
     metrics = compute_metrics(preds, split, cfg, gt_dir if gt_dir.is_dir() else None)
     arrays, examples = metrics.pop("_arrays"), metrics.pop("examples")
     failed = [p for p in preds if "error" in p]
-    metrics["meta"] = {"model": str(model_dir), "data": str(data_dir), "split": cfg.split,
+    metrics["meta"] = {"model": str(model_dir), "data": str(data_dir), "split": cfg.split, "protocol": cfg.protocol,
                        "volumes": len(split.names), "evaluated": len(preds) - len(failed), "failed": len(failed),
                        "seconds": round(time.perf_counter() - start, 2), "config": to_dict(cfg)}
     write_json_atomic(out_dir / "metrics.json", metrics)
     write_json_atomic(out_dir / "examples.json", examples)
+    write_submission_files(out_dir, [e["name"] for e in examples], [e["generated"] for e in examples],
+                           arrays["generated_labels"])
     render_report(out_dir, metrics, arrays, examples[: cfg.examples], failed)
     return metrics
+
+
+def write_submission_files(out_dir: Path, names: list[str], reports: list[str], generated_labels: np.ndarray) -> None:
+    """``generated_labels.csv`` (VolumeName + 18 labels) and ``vlm3d_submission.json`` (the challenge's format)."""
+    from ctagrg.evaluation.vlm3d import submission, write_generated_labels
+    from ctagrg.utils.atomic import write_json_atomic
+
+    write_generated_labels(out_dir / "generated_labels.csv", [n + VOLUME_SUFFIX for n in names], generated_labels)
+    write_json_atomic(out_dir / "vlm3d_submission.json", submission(names, reports))
 
 
 def headline_table(metrics: dict[str, Any]) -> str:
@@ -197,9 +190,14 @@ def headline_table(metrics: dict[str, Any]) -> str:
         shown = "null" if value is None else f"{value:.3f}"
         interval = ci.get(key)
         extra = f"  [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""
-        note = metrics.get("nlg", {}).get("notes", {}).get("meteor", "") if key == "nlg.meteor" else ""
+        note = _meteor_note(metrics) if key.lower().endswith("meteor") else ""
         lines.append(f"  {key:<{width}} {shown}{extra}{'  (' + note + ')' if note else ''}")
     return "\n".join(lines)
+
+
+def _meteor_note(metrics: dict[str, Any]) -> str:
+    return (metrics.get("nlg", {}).get("notes", {}).get("meteor")
+            or metrics.get("vlm3d", {}).get("notes", {}).get("METEOR", ""))
 
 
 def load_metrics(path: str | Path) -> dict[str, Any]:

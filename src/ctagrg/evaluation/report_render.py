@@ -87,13 +87,14 @@ def build_blocks(metrics: dict[str, Any], examples: list[dict[str, str]], failed
                  figures: list[tuple[str, str]]) -> list[Block]:
     """The report's content, independent of the output format."""
     meta, ci = metrics.get("meta", {}), metrics.get("ci95", {})
-    blocks: list[Block] = [("h1", f"Evaluation: {meta.get('split', '?')} split"), ("p", DISCLAIMER), (
+    title = f"Evaluation: {meta.get('split', '?')} split, protocol {meta.get('protocol', '?')}"
+    blocks: list[Block] = [("h1", title), ("p", DISCLAIMER), (
         "p", f"Model `{meta.get('model')}` on `{meta.get('data')}`: {meta.get('evaluated')} volumes evaluated, "
              f"{meta.get('failed')} failed, {meta.get('seconds')} s. Definitions: docs/evaluation.md.")]
     rows = [[k, _fmt(v), f"[{ci[k][0]:.3f}, {ci[k][1]:.3f}]" if ci.get(k) else "—"]
             for k, v in metrics.get("headline", {}).items()]
     blocks += [("h2", "Headline metrics"), ("table", (["metric", "value", "95% CI (bootstrap)"], rows))]
-    notes = metrics.get("nlg", {}).get("notes", {})
+    notes = {**metrics.get("nlg", {}).get("notes", {}), **metrics.get("vlm3d", {}).get("notes", {})}
     blocks += [("p", f"{k}: {v}") for k, v in notes.items()]
     blocks += [("h2", "Per label"), ("table", _per_label_table(metrics))]
     blocks += [("h2", "Figures")] + [("img", f) for f in figures]
@@ -104,9 +105,15 @@ def build_blocks(metrics: dict[str, Any], examples: list[dict[str, str]], failed
     return blocks
 
 
+def clinical_per_label(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Per-label scores of the generated reports' labels, from whichever protocol scored them."""
+    return (metrics.get("clinical", {}).get("per_label")
+            or metrics.get("vlm3d", {}).get("classification", {}).get("per_label", {}))
+
+
 def _per_label_table(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     cls = metrics.get("classification", {}).get("per_label", {})
-    clin = metrics.get("clinical", {}).get("per_label", {})
+    clin = clinical_per_label(metrics)
     head = ["label", "support", "AUROC", "classifier F1", "clinical P", "clinical R", "clinical F1"]
     rows = []
     for name in LABELS:
@@ -172,7 +179,7 @@ def render_report(out_dir: str | Path, metrics: dict[str, Any], arrays: dict[str
     out_dir = Path(out_dir)
     figures: list[tuple[str, str]] = []
     cls = metrics.get("classification", {}).get("per_label", {})
-    clin = metrics.get("clinical", {}).get("per_label", {})
+    clin = clinical_per_label(metrics)
     series = {"classifier F1": [cls.get(n, {}).get("f1") for n in LABELS]} if cls else {}
     series["clinical F1 (generated reports)"] = [clin.get(n, {}).get("f1") for n in LABELS]
     plot_per_label(series, "F1 per label", out_dir / "f1_per_label.png")
