@@ -87,7 +87,8 @@ class PacedBody:
         now = time.monotonic()
         self.start = now if self.start is None else self.start
         # on pace while received >= (elapsed - timeout_s) x min_rate
-        pace_left = self.start + self.timeout_s + self.received / self.min_rate - now
+        # (elapsed first: start + timeout - now would round, and a silent first read report "too slow", not stalled)
+        pace_left = self.timeout_s + self.received / self.min_rate - (now - self.start)
         if pace_left <= 0:
             raise self._too_slow()
         self.sock.settimeout(min(self.timeout_s, pace_left))
