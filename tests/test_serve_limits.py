@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import re
 import zipfile
 from pathlib import Path
 
@@ -59,12 +60,7 @@ NRRD_HEAD = "NRRD0004\ntype: short\ndimension: 3\nsizes: 8 8 4\nspacings: 1 1 1\
     "ElementDataFile = secret%d.raw 1 2 1", "ElementDataFile = ../secret.raw",
 ])
 def test_metaimage_data_file_is_refused_in_every_spelling(tmp_path: Path, line: str) -> None:
-    secret = _secret(tmp_path)
-    upload = tmp_path / "up" / "scan.mha"
-    upload.parent.mkdir()
-    upload.write_bytes((MHA_HEAD + line.format(secret=secret) + "\n").encode("latin-1"))
-    with pytest.raises(UnsafeUpload, match=r"^scan\.mha: the header names a separate data file"):
-        check_upload(upload, "scan.mha", max_voxels=MAX_VOXELS, max_bytes=BUDGET)
+    _refused_as_detached(tmp_path, "scan.mha", MHA_HEAD + line + "\n")
 
 
 @pytest.mark.parametrize("line", [
@@ -72,12 +68,16 @@ def test_metaimage_data_file_is_refused_in_every_spelling(tmp_path: Path, line: 
     "data file: LIST\n{secret}", "data file: secret%d.raw 1 2 1", "data file\0junk: {secret}",
 ])
 def test_nrrd_data_file_is_refused_in_every_spelling(tmp_path: Path, line: str) -> None:
-    secret = _secret(tmp_path)
-    upload = tmp_path / "up" / "scan.nrrd"
+    _refused_as_detached(tmp_path, "scan.nrrd", NRRD_HEAD + line + "\n\n")
+
+
+def _refused_as_detached(tmp_path: Path, name: str, header: str) -> None:
+    """An upload ``name`` whose ``header`` (``{secret}``: a private file's path) must be refused unread."""
+    upload = tmp_path / "up" / name
     upload.parent.mkdir()
-    upload.write_bytes((NRRD_HEAD + line.format(secret=secret) + "\n\n").encode("latin-1"))
-    with pytest.raises(UnsafeUpload, match=r"^scan\.nrrd: the header names a separate data file"):
-        check_upload(upload, "scan.nrrd", max_voxels=MAX_VOXELS, max_bytes=BUDGET)
+    upload.write_bytes(header.format(secret=_secret(tmp_path)).encode("latin-1"))
+    with pytest.raises(UnsafeUpload, match=rf"^{re.escape(name)}: the header names a separate data file"):
+        check_upload(upload, name, max_voxels=MAX_VOXELS, max_bytes=BUDGET)
 
 
 @pytest.mark.parametrize(("name", "head"), [
