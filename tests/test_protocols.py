@@ -78,3 +78,27 @@ def test_vlm3d_intervals_recompute_the_figures_on_each_resample() -> None:
     direct = label_scores(gen[idx], ref[idx])["macro"]
     assert one["vlm3d.classification.macro.recall"][0] == pytest.approx(direct["recall"])
     assert one["vlm3d.crg.CRG"][0] == pytest.approx(crg_score(gen[idx], ref[idx])["CRG"])
+
+
+def test_ctagrg_protocol_reference_is_the_labeler_or_the_csv() -> None:
+    from ctagrg.evaluation.clinical import clinical_metrics
+    from ctagrg.evaluation.protocols import ScoringInput, score
+
+    refs = ["There is a left pleural effusion.", "Cardiomegaly is noted.", "No abnormality."]
+    gen = ["Cardiomegaly.", "Cardiomegaly is noted.", "No abnormality."]
+    gen_labels = label_texts(gen, "rules")
+    csv_labels = np.zeros((3, NUM_LABELS), int)
+    csv_labels[0, LABELS.index("Cardiomegaly")] = 1  # a CSV that disagrees with the reference text
+    common = dict(names=["a", "b", "c"], generated=gen, references=refs, generated_labels=gen_labels,
+                  csv_labels=csv_labels, labeler="rules", meteor=False, reference_columns=("Findings_EN",),
+                  weights=None)
+    by_text, _ = score("ctagrg", ScoringInput(**common))
+    by_csv, _ = score("ctagrg", ScoringInput(**common, clinical_reference="csv"))
+    assert by_text["clinical"]["reference"] == "labeler on reference reports"
+    assert by_csv["clinical"]["reference"] == "label CSV"
+    assert by_text["clinical"]["micro_f1"] == pytest.approx(
+        clinical_metrics(gen_labels, label_texts(refs, "rules"))["micro_f1"])
+    assert by_csv["clinical"]["micro_f1"] == pytest.approx(clinical_metrics(gen_labels, csv_labels)["micro_f1"])
+    assert by_text["clinical"]["micro_f1"] != pytest.approx(by_csv["clinical"]["micro_f1"])
+    with pytest.raises(ValueError, match="clinical_reference: expected 'reports' or 'csv'"):
+        EvaluateConfig(clinical_reference="text")

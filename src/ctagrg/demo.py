@@ -365,7 +365,8 @@ def _evaluate(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     from ctagrg.evaluation.evaluate import EvaluateConfig, evaluate
 
     p = _paths(out)
-    ecfg = EvaluateConfig(split="test", cache_dir=str(p["cache"]), meteor=cfg.preset.meteor,
+    # the phantoms' label CSV is the truth their reports were written from: the demo's clinical figures use it
+    ecfg = EvaluateConfig(split="test", cache_dir=str(p["cache"]), clinical_reference="csv", meteor=cfg.preset.meteor,
                           bootstrap=cfg.preset.bootstrap, seed=cfg.seed, batch_size=8)
     metrics = evaluate(p["model"], p["data"], p["eval"], ecfg)
     return {"headline": metrics["headline"]}

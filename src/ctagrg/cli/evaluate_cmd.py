@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="scoring convention (default: ctagrg): ctagrg labels generated and reference reports "
                              "with --labeler (micro + macro); vlm3d scores as the VLM3D challenge's harness "
                              "(reference labels from the label CSV; see docs/evaluation.md)")
+    parser.add_argument("--clinical-reference", choices=("reports", "csv"), default="reports",
+                        help="protocol ctagrg's reference labels: the labeler on the reference reports (default, "
+                             "the convention) or the dataset's label CSV (phantoms, whose CSV is the truth)")
     parser.add_argument("--runs", nargs="+", metavar="DIR", default=None,
                         help="aggregate these finished evaluation folders into mean ± sd per metric "
                              "(no model is run); they must share protocol, split, labeler and reference columns")
@@ -87,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         cfg = EvaluateConfig(split=args.split, protocol=args.protocol, cache_dir=args.cache, labeler=args.labeler,
+                             clinical_reference=args.clinical_reference,
                              reference_columns=tuple(c.strip() for c in args.reference_columns.split(",") if c),
                              meteor=not args.no_meteor, bootstrap=args.bootstrap, seed=args.seed,
                              batch_size=args.batch_size, device=args.device, examples=args.examples,

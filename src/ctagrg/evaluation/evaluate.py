@@ -40,6 +40,9 @@ class EvaluateConfig:
     protocol: str = "ctagrg"  # ctagrg: labeler on both sides, micro + macro; vlm3d: the VLM3D challenge's harness
     cache_dir: str | None = None  # preprocessed cache; None: <data>/cache when it has a manifest.csv
     labeler: str = "rules"  # ctagrg.text.labeler.get_labeler spec, e.g. "rules" or "radbert:DIR"
+    # protocol ctagrg's reference labels: the labeler on the reference reports (the convention), or the label CSV
+    # (phantoms, whose CSV is the truth the reports were written from)
+    clinical_reference: str = "reports"
     reference_columns: tuple[str, ...] = ("Findings_EN",)  # reference text for NLG (joined with a space)
     meteor: bool = True
     bootstrap: int = 1000  # resamples for the 95% CIs (0: no CIs)
@@ -52,6 +55,8 @@ class EvaluateConfig:
     def __post_init__(self) -> None:
         self.split = canonical_split(self.split)
         check_protocol(self.protocol)
+        if self.clinical_reference not in ("reports", "csv"):
+            raise ValueError(f"clinical_reference: expected 'reports' or 'csv', got {self.clinical_reference!r}")
         if self.bootstrap < 0 or self.batch_size < 1:
             raise ValueError("bootstrap must be >= 0 and batch_size >= 1")
 
@@ -106,6 +111,7 @@ def compute_metrics(preds: list[dict[str, Any]], split: Any, cfg: EvaluateConfig
     gen_lab = label_texts(hyps, cfg.labeler)
     inp = ScoringInput(names=[p["name"] for p in ok], generated=hyps, references=refs, generated_labels=gen_lab,
                        csv_labels=labels, labeler=cfg.labeler, meteor=cfg.meteor,
+                       clinical_reference=cfg.clinical_reference,
                        reference_columns=tuple(cfg.reference_columns), weights=weights)
     sections, ci = score(cfg.protocol, inp)
     out.update(sections)

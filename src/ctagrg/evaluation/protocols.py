@@ -1,7 +1,8 @@
 """The two conventions in which ``ctagrg evaluate`` scores generated reports (``--protocol``).
 
 - ``ctagrg`` (the convention of CT2Rep, CT-AGRG and most CT-RATE papers): the labeler labels both the generated
-  and the reference reports; clinical precision, recall and F1 are given micro and macro (section ``clinical``);
+  and the reference reports; clinical precision, recall and F1 are given micro and macro (section ``clinical``;
+  ``clinical_reference="csv"`` compares with the label CSV instead, for phantoms whose CSV is the truth);
   NLG metrics on our tokenisation (section ``nlg``, :mod:`ctagrg.evaluation.nlg`).
 - ``vlm3d`` (the VLM3D challenge's official harness): the labeler labels the generated reports only; the
   reference labels are the label CSV; section ``vlm3d`` as :mod:`ctagrg.evaluation.vlm3d` computes it.
@@ -57,6 +58,7 @@ class ScoringInput:
     meteor: bool
     reference_columns: tuple[str, ...]
     weights: np.ndarray | None
+    clinical_reference: str = "reports"  # ctagrg: "reports" (labeler on the references) or "csv" (label CSV)
 
 
 def check_protocol(protocol: str) -> str:
@@ -75,8 +77,13 @@ def score_ctagrg(inp: ScoringInput) -> tuple[dict[str, Any], dict[str, list[floa
     """Sections ``clinical`` (labeler on both sides, micro + macro) and ``nlg`` (our tokenisation)."""
     from ctagrg.evaluation.nlg import nlg_metrics, tokenize
 
-    ref_labels = label_texts(inp.references, inp.labeler)
-    clinical = {**clinical_metrics(inp.generated_labels, ref_labels), "reference": "labeler on reference reports",
+    if inp.clinical_reference == "csv":
+        if inp.csv_labels is None:
+            raise ValueError("clinical_reference csv needs the dataset's label CSV, and none was found")
+        ref_labels, reference = np.asarray(inp.csv_labels), "label CSV"
+    else:
+        ref_labels, reference = label_texts(inp.references, inp.labeler), "labeler on reference reports"
+    clinical = {**clinical_metrics(inp.generated_labels, ref_labels), "reference": reference,
                 "labeler": inp.labeler}
     nlg = nlg_metrics(inp.generated, inp.references, meteor=inp.meteor)
     sections = {"clinical": clinical,

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-MUST_AGREE: tuple[str, ...] = ("protocol", "split", "labeler", "reference_columns")
+MUST_AGREE: tuple[str, ...] = ("protocol", "split", "labeler", "reference_columns", "clinical_reference")
 SUMMARY_JSON, SUMMARY_MD = "runs_summary.json", "runs_summary.md"
 
 
