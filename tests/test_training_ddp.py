@@ -69,7 +69,7 @@ class CacheThenToyTask(ToyTask):
 
 def _cfg(out: Path, **train_kw):
     kw = dict(global_batch_size=4, batch_size=2, epochs=2, optimizer="sgd", momentum=0.0, lr=0.1,
-              dist_timeout_minutes=0.75)
+              dist_timeout_minutes=0.75, device="cpu")  # gloo, also on a machine with GPUs
     cfg = toy_cfg(out, **{**kw, **train_kw})
     cfg.data.dropout = 0.0
     cfg.data.n_train = 10  # 3 optimizer steps per epoch, the last one of 2 samples

@@ -6,7 +6,7 @@ Also holds the resumable, rank-sharded sampler the loop uses.
 
 Rank 0 alone validates and writes the end-of-training artefacts while the other ranks wait in a collective; how
 long they wait before failing is the process group's timeout (``train.dist_timeout_minutes``), not torch's default
-of 10 minutes, which reading a large validation set exceeds.
+(10 minutes under NCCL), which reading a large validation set exceeds.
 """
 
 from __future__ import annotations
