@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -217,6 +217,21 @@ def test_grad_accum_of_an_older_config_says_how_to_convert(tmp_path):
         load_config(ToyConfig, path)
     with pytest.raises(ConfigError, match=rf"^override TrainConfig.{hint}"):
         apply_overrides(ToyConfig(), ["train.grad_accum=8"])
+
+
+@pytest.mark.parametrize(("folder", "stage", "global_batch", "accum_on_1"), [
+    ("ctrate", "pretrain", 4, 1), ("ctrate", "classifier", 4, 1), ("ctrate", "decoder", 64, 8),
+    ("demo", "pretrain", 8, 1), ("demo", "classifier", 8, 1), ("demo", "decoder", 16, 1)])
+def test_shipped_configs_state_the_global_batch(folder, stage, global_batch, accum_on_1):
+    from ctagrg.config import load_config
+
+    path = Path(__file__).resolve().parents[1] / "configs" / folder / f"{stage}.yaml"
+    tc = load_config(get_task(stage).Config, path).train
+    assert (tc.global_batch_size, tc.grad_accum(1)) == (global_batch, accum_on_1)
+    if folder == "ctrate":  # the paper's batches: also the stages' defaults, and on 4 GPUs as README runs them
+        assert get_task(stage).Config().train.global_batch_size == global_batch
+        per_gpu = 1 if global_batch == 4 else tc.batch_size  # README: --set train.batch_size=1 for the batch of 4
+        assert replace(tc, batch_size=per_gpu).grad_accum(4) == global_batch // (4 * per_gpu)
 
 
 def test_a_global_batch_that_does_not_divide_fails_before_training(tmp_path):
