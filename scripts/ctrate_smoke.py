@@ -34,8 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "ctrate"
 SHARED_TOKENIZER = ROOT.parent / "shared" / "data" / "gpt2-tokenizer"
-TRAIN_OVERRIDES = ["train.epochs=1", "train.batch_size=1", "train.precision=fp32", "train.num_workers=0",
-                   "train.tensorboard=false"]
+TRAIN_OVERRIDES = ["train.epochs=1", "train.global_batch_size=1", "train.batch_size=1", "train.precision=fp32",
+                   "train.num_workers=0", "train.tensorboard=false"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         "classifier": train("classifier", [f"train.out_dir={runs / 'classifier'}", *steps, *data_paths,
                                            f"init.encoder_from={runs / 'pretrain' / 'best'}"]),
         "decoder": train("decoder", [
-            f"train.out_dir={runs / 'decoder'}", *steps, "train.grad_accum=1", f"model.gpt2_path={gpt2}",
+            f"train.out_dir={runs / 'decoder'}", *steps, f"model.gpt2_path={gpt2}",
             f"embeddings.out_dir={runs / 'embeddings'}", f"embeddings.step1_dir={runs / 'classifier' / 'best'}",
             f"embeddings.volume_cache={cache}", f"embeddings.labels_csv={labels}",
             f"embeddings.reports_csv={reports}", "embeddings.batch_size=1", "pairs=present"]),

@@ -181,7 +181,7 @@ def test_decoder_task_trains_through_the_loop(tmp_path: Path, gpt2_tokenizer_dir
 
     _write_cache(tmp_path / "emb")
     cfg = load_config(DecoderTaskConfig, None, [
-        f"train.out_dir={tmp_path / 'run'}", "train.epochs=3", "train.batch_size=2", "train.grad_accum=1",
+        f"train.out_dir={tmp_path / 'run'}", "train.epochs=3", "train.batch_size=2", "train.global_batch_size=2",
         "train.lr=1e-2", "train.scheduler=none", "train.tensorboard=false", "train.log_every=1",
         f"embeddings.out_dir={tmp_path / 'emb'}", f"model.tokenizer_path={gpt2_tokenizer_dir}",
         "model.n_layer=2", "model.n_embd=32", "model.n_head=4", "model.conditioning.input_dim=0",
@@ -307,7 +307,7 @@ def test_healx_style_folder_trains_packages_and_reports(tmp_path: Path, gpt2_tok
     state = write_healx_style_gpt2(tmp_path / "gpt2", gpt2_tokenizer_dir)
     _write_cache(tmp_path / "emb")
     cfg = load_config(DecoderTaskConfig, None, [
-        f"train.out_dir={tmp_path / 'run'}", "train.epochs=2", "train.batch_size=3", "train.grad_accum=1",
+        f"train.out_dir={tmp_path / 'run'}", "train.epochs=2", "train.batch_size=3", "train.global_batch_size=3",
         "train.lr=1e-2", "train.scheduler=none", "train.tensorboard=false", "train.log_every=1",
         f"embeddings.out_dir={tmp_path / 'emb'}", f"model.gpt2_path={tmp_path / 'gpt2'}", "model.tokenizer_path=",
         "model.conditioning.input_dim=0", "model.conditioning.hidden_dims=[32]", "model.conditioning.output_dim=24"])

@@ -82,6 +82,8 @@ def test_resume_keeps_finished_shards(tmp_path: Path) -> None:
     assert again.calls == 1  # only shard 1 recomputed (2 volumes, batch 2)
     after = load_embedding_cache(tmp_path)
     assert torch.equal(before.embeddings, after.embeddings) and after.names == before.names
+    # the index's width is read from shard 0's header, which this build did not write
+    assert json.loads((tmp_path / "index.json").read_text())["embedding_dim"] == 8
 
 
 def test_pairs_detected_and_present_vs_present(tmp_path: Path) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ class ToyData:
     dropout: float = 0.2
     fail_at_call: int = -1  # raise (simulated kill) on this training_step call
     nan_at_call: int = -1
+    valid_seconds: float = 0.0  # validation sleeps this long first (a slow validation set)
 
 
 @dataclass
@@ -78,13 +80,15 @@ class ToyTask(Task):
         return {"loss": loss, "batch_size": float(len(logits))}
 
     def validate(self, model: nn.Module, loader) -> dict[str, float]:
+        time.sleep(self.cfg.data.valid_seconds)
         losses = [nn.functional.binary_cross_entropy_with_logits(model(b["x"]), b["labels"]) for b in loader]
         loss = float(torch.stack(losses).mean())
         return {"loss": loss, "score": -loss}
 
 
 def toy_cfg(out: Path, **train_kw) -> ToyConfig:
-    base = dict(out_dir=str(out), epochs=3, batch_size=4, grad_accum=2, lr=0.05, log_every=1, tensorboard=False)
+    base = dict(out_dir=str(out), epochs=3, global_batch_size=8, batch_size=4, lr=0.05, log_every=1,
+                tensorboard=False)
     base.update(train_kw)
     return ToyConfig(train=TrainConfig(**base))
 
@@ -102,7 +106,7 @@ def test_train_writes_checkpoints_logs_and_config(tmp_path):
         assert (best / f).is_file()
     assert (tmp_path / "last" / "train_state.pt").is_file() and (tmp_path / "config.yaml").is_file()
     state = load_train_state(tmp_path / "last")
-    # 24 samples / batch 4 = 6 micro-batches = 3 optimizer steps per epoch, 3 epochs
+    # 24 samples / micro-batch 4 = 6 micro-batches = 3 optimizer steps of 8 per epoch, 3 epochs
     assert (state["step"], state["epoch"], state["micro"]) == (9, 3, 0)
     losses = read_rows(tmp_path / "metrics.csv")
     assert [s for s, _ in losses] == list(range(1, 10))
@@ -189,6 +193,53 @@ def test_config_errors_and_registry():
         apply_overrides(ToyConfig(), ["train.lrr=1"])
 
 
+def test_grad_accum_is_derived_from_the_global_batch():
+    tc = TrainConfig(global_batch_size=64, batch_size=8)
+    assert [tc.grad_accum(w) for w in (1, 2, 4, 8)] == [8, 4, 2, 1]
+    assert TrainConfig(batch_size=8).grad_accum(4) == 1  # no global batch stated: batch_size × processes
+    with pytest.raises(ConfigError, match=r"global_batch_size 64 is not a multiple of train.batch_size × processes = "
+                                          r"8 × 16 = 128: set train.batch_size to a divisor of 4 \(1, 2, 4\)"):
+        tc.grad_accum(16)
+    with pytest.raises(ConfigError, match=r"= 4 × 3 = 12: use a number of processes that divides 4$"):
+        TrainConfig(global_batch_size=4, batch_size=4).grad_accum(3)
+    with pytest.raises(ConfigError, match=r"train.global_batch_size: expected >= 0"):
+        TrainConfig(global_batch_size=-1)
+
+
+def test_grad_accum_of_an_older_config_says_how_to_convert(tmp_path):
+    from ctagrg.config import load_config
+
+    path = tmp_path / "old.yaml"
+    path.write_text("train: {batch_size: 8, grad_accum: 8}\n")
+    hint = r"grad_accum: removed: state the batch of one optimizer step as train.global_batch_size \(the old " \
+           r"batch_size × grad_accum × number of GPUs, e.g. 8 × 8 × 1 = 64\)"
+    with pytest.raises(ConfigError, match=rf"^{path}.train.{hint}"):
+        load_config(ToyConfig, path)
+    with pytest.raises(ConfigError, match=rf"^override TrainConfig.{hint}"):
+        apply_overrides(ToyConfig(), ["train.grad_accum=8"])
+
+
+@pytest.mark.parametrize(("folder", "stage", "global_batch", "accum_on_1"), [
+    ("ctrate", "pretrain", 4, 1), ("ctrate", "classifier", 4, 1), ("ctrate", "decoder", 64, 8),
+    ("demo", "pretrain", 8, 1), ("demo", "classifier", 8, 1), ("demo", "decoder", 16, 1)])
+def test_shipped_configs_state_the_global_batch(folder, stage, global_batch, accum_on_1):
+    from ctagrg.config import load_config
+
+    path = Path(__file__).resolve().parents[1] / "configs" / folder / f"{stage}.yaml"
+    tc = load_config(get_task(stage).Config, path).train
+    assert (tc.global_batch_size, tc.grad_accum(1)) == (global_batch, accum_on_1)
+    if folder == "ctrate":  # the paper's batches: also the stages' defaults, and on 4 GPUs as README runs them
+        assert get_task(stage).Config().train.global_batch_size == global_batch
+        per_gpu = 1 if global_batch == 4 else tc.batch_size  # README: --set train.batch_size=1 for the batch of 4
+        assert replace(tc, batch_size=per_gpu).grad_accum(4) == global_batch // (4 * per_gpu)
+
+
+def test_a_global_batch_that_does_not_divide_fails_before_training(tmp_path):
+    with pytest.raises(ConfigError, match=r"global_batch_size 6 is not a multiple .* = 4 × 1 = 4"):
+        train(ToyTask(toy_cfg(tmp_path, global_batch_size=6)))
+    assert not (tmp_path / "config.yaml").exists()
+
+
 def test_bf16_autocast_clipping_and_checkpointing_flag(tmp_path):
     best = train(ToyTask(toy_cfg(tmp_path / "bf16", epochs=1, precision="bf16", grad_clip=0.5, grad_clip_value=0.1)))
     metrics = (best / "metrics.json").read_text()
@@ -203,7 +254,7 @@ def test_drop_last_skips_the_partial_batch(tmp_path):
     """26 samples in batches of 4: 7 batches (the last of 2) without drop_last, 6 full ones with it."""
     sizes: dict[bool, list[float]] = {}
     for drop in (False, True):
-        cfg = toy_cfg(tmp_path / str(drop), epochs=2, grad_accum=1, drop_last=drop)
+        cfg = toy_cfg(tmp_path / str(drop), epochs=2, global_batch_size=4, drop_last=drop)
         cfg.data.n_train = 26
         train(ToyTask(cfg))
         sizes[drop] = [v for _, v in read_rows(tmp_path / str(drop) / "metrics.csv", name="batch_size")]
@@ -213,7 +264,7 @@ def test_drop_last_skips_the_partial_batch(tmp_path):
 
 
 def test_drop_last_refuses_a_dataset_smaller_than_a_batch(tmp_path):
-    cfg = toy_cfg(tmp_path, batch_size=32, drop_last=True)
+    cfg = toy_cfg(tmp_path, global_batch_size=32, batch_size=32, drop_last=True)
     with pytest.raises(ConfigError, match="train.drop_last: each process gets 24 training volumes.*32"):
         train(ToyTask(cfg))
 

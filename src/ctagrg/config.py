@@ -94,10 +94,20 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+def _check_removed(cls: type, key: str, where: str) -> None:
+    """A key listed in ``cls.REMOVED_KEYS`` (a key of older configs) raises with what replaces it."""
+    hint = getattr(cls, "REMOVED_KEYS", {}).get(key)
+    if hint:
+        raise ConfigError(f"{where}.{key}: {hint}")
+
+
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
-    """Build dataclass ``cls`` from a (possibly nested) mapping. Unknown keys raise with the valid keys listed."""
+    """Build dataclass ``cls`` from a (possibly nested) mapping. Unknown keys raise with the valid keys listed, keys
+    of older configs (``cls.REMOVED_KEYS``) with what replaces them."""
     types_ = _field_types(cls)
     unknown = sorted(set(data) - set(types_))
+    for key in unknown:
+        _check_removed(cls, key, where)
     if unknown:
         raise ConfigError(
             f"{where}: unknown key(s) {', '.join(unknown)} for {cls.__name__}; valid keys: {', '.join(types_)}"
@@ -115,6 +125,7 @@ def _set_path(cfg: Any, dotted: str, raw: str) -> Any:
     head, _, rest = dotted.partition(".")
     types_ = _field_types(type(cfg))
     if head not in types_:
+        _check_removed(type(cfg), head, f"override {type(cfg).__name__}")
         raise ConfigError(f"override {dotted!r}: unknown key {head!r} for {type(cfg).__name__}; "
                           f"valid keys: {', '.join(types_)}")
     if rest:

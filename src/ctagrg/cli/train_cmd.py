@@ -8,7 +8,8 @@ import sys
 DESCRIPTION = (
     "Train one stage of CT-AGRG: pretrain (encoder + 18-label head), classifier (step 1: encoder + 18 projection "
     "heads and classifiers, then per-label thresholds) or decoder (step 2: GPT-2 with pseudo self-attention). "
-    "For several GPUs launch with torchrun, e.g. `torchrun --nproc_per_node 4 -m ctagrg.cli.main train ...`. "
+    "For several GPUs launch with torchrun, e.g. `torchrun --nproc_per_node 4 -m ctagrg.cli.main train ...`; "
+    "train.global_batch_size (one optimizer step's batch) holds on any GPU count, train.batch_size is per GPU. "
     "A run resumes from OUT_DIR/last when it exists."
 )
 

@@ -86,9 +86,9 @@ class MirrorConfig:
 
 
 def paper_train_config() -> TrainConfig:
-    """CT-AGRG step 2: AdamW lr 5e-5, wd 0.01, batch 8 × accumulation 8, 100 epochs, StepLR(50, 0.1), clip 0.1."""
-    return TrainConfig(out_dir="runs/decoder", optimizer="adamw", lr=5e-5, weight_decay=0.01, batch_size=8,
-                       grad_accum=8, epochs=100, scheduler="step", step_size_epochs=50, gamma=0.1,
+    """CT-AGRG step 2: AdamW lr 5e-5, wd 0.01, batch 64 (micro-batches of 8), 100 epochs, StepLR(50, 0.1), clip 0.1."""
+    return TrainConfig(out_dir="runs/decoder", optimizer="adamw", lr=5e-5, weight_decay=0.01, global_batch_size=64,
+                       batch_size=8, epochs=100, scheduler="step", step_size_epochs=50, gamma=0.1,
                        grad_clip_value=0.1)
 
 

@@ -3,10 +3,16 @@
 ``torchrun --nproc_per_node N -m ctagrg.cli.main train ...`` (or ``--nnodes``/``--rdzv-*`` for several nodes)
 sets RANK, LOCAL_RANK and WORLD_SIZE; without them everything runs in one process. NCCL on CUDA, gloo on CPU.
 Also holds the resumable, rank-sharded sampler the loop uses.
+
+Rank 0 alone validates and writes the end-of-training artefacts while the other ranks wait in a collective; how
+long they wait before failing is the process group's timeout (``train.dist_timeout_minutes``), not torch's default
+(10 minutes under NCCL), which reading a large validation set exceeds.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import math
 import os
 from collections.abc import Iterator
@@ -44,16 +50,28 @@ def _use_device(spec: str, local_rank: int) -> torch.device:
     return device
 
 
-def setup(device_spec: str = "auto") -> DistInfo:
-    """Join the process group when launched by torchrun (RANK set); otherwise return a single-process DistInfo."""
+def setup(device_spec: str = "auto", timeout_minutes: float = 120.0) -> DistInfo:
+    """Join the process group when launched by torchrun (RANK set); otherwise return a single-process DistInfo.
+
+    ``timeout_minutes``: how long a collective (a barrier, a broadcast) waits for the other ranks before failing.
+    A process group that already exists (created by the caller) is joined as it is.
+    """
     if "RANK" not in os.environ:
         return DistInfo(device=_use_device(device_spec, 0))
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0))
     world_size = int(os.environ["WORLD_SIZE"])
     device = _use_device(device_spec, local_rank)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(minutes=timeout_minutes))
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
+
+
+def current() -> tuple[int, int]:
+    """(rank, world_size) of the process group this process is in, or (0, 1) outside one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def cleanup(info: DistInfo) -> None:
@@ -64,6 +82,24 @@ def cleanup(info: DistInfo) -> None:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+class DistTimeoutError(RuntimeError):
+    """A rank waited longer than ``train.dist_timeout_minutes`` for rank 0."""
+
+
+@contextlib.contextmanager
+def waiting_for_main(info: DistInfo, what: str, timeout_minutes: float) -> Iterator[None]:
+    """Around a collective in which the other ranks wait for rank 0 to ``what``: a timeout there (gloo raises it;
+    NCCL's watchdog ends the process with its own message) becomes an error that names the setting to raise."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if info.is_main or "timed out" not in str(exc).lower():
+            raise
+        raise DistTimeoutError(
+            f"rank {info.rank}: waited more than train.dist_timeout_minutes ({timeout_minutes:g} min) for rank 0 to "
+            f"{what}; raise it, e.g. --set train.dist_timeout_minutes={max(2 * timeout_minutes, 1):g}") from exc
 
 
 def all_gather_object(info: DistInfo, obj: Any) -> list[Any]:

@@ -15,12 +15,17 @@ Layout (``out_dir``)::
 
 Building is resumable: shards already on disk are kept. Sentences per label come either from a sentences CSV
 (``ctagrg sentences``: VolumeName, AbnormalityName, Sentence) or from a reports CSV through the report labeler.
+
+Under DDP (``torchrun``; the process group exists when the decoder stage builds its cache) every rank calls the
+build: rank r computes and writes shards r, r + world_size, ... on its own GPU, so no file has two writers and the
+work is shared; after a barrier rank 0 writes index.json, and after a second one every rank reads the whole cache.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +37,7 @@ import torch
 from ctagrg.config import ConfigError, to_dict
 from ctagrg.labels import LABEL_INDEX, LABELS, NUM_LABELS
 from ctagrg.models.preprocess_match import check_cache_preprocess, encoder_config_of
+from ctagrg.training import distributed as D
 from ctagrg.utils.atomic import atomic_path, write_json_atomic
 from ctagrg.utils.device import resolve_device
 from ctagrg.utils.progress import progress
@@ -178,6 +184,9 @@ def build_embedding_cache(step1: Callable[[torch.Tensor], Mapping[str, torch.Ten
                           halves: int = 1) -> Path:
     """Write the cache for every item of ``dataset``; keep shards already written (resume). Returns ``out_dir``.
 
+    Inside a torch.distributed process group every rank must call this with the same arguments: rank r writes
+    shards r, r + world_size, ... and rank 0 the index, after all shards are on disk (module docstring).
+
     Args:
         step1: the frozen step-1 model, (B, 1, D, H, W) → {"logits": (B, 18), "embeddings": (B, 18, D)}.
         dataset: items {"volume": (1, D, H, W), "labels": (18,) float (NaN unknown), "name": str}.
@@ -188,23 +197,38 @@ def build_embedding_cache(step1: Callable[[torch.Tensor], Mapping[str, torch.Ten
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
+    rank, world_size = D.current()
     n_shards = (len(dataset) + shard_size - 1) // shard_size
-    dim = None
-    for k in progress(range(n_shards), desc="embedding cache", total=n_shards):
+    mine = range(rank, n_shards, world_size)
+    for k in progress(mine, desc="embedding cache", total=len(mine)):
         tensor_path, json_path = _shard_paths(out_dir, k)
         if tensor_path.is_file() and json_path.is_file():
             continue
         shard = _run_shard(step1, dataset, range(k * shard_size, min(len(dataset), (k + 1) * shard_size)),
                            batch_size, device)
         _write_shard(shard, sentences, tensor_path, json_path)
-        dim = shard["embeddings"].shape[-1]
-    if dim is None and n_shards:
-        dim = load_shard(out_dir, 0)["embeddings"].shape[-1]
-    write_json_atomic(out_dir / "index.json", {
-        "format": FORMAT, "num_volumes": len(dataset), "num_shards": n_shards, "embedding_dim": dim,
-        "labels": list(LABELS), "thresholds": list(thresholds) if thresholds is not None else None,
-        "halves": halves, "source": source or {}})
+    _barrier(world_size)  # every shard is on disk
+    if rank == 0:
+        dim = _shard_dim(out_dir, 0) if n_shards else None
+        write_json_atomic(out_dir / "index.json", {
+            "format": FORMAT, "num_volumes": len(dataset), "num_shards": n_shards, "embedding_dim": dim,
+            "labels": list(LABELS), "thresholds": list(thresholds) if thresholds is not None else None,
+            "halves": halves, "source": source or {}})
+    _barrier(world_size)  # the index is written: the cache is complete for every rank
     return out_dir
+
+
+def _barrier(world_size: int) -> None:
+    if world_size > 1:
+        torch.distributed.barrier()
+
+
+def _shard_dim(out_dir: Path, k: int) -> int:
+    """The embedding width D of shard ``k``, read from its header (no tensor is loaded)."""
+    from safetensors import safe_open
+
+    with safe_open(str(_shard_paths(out_dir, k)[0]), framework="pt") as fh:
+        return int(fh.get_slice("embeddings").get_shape()[-1])
 
 
 def _write_shard(shard: dict[str, Any], sentences: Mapping[str, Mapping[str, str]], tensor_path: Path,
@@ -304,7 +328,8 @@ def build_from_config(cfg: EmbeddingCacheConfig, step1: Any | None = None) -> Pa
         labels = {n: [1.0 if label in sentences.get(n, {}) else 0.0 for label in LABELS]
                   for n in cached_names(cfg.volume_cache)}
     dataset = CachedVolumeDataset(cfg.volume_cache, labels=labels)
-    device = resolve_device(cfg.device)
+    # under torchrun each rank runs its shards on its own GPU ("auto"/"cuda" -> cuda:LOCAL_RANK)
+    device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0)) if D.current()[1] > 1 else None)
     if step1 is None:
         if not cfg.step1_dir:
             raise ConfigError("embeddings.step1_dir: required to build the embedding cache")

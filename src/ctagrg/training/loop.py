@@ -4,6 +4,9 @@ Reads top to bottom like nanoGPT's ``train.py``: set up (DDP from ``RANK``, seed
 data), resume if ``out_dir/last`` exists, then epochs of micro-batches with gradient accumulation and autocast,
 validation each epoch with best-checkpoint selection, and the task's end-of-training artefacts.
 
+One optimizer step sees ``train.global_batch_size`` examples on any number of processes: each process accumulates
+``global_batch_size / (batch_size × world_size)`` micro-batches, and DDP averages the gradients over processes.
+
 Output folder::
 
     out_dir/config.yaml        resolved task config
@@ -108,9 +111,13 @@ class Trainer:
     # -- setup ------------------------------------------------------------------------------------------------
     def setup(self) -> None:
         tc, info = self.tc, self.info
+        self.grad_accum = tc.grad_accum(info.world_size)  # before any work: a batch that does not divide fails here
         if info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(self.task.cfg, self.out / "config.yaml")
+            print(f"batch: {tc.batch_size * self.grad_accum * info.world_size} per optimizer step = "
+                  f"{tc.batch_size} per micro-batch × {self.grad_accum} accumulated × {info.world_size} "
+                  f"process{'es' if info.world_size > 1 else ''}", flush=True)
         torch.manual_seed(tc.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
         if tc.deterministic:
             torch.use_deterministic_algorithms(True)
@@ -168,7 +175,7 @@ class Trainer:
                               f"than one batch (train.batch_size={tc.batch_size}): every batch would be dropped")
         rounding = math.floor if tc.drop_last else math.ceil
         self.batches_per_epoch = rounding(self.sampler.per_rank / tc.batch_size)
-        self.steps_per_epoch = math.ceil(self.batches_per_epoch / tc.grad_accum)
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.grad_accum)
         valid_ds = self.task.valid_dataset() if tc.val_every_epochs else None
         self.valid_loader = None
         if valid_ds is not None and info.is_main:
@@ -184,7 +191,7 @@ class Trainer:
             return False
         state = load_train_state(last)
         self._resumed_ema = state.get("ema")
-        expected = {"batches_per_epoch": self.batches_per_epoch, "grad_accum": self.tc.grad_accum,
+        expected = {"batches_per_epoch": self.batches_per_epoch, "grad_accum": self.grad_accum,
                     "world_size": self.info.world_size}
         changed = {k: (state.get(k), v) for k, v in expected.items() if state.get(k) != v}
         if changed:
@@ -211,7 +218,7 @@ class Trainer:
             save_train_state(last, {
                 "step": self.step, "epoch": self.epoch, "micro": self.micro,
                 "best_score": self.best_score, "best_epoch": self.best_epoch,
-                "batches_per_epoch": self.batches_per_epoch, "grad_accum": self.tc.grad_accum,
+                "batches_per_epoch": self.batches_per_epoch, "grad_accum": self.grad_accum,
                 "world_size": self.info.world_size,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "rng": rngs,
@@ -239,7 +246,7 @@ class Trainer:
 
     def _micro_step(self, batch: Any, i: int) -> dict[str, float]:
         """Forward + backward of micro-batch ``i`` of the epoch; returns the floats to log."""
-        ga, n = self.tc.grad_accum, self.batches_per_epoch
+        ga, n = self.grad_accum, self.batches_per_epoch
         group_start = (i // ga) * ga
         group_size = min(ga, n - group_start)  # the epoch's last group may be short: average over what it has
         sync = i + 1 == group_start + group_size
@@ -320,7 +327,8 @@ class Trainer:
                 write_json_atomic(self.out / "best" / "metrics.json",
                                   {"epoch": epoch_label, "step": self.step, **metrics})
             self._last_valid = (metrics, improved)
-        self.best_score, self.best_epoch = D.broadcast_object(self.info, (self.best_score, self.best_epoch))
+        with D.waiting_for_main(self.info, "validate", self.tc.dist_timeout_minutes):
+            self.best_score, self.best_epoch = D.broadcast_object(self.info, (self.best_score, self.best_epoch))
 
     def _print_epoch(self, epoch_label: int) -> None:
         """Without a progress bar (a log file, a pipe), one line per epoch instead of silence: step, the epoch's
@@ -353,7 +361,8 @@ class Trainer:
             self.task.load_model(model, best)
             model.eval()
             self.task.on_train_end(model, self.out)
-        D.barrier(self.info)
+        with D.waiting_for_main(self.info, "write the end-of-training artefacts", self.tc.dist_timeout_minutes):
+            D.barrier(self.info)
         return best
 
     def run(self) -> Path:
@@ -383,7 +392,7 @@ def train(task: Task, cfg: TrainConfig | None = None) -> Path:
     Launch under ``torchrun`` for DDP (one process per GPU); the process group is created here from RANK/WORLD_SIZE.
     """
     tc = cfg if cfg is not None else task.cfg.train
-    info = D.setup(tc.device)
+    info = D.setup(tc.device, tc.dist_timeout_minutes)
     try:
         return Trainer(task, tc, info).run()
     finally:

@@ -79,13 +79,14 @@ class InitConfig:
 
 def _pretrain_train() -> TrainConfig:
     """CT-AGRG pretraining: Adam lr 1e-4, 40 epochs, batch 4, StepLR(40, 0.5)."""
-    return TrainConfig(out_dir="runs/pretrain", optimizer="adam", lr=1e-4, epochs=40, batch_size=4,
+    return TrainConfig(out_dir="runs/pretrain", optimizer="adam", lr=1e-4, epochs=40, global_batch_size=4, batch_size=4,
                        scheduler="step", step_size_epochs=40, gamma=0.5)
 
 
 def _classifier_train() -> TrainConfig:
     """CT-AGRG step 1: lr 1e-5, batch 4 (optimizer and epochs are not published; Adam, 20 epochs here)."""
-    return TrainConfig(out_dir="runs/classifier", optimizer="adam", lr=1e-5, epochs=20, batch_size=4)
+    return TrainConfig(out_dir="runs/classifier", optimizer="adam", lr=1e-5, epochs=20, global_batch_size=4,
+                       batch_size=4)
 
 
 @dataclass
