@@ -104,8 +104,9 @@ def download_model(hub: HubId) -> Path:
         why = ("and the Hub is not asked because HF_HUB_OFFLINE is set: unset it to download the model, or fill the "
                "cache on a machine that is online" if offline else
                f"and the Hugging Face Hub could not be reached ({_first_line(exc)})")
-        raise FileNotFoundError(f"{hub}: no such model folder, and not in the local Hugging Face cache ({cache}), "
-                                f"{why}") from None
+        where = ("only partly in the local Hugging Face cache" if type(exc).__name__ == "IncompleteSnapshotError"
+                 else "not in the local Hugging Face cache")  # partly: an interrupted download
+        raise FileNotFoundError(f"{hub}: no such model folder, and {where} ({cache}), {why}") from None
     except RevisionNotFoundError:
         raise FileNotFoundError(f"{hub}: the Hub repository {hub.repo_id} has no revision {hub.revision}") from None
     except RepositoryNotFoundError:  # also gated repositories
