@@ -21,7 +21,8 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="packaged model folder (Reporter.save_pretrained); required without --runs")
+    parser.add_argument("--model", help="packaged model folder (Reporter.save_pretrained) or a Hugging Face Hub id "
+                        "org/name[@revision]; required without --runs")
     parser.add_argument("--data", help="dataset root in CT-RATE layout; required without --runs")
     parser.add_argument("--split", default="test",
                         help="split name (default: test, the phantoms'); CT-RATE's is valid (validation names the "
@@ -77,14 +78,14 @@ def run(args: argparse.Namespace) -> int:
         print("ctagrg evaluate: --model and --data are required (or --runs DIR... to aggregate)", file=sys.stderr)
         return 2
     from ctagrg.evaluation.evaluate import EvaluateConfig, evaluate, headline_table
-    from ctagrg.generation.reporter import check_model_dir
+    from ctagrg.generation.hub import resolve_model_dir
     from ctagrg.text.labeler import check_labeler_spec
     from ctagrg.utils.device import resolve_device
 
     try:  # usage errors first (exit 2, as `ctagrg report` and `ctagrg serve`), before any report is generated
         resolve_device(args.device)
         check_labeler_spec(args.labeler)
-        check_model_dir(args.model)
+        model_dir = resolve_model_dir(args.model)  # a folder, or a Hub id's snapshot
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"ctagrg evaluate: {exc}", file=sys.stderr)
         return 2
@@ -95,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
                              meteor=not args.no_meteor, bootstrap=args.bootstrap, seed=args.seed,
                              batch_size=args.batch_size, device=args.device, examples=args.examples,
                              limit=args.limit)
-        metrics = evaluate(args.model, args.data, args.out, cfg)
+        metrics = evaluate(model_dir, args.data, args.out, cfg)
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"ctagrg evaluate: {exc}", file=sys.stderr)
         return 1

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("ctagrg.cli.report_cmd", "generate reports for scans with a trained model"),
     "evaluate": ("ctagrg.cli.evaluate_cmd", "evaluate a model on a dataset split"),
     "serve": ("ctagrg.cli.serve_cmd", "serve a model over HTTP with a slice viewer (localhost by default)"),
+    "push": ("ctagrg.cli.push_cmd", "upload a packaged model to the Hugging Face Hub"),
     "demo": ("ctagrg.cli.demo_cmd", "run the whole pipeline on synthetic phantoms"),
 }
 

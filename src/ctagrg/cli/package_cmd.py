@@ -26,6 +26,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: the paper's preprocessing)")
     parser.add_argument("--thresholds", metavar="FILE", help="thresholds.json (default: the classifier run's)")
     parser.add_argument("--training-data", metavar="TEXT", help="what the model was trained on, for the model card")
+    parser.add_argument("--license", metavar="ID", help="the model's licence for the model card's Hub metadata "
+                        "(default apache-2.0, ctagrg's; a model trained on CT-RATE: state the data's terms)")
+    parser.add_argument("--dataset", action="append", default=[], metavar="HUB_ID",
+                        help="a Hub dataset the model was trained on, for the model card (repeatable), e.g. "
+                             "ibrahimhamamci/CT-RATE")
+    parser.add_argument("--base-model", metavar="HUB_ID",
+                        help="the Hub model the decoder's GPT-2 started from (default: read from a Hub cache path)")
     parser.add_argument("--force", action="store_true", help="write into a folder that already holds a model")
 
 
@@ -39,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and any(out.iterdir()) and not args.force:
         print(f"--out {out}: not empty; give a new folder, or --force to overwrite the model in it", file=sys.stderr)
         return 2
-    card = {"training_data": args.training_data} if args.training_data else None
+    fields = {"training_data": args.training_data, "license": args.license, "datasets": args.dataset,
+              "base_model": args.base_model}
+    card = {k: v for k, v in fields.items() if v} or None
     try:
         reporter = Reporter.from_training_outputs(args.classifier, args.decoder, thresholds=args.thresholds,
                                                   preprocess=args.preprocess, card=card)

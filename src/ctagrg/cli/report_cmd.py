@@ -26,7 +26,8 @@ DESCRIPTION = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scans", nargs="+", metavar="SCAN", help="scan file, DICOM folder, folder of scans or CSV")
-    parser.add_argument("--model", required=True, help="packaged model folder")
+    parser.add_argument("--model", required=True,
+                        help="packaged model folder, or a Hugging Face Hub id org/name[@revision] (docs/inference.md)")
     parser.add_argument("--out", help="JSON-lines output (appended; resumable)")
     parser.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (default)")
     parser.add_argument("--batch-size", type=int, default=1, help="scans per model batch (default 1)")
@@ -131,6 +132,7 @@ def _report_batch(reporter: Any, items: list[Any], model: str, max_bytes: int | 
 def run(args: argparse.Namespace) -> int:
 
     from ctagrg.data.inputs import discover_inputs, source_key
+    from ctagrg.generation.hub import resolve_model_dir
     from ctagrg.generation.reporter import Reporter, model_fingerprint
     from ctagrg.utils.progress import progress
 
@@ -140,8 +142,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     try:
         items = discover_inputs(expand_csv_lists(args.scans), args.metadata)
-        reporter = Reporter.from_pretrained(args.model, device=args.device)
-        model = model_fingerprint(args.model)
+        model_dir = resolve_model_dir(args.model)  # a folder, or a Hub id's snapshot
+        reporter = Reporter.from_pretrained(model_dir, device=args.device)
+        model = model_fingerprint(model_dir)
         if out is not None and out.is_dir():
             raise IsADirectoryError(f"--out {out}: is a folder; give a .jsonl file path")
         done, models = read_done(out) if out else (set(), set())

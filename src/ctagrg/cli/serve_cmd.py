@@ -24,7 +24,8 @@ DESCRIPTION = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     # defaults written out rather than read from ServeConfig: importing ctagrg.serve.app would load numpy
-    parser.add_argument("--model", required=True, help="packaged model folder")
+    parser.add_argument("--model", required=True,
+                        help="packaged model folder, or a Hugging Face Hub id org/name[@revision] (docs/inference.md)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=port_number, default=8000, help="port (default 8000; 0 picks a free one)")
     parser.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (default)")

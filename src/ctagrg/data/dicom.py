@@ -19,6 +19,8 @@ import numpy as np
 
 from ctagrg.data.ctio import LPS_TO_RAS, CTReadError, CTReadWarning, CTVolume
 
+# What decodes compressed series (JPEG Lossless, JPEG-LS, JPEG 2000): python-gdcm, through pydicom.
+DICOM_EXTRA = "pip install 'ctagrg[dicom]'"
 # Relative deviation of a slice gap from the median gap above which the series is called irregular.
 IRREGULAR_GAP = 0.1
 DICOM_MAGIC_END = 132  # 128 bytes of preamble, then "DICM"
@@ -156,10 +158,11 @@ def _check_gaps(path: Path, along: np.ndarray) -> None:
 def _pixels(path: Path, slices: list[Any]) -> tuple[np.ndarray, float | None, float]:
     """Stacked stored values (n, rows, cols) and one (slope, intercept); slope None means the array is already
     float32 HU because the slices carry different rescale values."""
+    syntax = _check_decoder(path, slices)
     try:
         arrays = [ds.pixel_array for ds in slices]
-    except Exception as exc:  # pydicom raises many types for missing codecs / corrupt pixel data
-        raise CTReadError(f"{path}: cannot decode pixel data ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # pydicom raises many types for corrupt pixel data or a decoder that gives up
+        raise CTReadError(f"{path}: cannot decode pixel data ({syntax}; {type(exc).__name__}: {exc})") from None
     shapes = {a.shape for a in arrays}
     if len(shapes) != 1:
         raise CTReadError(f"{path}: slices of different sizes {sorted(shapes)} in one series")
@@ -174,3 +177,24 @@ def _pixels(path: Path, slices: list[Any]) -> tuple[np.ndarray, float | None, fl
     for i, (s, b) in enumerate(scales):
         hu[i] = raw[i].astype(np.float32) * s + b
     return hu, None, 0.0
+
+
+def _check_decoder(path: Path, slices: list[Any]) -> str:
+    """The series' transfer syntax as text ("name (UID)"); CTReadError naming it when pydicom has no decoder for it
+    here, with the extra that brings one when it is a compressed syntax (``[dicom]``: python-gdcm)."""
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import UID
+
+    uids = {UID(str(ds.file_meta.get("TransferSyntaxUID", ""))) for ds in slices if hasattr(ds, "file_meta")}
+    for uid in sorted(uids):
+        if not uid or not uid.is_compressed:
+            continue
+        try:
+            available = get_decoder(uid).is_available
+        except NotImplementedError:  # a syntax pydicom has no decoder for at all (JPEG XL, a private one)
+            raise CTReadError(f"{path}: pixel data compressed as {uid.name} ({uid}), which cannot be decoded "
+                              f"(pydicom has no decoder for it); convert the series, e.g. with dcm2niix") from None
+        if not available:
+            raise CTReadError(f"{path}: pixel data compressed as {uid.name} ({uid}) and no decoder for it is "
+                              f"installed; install the [dicom] extra: {DICOM_EXTRA}")
+    return ", ".join(f"{uid.name} ({uid})" for uid in sorted(uids)) or "no transfer syntax"

@@ -50,6 +50,7 @@ from ctagrg.utils.device import resolve_device
 Input = str | Path | np.ndarray | torch.Tensor
 # what a packaged model folder holds that from_pretrained reads (the model card README.md is a description)
 MODEL_PARTS = ("visual", "decoder", "tokenizer", "thresholds.json", "preprocess.json", "reporter.json")
+REQUIRED_PARTS = MODEL_PARTS[:5]  # reporter.json may be absent (default settings)
 
 
 def check_model_dir(directory: str | Path) -> Path:
@@ -297,18 +298,31 @@ class Reporter:
         write_text_atomic(directory / "README.md", render_model_card(
             preprocess=to_dict(self.preprocess), thresholds=self.thresholds, generation=to_dict(self.config.generation),
             training_data=self.card.get("training_data", ""), metrics=self.card.get("metrics"), versions=versions,
-            nodule_size=to_dict(self.config.nodule_size)))
+            nodule_size=to_dict(self.config.nodule_size), hub=self._hub_metadata()))
         return directory
+
+    def _hub_metadata(self) -> dict[str, Any]:
+        """The model card's Hub fields from ``card`` (license, datasets, base_model, tags); without a base_model,
+        the Hub id of the GPT-2 the decoder started from when that was a Hub cache snapshot."""
+        from ctagrg.generation.hub import hub_id_of_cache_path
+
+        hub = {k: self.card[k] for k in ("license", "datasets", "base_model", "tags") if self.card.get(k)}
+        if "base_model" not in hub:
+            base = hub_id_of_cache_path(getattr(self.decoder.config, "gpt2_path", "") or "")
+            if base:
+                hub["base_model"] = base
+        return hub
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> Reporter:
-        """Load a folder written by ``save_pretrained``; a missing part is named in the error."""
+        """Load a folder written by ``save_pretrained``, or a Hub id ``org/name[@revision]`` (a folder of that name
+        wins; :mod:`ctagrg.generation.hub`); a missing part is named in the error."""
         from ctagrg.data.preprocess import PreprocessConfig
+        from ctagrg.generation.hub import resolve_model_dir
         from ctagrg.models.step1 import Step1Model
 
-        directory = check_model_dir(directory)
-        missing = [p for p in ("visual", "decoder", "tokenizer", "thresholds.json", "preprocess.json")
-                   if not (directory / p).exists()]
+        directory = resolve_model_dir(directory)
+        missing = [p for p in REQUIRED_PARTS if not (directory / p).exists()]
         if missing:
             raise FileNotFoundError(f"{directory}: not a packaged ctagrg model (missing {', '.join(missing)})")
         settings = read_json_object(directory / "reporter.json") if (directory / "reporter.json").is_file() else {}
