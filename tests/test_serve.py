@@ -495,8 +495,8 @@ def test_too_many_uploads_are_503_busy(model_dir: Path, tmp_path: Path) -> None:
 
 def test_a_stalled_upload_times_out_and_frees_its_slot(model_dir: Path, tmp_path: Path) -> None:
     data = marked_nifti(tmp_path)
-    # 1 KiB/s: the 100 bytes keep the upload on pace beyond the silence timeout, so the stall is what ends it
-    with serving(model_dir, max_pending=1, timeout_s=0.3, min_upload_rate_kib=1) as srv, \
+    # 0.1 KiB/s: the 100 bytes keep the upload on pace ~1 s beyond the silence timeout, so the stall ends it
+    with serving(model_dir, max_pending=1, timeout_s=0.3, min_upload_rate_kib=0.1) as srv, \
             socket.create_connection(srv.server_address[:2]) as stalled:
         stalled.sendall(upload_head(srv, "slow.nii.gz", len(data)) + data[:100])  # and then nothing
         stalled.settimeout(30)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import gzip
 import io
 import re
+import shutil
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -26,17 +28,21 @@ def test_check_upload_passes_scans_within_the_limits(tmp_path: Path) -> None:
     itk_bytes(air, tmp_path / "ok.nrrd")
     itk_bytes(air, tmp_path / "ok.mha")
     dicom_zip(air, tmp_path, "ok.zip")
+    def upload(name: str) -> Path:  # a fresh copy: the check may replace an upload by its canonical copy
+        folder = Path(tempfile.mkdtemp(dir=tmp_path))
+        return Path(shutil.copy(tmp_path / name, folder / name))
+
     for name in ("ok.nii.gz", "ok.nrrd", "ok.mha", "ok.zip"):
-        readable = check_upload(tmp_path / name, name, max_voxels=MAX_VOXELS, max_bytes=BUDGET)
+        readable = check_upload(upload(name), name, max_voxels=MAX_VOXELS, max_bytes=BUDGET)
         assert readable.name == name
         hu = load_ct(readable).hu
         assert hu.size == air.size and int((hu == 700).sum()) == 1
         with pytest.raises(VolumeTooLarge, match=rf"^{name}: .*12,288 voxels.* exceed the limit of 12,287 voxels"):
-            check_upload(tmp_path / name, name, max_voxels=12_287, max_bytes=BUDGET)
+            check_upload(upload(name), name, max_voxels=12_287, max_bytes=BUDGET)
         # int16: 2 bytes a voxel read, then 2 float32 working copies: 12288 x (2 x copies + 8) bytes and more
         with pytest.raises(VolumeTooLarge, match=rf"^{name}: reading it needs about .* over the memory budget of "
                                                  rf"0 MiB \(--max-memory-mb\)"):
-            check_upload(tmp_path / name, name, max_voxels=MAX_VOXELS, max_bytes=12288 * 8)
+            check_upload(upload(name), name, max_voxels=MAX_VOXELS, max_bytes=12288 * 8)
 
 
 SECRET_SHAPE = (4, 8, 8)
@@ -64,6 +70,7 @@ def test_metaimage_data_file_is_refused_in_every_spelling(tmp_path: Path, line: 
 
 
 @pytest.mark.parametrize("line", [
+    "content: x\rdata file: {secret}", "content: x\r\ndata file: {secret}",  # teem ends a line at a lone CR
     "data file: {secret}", "datafile: {secret}", "Data File: {secret}", "DATAFILE:{secret}", "data  file : {secret}",
     "data file: LIST\n{secret}", "data file: secret%d.raw 1 2 1", "data file\0junk: {secret}",
 ])
@@ -138,3 +145,46 @@ def test_bombs_and_junk(tmp_path: Path) -> None:
     readable = check_upload(tmp_path / "zeros.zip", "zeros.zip", max_voxels=MAX_VOXELS, max_bytes=BUDGET)
     with pytest.raises(ValueError, match="no DICOM image files found"):
         load_ct(readable)
+
+
+def test_control_characters_in_kept_fields_are_refused(tmp_path: Path) -> None:
+    upload = tmp_path / "scan.mha"
+    upload.write_bytes((MHA_HEAD.replace("ObjectType = Image", "ObjectType = Image\x0bElementDataFile = /etc/passwd")
+                        + "ElementDataFile = LOCAL\n").encode() + bytes(512))
+    with pytest.raises(UnsafeUpload, match=r"^scan\.mha: a control character in header field 'ObjectType'"):
+        check_upload(upload, "scan.mha", max_voxels=MAX_VOXELS, max_bytes=BUDGET)
+
+
+def test_zips_with_too_many_entries_or_deflated_dicom_are_refused(tmp_path: Path) -> None:
+    from ct_fixtures import phantom_hu, write_dicom_series
+
+    from ctagrg.serve.limits import MAX_ZIP_ENTRIES, zip_entry_count
+
+    with zipfile.ZipFile(tmp_path / "many.zip", "w") as archive:
+        for k in range(MAX_ZIP_ENTRIES + 1):
+            archive.writestr(f"e{k}", b"")
+    assert zip_entry_count(tmp_path / "many.zip") == MAX_ZIP_ENTRIES + 1
+    with pytest.raises(VolumeTooLarge, match=r"^many\.zip: 20,001 entries, over the 20,000"):
+        check_upload(tmp_path / "many.zip", "many.zip", max_voxels=MAX_VOXELS, max_bytes=BUDGET)
+    # a series whose first file is stored deflated: pydicom would inflate it whole before anything else
+    import pydicom
+
+    files = write_dicom_series(tmp_path / "series", phantom_hu((4, 8, 8)), spacing=(5.0, 2.0, 2.0))
+    ds = pydicom.dcmread(files[0])
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    ds.save_as(files[0], enforce_file_format=True)
+    with zipfile.ZipFile(tmp_path / "deflated.zip", "w") as archive:
+        for f in files:
+            archive.write(f, f.name)
+    with pytest.raises(UnsafeUpload, match=r"^deflated\.zip:IM\d+\.dcm: deflated DICOM \(transfer syntax "
+                                           r"1\.2\.840\.10008\.1\.2\.1\.99\) is not read"):
+        check_upload(tmp_path / "deflated.zip", "deflated.zip", max_voxels=MAX_VOXELS, max_bytes=BUDGET)
+    with pytest.raises(ValueError, match=r"deflated DICOM"):
+        load_ct(tmp_path / "series")
+
+
+def test_an_nrrd_upload_leaves_one_copy_in_the_temporary_folder(tmp_path: Path) -> None:
+    air = np.full((12, 32, 32), -1000, dtype=np.int16)
+    itk_bytes(air, tmp_path / "ok.nrrd")
+    readable = check_upload(tmp_path / "ok.nrrd", "ok.nrrd", max_voxels=MAX_VOXELS, max_bytes=BUDGET)
+    assert not (tmp_path / "ok.nrrd").exists() and readable.is_file()

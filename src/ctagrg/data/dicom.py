@@ -24,6 +24,8 @@ DICOM_EXTRA = "pip install 'ctagrg[dicom]'"
 # Relative deviation of a slice gap from the median gap above which the series is called irregular.
 IRREGULAR_GAP = 0.1
 DICOM_MAGIC_END = 132  # 128 bytes of preamble, then "DICM"
+DICOM_META_BYTES = 4096  # the file meta group (0002) follows the magic; a few hundred bytes in practice
+DEFLATED_SYNTAX = "1.2.840.10008.1.2.1.99"
 
 
 def read_dicom_series(path: str | Path) -> CTVolume:
@@ -68,7 +70,7 @@ def dicom_files(path: Path, whole: bool = True) -> Iterator[tuple[int, str, Call
     """
     if path.is_dir():
         for file in sorted(p for p in path.rglob("*") if p.is_file()):
-            if _starts_like_dicom(lambda file=file: open(file, "rb")):
+            if _starts_like_dicom(lambda file=file: open(file, "rb"), str(file)):
                 yield file.stat().st_size, str(file), (lambda file=file: open(file, "rb"))
         return
     try:
@@ -77,19 +79,36 @@ def dicom_files(path: Path, whole: bool = True) -> Iterator[tuple[int, str, Call
         raise CTReadError(f"{path}: not a readable zip archive ({exc})") from None
     with archive:
         for info in sorted(archive.infolist(), key=lambda i: i.filename):
-            if not info.is_dir() and _starts_like_dicom(lambda info=info: archive.open(info)):
+            label = f"{path}:{info.filename}"
+            if not info.is_dir() and _starts_like_dicom(lambda info=info: archive.open(info), label):
                 opener = (lambda info=info: io.BytesIO(archive.read(info))) if whole else \
                     (lambda info=info: archive.open(info))
-                yield info.file_size, f"{path}:{info.filename}", opener
+                yield info.file_size, label, opener
 
 
-def _starts_like_dicom(opener: Callable[[], IO[bytes]]) -> bool:
+def _starts_like_dicom(opener: Callable[[], IO[bytes]], label: str) -> bool:
+    """Whether the file starts like DICOM; CTReadError for the deflated transfer syntax, which pydicom inflates
+    whole, without a bound, before anything else (even with ``stop_before_pixels``)."""
     try:
         with opener() as fh:
-            head = fh.read(DICOM_MAGIC_END)
+            head = fh.read(DICOM_META_BYTES)
     except (OSError, zipfile.BadZipFile, RuntimeError, NotImplementedError):
         return False  # unreadable, encrypted or an unknown compression: skipped like any non-DICOM file
-    return len(head) == DICOM_MAGIC_END and head[128:] == b"DICM"
+    if len(head) < DICOM_MAGIC_END or head[128:DICOM_MAGIC_END] != b"DICM":
+        return False
+    if _transfer_syntax(head) == DEFLATED_SYNTAX:
+        raise CTReadError(f"{label}: deflated DICOM (transfer syntax {DEFLATED_SYNTAX}) is not read: it decompresses "
+                          f"without a bound; convert the series to another transfer syntax (e.g. gdcmconv --raw)")
+    return True
+
+
+def _transfer_syntax(head: bytes) -> str | None:
+    """TransferSyntaxUID (0002,0010) of the file meta group in ``head`` (explicit VR little endian), or None."""
+    at = head.find(b"\x02\x00\x10\x00UI", DICOM_MAGIC_END)
+    if at < 0 or at + 8 > len(head):
+        return None
+    length = int.from_bytes(head[at + 6:at + 8], "little")
+    return head[at + 8:at + 8 + length].rstrip(b"\0 ").decode("ascii", "replace")
 
 
 def _group_by_series(datasets: Iterator[Any]) -> dict[str, list[Any]]:

@@ -22,6 +22,7 @@ The parsing follows ITK's readers, not a reading of the format specs:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,10 +32,11 @@ METAIO_LOCAL = ("LOCAL", "Local", "local")  # the spellings ITK's MetaImage take
 METAIO_SUFFIXES = (".mha", ".mhd")
 NRRD_SUFFIXES = (".nrrd", ".nhdr")
 # Fields that describe a MetaIO image and its voxels (MetaObject.cxx and MetaImage.cxx); any other line is
-# dropped by canonical_header. HeaderSize is left out on purpose: it moves the start of the voxels.
+# dropped by canonical_header. HeaderSize is left out on purpose (it moves the start of the voxels), and
+# CompressedDataSize is written from the payload's real size (ITK allocates what it says).
 METAIO_IMAGE_FIELDS = (
     "ObjectType", "ObjectSubType", "NDims", "BinaryData", "BinaryDataByteOrderMSB", "ElementByteOrderMSB",
-    "CompressedData", "CompressedDataSize", "TransformMatrix", "Rotation", "Orientation", "Offset", "Origin",
+    "CompressedData", "TransformMatrix", "Rotation", "Orientation", "Offset", "Origin",
     "Position", "CenterOfRotation", "AnatomicalOrientation", "ElementSpacing", "ElementSize", "DimSize",
     "ElementType", "ElementNumberOfChannels", "ElementMin", "ElementMax", "Modality",
 )
@@ -103,11 +105,11 @@ def read_itk_header(path: Path, name: str | None = None) -> ItkHeader:
     raise ItkHeaderError(f"{name}: not a MetaImage or NRRD file name (expected {METAIO_SUFFIXES + NRRD_SUFFIXES})")
 
 
-def canonical_header(header: ItkHeader, name: str) -> bytes:
+def canonical_header(header: ItkHeader, name: str, payload_bytes: int) -> bytes:
     """The header re-written from the fields that describe the image, with the voxels following it.
 
     ITK then reads only lines written here: no path, no file list, no header size. The caller appends the
-    original file's bytes from ``header.data_offset`` on.
+    original file's ``payload_bytes`` from ``header.data_offset`` on.
 
     Raises:
         ItkHeaderError: the header names a separate data file.
@@ -115,8 +117,13 @@ def canonical_header(header: ItkHeader, name: str) -> bytes:
     if not header.attached:
         raise ItkHeaderError(f"{name}: the header names a separate data file ({header.data_file[:200]!r}); "
                              f"upload a single-file scan that holds its own voxels")
+    for key, value in header.fields:
+        if any(ord(c) < 32 and c != "\t" for c in value):  # a line end hidden in a value would start a new line
+            raise ItkHeaderError(f"{name}: a control character in header field {key!r}")
     if header.kind == "metaio":
         lines = [f"{k} = {v}" for k, v in header.fields if k in METAIO_IMAGE_FIELDS]
+        if (header.get("CompressedData") or "").lower() == "true":
+            lines.append(f"CompressedDataSize = {payload_bytes}")
         return ("\n".join([*lines, "ElementDataFile = LOCAL"]) + "\n").encode("latin-1")
     lines = ["NRRD0004", *(f"{_NRRD_NAMES[k]}: {v}" for k, v in header.fields if k in _NRRD_NAMES)]
     return ("\n".join(lines) + "\n\n").encode("latin-1")
@@ -129,12 +136,14 @@ _NRRD_NAMES = {k: {"spacedimension": "space dimension", "spacedirections": "spac
                    "blocksize": "block size"}.get(k, k) for k in NRRD_FIELDS}
 
 
-def _lines(head: bytes) -> list[tuple[bytes, int]]:
-    """Each ``\\n``-terminated line of ``head`` (without its end) with the offset just past it."""
+def _lines(head: bytes, lone_cr: bool = False) -> list[tuple[bytes, int]]:
+    """Each terminated line of ``head`` (without its end) with the offset just past it. A line ends at ``\\n``
+    (``\\r\\n`` too); with ``lone_cr`` also at a lone ``\\r``, as teem's NRRD reader ends lines."""
+    pattern = re.compile(rb"\r\n|\r|\n" if lone_cr else rb"\r?\n")
     out, start = [], 0
-    while (end := head.find(b"\n", start)) >= 0:
-        out.append((head[start:end].rstrip(b"\r"), end + 1))
-        start = end + 1
+    for match in pattern.finditer(head):
+        out.append((head[start:match.start()], match.end()))
+        start = match.end()
     return out
 
 
@@ -159,7 +168,7 @@ def _nrrd_key(key: str) -> str:
 
 
 def _parse_nrrd(head: bytes, name: str, detached_header: bool) -> ItkHeader:
-    lines = _lines(head)
+    lines = _lines(head, lone_cr=True)
     if not lines or not lines[0][0].startswith(b"NRRD000"):
         raise ItkHeaderError(f"{name}: not a NRRD file (no NRRD000N magic on its first line)")
     fields: list[tuple[str, str]] = []

@@ -161,51 +161,51 @@ def nifti_data_offset(header: Any) -> int:
 
 
 def gunzip_prefix(path: Path, size: int, name: str) -> bytes:
-    """The first ``size`` decompressed bytes of a gzip file (fewer if it is shorter)."""
+    """The first ``size`` decompressed bytes of a gzip file (fewer if it is shorter), over its members."""
     from isal import isal_zlib
 
-    decomp = isal_zlib.decompressobj(wbits=31)
+    out, pending, decomp, mid_member = b"", b"", isal_zlib.decompressobj(wbits=31), False
     with open(path, "rb") as fh:
-        out = b""
         try:
-            while len(out) < size and (chunk := fh.read(64 << 10)):
-                out += decomp.decompress(decomp.unconsumed_tail + chunk, size - len(out))
+            while len(out) < size:
+                if not pending and not (pending := fh.read(64 << 10)):
+                    break
+                out += decomp.decompress(pending, size - len(out))
+                pending, mid_member = decomp.unconsumed_tail, True
+                if decomp.eof:  # the next member starts in what this one left
+                    pending, decomp = decomp.unused_data + pending, isal_zlib.decompressobj(wbits=31)
+                    mid_member = False
         except isal_zlib.error as exc:
             raise CTReadError(f"{name}: cannot decompress ({exc})") from None
-    if len(out) < size and not decomp.eof:
+    if len(out) < size and mid_member:
         raise CTReadError(f"{name}: cannot decompress (not gzip data, or cut short after {len(out)} bytes)")
     return out
 
 
 def gunzip_bounded(data: bytes, need: int, name: str) -> bytes:
     """Decompress a (possibly multi-member) gzip payload that must hold ``need`` bytes and at most
-    :data:`DECOMPRESS_SLACK_BYTES` more; nothing larger is ever allocated.
+    :data:`DECOMPRESS_SLACK_BYTES` more; nothing larger is ever allocated. isal's GzipFile streams member after
+    member, so a file of many members (bgzip's, or thousands of empty ones) costs linear time.
 
     Raises:
         CTReadError: shorter than ``need`` (truncated) or longer than ``need`` + slack (a decompression bomb).
     """
-    from isal import isal_zlib
+    from isal import igzip
 
-    limit, parts, rest = need + DECOMPRESS_SLACK_BYTES, [], data
+    limit = need + DECOMPRESS_SLACK_BYTES
     try:
-        while rest and sum(map(len, parts)) <= limit:
-            decomp = isal_zlib.decompressobj(wbits=31)
-            parts.append(decomp.decompress(rest, limit + 1 - sum(map(len, parts))))
-            if not decomp.eof:
-                if decomp.unconsumed_tail:
-                    break  # over the limit: more output is waiting
-                raise CTReadError(f"{name}: cannot read: truncated gzip data (the compressed stream ends early)")
-            rest = decomp.unused_data
-    except isal_zlib.error as exc:
+        out = igzip.GzipFile(fileobj=io.BytesIO(data)).read(limit + 1)
+    except EOFError:
+        raise CTReadError(f"{name}: cannot read: truncated gzip data (the compressed stream ends early)") from None
+    except (OSError, ValueError) as exc:  # BadGzipFile, corrupt deflate data, CRC or length mismatch
         raise CTReadError(f"{name}: cannot decompress ({exc})") from None
-    total = sum(map(len, parts))
-    if total > limit:
+    if len(out) > limit:
         raise ScanTooLarge(f"{name}: decompresses to more than the {limit:,} bytes its header's voxels need "
                            f"(refused as a possible decompression bomb)")
-    if total < need:
+    if len(out) < need:
         raise CTReadError(f"{name}: truncated: the header and its voxels need {need:,} bytes, the file "
-                          f"decompresses to {total:,}")
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+                          f"decompresses to {len(out):,}")
+    return out
 
 
 def _read_prefix(path: Path, size: int) -> bytes:

@@ -161,6 +161,9 @@ def add_evaluations(directory: str | Path, evaluations: list[str | Path], name: 
     for folder in map(Path, evaluations):
         base = folder.parent if folder.is_file() else folder
         models = _prediction_models(base / "predictions.jsonl")
+        if not models:
+            raise ValueError(f"{base}: no predictions.jsonl with model fingerprints: cannot tell which model this "
+                             f"evaluation scored")
         if models - {own}:
             raise ValueError(f"{base}: evaluates another model (fingerprint {', '.join(sorted(models - {own}))}; "
                              f"{directory} is {own}); its numbers do not belong on this model's card")

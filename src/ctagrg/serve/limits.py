@@ -33,6 +33,9 @@ MIB = 1 << 20
 # headers, a DICOMDIR and the like: about 5 kB a slice, so 16 MiB covers a few thousand slices.
 ZIP_BYTES_PER_VOXEL = 2
 ZIP_SLACK_BYTES = 16 * MIB
+# Entries an uploaded .zip may hold: a thin-slice CT series has a few thousand files; a central directory of
+# millions costs zipfile gigabytes before a member is read.
+MAX_ZIP_ENTRIES = 20_000
 
 
 class VolumeTooLarge(ValueError):
@@ -92,7 +95,7 @@ def _single_file_copy(path: Path, name: str) -> Path:
     """
     try:
         header = read_itk_header(path, name)
-        text = canonical_header(header, name)
+        text = canonical_header(header, name, path.stat().st_size - header.data_offset)
     except ItkHeaderError as exc:
         raise UnsafeUpload(str(exc)) from None
     copy = Path(tempfile.mkdtemp(dir=path.parent)) / path.name  # the same name: the reader's messages name it
@@ -100,12 +103,18 @@ def _single_file_copy(path: Path, name: str) -> Path:
         dst.write(text)
         src.seek(header.data_offset)
         shutil.copyfileobj(src, dst, MIB)
+    path.unlink()  # the temporary folder holds one copy of an upload at a time
     return copy
 
 
 def _check_zip_bytes(path: Path, name: str, max_voxels: int) -> None:
-    """Bound what the members unpack to. The bound holds because Python's zipfile never returns more than a
-    member's recorded ``file_size``."""
+    """Bound the entries (counted from the end record, before zipfile parses a central directory that may hold
+    millions of them) and what the members unpack to. The byte bound holds because Python's zipfile never returns
+    more than a member's recorded ``file_size``."""
+    entries = zip_entry_count(path)
+    if entries is not None and entries > MAX_ZIP_ENTRIES:
+        raise VolumeTooLarge(f"{name}: {entries:,} entries, over the {MAX_ZIP_ENTRIES:,} a DICOM series upload may "
+                             f"hold")
     limit = max_zip_bytes(max_voxels)
     try:
         with zipfile.ZipFile(path) as archive:
@@ -116,6 +125,24 @@ def _check_zip_bytes(path: Path, name: str, max_voxels: int) -> None:
         raise VolumeTooLarge(f"{name}: unpacks to {unpacked / MIB:,.1f} MiB, over the {limit / MIB:,.1f} MiB "
                              f"allowed for {max_voxels:,} voxels (2 bytes a voxel + {ZIP_SLACK_BYTES // MIB} MiB; "
                              f"ctagrg serve --max-voxels)")
+
+
+def zip_entry_count(path: Path) -> int | None:
+    """The entry count of a zip's end-of-central-directory record (ZIP64's where it says so), or None when no
+    record is found in the last 64 KiB (zipfile then names the problem)."""
+    with open(path, "rb") as fh:
+        fh.seek(0, 2)
+        size = fh.tell()
+        fh.seek(max(0, size - (1 << 16) - 22))
+        tail = fh.read()
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or at + 12 > len(tail):
+        return None
+    count = int.from_bytes(tail[at + 10:at + 12], "little")
+    zip64 = tail.rfind(b"PK\x06\x06", 0, at)
+    if count == 0xFFFF and zip64 >= 0 and zip64 + 40 <= len(tail):
+        count = int.from_bytes(tail[zip64 + 32:zip64 + 40], "little")
+    return count
 
 
 def _named(text: str, path: Path, name: str) -> str:
