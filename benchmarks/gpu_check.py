@@ -388,6 +388,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tokenizer", default="", help="GPT-2 tokenizer folder (default: token ids as text)")
     parser.add_argument("--work", default="", help="scratch folder for the cache and the scan (default: a temp dir)")
     parser.add_argument("--budget-scale", type=float, default=1.0, help="multiply every section's time budget")
+    parser.add_argument("--cudnn-benchmark", action="store_true",
+                        help="torch.backends.cudnn.benchmark = True (ctagrg's training leaves it off; to compare)")
     args = parser.parse_args(argv)
     args.loader_volumes = args.loader_volumes or (8 if args.tiny else 64)
     return args
@@ -411,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         print(reason, file=sys.stderr)
         return 2
     device = torch.device("cpu" if args.cpu else "cuda")
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     env = environment(device)
     peak = env["peak_bf16_tflops"]
     budget = Budget({k: v * args.budget_scale for k, v in BUDGETS.items()})

@@ -173,6 +173,13 @@ def load_tokenizer_or_ids(path: Path | None) -> tuple[Any, str]:
     return IdTokenizer(), "token ids (no GPT-2 tokenizer files given)"
 
 
+def with_beams(settings: Any, beams: int) -> Any:
+    """Generation settings with ``beams`` beams (1: greedy), everything else kept."""
+    import dataclasses
+
+    return dataclasses.replace(settings, num_beams=beams, strategy="beam" if beams > 1 else "greedy")
+
+
 def build_reporter(*, encoder: str, tiny: bool, device: torch.device, tokenizer: Any) -> Any:
     """A Reporter with random weights: the step-1 model of configs/ctrate/classifier.yaml and the decoder of
     decoder.yaml (GPT-2 medium's size), thresholds 0 so that all 18 abnormalities are detected (the worst case:
@@ -248,35 +255,45 @@ REPORT_PARTS = ("read", "preprocess", "encoder_heads", "generation", "assemble")
 
 
 def report_split(reporter: Any, path: Path, device: torch.device) -> dict[str, Any]:
-    """One scan to report in the order ``Reporter.report`` runs it, each part timed apart (seconds): read
-    (``load_ct``), preprocess (``preprocess_volume``), encoder_heads (rounding to the cache's levels, the copy to
-    the device and the step-1 model), generation (one batched beam search over the detected labels, decoding
-    included) and assemble. ``Reporter.report`` itself is timed by the caller."""
+    """One scan to report in the order ``Reporter.report`` runs it, each part timed apart: read (``load_ct``),
+    preprocess (``preprocess_volume``), encoder_heads (rounding to the cache's levels, the copy to the device and
+    the step-1 model), generation (one batched beam search over the detected labels, decoding included) and
+    assemble. Wall seconds per part and in ``"total"``; this process's CPU seconds (all threads) under ``"cpu"``.
+    ``Reporter.report`` itself is timed by the caller."""
     from ctagrg.data.cache import as_cached
     from ctagrg.data.ctio import load_ct
     from ctagrg.data.preprocess import preprocess_volume
     from ctagrg.generation.assemble import assemble_report
     from ctagrg.generation.generate import generate_token_ids
 
-    pp, out = reporter.preprocess, {}
-    out["read"], vol = timed(lambda: load_ct(path), device)
-    out["preprocess"], x = timed(lambda: preprocess_volume(vol, pp), device)
+    pp, out, cpu = reporter.preprocess, {}, {}
+
+    def part(name: str, fn: Callable[[], Any]) -> Any:
+        cpu0 = time.process_time()
+        out[name], result = timed(fn, device)
+        cpu[name] = round(time.process_time() - cpu0, 3)
+        return result
+
+    vol = part("read", lambda: load_ct(path))
+    x = part("preprocess", lambda: preprocess_volume(vol, pp))
 
     def encode() -> Any:
         with torch.no_grad():
             return reporter.score(as_cached(x, -pp.offset, 1.0 - pp.offset)[None])
 
-    out["encoder_heads"], (probs, emb, _, _) = timed(encode, device)
+    probs, emb, _, _ = part("encoder_heads", encode)
     detected = probs.double() >= torch.tensor(reporter.thresholds, dtype=torch.float64)
     rows, cols = detected.nonzero(as_tuple=True)
+    tokens = []
 
     def generate() -> list[str]:
         ids = generate_token_ids(reporter.decoder, emb[rows, cols], cols, reporter.config.generation)
-        out["tokens"] = sum(map(len, ids))
+        tokens.append(sum(map(len, ids)))
         return [reporter.tokenizer.decode(r, skip_special_tokens=True).strip() for r in ids]
 
-    out["generation"], sentences = timed(generate, device)
-    out["assemble"], text = timed(lambda: assemble_report(dict(zip(cols.tolist(), sentences, strict=True)),
-                                                          reporter.config.assembly), device)
+    sentences = part("generation", generate)
+    text = part("assemble", lambda: assemble_report(dict(zip(cols.tolist(), sentences, strict=True)),
+                                                    reporter.config.assembly))
     out["total"] = sum(out[p] for p in REPORT_PARTS)
-    return out | {"detected": len(rows), "report_chars": len(text)}
+    cpu["total"] = round(sum(cpu[p] for p in REPORT_PARTS), 3)
+    return out | {"cpu": cpu, "detected": len(rows), "tokens": tokens[0], "report_chars": len(text)}
