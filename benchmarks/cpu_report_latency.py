@@ -225,7 +225,7 @@ def _figures(r: dict[str, Any]) -> str:
         return f"step {', '.join(map(str, r['step_s']))} ({', '.join(map(str, r['step_cpu_s']))})"
     if "variant_s" in r:
         return (f"fp32 {r['fp32_s']} ({r['fp32_cpu_s']}), {r['variant']} {r['variant_s']} ({r['variant_cpu_s']}); "
-                f"max |Δp| {r['max_abs_dprob']:.2g}, embeddings rel. diff {r['embeddings_rel_diff']:.2g}")
+                f"max abs Δp {r['max_abs_dprob']:.2g}, embeddings rel. diff {r['embeddings_rel_diff']:.2g}")
     if "runs" in r:
         return "; ".join(f"{g['num_beams']} beam(s) {g['s']} ({g['cpu_s']})" for g in r["runs"]) + \
             f", {r['weights']} weights"
