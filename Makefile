@@ -7,7 +7,7 @@ STAMP := $(VENV)/.ctagrg-installed
 # The CPU wheel of torch 2.13.0 is pinned here (dev/CI set-up only); the package itself asks for a range.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: venv demo demo-quick test test-fast lint bench clean ctrate-smoke ctrate-smoke-phantoms
+.PHONY: venv demo demo-quick test test-fast lint bench clean ctrate-smoke ctrate-smoke-phantoms gpu-check
 
 venv: $(STAMP)
 
@@ -26,6 +26,11 @@ demo-quick: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Paper-size timings on a CUDA GPU (benchmarks/GPU_CHECK.md): under 8 minutes on one H100; refuses without CUDA.
+GPU_CHECK_OUT ?= gpu_check_out
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py --out $(GPU_CHECK_OUT)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks scripts
