@@ -31,7 +31,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (default)")
     parser.add_argument("--batch-size", type=int, default=1, help="scans per model batch (default 1)")
     parser.add_argument("--metadata", help="CT-RATE metadata CSV (rescale slope/intercept, spacing) for the scans")
-    parser.add_argument("--quiet", action="store_true", help="do not print the reports")
     add_max_memory_mb(parser)
 
 
