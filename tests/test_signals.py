@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_report_cli import model_dir  # noqa: F401 - the tiny packaged model fixture
 from test_training_loop import read_rows
 
 from ctagrg.training.checkpoint import atomic_dir, load_train_state, recover_dir
@@ -153,3 +154,77 @@ def test_parse_signals() -> None:
         parse_signals("SIGNOPE")
     with pytest.raises(ValueError, match="SIGKILL cannot be caught"):
         parse_signals("KILL")
+
+
+def _stop_after_first_progress_line(cmd: list[str], tmp_path: Path, sig: signal.Signals, what: str
+                                    ) -> tuple[int, str]:
+    """Run ``cmd`` with stderr to a file (a batch job's log), send ``sig`` once a progress line of ``what`` is in
+    it; return the exit status and the log."""
+    log = tmp_path / f"{what}.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            deadline = time.monotonic() + 120
+            while f"ctagrg.progress: {what}: 1/" not in log.read_text() and proc.poll() is None:
+                assert time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.02)
+            proc.send_signal(sig)
+            code = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    return code, log.read_text()
+
+
+@pytest.mark.slow
+def test_preprocess_stops_between_volumes_with_a_complete_manifest(tmp_path: Path) -> None:
+    import csv
+
+    import numpy as np
+    from ct_fixtures import phantom_hu, write_nifti
+
+    from ctagrg.data.cache import load_cached
+
+    scans = tmp_path / "in"
+    scans.mkdir()
+    for k in range(24):
+        write_nifti(scans / f"s{k:02d}.nii.gz", phantom_hu((64, 64, 40), seed=k), np.diag([1.0, 1.0, 2.0, 1.0]))
+    cache = tmp_path / "cache"
+    cmd = [sys.executable, "-m", "ctagrg.cli.main", "preprocess", str(scans), "--out", str(cache),
+           "--set", "shape=[32,64,64]", "--progress-interval", "0"]
+    code, log = _stop_after_first_progress_line(cmd, tmp_path, signal.SIGTERM, "preprocess")
+    assert code == EXIT_STOPPED, log[-3000:]
+    assert "ctagrg preprocess: stopped on SIGTERM" in log
+    files = sorted(p.stem for p in cache.glob("*.safetensors"))
+    with open(cache / "manifest.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert 1 <= len(files) < 24 and sorted(r["name"] for r in rows if r["status"] == "ok") == files
+    assert not [p for p in cache.iterdir() if p.name.endswith(".tmp")]  # no half-written file
+    assert all(load_cached(cache / f"{name}.safetensors").shape == (32, 64, 64) for name in files)
+    again = subprocess.run(cmd[:-2], env=_env(), capture_output=True, text=True, timeout=240)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"{24 - len(files)} done, {len(files)} already cached, 0 failed" in again.stdout
+
+
+@pytest.mark.slow
+def test_report_stops_between_batches_with_whole_lines_and_resumes(tmp_path: Path, model_dir: Path  # noqa: F811
+                                                                   ) -> None:
+    import json
+
+    from test_report_cli import write_scan
+
+    for k in range(40):
+        write_scan(tmp_path / "scans" / f"s{k:02d}.nii.gz", k)
+    out = tmp_path / "reports.jsonl"
+    cmd = [sys.executable, "-m", "ctagrg.cli.main", "report", str(tmp_path / "scans"), "--model", str(model_dir),
+           "--out", str(out), "--device", "cpu", "--progress-interval", "0"]
+    code, log = _stop_after_first_progress_line(cmd, tmp_path, signal.SIGUSR1, "reports")
+    assert code == EXIT_STOPPED, log[-3000:]
+    assert f"ctagrg report: stopped on SIGUSR1: report stopped between batches; {out} holds" in log
+    text = out.read_text()
+    lines = [json.loads(x) for x in text.splitlines()]  # every line whole
+    assert text.endswith("\n") and 1 <= len(lines) < 40 and all("report" in line for line in lines)
+    again = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
+    assert again.returncode == 0, again.stderr[-3000:]
+    inputs = [json.loads(x)["input"] for x in out.read_text().splitlines()]
+    assert len(inputs) == 40 and len(set(inputs)) == 40
