@@ -108,6 +108,12 @@ def _batch_names(batch: Any) -> str:
     return ""
 
 
+def _worker_init(worker_id: int) -> None:
+    # a scheduler signals every process of the job: a loader worker must not die of it (the main process would
+    # fail on the lost worker instead of stopping cleanly after its optimizer step)
+    signals.ignore_stop_signals()
+
+
 class Trainer:
     """State of one run; :func:`train` is the entry point. Split into methods only to keep each one short."""
 
@@ -184,6 +190,7 @@ class Trainer:
             train_ds, batch_size=tc.batch_size, sampler=self.sampler, num_workers=tc.num_workers,
             collate_fn=self.task.collate, pin_memory=tc.pin_memory and info.device.type == "cuda",
             generator=self.loader_gen, persistent_workers=False, drop_last=tc.drop_last,
+            worker_init_fn=_worker_init if tc.num_workers else None,
         )
         if tc.drop_last and self.sampler.per_rank < tc.batch_size:
             raise ConfigError(f"train.drop_last: each process gets {self.sampler.per_rank} training volumes, fewer "
@@ -197,6 +204,7 @@ class Trainer:
             self.valid_loader = DataLoader(
                 valid_ds, batch_size=tc.eval_batch_size or tc.batch_size, shuffle=False,
                 num_workers=tc.num_workers, collate_fn=self.task.collate, generator=torch.Generator().manual_seed(0),
+                worker_init_fn=_worker_init if tc.num_workers else None,
             )
 
     # -- checkpoints ------------------------------------------------------------------------------------------
