@@ -42,10 +42,8 @@ def build_model(out: Path, tokenizer: Path) -> Path:
     pp = load_config(PreprocessConfig, ROOT / "configs" / "demo" / "preprocess.yaml", [])
     cnn = CNN3DConfig(input_shape=tuple(pp.shape), input_hu=(pp.hu_min, pp.hu_max, pp.offset), width=8,
                       region_grid=4, embed_dim=0)
-    probe = Step1Model(VisualModelConfig(encoder="cnn3d", cnn3d=cnn, heads=HeadsConfig(in_dim=1, embed_dim=64)))
-    in_dim = probe.encoder(torch.zeros(1, 1, *pp.shape)).shape[-1]
     visual = Step1Model(VisualModelConfig(encoder="cnn3d", cnn3d=cnn, heads=HeadsConfig(
-        in_dim=in_dim, embed_dim=64, classifier_hidden=128))).eval()
+        in_dim=2880, embed_dim=64, classifier_hidden=128))).eval()  # 2880: cnn3d's pooled features (embed_dim 0)
     with torch.no_grad():
         probs = torch.sigmoid(visual(torch.rand(4, 1, *pp.shape) - pp.offset)["logits"])
     cond = ConditioningConfig(input_dim=64, hidden_dims=(256,), output_dim=128)
