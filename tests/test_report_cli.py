@@ -304,3 +304,25 @@ def test_shard_must_be_i_of_n(model_dir: Path, tmp_path: Path, shard: str, capsy
     with pytest.raises(SystemExit):
         main(["report", str(tmp_path), "--model", str(model_dir), "--shard", shard])
     assert "--shard" in capsys.readouterr().err
+
+
+def test_evaluate_predictions_with_workers_equal_those_without(tmp_path: Path, model_dir: Path) -> None:
+    """``ctagrg evaluate --workers``: ``predict_split`` reads ahead in worker processes, same lines."""
+    from ctagrg.evaluation.predict import Split, predict_split
+
+    names = [f"test_{k}_a_1" for k in range(5)]
+    paths: list[Path | None] = [write_scan(tmp_path / "scans" / f"{n}.nii.gz", k) for k, n in enumerate(names)]
+    paths[2] = None  # no file and no cache: an error line, the others go on
+    split = Split(names, paths, [""] * 5, None)
+    runs = {}
+    for workers in (0, 2):
+        out = tmp_path / f"w{workers}" / "predictions.jsonl"
+        predict_split(model_dir, split, out, cache_dir=None, data_dir=tmp_path, batch_size=2, device="cpu",
+                      workers=workers)
+        runs[workers] = [{k: v for k, v in json.loads(x).items() if k != "seconds"}
+                         for x in out.read_text().splitlines()]
+    assert runs[2] == runs[0] and [line["name"] for line in runs[2]] == names
+    assert [("error" in line) for line in runs[2]] == [False, False, True, False, False]
+    assert runs[2][2]["error"] == "FileNotFoundError: test_2_a_1: no volume file found and no preprocessed cache"
+    probabilities = {line["abnormalities"][LABELS[0]]["probability"] for line in runs[2] if "report" in line}
+    assert len(probabilities) == 4  # each scan its own
