@@ -253,3 +253,76 @@ def test_real_cts_nifti_nrrd_dicom(model_dir: Path, shared_data: Path, tmp_path:
     lines = read_lines(out)
     assert [line["input"] for line in lines] == list(map(str, scans))
     assert all("report" in line and len(line["abnormalities"]) == 18 for line in lines)
+
+
+def _without_timing(lines: list[dict]) -> list[dict]:
+    return [{k: v for k, v in line.items() if k != "seconds"} for line in lines]
+
+
+def _scans_with_a_bad_one(folder: Path, n: int = 5) -> list[str]:
+    scans = [str(write_scan(folder / f"s{k}.nii.gz", 10 + k)) for k in range(n)]
+    bad = folder / "s2_bad.nii.gz"
+    bad.write_bytes(b"not a nifti")
+    return scans[:2] + [str(bad)] + scans[2:]
+
+
+def test_workers_give_the_lines_of_workers_0_and_a_bad_scan_is_one_error_line(model_dir: Path, tmp_path: Path
+                                                                              ) -> None:
+    scans = _scans_with_a_bad_one(tmp_path / "scans")
+    runs = {}
+    for workers in (0, 2):
+        out = tmp_path / f"w{workers}.jsonl"
+        assert main(["report", *scans, "--model", str(model_dir), "--out", str(out), "--batch-size", "2",
+                     "--device", "cpu", "--workers", str(workers), "--quiet"]) == 1  # the bad scan failed
+        runs[workers] = read_lines(out)
+    assert [line["input"] for line in runs[2]] == scans  # in input order
+    assert _without_timing(runs[2]) == _without_timing(runs[0])
+    errors = [line for line in runs[2] if "error" in line]
+    assert len(errors) == 1 and errors[0]["error"].startswith(f"{scans[2]}: ")
+    assert all(line["seconds"] > 0 for line in runs[2] if "report" in line)
+
+
+def test_shards_concatenate_to_the_unsharded_output(model_dir: Path, tmp_path: Path) -> None:
+    scans = _scans_with_a_bad_one(tmp_path / "scans", n=6)
+    common = ["--model", str(model_dir), "--device", "cpu", "--quiet"]
+    assert main(["report", str(tmp_path / "scans"), *common, "--out", str(tmp_path / "all.jsonl")]) == 1
+    whole = read_lines(tmp_path / "all.jsonl")
+    assert sorted(line["input"] for line in whole) == sorted(scans)
+    parts: list[dict] = []
+    for k in range(3):
+        out = tmp_path / f"shard{k}.jsonl"
+        code = main(["report", str(tmp_path / "scans"), *common, "--out", str(out), "--shard", f"{k}/3",
+                     "--workers", "1"])
+        lines = read_lines(out)
+        assert len(lines) in (2, 3) and code == int(any("error" in line for line in lines))
+        parts += lines
+    assert _without_timing(parts) == _without_timing(whole)
+
+
+@pytest.mark.parametrize("shard", ["3/3", "1/0", "a/2", "1"])
+def test_shard_must_be_i_of_n(model_dir: Path, tmp_path: Path, shard: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(["report", str(tmp_path), "--model", str(model_dir), "--shard", shard])
+    assert "--shard" in capsys.readouterr().err
+
+
+def test_evaluate_predictions_with_workers_equal_those_without(tmp_path: Path, model_dir: Path) -> None:
+    """``ctagrg evaluate --workers``: ``predict_split`` reads ahead in worker processes, same lines."""
+    from ctagrg.evaluation.predict import Split, predict_split
+
+    names = [f"test_{k}_a_1" for k in range(5)]
+    paths: list[Path | None] = [write_scan(tmp_path / "scans" / f"{n}.nii.gz", k) for k, n in enumerate(names)]
+    paths[2] = None  # no file and no cache: an error line, the others go on
+    split = Split(names, paths, [""] * 5, None)
+    runs = {}
+    for workers in (0, 2):
+        out = tmp_path / f"w{workers}" / "predictions.jsonl"
+        predict_split(model_dir, split, out, cache_dir=None, data_dir=tmp_path, batch_size=2, device="cpu",
+                      workers=workers)
+        runs[workers] = [{k: v for k, v in json.loads(x).items() if k != "seconds"}
+                         for x in out.read_text().splitlines()]
+    assert runs[2] == runs[0] and [line["name"] for line in runs[2]] == names
+    assert [("error" in line) for line in runs[2]] == [False, False, True, False, False]
+    assert runs[2][2]["error"] == "FileNotFoundError: test_2_a_1: no volume file found and no preprocessed cache"
+    probabilities = {line["abnormalities"][LABELS[0]]["probability"] for line in runs[2] if "report" in line}
+    assert len(probabilities) == 4  # each scan its own

@@ -95,7 +95,7 @@ def _torchrun(*args: str) -> subprocess.CompletedProcess:
 def test_two_processes_match_one_process_with_one_global_batch(tmp_path):
     run = _torchrun("train", str(tmp_path / "ddp"))
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "batch: 4 per optimizer step = 2 per micro-batch × 1 accumulated × 2 processes" in run.stdout
+    assert "batch: 4 per optimizer step = 2 per micro-batch × 1 accumulated × 2 processes" in run.stderr
     train(CacheThenToyTask(_cfg(tmp_path / "single")))
     one, two = tmp_path / "single", tmp_path / "ddp"
 
@@ -148,7 +148,10 @@ def _start_together(folder: Path, rank: int, world_size: int = 2) -> None:
 
 
 if __name__ == "__main__":  # entry point of each torchrun worker
+    from ctagrg.utils.logs import setup_logging
+
     torch.set_num_threads(1)
+    setup_logging()  # as the ctagrg command does: info lines on stderr
     mode, out = sys.argv[1], Path(sys.argv[2])
     if mode == "train":
         train(CacheThenToyTask(_cfg(out)))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import logging
+import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -114,22 +116,34 @@ def test_train_writes_checkpoints_logs_and_config(tmp_path):
     assert len(read_rows(tmp_path / "metrics.csv", "valid", "score")) == 3
 
 
-def test_without_a_progress_bar_each_epoch_prints_a_line(tmp_path, capsys, monkeypatch):
+def test_without_a_progress_bar_each_epoch_and_every_log_every_steps_log_a_line(tmp_path, caplog, monkeypatch):
     import ctagrg.training.loop as loop
 
     monkeypatch.setattr(loop, "progress_enabled", lambda: False)  # as in a log file or a pipe
+    caplog.set_level(logging.INFO, logger="ctagrg")
     train(ToyTask(toy_cfg(tmp_path, epochs=2)))
-    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("epoch ")]
+    messages = [r.getMessage() for r in caplog.records if r.name == "ctagrg.training.loop"]
+    lines = [x for x in messages if x.startswith("epoch ")]
     scores = read_rows(tmp_path / "metrics.csv", "valid", "score")
     losses = read_rows(tmp_path / "metrics.csv")  # per optimizer step (log_every 1), the mean of its 2 micro-batches
     assert [x.split(",")[0] for x in lines] == ["epoch 1/2: step 3", "epoch 2/2: step 6"]
     for epoch, (line, (_, score)) in enumerate(zip(lines, scores, strict=True)):
         mean = sum(v for _, v in losses[3 * epoch: 3 * epoch + 3]) / 3  # the epoch's mean training loss
         assert f", train loss {mean:.4f}, valid score {score:.4f}" in line and line.endswith(" s")
-    # with a bar (a terminal), no such lines
+    # the log_every line: step of the run, epoch, the step's loss (as in metrics.csv), lr, rate, ETA
+    steps = [x for x in messages if x.startswith("step ")]
+    pattern = re.compile(r"step (\d+)/6 \(epoch (\d)/2\): loss ([\d.]+), lr 0\.05, [\d.e+-]+ steps/s "
+                         r"\([\d.e+-]+ examples/s\), ETA \d+:\d\d:\d\d$")
+    parsed = [pattern.match(x) for x in steps]
+    assert all(parsed), steps
+    assert [(int(m[1]), int(m[2])) for m in parsed] == [(1, 1), (2, 1), (3, 1), (4, 2), (5, 2), (6, 2)]
+    assert [float(m[3]) for m in parsed] == pytest.approx([v for _, v in losses], abs=6e-5)
+    # with a bar (a terminal), no epoch lines, and the step lines only at DEBUG
+    caplog.clear()
     monkeypatch.setattr(loop, "progress_enabled", lambda: True)
     train(ToyTask(toy_cfg(tmp_path / "bar", epochs=1)))
-    assert not [x for x in capsys.readouterr().out.splitlines() if x.startswith("epoch ")]
+    shown = [r.getMessage() for r in caplog.records if r.name == "ctagrg.training.loop" and r.levelno >= logging.INFO]
+    assert not [x for x in shown if x.startswith(("epoch ", "step "))]
 
 
 def test_resume_after_kill_reproduces_uninterrupted_run(tmp_path):

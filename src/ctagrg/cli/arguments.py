@@ -18,6 +18,25 @@ def max_memory_bytes(args: argparse.Namespace) -> int | None:
     return None if args.max_memory_mb is None else int(args.max_memory_mb * (1 << 20))
 
 
+def shard_spec(text: str) -> tuple[int, int]:
+    """argparse type: ``I/N``, shard I (0-based) of N, e.g. ``$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT``."""
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N (e.g. 0/4), got {text!r}") from None
+    if not (count >= 1 and 0 <= index < count):
+        raise argparse.ArgumentTypeError(f"expected 0 <= I < N, got {text!r}")
+    return index, count
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    value = _parse(int, text, "an integer >= 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
 def port_number(text: str) -> int:
     """argparse type: a TCP port, 0..65535."""
     value = _parse(int, text, "a port number 0..65535")

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ctagrg.cli.arguments import non_negative_int
+
 DESCRIPTION = (
     "Generate reports for every volume of a split of a CT-RATE-layout dataset (real or phantom) and score them "
     "under a protocol: ctagrg (labeler on generated and reference reports, clinical P/R/F1 micro and macro, "
@@ -15,7 +17,8 @@ DESCRIPTION = (
     "generated reports vs the label CSV, per-label macro P/R/F1, CRG, pycocoevalcap on the raw strings). Writes "
     "OUT/predictions.jsonl, metrics.json (with bootstrap 95% CIs and a definition of each figure), "
     "generated_labels.csv, vlm3d_submission.json and report.md + report.html. With --runs DIR...: mean ± sd of "
-    "several finished evaluations (e.g. five seeds) into OUT/runs_summary.json and .md. "
+    "several finished evaluations (e.g. five seeds) into OUT/runs_summary.json and .md. A stop signal (SIGTERM, "
+    "SIGUSR1) ends report generation between batches with exit status 75; rerun to resume. "
     "Definitions: docs/evaluation.md. Research software, not for diagnostic use."
 )
 
@@ -49,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="bootstrap resamples for CIs (default 1000; 0: none)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     parser.add_argument("--batch-size", type=int, default=4, help="volumes per batch (default 4)")
+    parser.add_argument("--workers", type=non_negative_int, default=0,
+                        help="processes that read (and, without a cache, preprocess) volumes ahead of the model "
+                             "(default 0: in this one); the results do not depend on it")
     parser.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (default: CUDA when available)")
     parser.add_argument("--examples", type=int, default=5, help="example reports shown in report.md")
     parser.add_argument("--limit", type=int, default=None, help="only the first N volumes of the split")
@@ -94,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
                              clinical_reference=args.clinical_reference,
                              reference_columns=tuple(c.strip() for c in args.reference_columns.split(",") if c),
                              meteor=not args.no_meteor, bootstrap=args.bootstrap, seed=args.seed,
-                             batch_size=args.batch_size, device=args.device, examples=args.examples,
+                             batch_size=args.batch_size, workers=args.workers, device=args.device,
+                             examples=args.examples,
                              limit=args.limit)
         metrics = evaluate(model_dir, args.data, args.out, cfg)
     except (OSError, ValueError, RuntimeError) as exc:

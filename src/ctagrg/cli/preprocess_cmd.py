@@ -5,25 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ctagrg.cli.arguments import add_max_memory_mb, max_memory_bytes
+from ctagrg.cli.arguments import add_max_memory_mb, max_memory_bytes, shard_spec
 
 DESCRIPTION = (
     "Preprocess CT scans (NIfTI, NRRD, MHA/MHD, DICOM folders or .zip, or a whole CT-RATE root) into DIR: one "
     "<name>.safetensors per volume, manifest.csv (name, source, status, error, shape, spacing, seconds, ...) and "
     "preprocess.json. Finished volumes are skipped, so the command can be rerun after an interruption. A file that "
-    "fails is recorded as failed and the others still complete; the exit code is 1 if anything failed. "
+    "fails is recorded as failed and the others still complete; the exit code is 1 if anything failed. A stop "
+    "signal (SIGTERM, SIGUSR1) ends the run between volumes, with the manifest written, and exit status 75. "
     "See docs/preprocessing.md. Research software, not for diagnostic use."
 )
-
-
-def _shard(text: str) -> tuple[int, int]:
-    try:
-        index, count = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected I/N (e.g. 0/4), got {text!r}") from None
-    if not (count >= 1 and 0 <= index < count):
-        raise argparse.ArgumentTypeError(f"expected 0 <= I < N, got {text!r}")
-    return index, count
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. --set shape=[64,128,128] (repeatable)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
-    parser.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
+    parser.add_argument("--shard", type=shard_spec, default=(0, 1), metavar="I/N",
                         help="process only shard I of N (0-based), e.g. $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT")
     add_max_memory_mb(parser, "a scan (the budget of all --workers together)")
 

@@ -1,16 +1,19 @@
-"""``ctagrg report SCAN... --model DIR [--out OUT.jsonl] [--device cpu|cuda] [--batch-size N]``."""
+"""``ctagrg report SCAN... --model DIR [--out OUT.jsonl] [--device cpu|cuda] [--batch-size N] [--workers N]
+[--shard I/N]``."""
 
 from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ctagrg.cli.arguments import add_max_memory_mb, max_memory_bytes
+from ctagrg.cli.arguments import add_max_memory_mb, max_memory_bytes, non_negative_int, shard_spec
 
 DESCRIPTION = (
     "Generate a report for each scan with a packaged model (Reporter.save_pretrained folder). SCAN may be a file "
@@ -20,7 +23,10 @@ DESCRIPTION = (
     "abnormalities, seconds, model: the model folder's fingerprint, warnings when any) and scans already reported "
     "there by the same model are skipped, so an interrupted run resumes (reports of another model in OUT are "
     "refused). A scan that fails gets an {input, input_resolved, name, error, model} line and the others go on. "
-    "Research software, not for diagnostic use."
+    "--workers N reads and preprocesses the next scans in N processes while the model runs (same output as 0); "
+    "--shard I/N reports only the I-th of N contiguous blocks of the inputs, so that the shards' --out files, "
+    "concatenated in shard order, are the unsharded output. A stop signal (SIGTERM, SIGUSR1) ends the run between "
+    "batches with exit status 75; rerun to resume. Research software, not for diagnostic use."
 )
 
 
@@ -32,8 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (default)")
     parser.add_argument("--batch-size", type=int, default=1, help="scans per model batch (default 1)")
     parser.add_argument("--metadata", help="CT-RATE metadata CSV (rescale slope/intercept, spacing) for the scans")
-    parser.add_argument("--quiet", action="store_true", help="do not print the reports")
-    add_max_memory_mb(parser)
+    parser.add_argument("--workers", type=non_negative_int, default=0,
+                        help="processes that read and preprocess scans ahead of the model (default 0: in this one)")
+    parser.add_argument("--shard", type=shard_spec, default=(0, 1), metavar="I/N",
+                        help="report only block I of N (0-based) of the inputs, e.g. "
+                             "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT")
+    add_max_memory_mb(parser, "a scan (the budget of all --workers together)")
 
 
 def expand_csv_lists(scans: list[str]) -> list[str]:
@@ -92,41 +102,46 @@ def read_done(out: Path) -> tuple[set[str], set[str | None]]:
     return done, models
 
 
-def _report_batch(reporter: Any, items: list[Any], model: str, max_bytes: int | None = None) -> list[dict[str, Any]]:
-    """Preprocess each item (failures become error lines), then report the good ones in one model batch. Warnings
-    raised while reading a scan (missing slices, several series, ...) join its line's ``warnings``; ``model``
-    (the model folder's fingerprint) is recorded in every line."""
-    lines: list[dict[str, Any] | None] = [None] * len(items)
-    from ctagrg.data.ctio import collect_read_warnings, error_text, load_ct
-    from ctagrg.data.inputs import source_key
+def shard_block(items: Sequence[Any], shard: tuple[int, int]) -> list[Any]:
+    """Block ``I`` of ``N`` (0-based) of ``items``, contiguous and in order (sizes differ by at most one), so that
+    the blocks concatenated in order are ``items``."""
+    index, count = shard
+    return list(items[len(items) * index // count: len(items) * (index + 1) // count])
+
+
+def _load_item(items: Sequence[Any], preprocess: Any, max_bytes: int | None, index: int) -> Any:
+    """Read and preprocess ``items[index]`` (in a worker process with ``--workers``)."""
+    from ctagrg.data.ctio import load_ct
     from ctagrg.data.preprocess import preprocess_volume
 
-    arrays, where, seconds, read_warnings = [], [], [], []
-    for k, item in enumerate(items):
-        start = time.perf_counter()
-        try:
-            with collect_read_warnings() as read:
-                arrays.append(preprocess_volume(load_ct(item.source, item.metadata, max_bytes=max_bytes),
-                                                    reporter.preprocess))
-            where.append(k)
-            seconds.append(time.perf_counter() - start)
-            read_warnings.append(read)
-        except Exception as exc:  # noqa: BLE001 - a bad scan must not stop the batch
-            lines[k] = {"input": item.source, "input_resolved": source_key(item.source), "name": item.name,
-                        "error": error_text(item.source, exc), "model": model}
-    if arrays:
+    item = items[index]
+    return preprocess_volume(load_ct(item.source, item.metadata, max_bytes=max_bytes), preprocess)
+
+
+def _report_prepared(reporter: Any, items: Sequence[Any], batch: list[Any], model: str) -> list[dict[str, Any]]:
+    """Lines for one batch of :class:`ctagrg.data.prefetch.Prepared` inputs: failures become error lines, the good
+    ones go through the model in one batch. Warnings raised while reading a scan (missing slices, several series,
+    ...) join its line's ``warnings``; ``model`` (the model folder's fingerprint) is recorded in every line."""
+    from ctagrg.data.inputs import source_key
+
+    def head(k: int) -> dict[str, Any]:
+        return {"input": items[k].source, "input_resolved": source_key(items[k].source), "name": items[k].name}
+
+    lines: dict[int, dict[str, Any]] = {p.index: {**head(p.index), "error": p.error, "model": model}
+                                        for p in batch if p.error is not None}
+    good = [p for p in batch if p.error is None]
+    if good:
         import numpy as np
 
         start = time.perf_counter()
-        reports = reporter.report_volumes(np.stack(arrays))
-        share = (time.perf_counter() - start) / len(arrays)
-        for k, report, sec, read in zip(where, reports, seconds, read_warnings, strict=True):
-            line = {"input": items[k].source, "input_resolved": source_key(items[k].source), "name": items[k].name,
-                    **report.to_dict(), "seconds": round(sec + share, 3), "model": model}
-            if read:
-                line["warnings"] = read + line.get("warnings", [])
-            lines[k] = line
-    return [line for line in lines if line is not None]
+        reports = reporter.report_volumes(np.stack([p.volume for p in good]))
+        share = (time.perf_counter() - start) / len(good)
+        for p, report in zip(good, reports, strict=True):
+            line = {**head(p.index), **report.to_dict(), "seconds": round(p.seconds + share, 3), "model": model}
+            if p.warnings:
+                line["warnings"] = p.warnings + line.get("warnings", [])
+            lines[p.index] = line
+    return [lines[p.index] for p in batch]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -134,14 +149,13 @@ def run(args: argparse.Namespace) -> int:
     from ctagrg.data.inputs import discover_inputs, source_key
     from ctagrg.generation.hub import resolve_model_dir
     from ctagrg.generation.reporter import Reporter, model_fingerprint
-    from ctagrg.utils.progress import progress
 
     if args.batch_size < 1:
         print(f"--batch-size: expected >= 1, got {args.batch_size}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else None
     try:
-        items = discover_inputs(expand_csv_lists(args.scans), args.metadata)
+        items = shard_block(discover_inputs(expand_csv_lists(args.scans), args.metadata), args.shard)
         model_dir = resolve_model_dir(args.model)  # a folder, or a Hub id's snapshot
         reporter = Reporter.from_pretrained(model_dir, device=args.device)
         model = model_fingerprint(model_dir)
@@ -163,15 +177,33 @@ def run(args: argparse.Namespace) -> int:
         print(f"{out}: {len(items) - len(todo)} scan(s) already reported, skipped", file=sys.stderr)
     failures = 0
     try:
-        batches = [todo[i : i + args.batch_size] for i in range(0, len(todo), args.batch_size)]
-        for batch in progress(batches, desc="reports", total=len(batches)):
-            for line in _report_batch(reporter, batch, model, max_memory_bytes(args)):
-                failures += "error" in line
-                _emit(line, fh, args.quiet)
+        failures = _report_all(reporter, todo, model, args, fh)
     finally:
         if fh is not None:
             fh.close()
     return 1 if failures else 0
+
+
+def _report_all(reporter: Any, todo: list[Any], model: str, args: argparse.Namespace, fh: Any) -> int:
+    """Report ``todo`` batch by batch (read ahead by ``--workers``), stopping between batches on a stop signal;
+    returns the number of failed scans."""
+    from ctagrg.data.prefetch import prepared_batches
+    from ctagrg.utils import signals
+    from ctagrg.utils.progress import progress
+
+    budget = max_memory_bytes(args)
+    per_read = budget // max(1, args.workers) if budget is not None else None
+    load = functools.partial(_load_item, todo, reporter.preprocess, per_read)
+    batches = prepared_batches(load, [it.source for it in todo], args.batch_size, args.workers)
+    failures = 0
+    with signals.deferred():
+        for batch in progress(batches, desc="reports", total=-(-len(todo) // args.batch_size), unit="batches"):
+            for line in _report_prepared(reporter, todo, batch, model):
+                failures += "error" in line
+                _emit(line, fh, args.quiet)
+            signals.raise_if_stop_requested(f"report stopped between batches; {fh.name if fh else 'the output'} "
+                                            f"holds every finished scan")
+    return failures
 
 
 def compact_out(out: Path, retried: set[str]) -> None:

@@ -6,6 +6,10 @@ Layout of ``out_dir``: ``<name>.safetensors`` per volume, ``preprocess.json`` (t
 
 Resuming: a volume whose cache file exists is skipped (writes are atomic, so an existing file is complete);
 failed volumes are retried.
+
+Stopping: under :func:`ctagrg.utils.signals.handle_stop_signals` (``ctagrg preprocess``), a stop signal ends the
+run between volumes: the volumes being processed finish, the manifest records what was done, and
+``StopRequested`` is raised. Workers ignore the signal and leave the decision to the parent.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from ctagrg.data.cache import cache_path
 from ctagrg.data.inputs import InputItem
 from ctagrg.data.preprocess import PreprocessConfig
 from ctagrg.data.read_cost import MIB, default_max_memory_mb
+from ctagrg.utils import signals
 from ctagrg.utils.atomic import atomic_open, write_json_atomic
 
 MANIFEST_FIELDS = ("name", "source", "status", "error", "shape", "spacing", "axcodes", "hu_min", "hu_max",
@@ -74,6 +79,7 @@ def process_item(item: InputItem, out_dir: str | Path, config: PreprocessConfig,
 
 def _worker_init(threads: int, parent: int) -> None:
     exit_with_parent(parent)  # first: importing torch takes seconds
+    signals.ignore_stop_signals()  # a signal to the process group: the parent stops the run between volumes
     import torch
 
     torch.set_num_threads(threads)
@@ -182,8 +188,10 @@ def build_cache(items: Sequence[InputItem], out_dir: str | Path, config: Preproc
     total = int(default_max_memory_mb() * MIB) if max_bytes is None else max_bytes
     per_read = total // max(1, min(workers, len(todo)))
     try:
-        rows.extend(wrap(_run(todo, out_dir, config, workers, per_read), total=len(todo), desc="preprocess"))
-    finally:  # an interrupted run still records what it finished
+        with signals.deferred():
+            rows.extend(wrap(_run(todo, out_dir, config, workers, per_read), total=len(todo), desc="preprocess",
+                             unit="scans"))
+    finally:  # an interrupted (or stopped) run still records what it finished
         if shard[1] > 1:
             write_manifest(out_dir / f"manifest.shard-{shard[0]}-of-{shard[1]}.csv", rows)
         merge_manifests(out_dir, rows)
@@ -209,6 +217,7 @@ def _run(todo: Sequence[InputItem], out_dir: Path, config: PreprocessConfig, wor
          ) -> Iterable[dict[str, Any]]:
     if workers <= 1 or len(todo) <= 1:
         for item in todo:
+            signals.raise_if_stop_requested(f"preprocess stopped before {item.source}")
             yield process_item(item, out_dir, config, max_bytes)
         return
     import multiprocessing as mp
@@ -220,10 +229,19 @@ def _run(todo: Sequence[InputItem], out_dir: Path, config: PreprocessConfig, wor
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
                              initargs=(threads, os.getpid())) as pool:
         futures = {pool.submit(_work, (item, str(out_dir), cfg, max_bytes)): item for item in todo}
+        pending = set(futures)
         for fut in as_completed(futures):
-            try:
-                yield fut.result()
-            except Exception as exc:  # the worker process died (e.g. killed for memory)
-                item = futures[fut]
-                yield {"name": item.name, "source": item.source, "status": "failed",
-                       "error": f"{item.source}: worker process failed ({type(exc).__name__}: {exc})"}
+            pending.discard(fut)
+            yield _result(fut, futures[fut])
+            if signals.stop_requested():  # the volumes in the workers finish (atomically); the rest never start
+                pool.shutdown(wait=True, cancel_futures=True)
+                yield from (_result(f, futures[f]) for f in pending if not f.cancelled())
+                signals.raise_if_stop_requested("preprocess stopped between volumes")
+
+
+def _result(fut: Any, item: InputItem) -> dict[str, Any]:
+    try:
+        return fut.result()
+    except Exception as exc:  # the worker process died (e.g. killed for memory)
+        return {"name": item.name, "source": item.source, "status": "failed",
+                "error": f"{item.source}: worker process failed ({type(exc).__name__}: {exc})"}

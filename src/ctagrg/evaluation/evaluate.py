@@ -48,6 +48,7 @@ class EvaluateConfig:
     bootstrap: int = 1000  # resamples for the 95% CIs (0: no CIs)
     seed: int = 0
     batch_size: int = 4
+    workers: int = 0  # processes reading volumes ahead of the model (0: in this one); the results do not depend on it
     device: str = "auto"  # auto (CUDA when available) | cpu | cuda | cuda:N
     examples: int = 5  # generated reports shown beside their references in report.md
     limit: int | None = None  # evaluate only the first N volumes of the split (smoke tests)
@@ -57,8 +58,8 @@ class EvaluateConfig:
         check_protocol(self.protocol)
         if self.clinical_reference not in ("reports", "csv"):
             raise ValueError(f"clinical_reference: expected 'reports' or 'csv', got {self.clinical_reference!r}")
-        if self.bootstrap < 0 or self.batch_size < 1:
-            raise ValueError("bootstrap must be >= 0 and batch_size >= 1")
+        if self.bootstrap < 0 or self.batch_size < 1 or self.workers < 0:
+            raise ValueError("bootstrap must be >= 0, batch_size >= 1 and workers >= 0")
 
 
 def classification_metrics(probs: np.ndarray, detected: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
@@ -161,7 +162,7 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
     start = time.perf_counter()
     split = load_split(data_dir, cfg.split, cfg.reference_columns, limit=cfg.limit)
     predict_split(model_dir, split, out_dir / "predictions.jsonl", cache_dir=cfg.cache_dir, data_dir=data_dir,
-                  batch_size=cfg.batch_size, device=cfg.device, reporter=reporter)
+                  batch_size=cfg.batch_size, device=cfg.device, reporter=reporter, workers=cfg.workers)
     preds = read_predictions(out_dir / "predictions.jsonl", split)
     gt_dir = data_dir / "ground_truth"
     metrics = compute_metrics(preds, split, cfg, gt_dir if gt_dir.is_dir() else None)

@@ -3,11 +3,14 @@ report generation into ``predictions.jsonl`` through the packaged model (``Repor
 
 Each line of ``predictions.jsonl`` is the ``ctagrg report`` line format (docs/architecture.md) plus ``name``
 (the VolumeName without ``.nii.gz``) so that lines can be joined back to references when ``input`` is a cache
-path. A rerun skips names already present, so an interrupted evaluation resumes.
+path. A rerun skips names already present, so an interrupted evaluation resumes; a stop signal
+(:mod:`ctagrg.utils.signals`) ends it between batches. With ``workers`` > 0, volumes are read (and preprocessed)
+ahead of the model in worker processes (:mod:`ctagrg.data.prefetch`), with the same lines as ``workers`` = 0.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Sequence
@@ -20,6 +23,7 @@ import numpy as np
 from ctagrg.data.ctio import error_text
 from ctagrg.data.ctrate import check_covers, read_csv_checked, require_split_csv, split_csv
 from ctagrg.labels import LABELS
+from ctagrg.utils import signals
 from ctagrg.utils.progress import progress
 
 VOLUME_SUFFIX = ".nii.gz"
@@ -131,27 +135,33 @@ def report_line(report: Any, name: str, input_ref: str, seconds: float) -> dict[
     return {"name": name, "input": input_ref, "report": str(text), "abnormalities": abn, "seconds": seconds}
 
 
-def _load_inputs(names: list[str], paths: list[Path | None], cache: Path | None) -> list[Any]:
-    if cache is None:
-        for name, path in zip(names, paths, strict=True):
-            if path is None:
-                raise FileNotFoundError(f"{name}: no volume file found and no preprocessed cache")
-        return [str(p) for p in paths]
-    from ctagrg.data.cache import cache_path, load_cached
+def _load_input(names: list[str], paths: list[Path | None], cache: Path | None, preprocess: Any, k: int) -> Any:
+    """Volume ``k`` from the cache, else its path: read and preprocessed with ``preprocess`` (a worker reading
+    ahead), or as it is with None (the reporter reads it)."""
+    if cache is not None:
+        from ctagrg.data.cache import cache_path, load_cached
 
-    return [load_cached(cache_path(cache, n)) for n in names]
+        return load_cached(cache_path(cache, names[k]))
+    if paths[k] is None:
+        raise FileNotFoundError(f"{names[k]}: no volume file found and no preprocessed cache")
+    if preprocess is None:
+        return str(paths[k])
+    from ctagrg.data.preprocess import preprocess_file
+
+    return preprocess_file(paths[k], config=preprocess)
 
 
-def _run_batch(reporter: Any, names: list[str], paths: list[Path | None], cache: Path | None) -> list[dict]:
+def _run_batch(reporter: Any, names: list[str], refs: list[str], inputs: list[Any], seconds: list[float]
+               ) -> list[dict]:
     start = time.perf_counter()
-    refs = [str(p) if p is not None else n for n, p in zip(names, paths, strict=True)]
-    reports = reporter.report_batch(_load_inputs(names, paths, cache))
+    reports = reporter.report_batch(inputs)
     each = (time.perf_counter() - start) / max(len(names), 1)
-    return [report_line(r, n, i, round(each, 4)) for r, n, i in zip(reports, names, refs, strict=True)]
+    return [report_line(r, n, i, round(each + s, 4))
+            for r, n, i, s in zip(reports, names, refs, seconds, strict=True)]
 
 
 def predict_split(model_dir: Path, split: Split, out_path: Path, cache_dir: str | Path | None, data_dir: Path,
-                  batch_size: int = 4, device: str = "cpu", reporter: Any | None = None) -> None:
+                  batch_size: int = 4, device: str = "cpu", reporter: Any | None = None, workers: int = 0) -> None:
     """Append a prediction line per volume of ``split`` not yet in ``out_path``; a failing volume gets an
     ``{"name", "input", "error"}`` line and the others go on; a rerun retries the failed ones (the last line of a
     name is the one that counts, :func:`read_predictions`).
@@ -162,6 +172,8 @@ def predict_split(model_dir: Path, split: Split, out_path: Path, cache_dir: str 
 
     ``reporter``: an object with ``report_batch(inputs) -> list[Report]``; by default
     ``Reporter.from_pretrained(model_dir)``. Inputs are preprocessed (D, H, W) arrays from the cache, or paths.
+    ``workers`` > 0: processes that read the volumes ahead of the model (paths are then preprocessed there, with
+    the reporter's ``preprocess`` config, and reach it as arrays).
     """
     from ctagrg.generation.reporter import check_model_dir, model_fingerprint
 
@@ -185,23 +197,40 @@ def predict_split(model_dir: Path, split: Split, out_path: Path, cache_dir: str 
 
         reporter = Reporter.from_pretrained(model_dir, device=device)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    batches = [todo[i: i + batch_size] for i in range(0, len(todo), batch_size)]
-    with open(out_path, "a", encoding="utf-8") as fh:  # append-only log: each line is flushed whole
-        for batch in progress(batches, desc=f"reports ({split_name(split)})"):
-            for line in _batch_or_single(reporter, split, batch, cache):
-                fh.write(json.dumps({**line, "model": model}) + "\n")
+    names, paths = [split.names[i] for i in todo], [split.paths[i] for i in todo]
+    refs = [str(p) if p is not None else n for n, p in zip(names, paths, strict=True)]
+    load = functools.partial(_load_input, names, paths, cache, reporter.preprocess if workers else None)
+    from ctagrg.data.prefetch import prepared_batches
+
+    batches = prepared_batches(load, refs, batch_size, workers)
+    with open(out_path, "a", encoding="utf-8") as fh, signals.deferred():  # append-only: lines flushed whole
+        for batch in progress(batches, desc=f"reports ({split_name(split)})", total=-(-len(todo) // batch_size),
+                              unit="batches"):
+            ready = [p for p in batch if p.error is None]
+            lines = {p.index: {"name": names[p.index], "input": refs[p.index], "error": p.error}
+                     for p in batch if p.error is not None}
+            done = _batch_or_single(reporter, [names[p.index] for p in ready], [refs[p.index] for p in ready],
+                                    [p.volume for p in ready], [p.seconds for p in ready])
+            lines.update((p.index, line) for p, line in zip(ready, done, strict=True))  # one line each, in order
+            for p in batch:
+                fh.write(json.dumps({**lines[p.index], "model": model}) + "\n")
             fh.flush()
+            signals.raise_if_stop_requested(f"evaluate stopped between batches; {out_path} holds every finished "
+                                            "volume")
 
 
-def _batch_or_single(reporter: Any, split: Split, batch: list[int], cache: Path | None) -> list[dict]:
-    names, paths = [split.names[i] for i in batch], [split.paths[i] for i in batch]
+def _batch_or_single(reporter: Any, names: list[str], refs: list[str], inputs: list[Any], seconds: list[float]
+                     ) -> list[dict]:
+    if not names:
+        return []
     try:
-        return _run_batch(reporter, names, paths, cache)
+        return _run_batch(reporter, names, refs, inputs, seconds)
     except Exception as exc:  # noqa: BLE001 - one bad volume must not stop the others: retry one by one
-        if len(batch) == 1:
-            source = str(paths[0] or names[0])
-            return [{"name": names[0], "input": source, "error": error_text(source, exc)}]
-        return [line for i in batch for line in _batch_or_single(reporter, split, [i], cache)]
+        if len(names) == 1:
+            return [{"name": names[0], "input": refs[0], "error": error_text(refs[0], exc)}]
+        return [line for k in range(len(names))
+                for line in _batch_or_single(reporter, names[k: k + 1], refs[k: k + 1], inputs[k: k + 1],
+                                             seconds[k: k + 1])]
 
 
 def split_name(split: Split) -> str:

@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 import socket
-import sys
 import time
-import traceback
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -36,6 +35,8 @@ from urllib.parse import SplitResult, parse_qs, urlsplit
 
 from ctagrg.serve.app import MIB, ApiError, ReportService, ServeConfig, upload_name
 from ctagrg.serve.hosts import host_allowed, host_names
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from ctagrg.generation.reporter import Reporter
@@ -197,7 +198,7 @@ class Handler(BaseHTTPRequestHandler):
         except (ConnectionError, TimeoutError):
             raise
         except Exception as exc:  # noqa: BLE001 - one failed request must not take the service down
-            traceback.print_exc(file=sys.stderr)
+            logger.exception("%s %s: internal error", self.command, self.path)
             self._send_json(500, {"error": f"internal error ({type(exc).__name__}: {exc})"})
 
     def _get(self, url: SplitResult) -> None:

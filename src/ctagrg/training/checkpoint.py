@@ -2,13 +2,18 @@
 
 The training state (optimizer, scheduler, grad scaler, step counters, RNG states) is saved as plain tensors,
 numbers, lists and dicts only, so it loads with ``torch.load(..., weights_only=True)`` and never unpickles code.
-Every file is written atomically: a checkpoint folder that exists is complete.
+Every file is written atomically: a checkpoint folder that exists is complete. The training loop's ``last/`` is
+also replaced as a whole (:func:`atomic_dir`), so its weights and its training state always belong together.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import random
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +67,40 @@ def save_model(model: nn.Module, directory: str | Path, config: dict[str, Any]) 
         save_file(_contiguous_state(model), str(tmp), metadata={"format": "pt"})
     write_json_atomic(directory / CONFIG_FILE, config)
     return directory
+
+
+def _sidecars(directory: Path) -> tuple[Path, Path]:
+    return directory.with_name(f".{directory.name}.partial"), directory.with_name(f".{directory.name}.previous")
+
+
+@contextlib.contextmanager
+def atomic_dir(directory: str | Path) -> Iterator[Path]:
+    """Yield an empty folder beside ``directory`` (``.NAME.partial``); when the block succeeds it replaces
+    ``directory`` as a whole, else it is removed. Between the two renames of the swap the old folder is
+    ``.NAME.previous``, which :func:`recover_dir` puts back after a crash there."""
+    directory = Path(directory)
+    partial, previous = _sidecars(directory)
+    recover_dir(directory)
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        yield partial
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    shutil.rmtree(previous, ignore_errors=True)
+    if directory.exists():
+        os.replace(directory, previous)
+    os.replace(partial, directory)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def recover_dir(directory: str | Path) -> None:
+    """Undo a swap of :func:`atomic_dir` cut between its two renames: ``.NAME.previous`` back to ``NAME``."""
+    directory = Path(directory)
+    previous = _sidecars(directory)[1]
+    if not directory.exists() and previous.is_dir():
+        os.replace(previous, directory)
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:

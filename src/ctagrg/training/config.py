@@ -74,7 +74,7 @@ class TrainConfig:
     num_workers: int = 0
     pin_memory: bool = True  # only used on CUDA
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)
-    log_every: int = 10  # optimizer steps between train-loss log rows
+    log_every: int = 10  # optimizer steps between metrics.csv train rows and log lines (step, loss, lr, rate, ETA)
     val_every_epochs: int = 1  # 0: never validate (then "best" is the last epoch)
     save_every_steps: int = 0  # also write last/ every N optimizer steps, for resuming long epochs (0: per epoch)
     resume: bool = True  # continue from out_dir/last/train_state.pt when it exists

@@ -110,6 +110,15 @@ def all_gather_object(info: DistInfo, obj: Any) -> list[Any]:
     return out
 
 
+def any_rank(info: DistInfo, flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on at least one (e.g. a stop signal that reached only some)."""
+    if not info.enabled:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=info.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def broadcast_object(info: DistInfo, obj: Any) -> Any:
     if not info.enabled:
         return obj

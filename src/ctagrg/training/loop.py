@@ -20,11 +20,20 @@ Exact resume: the data order of an epoch depends only on (seed, epoch), the samp
 loaders have their own generators (so creating one does not consume the global RNG), and the RNG states of every
 rank are saved. A run killed after a checkpoint and resumed reproduces the uninterrupted run's weights. Random
 augmentation must therefore use the torch RNG in the main process (``training_step``), not in loader workers.
+
+Preemption: on a stop signal (:mod:`ctagrg.utils.signals`; SIGTERM or SIGUSR1 by default) the loop finishes the
+current optimizer step, replaces ``last/`` as a whole and raises ``StopRequested`` (``ctagrg train`` exits with
+status 75); the next start resumes exactly. A signal during validation aborts it, and the resumed run validates
+that epoch again.
+
+Progress: every ``train.log_every`` optimizer steps, rank 0 logs step, loss, lr, rate and ETA (``ctagrg.training
+.loop`` logger; INFO without a progress bar, DEBUG beside one) and appends the same values to ``metrics.csv``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from pathlib import Path
@@ -38,7 +47,9 @@ from ctagrg.config import ConfigError, save_config
 from ctagrg.training import distributed as D
 from ctagrg.training.checkpoint import (
     CheckpointError,
+    atomic_dir,
     load_train_state,
+    recover_dir,
     rng_state,
     save_train_state,
     set_rng_state,
@@ -48,8 +59,11 @@ from ctagrg.training.config import TrainConfig
 from ctagrg.training.ema import ModelEMA
 from ctagrg.training.logging import MetricsLogger
 from ctagrg.training.task import Task
+from ctagrg.utils import signals
 from ctagrg.utils.atomic import write_json_atomic
-from ctagrg.utils.progress import progress, progress_enabled
+from ctagrg.utils.progress import format_duration, progress, progress_enabled
+
+logger = logging.getLogger(__name__)
 
 
 class TrainingError(RuntimeError):
@@ -94,6 +108,12 @@ def _batch_names(batch: Any) -> str:
     return ""
 
 
+def _worker_init(worker_id: int) -> None:
+    # a scheduler signals every process of the job: a loader worker must not die of it (the main process would
+    # fail on the lost worker instead of stopping cleanly after its optimizer step)
+    signals.ignore_stop_signals()
+
+
 class Trainer:
     """State of one run; :func:`train` is the entry point. Split into methods only to keep each one short."""
 
@@ -107,6 +127,7 @@ class Trainer:
         self._last_valid: tuple[dict[str, float], bool] = ({}, False)
         self._resumed_ema: dict[str, Any] | None = None  # the EMA state of a resumed last/, until setup uses it
         self.best_score, self.best_epoch = -math.inf, -1
+        self._validation_stopped = False  # a stop signal aborted the last validation (on every rank)
 
     # -- setup ------------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -115,9 +136,9 @@ class Trainer:
         if info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(self.task.cfg, self.out / "config.yaml")
-            print(f"batch: {tc.batch_size * self.grad_accum * info.world_size} per optimizer step = "
-                  f"{tc.batch_size} per micro-batch × {self.grad_accum} accumulated × {info.world_size} "
-                  f"process{'es' if info.world_size > 1 else ''}", flush=True)
+            logger.info(f"batch: {tc.batch_size * self.grad_accum * info.world_size} per optimizer step = "
+                        f"{tc.batch_size} per micro-batch × {self.grad_accum} accumulated × {info.world_size} "
+                        f"process{'es' if info.world_size > 1 else ''}")
         torch.manual_seed(tc.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
         if tc.deterministic:
             torch.use_deterministic_algorithms(True)
@@ -169,6 +190,7 @@ class Trainer:
             train_ds, batch_size=tc.batch_size, sampler=self.sampler, num_workers=tc.num_workers,
             collate_fn=self.task.collate, pin_memory=tc.pin_memory and info.device.type == "cuda",
             generator=self.loader_gen, persistent_workers=False, drop_last=tc.drop_last,
+            worker_init_fn=_worker_init if tc.num_workers else None,
         )
         if tc.drop_last and self.sampler.per_rank < tc.batch_size:
             raise ConfigError(f"train.drop_last: each process gets {self.sampler.per_rank} training volumes, fewer "
@@ -182,11 +204,15 @@ class Trainer:
             self.valid_loader = DataLoader(
                 valid_ds, batch_size=tc.eval_batch_size or tc.batch_size, shuffle=False,
                 num_workers=tc.num_workers, collate_fn=self.task.collate, generator=torch.Generator().manual_seed(0),
+                worker_init_fn=_worker_init if tc.num_workers else None,
             )
 
     # -- checkpoints ------------------------------------------------------------------------------------------
     def _maybe_resume(self) -> bool:
         last = self.out / "last"
+        if self.info.is_main:
+            recover_dir(last)
+        D.barrier(self.info)
         if not (self.tc.resume and (last / "train_state.pt").is_file()):
             return False
         state = load_train_state(last)
@@ -207,24 +233,35 @@ class Trainer:
         self.best_score, self.best_epoch = state["best_score"], state["best_epoch"]
         set_rng_state(state["rng"][self.info.rank])
         if self.info.is_main:
-            print(f"resumed from {last}: step {self.step}, epoch {self.epoch}, batch {self.micro}", flush=True)
+            logger.info(f"resumed from {last}: step {self.step}, epoch {self.epoch}, batch {self.micro}")
         return True
 
     def save_last(self) -> None:
         rngs = D.all_gather_object(self.info, rng_state())
         if self.info.is_main:
-            last = self.out / "last"
-            self.task.save_model(unwrap(self.model), last)
-            save_train_state(last, {
-                "step": self.step, "epoch": self.epoch, "micro": self.micro,
-                "best_score": self.best_score, "best_epoch": self.best_epoch,
-                "batches_per_epoch": self.batches_per_epoch, "grad_accum": self.grad_accum,
-                "world_size": self.info.world_size,
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "rng": rngs,
-                **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
-            })
+            with atomic_dir(self.out / "last") as last:  # weights and state replaced together
+                self._write_last(last, rngs)
         D.barrier(self.info)
+
+    def _write_last(self, last: Path, rngs: list[Any]) -> None:
+        self.task.save_model(unwrap(self.model), last)
+        save_train_state(last, {
+            "step": self.step, "epoch": self.epoch, "micro": self.micro,
+            "best_score": self.best_score, "best_epoch": self.best_epoch,
+            "batches_per_epoch": self.batches_per_epoch, "grad_accum": self.grad_accum,
+            "world_size": self.info.world_size,
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "rng": rngs,
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
+        })
+
+    def stop_if_requested(self, where: str) -> None:
+        """After a safe point: when a stop signal reached any rank, write ``last/`` and raise StopRequested."""
+        name = signals.stop_requested()
+        if D.any_rank(self.info, name is not None):
+            self.save_last()
+            raise signals.StopRequested(name or "a stop signal on another rank", f"{where}; {self.out / 'last'} "
+                                        f"holds step {self.step}")
 
     # -- training ---------------------------------------------------------------------------------------------
     def _optimizer_step(self) -> None:
@@ -272,11 +309,14 @@ class Trainer:
     def train_epoch(self) -> bool:
         """Run the rest of epoch ``self.epoch``; return False when ``max_steps`` stopped it early."""
         tc = self.tc
+        if tc.max_steps and self.step >= tc.max_steps:  # resumed from a run stopped during its final validation
+            return False
         self.model.train()
         self.sampler.set_epoch(self.epoch, start=self.micro * tc.batch_size)
         self.loader_gen.manual_seed(tc.seed * 100_003 + self.epoch)  # worker seeds independent of global RNG
         window: dict[str, list[float]] = {}
         t0 = self._epoch_start = time.perf_counter()
+        step0 = self.step
         self._loss_sum, self._loss_n = 0.0, 0
         bar = progress(self.train_loader, desc=f"epoch {self.epoch + 1}/{tc.epochs}", total=len(self.train_loader))
         for i, batch in enumerate(bar, start=self.micro):
@@ -294,14 +334,29 @@ class Trainer:
             if self.step % tc.log_every == 0:
                 logged = {k: sum(v) / len(v) for k, v in window.items()}
                 logged["lr"] = self.scheduler.get_last_lr()[0]
-                logged["seconds_per_step"] = (time.perf_counter() - t0) / tc.log_every
+                logged["seconds_per_step"] = (time.perf_counter() - t0) / max(1, self.step - step0)
                 self.logger.log(self.step, self.epoch, "train", logged)
-                window, t0 = {}, time.perf_counter()
+                self._log_step(logged)
+                window, t0, step0 = {}, time.perf_counter(), self.step
             if tc.save_every_steps and self.step % tc.save_every_steps == 0:
                 self.save_last()
+            self.stop_if_requested(f"after step {self.step}")
             if tc.max_steps and self.step >= tc.max_steps:
                 return False
         return True
+
+    def _log_step(self, logged: dict[str, float]) -> None:
+        """The ``log_every`` line: step of the run, epoch, mean loss since the last line, lr, rate and ETA."""
+        if not self.info.is_main:
+            return
+        total = min(self.total_steps, self.tc.max_steps) if self.tc.max_steps else self.total_steps
+        per_step = max(logged["seconds_per_step"], 1e-9)
+        examples = self.tc.batch_size * self.grad_accum * self.info.world_size / per_step
+        eta = format_duration((total - self.step) * per_step)
+        level = logging.DEBUG if progress_enabled() else logging.INFO  # beside a bar, which shows the loss
+        logger.log(level, f"step {self.step}/{total} (epoch {self.epoch + 1}/{self.tc.epochs}): "
+                          f"loss {logged['loss']:.4f}, lr {logged['lr']:.3g}, {1 / per_step:.3g} steps/s "
+                          f"({examples:.3g} examples/s), ETA {eta}")
 
     # -- validation -------------------------------------------------------------------------------------------
     def validate_and_select(self, epoch_label: int, force: bool = False) -> None:
@@ -316,19 +371,36 @@ class Trainer:
             due = self.valid_loader is not None and (force or epoch_label % self.tc.val_every_epochs == 0)
             metrics: dict[str, float] = {}
             improved = self.valid_loader is None
+            self._validation_stopped = False
             if due:
-                metrics = self._validate(model)
+                try:
+                    with signals.immediate():  # a validation pass can take longer than a scheduler's notice
+                        metrics = self._validate(model)
+                except signals.StopRequested:
+                    self._validation_stopped = True
+            if metrics:
                 self.logger.log(self.step, epoch_label, "valid", metrics)
                 improved = metrics["score"] > self.best_score
                 self.best_score = max(self.best_score, metrics["score"])
-            if improved:
+            if improved and not self._validation_stopped:
                 self.best_epoch = epoch_label
                 self.task.save_model(model, self.out / "best")
                 write_json_atomic(self.out / "best" / "metrics.json",
                                   {"epoch": epoch_label, "step": self.step, **metrics})
             self._last_valid = (metrics, improved)
         with D.waiting_for_main(self.info, "validate", self.tc.dist_timeout_minutes):
-            self.best_score, self.best_epoch = D.broadcast_object(self.info, (self.best_score, self.best_epoch))
+            self.best_score, self.best_epoch, self._validation_stopped = D.broadcast_object(
+                self.info, (self.best_score, self.best_epoch, self._validation_stopped))
+
+    def _stop_after_validation(self, trained: tuple[int, int]) -> None:
+        """When a stop signal aborted the validation: write ``last/`` as it was before it (``trained``: epoch and
+        micro-batch counters right after training), so that the resumed run validates again, then raise."""
+        if not self._validation_stopped:
+            return
+        self.epoch, self.micro = trained
+        self.save_last()
+        raise signals.StopRequested(signals.stop_requested() or "a stop signal on rank 0",
+                                    f"during validation; {self.out / 'last'} holds step {self.step}")
 
     def _print_epoch(self, epoch_label: int) -> None:
         """Without a progress bar (a log file, a pipe), one line per epoch instead of silence: step, the epoch's
@@ -341,7 +413,7 @@ class Trainer:
         metrics, improved = self._last_valid
         if metrics:
             line += f", valid score {metrics['score']:.4f}" + (" (best so far)" if improved else "")
-        print(f"{line}, {time.perf_counter() - self._epoch_start:.0f} s", flush=True)
+        logger.info(f"{line}, {time.perf_counter() - self._epoch_start:.0f} s")
         self._last_valid = ({}, False)
 
     def _validate(self, model: nn.Module) -> dict[str, float]:
@@ -366,21 +438,27 @@ class Trainer:
         return best
 
     def run(self) -> Path:
+        """Set up, train (stop signals are read after each optimizer step and each epoch), finish."""
         self.setup()
         try:
-            while self.epoch < self.tc.epochs:
-                completed = self.train_epoch()
-                if completed:
-                    self.epoch, self.micro = self.epoch + 1, 0
-                    self.validate_and_select(self.epoch)
-                else:  # stopped by max_steps mid-epoch: validate what we have
-                    self.validate_and_select(self.epoch + 1, force=True)
-                self._print_epoch(self.epoch if completed else self.epoch + 1)
-                self.save_last()
-                if not completed:
-                    break
-            if self.best_epoch < 0:  # the validation schedule never ran (e.g. val_every_epochs > epochs)
-                self.validate_and_select(self.epoch, force=True)
+            with signals.deferred():
+                while self.epoch < self.tc.epochs:
+                    completed = self.train_epoch()
+                    trained = (self.epoch, self.micro)
+                    if completed:
+                        self.epoch, self.micro = self.epoch + 1, 0
+                        self.validate_and_select(self.epoch)
+                    else:  # stopped by max_steps mid-epoch: validate what we have
+                        self.validate_and_select(self.epoch + 1, force=True)
+                    self._stop_after_validation(trained)
+                    self._print_epoch(self.epoch if completed else self.epoch + 1)
+                    self.save_last()
+                    self.stop_if_requested(f"after epoch {self.epoch}")
+                    if not completed:
+                        break
+                if self.best_epoch < 0:  # the validation schedule never ran (e.g. val_every_epochs > epochs)
+                    self.validate_and_select(self.epoch, force=True)
+                    self._stop_after_validation((self.epoch, self.micro))
             return self.finish()
         finally:
             self.logger.close()
@@ -390,10 +468,12 @@ def train(task: Task, cfg: TrainConfig | None = None) -> Path:
     """Train ``task`` with ``cfg`` (default ``task.cfg.train``); return the best checkpoint folder ``out_dir/best``.
 
     Launch under ``torchrun`` for DDP (one process per GPU); the process group is created here from RANK/WORLD_SIZE.
+    Raises :class:`ctagrg.utils.signals.StopRequested` after a stop signal (module doc, "Preemption").
     """
     tc = cfg if cfg is not None else task.cfg.train
     info = D.setup(tc.device, tc.dist_timeout_minutes)
     try:
-        return Trainer(task, tc, info).run()
+        with signals.handle_stop_signals():
+            return Trainer(task, tc, info).run()
     finally:
         D.cleanup(info)

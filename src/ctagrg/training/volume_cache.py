@@ -11,6 +11,7 @@ the function that computes the tensors; registered datasets are computed then, l
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -19,6 +20,8 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from ctagrg.utils.progress import progress
+
+logger = logging.getLogger(__name__)
 
 # batch (as a loader yields it: uint8 volumes, labels, names) -> (B, ...) tensor, one row per volume, on the CPU
 ComputeFn = Callable[[dict[str, Any]], torch.Tensor]
@@ -72,7 +75,7 @@ class PerVolumeCache:
         loader = DataLoader(ds, **self._loader_args, generator=torch.Generator().manual_seed(0))
         for batch in progress(loader, desc=self.what.split(":")[0] + " (once)", total=len(loader)):
             self.values.update(zip(batch["name"], self._compute(batch), strict=True))
-        print(self.what.format(n=len(ds), s=time.perf_counter() - start), flush=True)
+        logger.info(self.what.format(n=len(ds), s=time.perf_counter() - start))
 
     def gather(self, names: Sequence[str], device: torch.device | str) -> torch.Tensor:
         """(B, ...) the cached tensors of ``names``, stacked, on ``device``."""
