@@ -184,12 +184,13 @@ def decoder_train(args: argparse.Namespace, device: torch.device, peak: float | 
     params = task.param_groups(model)
     optimizer = build_optimizer(params, tc)
     batch = ps.decoder_batch(tc.batch_size, tokens, cfg.model.conditioning.input_dim, device)
+    accum = tc.grad_accum(1)  # one process: the config's global batch in micro-batches of batch_size
 
-    def step() -> None:  # one optimizer step: grad_accum micro-batches, value clipping, as the loop does
-        for _ in range(tc.grad_accum):
+    def step() -> None:  # one optimizer step: accum micro-batches, value clipping, as the loop does
+        for _ in range(accum):
             with autocast_context(tc, device):
                 loss = task.training_step(model, batch)["loss"]
-            (loss / tc.grad_accum).backward()
+            (loss / accum).backward()
         torch.nn.utils.clip_grad_value_([p for p in params if p.grad is not None], tc.grad_clip_value)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -200,8 +201,8 @@ def decoder_train(args: argparse.Namespace, device: torch.device, peak: float | 
     memory = ps.peak_memory_gb(device)
     optimizer.state.clear()  # Adam's moments: not needed by the generation that follows
     s = ps.summary(times)
-    pairs = tc.batch_size * tc.grad_accum
-    return {"batch": tc.batch_size, "grad_accum": tc.grad_accum, "tokens_per_pair": tokens,
+    pairs = tc.batch_size * accum
+    return {"batch": tc.batch_size, "grad_accum": accum, "tokens_per_pair": tokens,
             "precision": tc.precision, "params": ps.count_params(model),
             "trainable_params": sum(p.numel() for p in params), "steps": len(times), "s_per_step": s,
             "pairs_per_s": round(pairs / s["median"], 1), **memory, "model_flops_per_step": flops,

@@ -43,7 +43,7 @@ PAPER_DECODER = ["model.gpt2_path=", "model.n_layer=24", "model.n_embd=1024", "m
                  "model.n_positions=1024"]
 TINY_DECODER = ["model.gpt2_path=", "model.n_layer=2", "model.n_embd=64", "model.n_head=4", "model.n_positions=128",
                 "model.conditioning.input_dim=32", "model.conditioning.hidden_dims=[64]",
-                "model.conditioning.output_dim=64", "generation.max_new_tokens=8", "train.grad_accum=2"]
+                "model.conditioning.output_dim=64", "generation.max_new_tokens=8", "train.global_batch_size=16"]
 # A CT-RATE-like scan for the end-to-end section when no real one is given: (x, y, z) voxels, mm
 SYNTHETIC_CT = {"shape": (512, 512, 300), "spacing": (0.7, 0.7, 1.0)}
 TINY_CT = {"shape": (64, 64, 40), "spacing": (2.0, 2.0, 3.0)}
@@ -57,7 +57,10 @@ def visual_task_config(stage: str, encoder: str, *, tiny: bool, fp32: bool, extr
     from ctagrg.training.task import get_task
 
     name, file = STAGES[stage]
+    # random weights: a timing needs no ImageNet trunk (pretraining would otherwise refuse to start without one)
     overrides = [f"model.encoder={encoder}", "init.encoder_from="]
+    if name == "pretrain":
+        overrides.append("init.resnet18=none")
     if tiny:
         overrides += TINY_ENCODERS[encoder] + TINY_HEADS
     if fp32:
