@@ -202,6 +202,15 @@ class PairDataset(Dataset):
         return item
 
 
+def embedding_rms(ds: PairDataset, limit: int = 10_000) -> float:
+    """Root mean square of the non-zero units of (up to ``limit``, evenly spaced) training pairs' embeddings: the
+    scale the latent noise σ is added to (ReLU and gating leave many units at exactly 0)."""
+    step = max(1, len(ds.pairs) // limit)
+    h = torch.stack([ds.table.embeddings[v, i] for v, i in ds.pairs[::step]]).float()
+    nonzero = h[h != 0]
+    return float(nonzero.pow(2).mean().sqrt()) if nonzero.numel() else 0.0
+
+
 def _pad(rows: list[torch.Tensor], length: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), length), dtype=torch.long)
@@ -297,6 +306,12 @@ class DecoderTask(Task):
         if self.cfg.mirror.p > 0:
             print(f"mirror: {ds.mirrorable} of {len(ds)} training pairs have a mirror image, each drawn mirrored "
                   f"with probability {self.cfg.mirror.p:g}")
+        sigma = self.cfg.model.conditioning.latent_noise_std
+        if sigma > 0 and len(ds):
+            rms = embedding_rms(ds)
+            ratio = sigma / rms if rms else float("inf")
+            print(f"latent noise: σ {sigma:g} on training embeddings whose non-zero units have RMS {rms:.3g} "
+                  f"(σ / RMS {ratio:.2f}; docs/decoder.md, 'Latent-space augmentation')")
         if len(ds) == 0:
             hint = (" The step-1 model detects none of the present abnormalities (undertrained?): train step 1 "
                     "longer, or train on every present abnormality with --set pairs=present."
