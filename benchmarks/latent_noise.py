@@ -12,10 +12,10 @@ phantoms that has a reference sentence (step 1's detections play no part: this m
 - ``side``: of the lateralised findings whose reference states a side, the fraction whose generated sentence states
   the same one (``ctagrg.evaluation.grounding.side_from_text``).
 
-σ is absolute (the noise is N(0, σ²) added to every unit of hᵢ); the script also prints the RMS of the training
-embeddings' non-zero units, so that σ can be read relative to them.
+σ is in units of each batch's RMS of hᵢ's non-zero units (``latent_noise_scale: rms``, the scale-free setting
+configs/ctrate use; ``--scale absolute`` for plain σ); the script also prints the training embeddings' RMS.
 
-    python benchmarks/latent_noise.py --demo DEMO --out OUT [--sigmas 0 0.05 0.2] [--seeds 0 1 2] [--threads 1]
+    python benchmarks/latent_noise.py --demo DEMO --out OUT [--sigmas 0 0.1 0.3] [--seeds 0 1 2] [--threads 1]
 
 Results: docs/decoder.md, "Latent-space augmentation".
 """
@@ -48,7 +48,7 @@ def test_cache(demo: Path, out: Path) -> Path:
     return path
 
 
-def train_decoder(demo: Path, run: Path, sigma: float, seed: int) -> Path:
+def train_decoder(demo: Path, run: Path, sigma: float, seed: int, scale: str) -> Path:
     from ctagrg.config import load_config
     from ctagrg.training.decoder_task import DecoderTask, DecoderTaskConfig
     from ctagrg.training.loop import train
@@ -58,7 +58,8 @@ def train_decoder(demo: Path, run: Path, sigma: float, seed: int) -> Path:
     vocab = json.loads((demo / "stages" / "embeddings.json").read_text())["vocab_size"]
     cfg = load_config(DecoderTaskConfig, ROOT / "configs" / "demo" / "decoder.yaml", [
         f"train.out_dir={run}", f"train.seed={seed}", "train.tensorboard=false",
-        f"model.conditioning.latent_noise_std={sigma}", f"embeddings.out_dir={demo / 'embeddings'}",
+        f"model.conditioning.latent_noise_std={sigma}", f"model.conditioning.latent_noise_scale={scale}",
+        f"embeddings.out_dir={demo / 'embeddings'}",
         "embeddings.step1_dir=", f"model.tokenizer_path={demo / 'tokenizer'}", f"model.vocab_size={vocab}",
         "model.bos_token_id=0", "model.eos_token_id=0", "model.pad_token_id=0"])
     best = Path(train(DecoderTask(cfg)))
@@ -116,7 +117,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--demo", required=True, help="a demo folder run up to its embeddings stage")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--sigmas", type=float, nargs="+", default=[0.0, 0.05, 0.2])
+    parser.add_argument("--sigmas", type=float, nargs="+", default=[0.0, 0.1, 0.3])
+    parser.add_argument("--scale", choices=("rms", "absolute"), default="rms",
+                        help="model.conditioning.latent_noise_scale (default rms: σ in units of the embeddings' RMS)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -135,7 +138,7 @@ def main() -> None:
     for sigma in args.sigmas:
         for seed in args.seeds:
             start = time.perf_counter()
-            best = train_decoder(demo, out / f"sigma{sigma:g}_seed{seed}", sigma, seed)
+            best = train_decoder(demo, out / f"{args.scale}{sigma:g}_seed{seed}", sigma, seed, args.scale)
             rows[(sigma, seed)] = r = score(best, h, labels, refs)
             print(f"σ {sigma:g} seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in r.items() if k != "side_n")
                   + f" (side n {r['side_n']}; {time.perf_counter() - start:.0f} s)", flush=True)

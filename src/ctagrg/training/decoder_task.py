@@ -306,12 +306,13 @@ class DecoderTask(Task):
         if self.cfg.mirror.p > 0:
             print(f"mirror: {ds.mirrorable} of {len(ds)} training pairs have a mirror image, each drawn mirrored "
                   f"with probability {self.cfg.mirror.p:g}")
-        sigma = self.cfg.model.conditioning.latent_noise_std
-        if sigma > 0 and len(ds):
-            rms = embedding_rms(ds)
-            ratio = sigma / rms if rms else float("inf")
-            print(f"latent noise: σ {sigma:g} on training embeddings whose non-zero units have RMS {rms:.3g} "
-                  f"(σ / RMS {ratio:.2f}; docs/decoder.md, 'Latent-space augmentation')")
+        cond = self.cfg.model.conditioning
+        if cond.latent_noise_std > 0 and len(ds):
+            rms, sigma = embedding_rms(ds), cond.latent_noise_std
+            noise = (f"σ {sigma:g} × each batch's RMS (≈ {sigma * rms:.3g})" if cond.latent_noise_scale == "rms"
+                     else f"σ {sigma:g} (≈ {sigma / rms if rms else float('inf'):.2f} × their RMS)")
+            print(f"latent noise: the training embeddings' non-zero units have RMS {rms:.3g}; {noise} "
+                  "(docs/decoder.md, 'Latent-space augmentation')")
         if len(ds) == 0:
             hint = (" The step-1 model detects none of the present abnormalities (undertrained?): train step 1 "
                     "longer, or train on every present abnormality with --set pairs=present."
