@@ -49,8 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     labels, reports = data / "multi_abnormality_labels", data / "radiology_text_reports"
     cache, runs = work / "cache", work / "runs"
     steps = [f"train.max_steps={args.steps}", *TRAIN_OVERRIDES]
-    data_paths = [f"data.cache_dir={cache}", f"data.train_labels={labels / 'train_predicted_labels.csv'}",
-                  f"data.valid_labels={labels / 'valid_predicted_labels.csv'}"]
+    train_labels = labels / "train_predicted_labels.csv"
+    # configs/ctrate carve 5% of train's patients for validation; a handful of volumes may leave that empty, so the
+    # smoke names its own: one train patient held out, as name lists (what `split` reads besides carve:<part>)
+    splits = holdout_lists(train_labels, work / "splits")
+    data_paths = [f"data.cache_dir={cache}", f"data.train_labels={train_labels}",
+                  f"data.valid_labels={train_labels}", *splits]
     scan = first_valid_scan(data)
     stages = {
         "preprocess": ["preprocess", str(data), "--out", str(cache), "--workers", "1"],
@@ -61,8 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         "decoder": train("decoder", [
             f"train.out_dir={runs / 'decoder'}", *steps, f"model.gpt2_path={gpt2}",
             f"embeddings.out_dir={runs / 'embeddings'}", f"embeddings.step1_dir={runs / 'classifier' / 'best'}",
-            f"embeddings.volume_cache={cache}", f"embeddings.labels_csv={labels}",
-            f"embeddings.reports_csv={reports}", "embeddings.batch_size=1", "pairs=present"]),
+            f"embeddings.volume_cache={cache}", f"embeddings.labels_csv={train_labels}",
+            f"embeddings.reports_csv={reports / 'train_reports.csv'}", "embeddings.batch_size=1", *splits,
+            "pairs=present"]),
         "package": ["package", "--classifier", str(runs / "classifier" / "best"), "--decoder",
                     str(runs / "decoder" / "best"), "--preprocess", str(cache / "preprocess.json"), "--out",
                     str(work / "model"), "--force", "--training-data", f"ctrate-smoke on {data}"],
@@ -142,6 +147,26 @@ def write_summary(work: Path, summary: dict) -> None:
     from ctagrg.utils.atomic import write_json_atomic
 
     write_json_atomic(work / "smoke.json", summary)
+
+
+def holdout_lists(labels_csv: Path, folder: Path) -> list[str]:
+    """Name lists train.txt / valid.txt in ``folder``: the last patient of ``labels_csv`` (sorted) is valid, the
+    others train. Returns the ``split`` overrides that read them."""
+    import csv
+
+    from ctagrg.data.ctrate import parse_name
+    from ctagrg.utils.atomic import write_text_atomic
+
+    with open(labels_csv, newline="", encoding="utf-8-sig") as fh:
+        names = sorted(row["VolumeName"] for row in csv.DictReader(fh))
+    patients = sorted({parse_name(n)["patient"] for n in names})
+    if len(patients) < 2:
+        raise SystemExit(f"{labels_csv}: the smoke needs volumes of at least 2 train patients, found {len(patients)}")
+    parts = {"valid": [n for n in names if parse_name(n)["patient"] == patients[-1]]}
+    parts["train"] = [n for n in names if n not in parts["valid"]]
+    for part, chosen in parts.items():
+        write_text_atomic(folder / f"{part}.txt", "".join(f"{n}\n" for n in chosen))
+    return [f"split.train=[{folder / 'train.txt'}]", f"split.valid=[{folder / 'valid.txt'}]"]
 
 
 def first_valid_scan(data: Path) -> Path:

@@ -63,6 +63,29 @@ def test_latent_noise_only_in_training() -> None:
     assert torch.allclose(draws.std(0), expected, rtol=0.08)
 
 
+def test_latent_noise_relative_to_the_embedding_scale() -> None:
+    """``rms``: σ in units of the batch's non-zero units' RMS, so the same σ gives the same relative noise on
+    embeddings 100× larger, and zeros (ReLU, gating) do not shrink it."""
+    h = torch.randn(64, 8)
+    h[:, :4] = 0  # half the units off
+    for scale in (1.0, 100.0):
+        linear = BlockSparseConditioning(ConditioningConfig(num_labels=18, input_dim=8, hidden_dims=(), output_dim=6,
+                                                            latent_noise_std=0.5, latent_noise_scale="rms")).train()
+        x = h * scale
+        rms = x[x != 0].pow(2).mean().sqrt()
+        assert torch.allclose(torch.as_tensor(linear.noise_std(x)), 0.5 * rms)
+        torch.manual_seed(0)
+        noisy = linear(x, torch.zeros(64, dtype=torch.long))
+        with torch.no_grad():
+            linear.eval()
+            clean = linear(x, torch.zeros(64, dtype=torch.long))
+        torch.manual_seed(0)
+        expected = (0.5 * rms * torch.randn_like(x)) @ linear.layers[0].weight[:, 0:8].T
+        assert torch.allclose(noisy - clean, expected, atol=1e-4 * scale)
+    with pytest.raises(ConfigError, match="latent_noise_scale: expected one of absolute, rms"):
+        small(latent_noise_scale="relative")
+
+
 def test_bad_inputs_raise_clear_errors() -> None:
     phi = BlockSparseConditioning(small())
     with pytest.raises(ValueError, match=r"expected h of shape \(N, 8\)"):

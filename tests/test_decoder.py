@@ -220,7 +220,7 @@ def test_validation_and_valid_name_the_same_split(tmp_path: Path, gpt2_tokenizer
     def valid_names(spelling: str) -> list[str]:
         task = DecoderTask(load_config(DecoderTaskConfig, None, [
             f"embeddings.out_dir={tmp_path / 'emb'}", f"model.tokenizer_path={gpt2_tokenizer_dir}",
-            f"valid_splits=[{spelling}]", "pairs=present"]))
+            f"split.valid=[{spelling}]", "pairs=present"]))
         ds = task.valid_dataset()
         return [] if ds is None else [task.table().names[v] for v, _ in ds.pairs]
 

@@ -156,6 +156,14 @@ def test_reduced_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "ctagrg phantom --n 16 --seed 0 --size tiny" in (out / "model" / "README.md").read_text()
     assert len(reporter.tokenizer) == json.loads(marker(out, "embeddings").read_text())["vocab_size"]
     assert all(marker(out, s).is_file() for s in STAGES)
+    # every training stage trained on train and chose on valid (the names next to each run); test: evaluate's alone
+    from ctagrg.training.embedding_cache import load_embedding_cache
+
+    for stage in ("pretrain", "classifier", "decoder"):
+        record = out / "runs" / stage / "splits"
+        assert {n.split("_")[0] for n in (record / "train.txt").read_text().split()} == {"train"}
+        assert {n.split("_")[0] for n in (record / "valid.txt").read_text().split()} == {"valid"}
+    assert not [n for n in load_embedding_cache(out / "embeddings").names if n.startswith("test_")]
     logs: list[str] = []
     run_stages(demo.build_stages(), cfg, logs.append)
     assert all("skipped" in line for line in logs)

@@ -85,12 +85,16 @@ def test_uint8_errors(cache: Path) -> None:
 def test_visual_task_steps_identical_from_uint8_and_float32_loaders(cache: Path, task_cls, cfg_cls) -> None:
     torch.set_num_threads(1)
     labels = str(cache.parent / "labels.csv")
+    (cache.parent / "train.txt").write_text("train_0_a_1\ntrain_1_a_1\ntrain_2_a_1\n")  # validation: train_3
+    (cache.parent / "valid.txt").write_text("train_3_a_1\n")
     cfg = load_config(cfg_cls, None, [f"data.cache_dir={cache}", f"data.train_labels={labels}",
-                                      f"data.valid_labels={labels}", "data.augment.enabled=true", *MODEL])
+                                      f"data.valid_labels={labels}", f"split.train=[{cache.parent / 'train.txt'}]",
+                                      f"split.valid=[{cache.parent / 'valid.txt'}]", "data.augment.enabled=true",
+                                      *MODEL])
     task = task_cls(cfg)
     train = task.train_dataset()
     assert train.dtype == "uint8" and task.valid_dataset().dtype == "uint8"
-    f32 = CachedVolumeDataset(cache, labels=labels)
+    f32 = CachedVolumeDataset(cache, labels=labels, names=train.names)
     bu, bf = next(iter(DataLoader(train, batch_size=4))), next(iter(DataLoader(f32, batch_size=4)))
     assert bu["volume"].dtype == torch.uint8 and torch.equal(task._volumes(bu), bf["volume"])
 

@@ -1,6 +1,10 @@
 """The end-to-end demo: phantom dataset -> preprocess -> pretrain -> step 1 (+ thresholds) -> embedding cache ->
 step 2 -> package -> evaluate, on synthetic CT-RATE-style phantoms, on a CPU.
 
+The phantoms come in three patient-disjoint splits: every training stage trains on ``train`` and chooses its best
+checkpoint (and step 1 its thresholds) on ``valid`` (configs/demo, ``split``; the names each stage used are in
+``runs/<stage>/splits/``); ``test`` is read only by the evaluate stage.
+
 Each stage calls the other parts' public Python APIs (or their CLI entry points where that is the contract),
 writes into its own folder under ``out_dir`` and, when it succeeds, a marker ``out_dir/stages/<stage>.json``
 (with its seconds). A rerun skips every stage whose marker exists, so an interrupted demo resumes cheaply;
@@ -329,11 +333,12 @@ def _embeddings(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     from ctagrg.training.embedding_cache import EmbeddingCacheConfig, build_from_config
 
     p = _paths(out)
-    _merge_csvs(p["data"], "labels", ("train", "valid", "test"), p["text"] / "labels.csv")
+    # train and valid only: the test phantoms are read by the evaluate stage alone
+    labels = _merge_csvs(p["data"], "labels", ("train", "valid"), p["text"] / "labels_train_valid.csv")
     sentences = _sentences(out)
     vocab = train_tokenizer(pd.read_csv(sentences)["Sentence"].astype(str).tolist(), p["tokenizer"])
     build_from_config(EmbeddingCacheConfig(out_dir=str(p["embeddings"]), step1_dir=str(p["classifier"] / "best"),
-                                           volume_cache=str(p["cache"]), labels_csv=str(p["text"] / "labels.csv"),
+                                           volume_cache=str(p["cache"]), labels_csv=str(labels),
                                            sentences_csv=str(sentences), device="cpu"))
     return {"vocab_size": vocab}
 

@@ -7,7 +7,10 @@ by label, and never build the 18432-wide input (18× less memory traffic in the 
 as the paper's dense ``Linear(18432, 4096)``, so parameters map one-to-one onto the published architecture.
 
 Latent-space augmentation (the paper's ablation): during training, Gaussian noise N(0, σ²) is added to hᵢ before
-the MLP. σ is not published; ``latent_noise_std`` sets it (0 disables it).
+the MLP. σ is not published; ``latent_noise_std`` sets it (0 disables it). With ``latent_noise_scale: rms`` σ is
+in units of the batch's hᵢ scale (the root mean square of its non-zero units), so that one value means the same on
+embeddings of any scale: a value measured on the phantoms carries over to CT-RATE's (docs/decoder.md,
+"Latent-space augmentation").
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from torch import nn
 from ctagrg.config import ConfigError
 from ctagrg.labels import NUM_LABELS
 
+NOISE_SCALES: tuple[str, ...] = ("absolute", "rms")
+
 
 @dataclass
 class ConditioningConfig:
@@ -30,6 +35,7 @@ class ConditioningConfig:
     hidden_dims: tuple[int, ...] = (4096, 1024)
     output_dim: int = 1024  # size of eᵢ, the input of the per-layer key/value projections
     latent_noise_std: float = 0.0  # σ of the Gaussian latent augmentation on hᵢ (training only)
+    latent_noise_scale: str = "absolute"  # absolute: σ as is | rms: σ × RMS of the batch's non-zero hᵢ units
 
     def __post_init__(self) -> None:
         if self.num_labels < 1 or self.input_dim < 0 or self.output_dim < 1:
@@ -38,6 +44,9 @@ class ConditioningConfig:
             raise ConfigError(f"conditioning.hidden_dims: every size must be >= 1, got {self.hidden_dims}")
         if self.latent_noise_std < 0:
             raise ConfigError(f"conditioning.latent_noise_std: expected >= 0, got {self.latent_noise_std}")
+        if self.latent_noise_scale not in NOISE_SCALES:
+            raise ConfigError(f"conditioning.latent_noise_scale: expected one of {', '.join(NOISE_SCALES)}, got "
+                              f"{self.latent_noise_scale!r}")
 
 
 class BlockSparseConditioning(nn.Module):
@@ -78,6 +87,16 @@ class BlockSparseConditioning(nn.Module):
         x[torch.arange(h.shape[0], device=h.device), label_index] = h
         return x.flatten(1)
 
+    def noise_std(self, h: torch.Tensor) -> torch.Tensor | float:
+        """The latent noise's standard deviation for the batch ``h`` (N, input_dim): σ, or with ``rms`` σ times the
+        root mean square of h's non-zero units (ReLU and gating leave many at exactly 0), without gradient."""
+        sigma = self.config.latent_noise_std
+        if self.config.latent_noise_scale == "absolute":
+            return sigma
+        units = h.detach().float()
+        nonzero = units[units != 0]
+        return sigma * nonzero.pow(2).mean().sqrt().to(h.dtype) if nonzero.numel() else 0.0
+
     def forward(self, h: torch.Tensor, label_index: torch.Tensor) -> torch.Tensor:
         """h: (N, input_dim) float, one embedding per (volume, label) pair; label_index: (N,) long in
         [0, num_labels) → eᵢ: (N, output_dim)."""
@@ -89,7 +108,7 @@ class BlockSparseConditioning(nn.Module):
         if h.shape[0] and (int(label_index.min()) < 0 or int(label_index.max()) >= self.config.num_labels):
             raise ValueError(f"conditioning: label_index must lie in [0, {self.config.num_labels})")
         if self.training and self.config.latent_noise_std > 0:
-            h = h + self.config.latent_noise_std * torch.randn_like(h)
+            h = h + self.noise_std(h) * torch.randn_like(h)
         x = self.first_layer(h, label_index.long())
         for layer in self.layers[1:]:
             x = layer(torch.relu(x))

@@ -5,8 +5,9 @@ embedding cache (ctagrg.training.embedding_cache), built on first use when ``emb
 training example is one (volume, abnormality) pair: hᵢ, the label index i and the target sentence.
 
 Pairs (``pairs``): ``detected_and_present`` (the paper: the step-1 probability reaches the label's threshold and
-the label is present) or ``present`` (every present label). Splits come from the CT-RATE name prefix
-(``train_12_a_1`` → ``train``).
+the label is present) or ``present`` (every present label). ``split`` chooses the cache's training and validation
+volumes by split name (the CT-RATE name prefix, ``train_12_a_1`` → ``train``), patient-level carve or name list
+(:mod:`ctagrg.training.splits`); the names are written to ``out_dir/splits/``.
 
 Targets (``target``): ``<|endoftext|> sentence <|endoftext|>``, at most ``max_tokens`` sentence tokens. CT-AGRG
 lowercases and strips punctuation. We keep the text as written by default, because the reports are read by people
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,10 +36,10 @@ import torch
 from torch.utils.data import Dataset
 
 from ctagrg.config import ConfigError, to_dict
-from ctagrg.data.ctrate import canonical_split
 from ctagrg.generation.generate import GenerationSettings
 from ctagrg.labels import LABEL_INDEX
 from ctagrg.models.decoder import DecoderConfig, ReportDecoder, load_tokenizer
+from ctagrg.text.extract import SENTENCE_RULES
 from ctagrg.text.mirror import mirror_sentence
 from ctagrg.training.config import TrainConfig
 from ctagrg.training.embedding_cache import (
@@ -47,6 +49,7 @@ from ctagrg.training.embedding_cache import (
     load_embedding_cache,
     read_thresholds,
 )
+from ctagrg.training.splits import Selection, SplitConfig, resolve, write_record
 from ctagrg.training.task import Task
 from ctagrg.utils.atomic import write_json_atomic
 
@@ -101,8 +104,9 @@ class DecoderTaskConfig:
     embeddings: EmbeddingCacheConfig = field(default_factory=EmbeddingCacheConfig)
     pairs: str = "detected_and_present"  # | present
     thresholds: str = ""  # thresholds.json overriding those recorded in the cache
-    train_splits: tuple[str, ...] = ("train",)  # name prefixes; empty: every volume
-    valid_splits: tuple[str, ...] = ("valid",)  # "validation" names the same split
+    # the cache's volumes to train and select on (ctagrg.training.splits); empty train: every volume, empty
+    # valid: no validation
+    split: SplitConfig = field(default_factory=lambda: SplitConfig(train=("train",), valid=("valid",)))
     target: TargetConfig = field(default_factory=TargetConfig)
     mirror: MirrorConfig = field(default_factory=MirrorConfig)
     generation: GenerationSettings = field(default_factory=GenerationSettings)  # saved for the packaged model
@@ -112,6 +116,28 @@ class DecoderTaskConfig:
             raise ConfigError(f"pairs: expected 'detected_and_present' or 'present', got {self.pairs!r}")
         if self.target.max_tokens < 1:
             raise ConfigError(f"target.max_tokens: expected >= 1, got {self.target.max_tokens}")
+        if self.embeddings.sentence not in SENTENCE_RULES:
+            raise ConfigError(f"embeddings.sentence: expected one of {', '.join(SENTENCE_RULES)}, got "
+                              f"{self.embeddings.sentence!r}")
+
+
+def check_target_source(emb: EmbeddingCacheConfig) -> None:
+    """Refuse a cache whose target sentences were taken from the reports otherwise than ``emb`` asks (other report
+    columns or sentence rule): its targets are fixed when it is built. A cache built from a sentences CSV, or one
+    without a readable index (load_embedding_cache says why), is not checked."""
+    index = Path(emb.out_dir) / "index.json"
+    try:
+        source = json.loads(index.read_text(encoding="utf-8")).get("source") or {}
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return
+    if not emb.reports_csv or not source.get("reports_csv"):
+        return
+    defaults = EmbeddingCacheConfig()  # a cache from before these settings were recorded used the defaults
+    built = (list(source.get("text_columns", defaults.text_columns)), source.get("sentence", defaults.sentence))
+    if built != (list(emb.text_columns), emb.sentence):
+        raise ConfigError(f"{index}: its targets were taken from {built[0]} with sentence rule {built[1]!r}, the "
+                          f"config asks for {list(emb.text_columns)} and {emb.sentence!r}; rebuild the cache (remove "
+                          f"{emb.out_dir}) or set embeddings.text_columns / embeddings.sentence to match")
 
 
 _PUNCT = re.compile(r"(?<!\d)\.|\.(?!\d)|[^\w\s.\-]")  # a dot between two digits is a decimal point: keep it
@@ -176,6 +202,15 @@ class PairDataset(Dataset):
         return item
 
 
+def embedding_rms(ds: PairDataset, limit: int = 10_000) -> float:
+    """Root mean square of the non-zero units of (up to ``limit``, evenly spaced) training pairs' embeddings: the
+    scale the latent noise σ is added to (ReLU and gating leave many units at exactly 0)."""
+    step = max(1, len(ds.pairs) // limit)
+    h = torch.stack([ds.table.embeddings[v, i] for v, i in ds.pairs[::step]]).float()
+    nonzero = h[h != 0]
+    return float(nonzero.pow(2).mean().sqrt()) if nonzero.numel() else 0.0
+
+
 def _pad(rows: list[torch.Tensor], length: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), length), dtype=torch.long)
@@ -226,6 +261,7 @@ class DecoderTask(Task):
         super().__init__(cfg)
         self._table: EmbeddingTable | None = None
         self._tokenizer: Any = None
+        self._selection: Selection | None = None
         self.collate = functools.partial(collate_pairs, pad_id=cfg.model.pad_token_id)  # picklable for workers
 
     # -- data ------------------------------------------------------------------------------------------------
@@ -245,34 +281,56 @@ class DecoderTask(Task):
                 raise ConfigError("embeddings.out_dir: required (the embedding cache folder)")
             if not (Path(emb.out_dir) / "index.json").is_file() and emb.step1_dir:
                 build_from_config(emb)
+            check_target_source(emb)
             self._table = load_embedding_cache(emb.out_dir)
         return self._table
 
-    def _dataset(self, splits: tuple[str, ...], mirror: MirrorConfig | None = None) -> PairDataset:
+    def selection(self) -> Selection:
+        """The cache's training and validation volumes (``split``; empty valid: none). Resolved once; written to
+        ``out_dir/splits/`` when training starts."""
+        if self._selection is None:
+            names, split = self.table().names, self.cfg.split
+            valid_pool = names if split.valid else []
+            self._selection = resolve(split, names, valid_pool, f"the embedding cache {self.cfg.embeddings.out_dir}")
+        return self._selection
+
+    def _dataset(self, names: list[str], mirror: MirrorConfig | None = None) -> PairDataset:
         table = self.table()
-        wanted = {canonical_split(s) for s in splits}  # valid and validation name the same split
-        names = {n for n in table.names if not splits or canonical_split(n.split("_", 1)[0]) in wanted}
         thresholds = read_thresholds(self.cfg.thresholds) if self.cfg.thresholds else None
-        pairs = table.pairs(self.cfg.pairs, thresholds=thresholds, names=names)
+        pairs = table.pairs(self.cfg.pairs, thresholds=thresholds, names=set(names))
         m = self.cfg.model
         return PairDataset(table, pairs, self.tokenizer, self.cfg.target, m.bos_token_id, m.eos_token_id, mirror)
 
     def train_dataset(self) -> PairDataset:
-        ds = self._dataset(self.cfg.train_splits, self.cfg.mirror)  # validation pairs are never mirrored
+        ds = self._dataset(self.selection().train, self.cfg.mirror)  # validation pairs are never mirrored
         if self.cfg.mirror.p > 0:
             print(f"mirror: {ds.mirrorable} of {len(ds)} training pairs have a mirror image, each drawn mirrored "
                   f"with probability {self.cfg.mirror.p:g}")
+        cond = self.cfg.model.conditioning
+        if cond.latent_noise_std > 0 and len(ds):
+            rms, sigma = embedding_rms(ds), cond.latent_noise_std
+            noise = (f"σ {sigma:g} × each batch's RMS (≈ {sigma * rms:.3g})" if cond.latent_noise_scale == "rms"
+                     else f"σ {sigma:g} (≈ {sigma / rms if rms else float('inf'):.2f} × their RMS)")
+            print(f"latent noise: the training embeddings' non-zero units have RMS {rms:.3g}; {noise} "
+                  "(docs/decoder.md, 'Latent-space augmentation')")
         if len(ds) == 0:
             hint = (" The step-1 model detects none of the present abnormalities (undertrained?): train step 1 "
                     "longer, or train on every present abnormality with --set pairs=present."
                     if self.cfg.pairs == "detected_and_present" else "")
-            raise ConfigError(f"{self.cfg.embeddings.out_dir}: no training pairs (splits {self.cfg.train_splits}, "
-                              f"pairs {self.cfg.pairs!r}).{hint}")
+            raise ConfigError(f"{self.cfg.embeddings.out_dir}: no training pairs (split.train "
+                              f"{list(self.cfg.split.train)}, pairs {self.cfg.pairs!r}).{hint}")
         return ds
 
     def valid_dataset(self) -> PairDataset | None:
-        ds = self._dataset(self.cfg.valid_splits) if self.cfg.valid_splits else None
+        names = self.selection().valid
+        ds = self._dataset(names) if names else None
         return ds if ds is not None and len(ds) else None
+
+    def on_train_start(self, model: Any) -> None:
+        folder = write_record(self.cfg.train.out_dir, self.selection(), self.cfg.split,
+                              {"cache": self.cfg.embeddings.out_dir})
+        print(f"split: {len(self.selection().train)} training and {len(self.selection().valid)} validation volumes "
+              f"(names in {folder})")
 
     # -- model -----------------------------------------------------------------------------------------------
     def build_model(self) -> ReportDecoder:

@@ -57,6 +57,10 @@ class EmbeddingCacheConfig:
     sentences_csv: str = ""  # ``ctagrg sentences`` output; or:
     reports_csv: str = ""  # CT-RATE reports, labelled sentence by sentence with ``labeler``
     labeler: str = "rules"
+    # with reports_csv: the report columns read, and which of an abnormality's sentences make its target
+    # (ctagrg.text.extract: first | joined). CT-AGRG: [Findings_EN], first (configs/ctrate; docs/decoder.md, "Targets")
+    text_columns: tuple[str, ...] = ("Findings_EN", "Impressions_EN")
+    sentence: str = "joined"
     thresholds: str = ""  # thresholds.json; empty: step1_dir/thresholds.json if it exists
     batch_size: int = 2
     shard_size: int = 256
@@ -136,16 +140,20 @@ def read_sentences_csv(path: str | Path) -> dict[str, dict[str, str]]:
     return table
 
 
-def sentences_from_reports(path: str | Path, labeler: str = "rules") -> dict[str, dict[str, str]]:
-    """Reports CSV → {volume stem: {label: sentence(s) asserting it}} via the report labeler."""
+def sentences_from_reports(path: str | Path, labeler: str = "rules",
+                           text_columns: Sequence[str] = ("Findings_EN", "Impressions_EN"),
+                           rule: str = "joined") -> dict[str, dict[str, str]]:
+    """Reports CSV → {volume stem: {label: its sentence(s) in ``text_columns``}} via the report labeler; ``rule``
+    (``first`` | ``joined``, :func:`ctagrg.text.extract.extract_sentences`) picks an abnormality's sentences."""
     from ctagrg.data.dataset import volume_stem
     from ctagrg.text.extract import extract_sentences
     from ctagrg.text.labeler import get_labeler
     from ctagrg.text.reports_io import read_reports
 
-    reports = read_reports(path)
+    model = get_labeler(labeler)
+    reports = read_reports(path, tuple(text_columns), separator=model.column_separator)
     table: dict[str, dict[str, str]] = {}
-    for name, label, sentence in extract_sentences(get_labeler(labeler), reports.ids, reports.texts):
+    for name, label, sentence in extract_sentences(model, reports.ids, reports.texts, rule):
         table.setdefault(volume_stem(name), {})[label] = sentence
     return table
 
@@ -322,7 +330,8 @@ def build_from_config(cfg: EmbeddingCacheConfig, step1: Any | None = None) -> Pa
     if cfg.sentences_csv:
         sentences = _merged(read_sentences_csv, cfg.sentences_csv)
     else:
-        sentences = _merged(lambda f: sentences_from_reports(f, cfg.labeler), cfg.reports_csv)
+        sentences = _merged(lambda f: sentences_from_reports(f, cfg.labeler, cfg.text_columns, cfg.sentence),
+                            cfg.reports_csv)
     labels: Any = _merged(read_labels_csv, cfg.labels_csv) if cfg.labels_csv else None
     if labels is None:  # no labels file: a label is present when a sentence asserts it (no sentences: normal)
         labels = {n: [1.0 if label in sentences.get(n, {}) else 0.0 for label in LABELS]
