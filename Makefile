@@ -46,7 +46,7 @@ ctrate-smoke: $(STAMP)
 SMOKE_PHANTOMS ?= runs/ctrate-smoke-phantoms
 ctrate-smoke-phantoms: $(STAMP)
 	test -f $(SMOKE_PHANTOMS)/metadata/validation_metadata.csv || \
-		$(VENV)/bin/ctagrg phantom --out $(SMOKE_PHANTOMS) --n 6 --size paper --split train=0.5,valid=0.5
+		$(VENV)/bin/ctagrg phantom --out $(SMOKE_PHANTOMS) --n 6 --size paper --split train=0.7,valid=0.3
 	$(PY) scripts/ctrate_smoke.py --data $(SMOKE_PHANTOMS) --work $(SMOKE_WORK)
 
 clean:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,8 @@ from ctagrg.training.embedding_cache import (
 from ctagrg.training.splits import Selection, SplitConfig, resolve, write_record
 from ctagrg.training.task import Task
 from ctagrg.utils.atomic import write_json_atomic
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -304,15 +307,15 @@ class DecoderTask(Task):
     def train_dataset(self) -> PairDataset:
         ds = self._dataset(self.selection().train, self.cfg.mirror)  # validation pairs are never mirrored
         if self.cfg.mirror.p > 0:
-            print(f"mirror: {ds.mirrorable} of {len(ds)} training pairs have a mirror image, each drawn mirrored "
-                  f"with probability {self.cfg.mirror.p:g}")
+            logger.info(f"mirror: {ds.mirrorable} of {len(ds)} training pairs have a mirror image, each drawn mirrored "
+                        f"with probability {self.cfg.mirror.p:g}")
         cond = self.cfg.model.conditioning
         if cond.latent_noise_std > 0 and len(ds):
             rms, sigma = embedding_rms(ds), cond.latent_noise_std
             noise = (f"σ {sigma:g} × each batch's RMS (≈ {sigma * rms:.3g})" if cond.latent_noise_scale == "rms"
                      else f"σ {sigma:g} (≈ {sigma / rms if rms else float('inf'):.2f} × their RMS)")
-            print(f"latent noise: the training embeddings' non-zero units have RMS {rms:.3g}; {noise} "
-                  "(docs/decoder.md, 'Latent-space augmentation')")
+            logger.info(f"latent noise: the training embeddings' non-zero units have RMS {rms:.3g}; {noise} "
+                        "(docs/decoder.md, 'Latent-space augmentation')")
         if len(ds) == 0:
             hint = (" The step-1 model detects none of the present abnormalities (undertrained?): train step 1 "
                     "longer, or train on every present abnormality with --set pairs=present."
@@ -329,8 +332,9 @@ class DecoderTask(Task):
     def on_train_start(self, model: Any) -> None:
         folder = write_record(self.cfg.train.out_dir, self.selection(), self.cfg.split,
                               {"cache": self.cfg.embeddings.out_dir})
-        print(f"split: {len(self.selection().train)} training and {len(self.selection().valid)} validation volumes "
-              f"(names in {folder})")
+        selection = self.selection()
+        logger.info(f"split: {len(selection.train)} training and {len(selection.valid)} validation volumes "
+                    f"(names in {folder})")
 
     # -- model -----------------------------------------------------------------------------------------------
     def build_model(self) -> ReportDecoder:

@@ -24,6 +24,7 @@ on the validation set once more to write ``best/validation.json`` + ``best/valid
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,8 @@ from ctagrg.training.task import Task
 from ctagrg.training.thresholds import compute_thresholds, save_thresholds
 from ctagrg.training.visual_config import RESNET18_NONE, check_resnet18_init
 from ctagrg.utils.atomic import write_json_atomic, write_text_atomic
+
+logger = logging.getLogger(__name__)
 
 
 class VisualTask(Task):
@@ -136,7 +139,7 @@ class VisualTask(Task):
         elif self.cfg.data.pos_weight != "none":
             raise ConfigError(f"data.pos_weight: expected none or auto, got {self.cfg.data.pos_weight!r}")
         if self._attributes is not None:
-            print(self._attributes.summary(ds))
+            logger.info(self._attributes.summary(ds))
         return ds
 
     def valid_dataset(self) -> Any | None:
@@ -148,8 +151,9 @@ class VisualTask(Task):
         folder = write_record(self.cfg.train.out_dir, self.selection(), self.cfg.split, {
             "train": f"data.train_labels {data.train_labels}", "valid": f"data.valid_labels {data.valid_labels}",
             "cache": data.cache_dir})
-        print(f"split: {len(self.selection().train)} training and {len(self.selection().valid)} validation volumes "
-              f"(names in {folder})")
+        selection = self.selection()
+        logger.info(f"split: {len(selection.train)} training and {len(selection.valid)} validation volumes "
+                    f"(names in {folder})")
 
     # -- model ------------------------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
@@ -159,13 +163,13 @@ class VisualTask(Task):
         if init.resnet18 and init.resnet18 != RESNET18_NONE:
             from ctagrg.models.weights import load_resnet18_trunk
 
-            print(f"{init.resnet18}: {load_resnet18_trunk(model.encoder.trunk, init.resnet18).summary()}")
+            logger.info(f"{init.resnet18}: {load_resnet18_trunk(model.encoder.trunk, init.resnet18).summary()}")
         if init.ctclip:
             if self.cfg.model.encoder != "ctvit":
                 raise ConfigError("init.ctclip: only for the ctvit encoder")
             from ctagrg.models.weights import load_ctclip_ctvit
 
-            print(f"{init.ctclip}: {load_ctclip_ctvit(model.encoder, init.ctclip).summary()}")
+            logger.info(f"{init.ctclip}: {load_ctclip_ctvit(model.encoder, init.ctclip).summary()}")
         if init.encoder_from:
             load_encoder_from(model, init.encoder_from)
         if init.heads_from_pretrain:

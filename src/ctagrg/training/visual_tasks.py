@@ -9,6 +9,7 @@ heads, then per-label thresholds). What they share (data selection, the training
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -45,6 +46,8 @@ from ctagrg.training.visual_config import (  # noqa: F401 (re-exported)
 )
 from ctagrg.training.volume_cache import PerVolumeCache
 from ctagrg.utils.atomic import write_json_atomic
+
+logger = logging.getLogger(__name__)
 
 
 class PretrainTask(VisualTask):
@@ -250,7 +253,7 @@ class ClassifierTask(VisualTask):
             "calibrated": calibrated, "sentences_from": targets.source, "validation_nodules": found,
             "measured": len(radii), "validation_within_5mm_in_sample": within})
         write_json_atomic(best / NODULE_SIZE_FILE, to_dict(result))
-        print(f"nodule size: offset {offset:+.2f} mm from {len(radii)} of {found} validation nodules"
+        logger.info(f"nodule size: offset {offset:+.2f} mm from {len(radii)} of {found} validation nodules"
               + (f"; within 5 mm of the stated size (in-sample): {within:.3f}" if within is not None else ""))
 
     def _set_half_thresholds(self, model: nn.Module, best: Path) -> None:
