@@ -474,6 +474,10 @@ def train(task: Task, cfg: TrainConfig | None = None) -> Path:
     info = D.setup(tc.device, tc.dist_timeout_minutes)
     try:
         with signals.handle_stop_signals():
-            return Trainer(task, tc, info).run()
+            best = Trainer(task, tc, info).run()
+        # every rank done before any tears its group down: a rank that destroys first can abort another's gloo
+        # threads at exit ("terminate called without an active exception", seen rarely in the two-process test)
+        D.barrier(info)
+        return best
     finally:
         D.cleanup(info)
