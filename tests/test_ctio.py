@@ -254,3 +254,23 @@ def test_infinite_voxels_and_non_finite_scaling_are_warned(tmp_path: Path) -> No
     with pytest.warns(CTReadWarning, match=r"slope\.nii: non-finite scaling in the header \(scl_slope inf\)"):
         vol = load_ct(path)
     np.testing.assert_array_equal(vol.hu, phantom_hu().astype(np.float32))
+
+
+def test_an_unreadable_zip_member_is_skipped_with_a_warning(tmp_path: Path) -> None:
+    import io as _io
+
+    files = write_dicom_series(tmp_path / "series", phantom_hu((4, 8, 8)), spacing=(5.0, 2.0, 2.0))
+    buf = _io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        for f in files:
+            archive.write(f, f.name)
+        archive.writestr("odd.dcm", b"x" * 200)
+    raw = bytearray(buf.getvalue())
+    local = raw.find(b"PK\x03\x04", raw.find(b"odd.dcm") - 60)  # the odd member's local header
+    raw[local + 8:local + 10] = (99).to_bytes(2, "little")  # an unknown compression method
+    central = raw.rfind(b"odd.dcm") - 46
+    raw[central + 10:central + 12] = (99).to_bytes(2, "little")
+    (tmp_path / "s.zip").write_bytes(bytes(raw))
+    with pytest.warns(CTReadWarning, match=r"s\.zip:odd\.dcm: cannot be opened .*; skipped"):
+        vol = load_ct(tmp_path / "s.zip")
+    assert vol.shape == (4, 8, 8)

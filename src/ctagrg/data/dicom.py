@@ -92,8 +92,11 @@ def _starts_like_dicom(opener: Callable[[], IO[bytes]], label: str) -> bool:
     try:
         with opener() as fh:
             head = fh.read(DICOM_META_BYTES)
-    except (OSError, zipfile.BadZipFile, RuntimeError, NotImplementedError):
-        return False  # unreadable, encrypted or an unknown compression: skipped like any non-DICOM file
+    except (OSError, zipfile.BadZipFile, RuntimeError, NotImplementedError) as exc:
+        # unreadable, an encrypted zip member or an unknown zip compression: skipped, but never in silence
+        warnings.warn(f"{label}: cannot be opened ({type(exc).__name__}: {exc}); skipped", CTReadWarning,
+                      stacklevel=4)
+        return False
     if len(head) < DICOM_MAGIC_END or head[128:DICOM_MAGIC_END] != b"DICM":
         return False
     if _transfer_syntax(head) == DEFLATED_SYNTAX:
