@@ -70,9 +70,10 @@ def train_decoder(out: Path, epochs: int, vocab: int) -> Path:
 
 
 def score(best: Path, out: Path, truth: dict[str, list]) -> dict[str, float]:
-    from ctagrg.evaluation.grounding import expected_side, side_from_text, size_mm_from_text
+    from ctagrg.evaluation.grounding import expected_side
     from ctagrg.generation.generate import GenerationSettings, generate_sentences
     from ctagrg.models.decoder import ReportDecoder, load_tokenizer
+    from ctagrg.text.attributes import side_from_text, size_mm_from_text
     from ctagrg.training.embedding_cache import load_embedding_cache
 
     decoder, tok = ReportDecoder.from_pretrained(best), load_tokenizer(best / "tokenizer")

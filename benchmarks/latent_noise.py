@@ -10,7 +10,7 @@ phantoms that has a reference sentence (step 1's detections play no part: this m
 - ``test_nll``: teacher-forced next-token loss per target token on the reference sentences (lower is better);
 - ``bleu_4``, ``rouge_l``: corpus BLEU-4 and ROUGE-L of the beam-searched sentences against the references;
 - ``side``: of the lateralised findings whose reference states a side, the fraction whose generated sentence states
-  the same one (``ctagrg.evaluation.grounding.side_from_text``).
+  the same one (``ctagrg.text.attributes.side_from_text``).
 
 σ is in units of each batch's RMS of hᵢ's non-zero units (``latent_noise_scale: rms``, the scale-free setting
 configs/ctrate use; ``--scale absolute`` for plain σ); the script also prints the training embeddings' RMS.
@@ -78,11 +78,11 @@ def test_pairs(path: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
 
 
 def score(best: Path, h: torch.Tensor, labels: torch.Tensor, refs: list[str]) -> dict[str, float]:
-    from ctagrg.evaluation.grounding import side_from_text
     from ctagrg.evaluation.nlg import nlg_metrics
     from ctagrg.generation.generate import GenerationSettings, generate_sentences
     from ctagrg.labels import LABELS, LATERALISED
     from ctagrg.models.decoder import ReportDecoder, load_tokenizer
+    from ctagrg.text.attributes import side_from_text
     from ctagrg.training.decoder_task import TargetConfig, collate_pairs, prepare_target
 
     decoder, tok = ReportDecoder.from_pretrained(best).eval(), load_tokenizer(best / "tokenizer")

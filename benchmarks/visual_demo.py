@@ -48,7 +48,7 @@ def test_report(best: Path, cache: Path, labels_csv: Path) -> dict:
     from ctagrg.data.dataset import CachedVolumeDataset
     from ctagrg.evaluation.classification import classification_report
     from ctagrg.models.step1 import Step1Model
-    from ctagrg.training.thresholds import load_thresholds
+    from ctagrg.models.thresholds_file import read_thresholds
 
     model = Step1Model.from_pretrained(best)
     ds = CachedVolumeDataset(cache, labels=labels_csv)
@@ -59,7 +59,7 @@ def test_report(best: Path, cache: Path, labels_csv: Path) -> dict:
             labels.append(batch["labels"].numpy())
     import numpy as np
 
-    return classification_report(np.concatenate(labels), np.concatenate(probs), load_thresholds(best))
+    return classification_report(np.concatenate(labels), np.concatenate(probs), np.array(read_thresholds(best)))
 
 
 def main() -> None:

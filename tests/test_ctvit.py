@@ -16,9 +16,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from ctagrg.models.checkpoint import CheckpointError
 from ctagrg.models.ctvit import CTViTConfig, CTViTEncoder
 from ctagrg.models.weights import load_ctclip_ctvit
-from ctagrg.training.checkpoint import CheckpointError
 
 FIXTURE = Path(__file__).parent / "data" / "ctclip_ctvit_tiny.safetensors"
 

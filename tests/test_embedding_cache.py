@@ -18,7 +18,6 @@ from ctagrg.training.embedding_cache import (
     build_from_config,
     load_embedding_cache,
     read_sentences_csv,
-    read_thresholds,
 )
 
 
@@ -103,19 +102,6 @@ def test_pairs_detected_and_present_vs_present(tmp_path: Path) -> None:
         table.pairs("detected_and_present")
     with pytest.raises(ConfigError, match="expected 'detected_and_present' or 'present'"):
         table.pairs("all")
-
-
-def test_read_thresholds_formats(tmp_path: Path) -> None:
-    values = [i / 100 for i in range(18)]
-    for i, data in enumerate([values, dict(zip(LABELS, values, strict=True)), {"thresholds": values}]):
-        (tmp_path / f"t{i}.json").write_text(json.dumps(data))
-        assert read_thresholds(tmp_path / f"t{i}.json") == values
-    (tmp_path / "bad.json").write_text(json.dumps([0.5] * 17))
-    with pytest.raises(ConfigError, match="bad.json: expected 18 numeric thresholds"):
-        read_thresholds(tmp_path / "bad.json")
-    (tmp_path / "partial.json").write_text(json.dumps({"Cardiomegaly": 0.5}))
-    with pytest.raises(ConfigError, match="thresholds missing"):
-        read_thresholds(tmp_path / "partial.json")
 
 
 def test_read_sentences_csv(tmp_path: Path) -> None:

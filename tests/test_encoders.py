@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ctagrg.models.checkpoint import CheckpointError
 from ctagrg.models.ctnet import CTNetConfig, CTNetEncoder
 from ctagrg.models.registry import ENCODERS, create_encoder
 from ctagrg.models.resnet import ResNetTrunk
 from ctagrg.models.weights import load_resnet18_trunk
-from ctagrg.training.checkpoint import CheckpointError
 
 TINY = {
     "ctnet": dict(input_shape=(12, 32, 32), trunk={"width": 4}, embed_dim=24, dropout=0.0,

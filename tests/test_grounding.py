@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ctagrg.evaluation.grounding import expected_side, grounding_metrics, side_from_text, size_mm_from_text, volume_name
+from ctagrg.evaluation.grounding import expected_side, grounding_metrics, volume_name
+from ctagrg.text.attributes import side_from_text, size_mm_from_text
 
 
 @pytest.mark.parametrize(("sentence", "side"), [

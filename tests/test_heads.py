@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from ctagrg.config import from_dict
+from ctagrg.models.checkpoint import CheckpointError
 from ctagrg.models.heads import AbnormalityHeads, HeadsConfig, PretrainHead
 from ctagrg.models.step1 import PretrainModel, Step1Model, VisualModelConfig, load_encoder_from
-from ctagrg.training.checkpoint import CheckpointError
 
 SMALL = HeadsConfig(in_dim=24, embed_dim=16, classifier_hidden=8, pretrain_hidden=(12, 6), dropout=0.0)
 

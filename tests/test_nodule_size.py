@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from ctagrg.evaluation.grounding import restate_size, size_mm_from_text
 from ctagrg.measurement.nodule_size import (
     NoduleSizeConfig,
     calibrate_offset,
@@ -20,6 +19,7 @@ from ctagrg.measurement.nodule_size import (
     nodule_diameter_mm,
     solid_spheres,
 )
+from ctagrg.text.attributes import restate_size, size_mm_from_text
 
 SPACING = (4.0, 2.0, 2.0)  # the demo's grid (mm, SLP)
 SHAPE = (40, 96, 96)

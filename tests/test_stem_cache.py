@@ -11,8 +11,8 @@ import torch
 from ctagrg.cli.main import main as cli_main
 from ctagrg.config import ConfigError
 from ctagrg.data.augment import AugmentConfig, AugmentDraw, apply_augmentation, draw_augmentation
+from ctagrg.models.checkpoint import load_state_file
 from ctagrg.models.cnn3d import CNN3DConfig, HUBinStem
-from ctagrg.training.checkpoint import load_state_file
 from ctagrg.training.visual_tasks import PretrainTask, PretrainTaskConfig
 from tests.test_training_visual import write_cache
 

@@ -10,7 +10,8 @@ from sklearn.metrics import f1_score
 
 from ctagrg.evaluation.classification import max_f1_threshold, select_thresholds
 from ctagrg.labels import LABELS
-from ctagrg.training.thresholds import compute_thresholds, load_thresholds, save_thresholds
+from ctagrg.models.thresholds_file import read_thresholds, save_thresholds
+from ctagrg.training.thresholds import compute_thresholds
 
 
 def test_max_f1_hand_case_midpoint():
@@ -60,8 +61,8 @@ def test_thresholds_json_round_trip(tmp_path):
     data = json.loads(path.read_text())
     assert data["rule"] == "max_f1" and data["labels"] == list(LABELS) and data["n_validation"] == 30
     assert data["validation"][LABELS[4]] == {"f1": None, "positives": 0}
-    np.testing.assert_allclose(load_thresholds(tmp_path), select_thresholds(labels, probs)[0])
+    np.testing.assert_allclose(read_thresholds(tmp_path), select_thresholds(labels, probs)[0])
     del data["thresholds"][LABELS[7]]
     path.write_text(json.dumps(data))
     with pytest.raises(ValueError, match=f"thresholds.json: no threshold for {LABELS[7]}"):
-        load_thresholds(path)
+        read_thresholds(path)

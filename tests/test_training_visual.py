@@ -11,9 +11,9 @@ import torch
 from ctagrg.cli.main import main as cli_main
 from ctagrg.data.cache import cache_path, save_cached
 from ctagrg.labels import LABELS
+from ctagrg.models.checkpoint import load_state_file
 from ctagrg.models.step1 import Step1Model
-from ctagrg.training.checkpoint import load_state_file
-from ctagrg.training.thresholds import load_thresholds
+from ctagrg.models.thresholds_file import read_thresholds
 
 MODEL = ["model.ctnet.input_shape=[6,16,16]", "model.ctnet.trunk.width=4", "model.ctnet.trunk.layers=[1,1,1,1]",
          "model.ctnet.reducer_kernels=[[1,1,1],[1,1,1],[2,1,1]]",
@@ -57,7 +57,7 @@ def test_pretrain_then_classifier_via_cli(tmp_path, capsys):
                      *sum((["--set", s] for s in common), [])]) == 0
     best = tmp_path / "cls" / "best"
     assert "best checkpoint:" in capsys.readouterr().out
-    thr = load_thresholds(best)
+    thr = np.array(read_thresholds(best))
     assert thr.shape == (18,) and ((thr > 0) & (thr < 1)).all()
     val = json.loads((best / "validation.json").read_text())
     assert val["n"] == 12 and set(val["per_label"]) == set(LABELS)

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from ctagrg.config import ConfigError, load_config
+from ctagrg.models.checkpoint import CheckpointError
 from ctagrg.models.resnet import ResNetConfig, ResNetTrunk
 from ctagrg.models.weights import RESNET18_FILE, RESNET18_URL, load_resnet18_trunk
-from ctagrg.training.checkpoint import CheckpointError
 from ctagrg.training.visual_tasks import (
     ClassifierTaskConfig,
     PretrainTask,

@@ -4,93 +4,28 @@ Phantom datasets carry the truth in ``ROOT/ground_truth/<name>.json`` (see docs/
 
 - **side accuracy**: over findings of a lateralised label (``ctagrg.labels.LATERALISED``) that are both detected
   by the model and present in the ground truth with a side, the fraction whose generated sentence states that
-  side (:func:`side_from_text`). The expected side is the union over that label's findings: only left -> "left",
+  side (``side_from_text``). The expected side is the union over that label's findings: only left -> "left",
   only right -> "right", both or any bilateral finding -> "bilateral". A sentence stating no side counts as wrong.
 - **nodule size within 5 mm**: over detected, present lung nodules with a true size, the fraction whose sentence
-  states a size (:func:`size_mm_from_text`) within 5 mm of the nearest true nodule size. No stated size is wrong.
+  states a size (``size_mm_from_text``) within 5 mm of the nearest true nodule size. No stated size is wrong.
 
 False detections (detected but absent) are not counted here; the classification metrics already charge them.
+The text readers are :mod:`ctagrg.text.attributes`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from ctagrg.labels import LATERALISED
+from ctagrg.text.attributes import side_from_text, size_mm_from_text
 
 SIZE_TOLERANCE_MM = 5.0
 NODULE = "Lung nodule"
-
-_BILATERAL_RE = re.compile(r"\b(bilateral(ly)?|both (lungs?|sides|hemithora(x|ces)|pleural)|bibasal|bibasilar)\b")
-_LEFT_RE = re.compile(r"\bleft\b")
-_RIGHT_RE = re.compile(r"\bright\b")
-# "12 mm", "1.2 cm", "12x9.3 mm", "12 x 9 x 7 mm", "0,8 cm", "12 millimeters"
-_NUM = r"\d+(?:[.,]\d+)?"
-_SIZE_RE = re.compile(rf"({_NUM}(?:\s*[x×*]\s*{_NUM})*)\s*(mm|millimet(?:er|re)s?|cm|centimet(?:er|re)s?)\b")
-_SIZE_RE_ANY_CASE = re.compile(_SIZE_RE.pattern, re.IGNORECASE)
-# a number and a dash or "to" right before a size: the size ends a range ("5-6 mm", "5 to 6 mm")
-_RANGE_BEFORE_RE = re.compile(rf"{_NUM}\s*(?:-|–|to)\s*$", re.IGNORECASE)
-
-
-def side_from_text(sentence: str | None) -> str | None:
-    """The side a sentence states: "left", "right", "bilateral" (or both sides named), or None.
-
-    >>> side_from_text("A 12 mm nodule in the upper lobe of the right lung.")
-    'right'
-    >>> side_from_text("Bilateral pleural effusion.")
-    'bilateral'
-    """
-    if not sentence:
-        return None
-    text = sentence.lower()
-    if _BILATERAL_RE.search(text):
-        return "bilateral"
-    left, right = bool(_LEFT_RE.search(text)), bool(_RIGHT_RE.search(text))
-    if left and right:
-        return "bilateral"
-    return "left" if left else "right" if right else None
-
-
-def size_mm_from_text(sentence: str | None) -> float | None:
-    """The first size a sentence states, in mm; for "12x9 mm" the largest dimension. None when there is none.
-
-    >>> size_mm_from_text("A 1.2 cm nodule")
-    12.0
-    >>> size_mm_from_text("a 12x9.3 mm nodule")
-    12.0
-    """
-    if not sentence:
-        return None
-    match = _SIZE_RE.search(sentence.lower())
-    if match is None:
-        return None
-    dims = [float(v.replace(",", ".")) for v in re.findall(_NUM, match.group(1))]
-    scale = 10.0 if match.group(2).startswith(("cm", "centimet")) else 1.0
-    return max(dims) * scale
-
-
-def restate_size(sentence: str, size_mm: float) -> str:
-    """``sentence`` with the size it states (as :func:`size_mm_from_text` reads it: "12 mm", "1.2 cm",
-    "12 x 9 mm") replaced by ``size_mm``, rounded half up to whole mm. Unchanged when it states no size, more than
-    one ("12 mm x 9 mm", "up to 8 mm, the largest 14 mm") or a range ("5-6 mm", "5 to 6 mm"): one number cannot
-    replace those without garbling them.
-
-    >>> restate_size("A 1.2 cm nodule in the right upper lobe.", 17.4)
-    'A 17 mm nodule in the right upper lobe.'
-    >>> restate_size("A 5-6 mm nodule.", 17.4)
-    'A 5-6 mm nodule.'
-    """
-    matches = list(_SIZE_RE_ANY_CASE.finditer(sentence))  # on the sentence itself: lower() can move offsets
-    if len(matches) != 1 or _RANGE_BEFORE_RE.search(sentence[: matches[0].start()]):
-        return sentence
-    match = matches[0]
-    return f"{sentence[: match.start()]}{math.floor(size_mm + 0.5):d} mm{sentence[match.end():]}"
-
 
 def expected_side(findings: Iterable[Mapping[str, Any]], label: str) -> str | None:
     """Union of the sides of ``label``'s findings (None when none of them has a side)."""

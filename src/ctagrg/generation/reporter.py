@@ -43,7 +43,7 @@ from ctagrg.measurement.nodule_size import (
 from ctagrg.models.cnn3d import OUTLIER_SD
 from ctagrg.models.decoder import ReportDecoder, load_tokenizer
 from ctagrg.models.preprocess_match import check_encoder_preprocess, encoder_config_of
-from ctagrg.training.embedding_cache import read_thresholds
+from ctagrg.models.thresholds_file import read_thresholds
 from ctagrg.utils.atomic import write_json_atomic, write_text_atomic
 from ctagrg.utils.device import resolve_device
 
@@ -249,9 +249,9 @@ class Reporter:
         (None otherwise), looked for in the lateral halves where step 1 found it (``halves_on`` with the model's
         half thresholds; the whole volume without lateral halves); its sentence then states that size
         (``restate_size``) instead of the decoder's. ``volumes``: (N, D, H, W) preprocessed, SLP."""
-        from ctagrg.evaluation.grounding import restate_size
         from ctagrg.measurement.nodule_size import hu_from_input
         from ctagrg.models.heads import halves_on
+        from ctagrg.text.attributes import restate_size
 
         cfg, i = self.config.nodule_size, LABEL_INDEX["Lung nodule"]
         sizes: list[float | None] = [None] * len(volumes)
@@ -354,7 +354,7 @@ class Reporter:
         """
         from ctagrg.data.preprocess import PreprocessConfig
         from ctagrg.models.step1 import Step1Model
-        from ctagrg.training.embedding_cache import find_thresholds
+        from ctagrg.models.thresholds_file import find_thresholds
 
         decoder_dir = Path(decoder_dir)
         if thresholds is None:

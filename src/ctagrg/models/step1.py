@@ -24,12 +24,12 @@ from torch import nn
 
 from ctagrg.config import from_dict, to_dict
 from ctagrg.labels import LABELS
+from ctagrg.models.checkpoint import CheckpointError, load_model_weights, save_model
 from ctagrg.models.cnn3d import CNN3DConfig
 from ctagrg.models.ctnet import CTNetConfig
 from ctagrg.models.ctvit import CTViTConfig
 from ctagrg.models.heads import AbnormalityHeads, HeadsConfig, PretrainHead, soft_max_over_halves
 from ctagrg.models.registry import ENCODERS, create_encoder
-from ctagrg.training.checkpoint import CheckpointError, load_model_weights, save_model
 from ctagrg.utils.atomic import write_text_atomic
 
 
@@ -177,7 +177,7 @@ class Step1Model(_VisualModel):
 
 def load_encoder_from(model: _VisualModel, directory: str | Path) -> None:
     """Initialise ``model.encoder`` from another visual checkpoint folder (e.g. pretraining's ``best/``)."""
-    from ctagrg.training.checkpoint import describe_mismatch, load_state_file
+    from ctagrg.models.checkpoint import describe_mismatch, load_state_file
 
     path = Path(directory) / "model.safetensors"
     state = {k[len("encoder."):]: v for k, v in load_state_file(path).items() if k.startswith("encoder.")}

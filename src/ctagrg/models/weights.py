@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ctagrg.training.checkpoint import CheckpointError, describe_mismatch
+from ctagrg.models.checkpoint import CheckpointError, describe_mismatch
 
 
 @dataclass

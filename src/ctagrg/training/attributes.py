@@ -80,8 +80,8 @@ def attribute_losses(side_logits: torch.Tensor, size_mm: torch.Tensor, side: tor
 class AttributeTargets:
     """Per volume and label, the side and the size (mm) that the label's report sentence states.
 
-    Read from a sentences CSV with :func:`ctagrg.evaluation.grounding.side_from_text` and
-    :func:`~ctagrg.evaluation.grounding.size_mm_from_text`, the same parsers the grounding metric uses."""
+    Read from a sentences CSV with :func:`ctagrg.text.attributes.side_from_text` and
+    :func:`~ctagrg.text.attributes.size_mm_from_text`, the same parsers the grounding metric uses."""
 
     def __init__(self, table: dict[str, tuple[np.ndarray, np.ndarray]], source: str = "") -> None:
         self.table = table  # volume stem -> (side (L,) int64, -1 unknown; size (L,) float32 mm, NaN unknown)
@@ -89,7 +89,7 @@ class AttributeTargets:
 
     @classmethod
     def from_sentences_csv(cls, path: str | Path) -> AttributeTargets:
-        from ctagrg.evaluation.grounding import side_from_text, size_mm_from_text
+        from ctagrg.text.attributes import side_from_text, size_mm_from_text
         from ctagrg.training.embedding_cache import csv_files, read_sentences_csv
 
         table: dict[str, tuple[np.ndarray, np.ndarray]] = {}

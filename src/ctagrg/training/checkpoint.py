@@ -1,4 +1,4 @@
-"""Checkpoints: ``config.json`` + ``model.safetensors`` for weights, ``train_state.pt`` for everything else.
+"""Training checkpoints: ``train_state.pt`` beside a model checkpoint (:mod:`ctagrg.models.checkpoint`).
 
 The training state (optimizer, scheduler, grad scaler, step counters, RNG states) is saved as plain tensors,
 numbers, lists and dicts only, so it loads with ``torch.load(..., weights_only=True)`` and never unpickles code.
@@ -9,7 +9,6 @@ also replaced as a whole (:func:`atomic_dir`), so its weights and its training s
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import shutil
@@ -19,54 +18,21 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
-from torch import nn
 
-from ctagrg.utils.atomic import atomic_path, write_json_atomic
+from ctagrg.models.checkpoint import (  # noqa: F401 (re-exported: the training loop saves models too)
+    CONFIG_FILE,
+    MODEL_FILE,
+    CheckpointError,
+    describe_mismatch,
+    load_model_weights,
+    load_state_file,
+    read_config,
+    save_model,
+    unwrap,
+)
+from ctagrg.utils.atomic import atomic_path
 
-MODEL_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
 STATE_FILE = "train_state.pt"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, unreadable, or does not match the model/config it is loaded into."""
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The bare model under DDP / torch.compile wrappers."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    while True:
-        if isinstance(model, DistributedDataParallel):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
-            model = model._orig_mod
-        else:
-            return model
-
-
-def _contiguous_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    # safetensors refuses shared storage and non-contiguous views; clone tied weights apart.
-    out: dict[str, torch.Tensor] = {}
-    seen: set[int] = set()
-    for key, tensor in unwrap(model).state_dict().items():
-        t = tensor.detach().cpu().contiguous()
-        if t.data_ptr() in seen:
-            t = t.clone()
-        seen.add(t.data_ptr())
-        out[key] = t
-    return out
-
-
-def save_model(model: nn.Module, directory: str | Path, config: dict[str, Any]) -> Path:
-    """Write ``directory/config.json`` (``config``) and ``directory/model.safetensors`` (the state dict)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    with atomic_path(directory / MODEL_FILE) as tmp:
-        save_file(_contiguous_state(model), str(tmp), metadata={"format": "pt"})
-    write_json_atomic(directory / CONFIG_FILE, config)
-    return directory
 
 
 def _sidecars(directory: Path) -> tuple[Path, Path]:
@@ -101,54 +67,6 @@ def recover_dir(directory: str | Path) -> None:
     previous = _sidecars(directory)[1]
     if not directory.exists() and previous.is_dir():
         os.replace(previous, directory)
-
-
-def read_config(directory: str | Path) -> dict[str, Any]:
-    path = Path(directory) / CONFIG_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{path}: not found (a checkpoint folder holds {CONFIG_FILE} and {MODEL_FILE})")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: not valid JSON: {exc}") from None
-
-
-def describe_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], limit: int = 20) -> str:
-    """Human-readable list of missing, unexpected and wrongly-shaped tensors ('' when they match)."""
-    missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
-    shapes = [
-        f"{k} (model {tuple(expected[k].shape)}, checkpoint {tuple(found[k].shape)})"
-        for k in sorted(set(expected) & set(found))
-        if expected[k].shape != found[k].shape
-    ]
-    parts = []
-    for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
-        if items:
-            more = f", ... ({len(items) - limit} more)" if len(items) > limit else ""
-            parts.append(f"{title} [{len(items)}]: {', '.join(items[:limit])}{more}")
-    return "; ".join(parts)
-
-
-def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: not found")
-    try:
-        return load_file(str(path))
-    except Exception as exc:  # safetensors raises its own error types
-        raise CheckpointError(f"{path}: not a readable safetensors file: {exc}") from None
-
-
-def load_model_weights(model: nn.Module, directory: str | Path, strict: bool = True) -> None:
-    """Load ``directory/model.safetensors`` into ``model``; mismatched tensors are named in a CheckpointError."""
-    path = Path(directory) / MODEL_FILE
-    found = load_state_file(path)
-    target = unwrap(model)
-    problem = describe_mismatch(target.state_dict(), found)
-    if problem and (strict or "shape mismatch" in problem):
-        raise CheckpointError(f"{path}: checkpoint does not match the model built from its config: {problem}")
-    target.load_state_dict(found, strict=strict)
 
 
 # -- RNG state as plain data (weights_only-loadable) ------------------------------------------------------------

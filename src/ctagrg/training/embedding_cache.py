@@ -37,6 +37,7 @@ import torch
 from ctagrg.config import ConfigError, to_dict
 from ctagrg.labels import LABEL_INDEX, LABELS, NUM_LABELS
 from ctagrg.models.preprocess_match import check_cache_preprocess, encoder_config_of
+from ctagrg.models.thresholds_file import find_thresholds, read_thresholds
 from ctagrg.training import distributed as D
 from ctagrg.utils.atomic import atomic_path, write_json_atomic
 from ctagrg.utils.device import resolve_device
@@ -65,36 +66,6 @@ class EmbeddingCacheConfig:
     batch_size: int = 2
     shard_size: int = 256
     device: str = "auto"
-
-
-# -- thresholds -----------------------------------------------------------------------------------------------
-def read_thresholds(path: str | Path) -> list[float]:
-    """Per-label probability thresholds from JSON: a list of 18 numbers, a {label: number} mapping, or either one
-    under a ``"thresholds"`` key. Returns 18 floats in ``LABELS`` order."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read thresholds ({exc})") from None
-    if isinstance(data, dict) and "thresholds" in data:
-        data = data["thresholds"]
-    if isinstance(data, dict):
-        missing = [label for label in LABELS if label not in data]
-        if missing:
-            raise ConfigError(f"{path}: thresholds missing for {missing[:3]} ({len(missing)} labels)")
-        data = [data[label] for label in LABELS]
-    if not isinstance(data, list) or len(data) != NUM_LABELS or not all(isinstance(v, (int, float)) for v in data):
-        raise ConfigError(f"{path}: expected 18 numeric thresholds (a list or a label → value mapping)")
-    return [float(v) for v in data]
-
-
-def find_thresholds(step1_dir: str | Path) -> Path | None:
-    """thresholds.json in the step-1 checkpoint folder or its parent (the run folder), if any."""
-    step1_dir = Path(step1_dir)
-    for candidate in (step1_dir / "thresholds.json", step1_dir.parent / "thresholds.json"):
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 # -- sentences ------------------------------------------------------------------------------------------------

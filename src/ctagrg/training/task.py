@@ -81,13 +81,13 @@ class Task:
 
     def save_model(self, model: Any, directory: Path) -> None:
         """Write ``config.json`` + ``model.safetensors`` into ``directory`` (default: generic, see checkpoint.py)."""
-        from ctagrg.training.checkpoint import save_model
+        from ctagrg.models.checkpoint import save_model
 
         save_model(model, directory, config=self.model_config_dict())
 
     def load_model(self, model: Any, directory: Path) -> None:
         """Load weights written by :meth:`save_model` into ``model``; mismatches raise CheckpointError."""
-        from ctagrg.training.checkpoint import load_model_weights
+        from ctagrg.models.checkpoint import load_model_weights
 
         load_model_weights(model, directory)
 

@@ -40,11 +40,11 @@ from ctagrg.data.augment import AugmentDraw, apply_augmentation, draw_augmentati
 from ctagrg.data.cache import dequantize
 from ctagrg.evaluation.classification import classification_report, markdown_table
 from ctagrg.labels import LABELS
+from ctagrg.models.checkpoint import load_model_weights
 from ctagrg.models.heads import SIDE_CLASSES
 from ctagrg.models.preprocess_match import check_cache_preprocess
 from ctagrg.models.step1 import PretrainModel, Step1Model, load_encoder_from
 from ctagrg.training.attributes import AttributeTargets, attribute_losses, half_side_loss
-from ctagrg.training.checkpoint import load_model_weights
 from ctagrg.training.splits import Selection, resolve, write_record
 from ctagrg.training.task import Task
 from ctagrg.training.thresholds import compute_thresholds, save_thresholds
@@ -178,7 +178,7 @@ class VisualTask(Task):
 
     def _warm_start_heads(self, model: nn.Module) -> None:
         """init.heads_from_pretrain: step 1's heads from init.encoder_from's linear pretraining head."""
-        from ctagrg.training.checkpoint import load_state_file
+        from ctagrg.models.checkpoint import load_state_file
 
         init = self.cfg.init
         if not isinstance(model, Step1Model):

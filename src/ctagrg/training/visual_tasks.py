@@ -24,6 +24,7 @@ from ctagrg.config import ConfigError, from_dict, read_json_object, to_dict
 from ctagrg.data.augment import AugmentDraw, apply_augmentation
 from ctagrg.labels import LABEL_INDEX, LABELS
 from ctagrg.measurement.nodule_size import NODULE_SIZE_FILE
+from ctagrg.models.checkpoint import unwrap
 from ctagrg.models.heads import SIDE_CLASSES
 from ctagrg.models.step1 import PretrainModel, Step1Model
 from ctagrg.training.attributes import (  # noqa: F401 (re-exported: the visual stages' public names)
@@ -32,7 +33,6 @@ from ctagrg.training.attributes import (  # noqa: F401 (re-exported: the visual 
     attribute_losses,
     half_side_loss,
 )
-from ctagrg.training.checkpoint import unwrap
 from ctagrg.training.loop import autocast_context
 from ctagrg.training.thresholds import save_thresholds, select_half_thresholds
 from ctagrg.training.visual_base import VisualTask
