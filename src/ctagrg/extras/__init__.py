@@ -1,0 +1,17 @@
+"""The demo's extras: everything in ctagrg that is not the published CT-AGRG method.
+
+The small CPU encoder (``cnn3d``) and its stem channels, lateral and gated halves, attribute read-outs, nodule
+measurement, the out-of-distribution warning, step 2's mirrored pairs. They attach to the core through its
+registries (:mod:`ctagrg.utils.plugins`); :func:`register` is the ``ctagrg.plugins`` entry point. docs/demo-encoder.md.
+"""
+
+from __future__ import annotations
+
+
+def register() -> None:
+    """Register the extras with the core's registries (called once by ``ctagrg.utils.plugins.load_plugins``)."""
+    from ctagrg.extras.cnn3d.config import CNN3DConfig
+    from ctagrg.extras.cnn3d.encoder import CNN3DEncoder
+    from ctagrg.models.registry import register_encoder
+
+    register_encoder("cnn3d", CNN3DConfig, CNN3DEncoder)
