@@ -130,11 +130,27 @@ def _set_path(cfg: Any, dotted: str, raw: str) -> Any:
                           f"valid keys: {', '.join(types_)}")
     if rest:
         child = getattr(cfg, head)
+        if isinstance(child, dict):  # a free-form section (plug-in options): nested keys are created as needed
+            return dataclasses.replace(cfg, **{head: _set_in_mapping(child, rest, raw)})
         if not dataclasses.is_dataclass(child):
             raise ConfigError(f"override {dotted!r}: {head!r} is not a section")
         return dataclasses.replace(cfg, **{head: _set_path(child, rest, raw)})
     value = yaml.safe_load(raw) if raw != "" else ""
     return dataclasses.replace(cfg, **{head: _coerce(value, types_[head], f"override {dotted}")})
+
+
+def _set_in_mapping(mapping: dict[str, Any], dotted: str, raw: str) -> dict[str, Any]:
+    """A copy of ``mapping`` with the value at dotted key ``dotted`` set to ``raw`` parsed as YAML."""
+    head, _, rest = dotted.partition(".")
+    out = dict(mapping)
+    if rest:
+        child = out.get(head) or {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted!r}: {head!r} is not a section")
+        out[head] = _set_in_mapping(child, rest, raw)
+    else:
+        out[head] = yaml.safe_load(raw) if raw != "" else ""
+    return out
 
 
 def apply_overrides(cfg: T, overrides: list[str] | None) -> T:

@@ -10,8 +10,23 @@ from __future__ import annotations
 
 def register() -> None:
     """Register the extras with the core's registries (called once by ``ctagrg.utils.plugins.load_plugins``)."""
-    from ctagrg.extras.cnn3d.config import CNN3DConfig
-    from ctagrg.extras.cnn3d.encoder import CNN3DEncoder
-    from ctagrg.models.registry import register_encoder
+    from ctagrg.extras.halves.heads import HalvesConfig, HalvesHeads, HalvesPretrainHead
+    from ctagrg.models.registry import HeadVariant, register_encoder, register_heads
 
+    register_heads("halves", HeadVariant(HalvesConfig, HalvesPretrainHead, HalvesHeads))
+    _register_training()
+    _register_inference()
+    try:  # TEMPORARY during the move of cnn3d into extras
+        from ctagrg.extras.cnn3d.config import CNN3DConfig
+        from ctagrg.extras.cnn3d.encoder import CNN3DEncoder
+    except ImportError:
+        from ctagrg.models.cnn3d import CNN3DConfig, CNN3DEncoder
     register_encoder("cnn3d", CNN3DConfig, CNN3DEncoder)
+
+
+def _register_training() -> None:
+    pass
+
+
+def _register_inference() -> None:
+    pass

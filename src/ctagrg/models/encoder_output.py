@@ -28,3 +28,9 @@ def encode(encoder: nn.Module, volume: torch.Tensor) -> EncoderOutput:
     """``encoder.encode(volume)`` where the encoder defines it, else ``EncoderOutput(encoder(volume))``."""
     method = getattr(encoder, "encode", None)
     return method(volume) if callable(method) else EncoderOutput(encoder(volume))
+
+
+def encode_from(encoder: nn.Module, inputs: dict[str, torch.Tensor]) -> EncoderOutput:
+    """The encoder on keyword ``inputs`` it takes instead of a volume (e.g. a precomputed stem)."""
+    method = getattr(encoder, "encode", None)
+    return method(**inputs) if callable(method) else EncoderOutput(encoder(**inputs))

@@ -17,37 +17,74 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from ctagrg.config import from_dict, to_dict
+from ctagrg.config import ConfigError, from_dict, to_dict
 from ctagrg.labels import LABELS
 from ctagrg.models.checkpoint import CheckpointError, load_model_weights, save_model
-from ctagrg.models.cnn3d import CNN3DConfig
 from ctagrg.models.ctnet import CTNetConfig
 from ctagrg.models.ctvit import CTViTConfig
-from ctagrg.models.heads import AbnormalityHeads, HeadsConfig, PretrainHead, soft_max_over_halves
-from ctagrg.models.registry import ENCODERS, create_encoder
+from ctagrg.models.encoder_output import EncoderOutput, encode, encode_from
+from ctagrg.models.heads import AbnormalityHeads, HeadsConfig, PretrainHead
+from ctagrg.models.registry import BUILTIN_ENCODERS, ENCODERS, create_encoder, encoder_entry, head_variant
 from ctagrg.utils.atomic import write_text_atomic
 
 
 @dataclass
 class VisualModelConfig:
-    """Encoder choice and sizes plus head sizes. Only the section named by ``encoder`` is used."""
+    """Encoder choice and sizes plus head sizes. Only the section named by ``encoder`` is used: ``ctnet`` or
+    ``ctvit`` (the published encoders), or a plug-in encoder's section in ``extras`` (e.g. the demo's ``cnn3d``).
+    ``extras`` also holds the options of a plug-in head variant (``heads.variant``)."""
 
-    encoder: str = "ctnet"  # ctnet | ctvit | cnn3d (a small 3D CNN for CPU demos, not the published method)
+    encoder: str = "ctnet"  # ctnet | ctvit | a plug-in's encoder (ctagrg.models.registry)
     ctnet: CTNetConfig = field(default_factory=CTNetConfig)
     ctvit: CTViTConfig = field(default_factory=CTViTConfig)
-    cnn3d: CNN3DConfig = field(default_factory=CNN3DConfig)
     heads: HeadsConfig = field(default_factory=HeadsConfig)
     # CT-AGRG's per-head backward (step 1): heads also learn from their loss on a detached encoder output, which
     # gives the same gradients as its "per-head backward with frozen backbone, then summed backward" in one pass.
     per_head_backward: bool = False
+    extras: dict[str, Any] = field(default_factory=dict)  # plug-in sections by name, e.g. {"cnn3d": {...}}
+
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {
+        "cnn3d": "moved to model.extras.cnn3d (a plug-in encoder's section; docs/demo-encoder.md); `ctagrg "
+                 "convert-model` converts a model packaged before"}
+
+    def __post_init__(self) -> None:
+        # each plug-in section resolved to its full config (defaults filled in), so that it is saved whole
+        for name, section in list(self.extras.items()):
+            cls = self._plugin_config_class(name)
+            self.extras[name] = to_dict(from_dict(cls, dict(section or {}), where=f"model.extras.{name}"))
+
+    def _plugin_config_class(self, name: str) -> type:
+        if name in BUILTIN_ENCODERS:
+            raise ConfigError(f"model.extras.{name}: {name} is a built-in encoder; its section is model.{name}")
+        if name == self.heads.variant:
+            variant = head_variant(name)
+            if variant is not None and variant.config is not None:
+                return variant.config
+        try:
+            return encoder_entry(name)[0]
+        except ValueError:
+            raise ConfigError(f"model.extras.{name}: no plug-in encoder or head variant {name!r} is installed "
+                              f"(heads.variant is {self.heads.variant!r})") from None
 
     def encoder_config(self) -> Any:
-        return getattr(self, self.encoder)
+        """The selected encoder's config dataclass."""
+        if self.encoder in BUILTIN_ENCODERS:
+            return getattr(self, self.encoder)
+        cls = encoder_entry(self.encoder)[0]
+        return from_dict(cls, self.extras.get(self.encoder, {}), where=f"model.extras.{self.encoder}")
+
+    def heads_variant_config(self) -> Any:
+        """The head variant's own config (None for the published heads)."""
+        variant = head_variant(self.heads.variant)
+        if variant is None or variant.config is None:
+            return None
+        return from_dict(variant.config, self.extras.get(self.heads.variant, {}),
+                         where=f"model.extras.{self.heads.variant}")
 
 
 class _VisualModel(nn.Module):
@@ -56,17 +93,34 @@ class _VisualModel(nn.Module):
     def __init__(self, config: VisualModelConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or VisualModelConfig()
-        if config.encoder not in ENCODERS:
+        try:
+            encoder_entry(config.encoder)
+        except ValueError:
             raise ValueError(f"VisualModelConfig.encoder: expected one of {', '.join(ENCODERS)}, "
-                             f"got {config.encoder!r}")
+                             f"got {config.encoder!r}") from None
         enc_cfg = config.encoder_config()
-        out_dim = getattr(enc_cfg, "out_dim", enc_cfg.embed_dim)
+        out_dim = getattr(enc_cfg, "out_dim", getattr(enc_cfg, "embed_dim", None))
         if out_dim != config.heads.in_dim:
             raise ValueError(f"encoder embedding width {out_dim} (embed_dim) != heads.in_dim {config.heads.in_dim}")
-        if getattr(enc_cfg, "lateral_halves", False) != config.heads.lateral_halves:
-            raise ValueError(f"heads.lateral_halves ({config.heads.lateral_halves}) must match the encoder's "
-                             f"{config.encoder}.lateral_halves ({getattr(enc_cfg, 'lateral_halves', False)})")
         self.encoder = create_encoder(config.encoder, enc_cfg)
+        self._variant = head_variant(config.heads.variant)
+        self._variant_config = config.heads_variant_config()
+
+    def _check_parts(self, heads: nn.Module) -> None:
+        """The heads must read the encoder's features in as many parts as the encoder writes them."""
+        enc_parts = getattr(self.config.encoder_config(), "parts", 1)
+        if heads.parts != enc_parts:
+            raise ValueError(f"heads ({self.config.heads.variant}) read {heads.parts} part(s) of the features, the "
+                             f"{self.config.encoder} encoder writes {enc_parts}")
+
+    def _encode(self, volume: torch.Tensor | None, encoder_inputs: dict[str, Any] | None) -> EncoderOutput:
+        """The encoder on ``volume``, or on ``encoder_inputs`` (keyword inputs an encoder accepts instead, e.g.
+        a plug-in encoder's precomputed stem)."""
+        if (volume is None) == (encoder_inputs is None):
+            raise ValueError(f"{type(self).__name__}: give exactly one of volume, h or encoder_inputs")
+        if volume is not None:
+            return encode(self.encoder, volume)
+        return encode_from(self.encoder, encoder_inputs)
 
     def gradient_checkpointing_enable(self) -> None:
         self.encoder.gradient_checkpointing_enable()
@@ -74,7 +128,7 @@ class _VisualModel(nn.Module):
     # -- save / load ------------------------------------------------------------------------------------------
     def config_dict(self) -> dict[str, Any]:
         data = to_dict(self.config)
-        for name in ENCODERS:
+        for name in BUILTIN_ENCODERS:
             if name != self.config.encoder:
                 data.pop(name)
         return {"model_type": self.model_type, "labels": list(LABELS), **data}
@@ -108,70 +162,57 @@ class _VisualModel(nn.Module):
 
 
 class PretrainModel(_VisualModel):
-    """(B, 1, D, H, W) -> {"logits": (B, 18), "h": (B, 2048)} (+ "half_logits" (B, 2, 18), [right, left], with
-    ``heads.lateral_halves``)."""
+    """(B, 1, D, H, W) -> {"logits": (B, 18), "h": (B, 2048)} (+ what a plug-in head variant adds, e.g.
+    "half_logits")."""
 
     model_type = "ctagrg-pretrain"
 
     def __init__(self, config: VisualModelConfig | None = None) -> None:
         super().__init__(config)
-        self.head = PretrainHead(self.config.heads)
+        cls = self._variant.pretrain_head if self._variant is not None else PretrainHead
+        self.head = cls(self.config.heads, self._variant_config)
+        self._check_parts(self.head)
 
-    def forward(self, volume: torch.Tensor | None = None, *, stem: torch.Tensor | None = None
+    def forward(self, volume: torch.Tensor | None = None, *, encoder_inputs: dict[str, Any] | None = None
                 ) -> dict[str, torch.Tensor]:
-        """``volume`` (B, 1, D, H, W), or for the cnn3d encoder ``stem`` (B, stem_channels, d, h, w): its fixed
-        stem's output computed elsewhere (pretraining's ``cache_stem``)."""
-        if (volume is None) == (stem is None):
-            raise ValueError("PretrainModel: give exactly one of volume or stem")
-        h = self.encoder(volume) if stem is None else self.encoder.forward_from_stem(stem)
-        if self.head.halves == 1:
-            return {"logits": self.head(h), "h": h}
-        half = self.head.half_logits(h)
-        return {"logits": soft_max_over_halves(half), "half_logits": half, "h": h}
+        """``volume`` (B, 1, D, H, W), or ``encoder_inputs`` (what the encoder takes instead of a volume)."""
+        h = self._encode(volume, encoder_inputs).features
+        return {**self.head.outputs(h), "h": h}
 
 
 class Step1Model(_VisualModel):
-    """(B, 1, D, H, W) -> {"logits": (B, 18), "embeddings": (B, 18, 1024)} (+ "logits_detached" when training
-    with ``per_head_backward``: the heads applied to the encoder output cut from the graph; + "side_logits"
-    (B, 18, 3) and "size_mm" (B, 18) with ``heads.attribute_heads``; + "half_logits" (B, 2, 18), [right, left],
-    with ``heads.lateral_halves``). With ``heads.condition_on_halves`` the embeddings are the gated halves,
-    (B, 18, 2 x (E + 2)): per half its E units where the label is on in that half (its probability reaches the
-    label's half threshold, or it is the higher half where neither does) and zeros elsewhere, then its probability
-    and its on flag (:meth:`AbnormalityHeads.conditioning`). Its width: :attr:`embedding_dim`."""
+    """(B, 1, D, H, W) -> {"logits": (B, 18), "embeddings": (B, 18, embedding_dim)} (+ "logits_detached" when
+    training with ``per_head_backward``: the heads applied to the encoder output cut from the graph; + in eval mode
+    "diagnostics": the encoder's per-volume diagnostics, when it reports any; + what a plug-in head variant adds)."""
 
     model_type = "ctagrg-step1"
 
     def __init__(self, config: VisualModelConfig | None = None) -> None:
         super().__init__(config)
-        self.heads = AbnormalityHeads(self.config.heads)
+        cls = self._variant.abnormality_heads if self._variant is not None else AbnormalityHeads
+        self.heads = cls(self.config.heads, self._variant_config)
+        self._check_parts(self.heads)
 
     @property
     def embedding_dim(self) -> int:
-        """Width of the "embeddings" output, what step 2's decoder is conditioned on: embed_dim, x 2 with lateral
-        halves, 2 x (embed_dim + 2) with ``heads.condition_on_halves``."""
-        heads = self.config.heads
-        return heads.halves * (heads.embed_dim + (2 if heads.condition_on_halves else 0))
+        """Width of the "embeddings" output, what step 2's decoder is conditioned on."""
+        return self.heads.embedding_dim
 
-    def forward(self, volume: torch.Tensor | None = None, *, h: torch.Tensor | None = None
-                ) -> dict[str, torch.Tensor]:
+    def forward(self, volume: torch.Tensor | None = None, *, h: torch.Tensor | None = None,
+                encoder_inputs: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
         """``volume`` (B, 1, D, H, W), or ``h`` (B, in_dim): an encoder output computed earlier (a frozen encoder's,
-        cached by the classifier task), which skips the encoder."""
-        if (volume is None) == (h is None):
-            raise ValueError("Step1Model: give exactly one of volume or h")
+        cached by the classifier task), which skips the encoder, or ``encoder_inputs``."""
+        diagnostics: dict[str, torch.Tensor] = {}
         if h is None:
-            h = self.encoder(volume)
-        embeddings = self.heads.embed(h)
-        half = self.heads.half_logits(embeddings)
-        if self.heads.halves == 1:
-            out = {"logits": half[:, 0], "embeddings": embeddings}
-        else:
-            out = {"logits": soft_max_over_halves(half), "half_logits": half, "embeddings": embeddings}
-        if self.heads.attribute_heads:
-            out["side_logits"], out["size_mm"] = self.heads.attributes(embeddings)
+            encoded = self._encode(volume, encoder_inputs)
+            h, diagnostics = encoded.features, encoded.diagnostics
+        elif volume is not None or encoder_inputs is not None:
+            raise ValueError("Step1Model: give exactly one of volume, h or encoder_inputs")
+        out = self.heads.outputs(h)
         if self.training and self.config.per_head_backward:
             out["logits_detached"] = self.heads(h.detach())[0]
-        if self.config.heads.condition_on_halves:  # step 2's input: each half + its probability and "on"
-            out["embeddings"] = self.heads.conditioning(embeddings, half)
+        if diagnostics and not self.training:
+            out["diagnostics"] = diagnostics
         return out
 
 

@@ -39,12 +39,12 @@ from ctagrg.config import ConfigError
 from ctagrg.data.augment import AugmentDraw, apply_augmentation, draw_augmentation
 from ctagrg.data.cache import dequantize
 from ctagrg.evaluation.classification import classification_report, markdown_table
+from ctagrg.generation.postprocess import POSTPROCESS_FILE
 from ctagrg.labels import LABELS
 from ctagrg.models.checkpoint import load_model_weights
-from ctagrg.models.heads import SIDE_CLASSES
 from ctagrg.models.preprocess_match import check_cache_preprocess
-from ctagrg.models.step1 import PretrainModel, Step1Model, load_encoder_from
-from ctagrg.training.attributes import AttributeTargets, attribute_losses, half_side_loss
+from ctagrg.models.step1 import PretrainModel, load_encoder_from
+from ctagrg.training.extensions import Extension, build_extensions
 from ctagrg.training.splits import Selection, resolve, write_record
 from ctagrg.training.task import Task
 from ctagrg.training.thresholds import compute_thresholds, save_thresholds
@@ -60,27 +60,19 @@ class VisualTask(Task):
 
     model_cls: type = PretrainModel
 
+    stage = ""  # "pretrain" | "classifier": which training extensions may join
+
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
         self._pos_weight: torch.Tensor | None = None
-        self._attributes: AttributeTargets | None = None
-        self._attribute_counts: dict[str, Any] = {}  # filled by predict, read by validate
         self._selection: Selection | None = None
         self._label_tables: dict[str, dict[str, np.ndarray]] = {}
-        a = cfg.attributes
-        if a.enabled:
-            if a.half_weight > 0 and not cfg.model.heads.lateral_halves:
-                raise ConfigError("attributes.half_weight > 0 needs model.heads.lateral_halves: true (the two half "
-                                  "logits it supervises)")
-            if not a.sentences_csv:
-                raise ConfigError("attributes.sentences_csv: not set (the `ctagrg sentences` CSV of the training "
-                                  "and validation reports, where the sides and sizes are read)")
-            aug = cfg.data.augment
-            if (a.half_weight > 0 or a.side_weight > 0) and aug.enabled and aug.rot90_p > 0:
-                raise ConfigError("attributes.half_weight / side_weight > 0 with data.augment.rot90_p > 0: a rotated "
-                                  "volume's left and right are no longer the sides its sentence states; set rot90_p: "
-                                  "0 or those weights to 0")
-            self._attributes = AttributeTargets.from_sentences_csv(a.sentences_csv)
+        self.extensions: list[Extension] = []
+        build_extensions(self, cfg.extras, self.stage)
+
+    def extension(self, cls: type) -> Any:
+        """The stage's extension of class ``cls``, or None."""
+        return next((e for e in self.extensions if isinstance(e, cls)), None)
 
     # -- data -------------------------------------------------------------------------------------------------
     def _labels(self, path: str) -> dict[str, np.ndarray]:
@@ -138,13 +130,18 @@ class VisualTask(Task):
                                                     self.cfg.data.max_pos_weight), dtype=torch.float32)
         elif self.cfg.data.pos_weight != "none":
             raise ConfigError(f"data.pos_weight: expected none or auto, got {self.cfg.data.pos_weight!r}")
-        if self._attributes is not None:
-            logger.info(self._attributes.summary(ds))
+        for ext in self.extensions:
+            ds = ext.wrap_dataset(ds, "train")
         return ds
 
     def valid_dataset(self) -> Any | None:
         names = self.selection().valid
-        return self._dataset(self.cfg.data.valid_labels, names) if names else None
+        if not names:
+            return None
+        ds = self._dataset(self.cfg.data.valid_labels, names)
+        for ext in self.extensions:
+            ds = ext.wrap_dataset(ds, "valid")
+        return ds
 
     def on_train_start(self, model: nn.Module) -> None:
         data = self.cfg.data
@@ -154,6 +151,8 @@ class VisualTask(Task):
         selection = self.selection()
         logger.info(f"split: {len(selection.train)} training and {len(selection.valid)} validation volumes "
                     f"(names in {folder})")
+        for ext in self.extensions:
+            ext.on_train_start(model)
 
     # -- model ------------------------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
@@ -172,30 +171,14 @@ class VisualTask(Task):
             logger.info(f"{init.ctclip}: {load_ctclip_ctvit(model.encoder, init.ctclip).summary()}")
         if init.encoder_from:
             load_encoder_from(model, init.encoder_from)
-        if init.heads_from_pretrain:
-            self._warm_start_heads(model)
+        for ext in self.extensions:
+            ext.on_build(model)
         return model
 
-    def _warm_start_heads(self, model: nn.Module) -> None:
-        """init.heads_from_pretrain: step 1's heads from init.encoder_from's linear pretraining head."""
-        from ctagrg.models.checkpoint import load_state_file
-
-        init = self.cfg.init
-        if not isinstance(model, Step1Model):
-            raise ConfigError("init.heads_from_pretrain: only for step 1 (train classifier)")
-        if not init.encoder_from:
-            raise ConfigError("init.heads_from_pretrain: needs init.encoder_from (the pretraining checkpoint folder)")
-        path = Path(init.encoder_from) / "model.safetensors"
-        state = load_state_file(path)
-        head = sorted(k for k in state if k.startswith("head.net."))
-        if head != ["head.net.0.bias", "head.net.0.weight"]:
-            raise ConfigError(f"init.heads_from_pretrain: {path} has no linear pretraining head (expected "
-                              f"head.net.0.weight and head.net.0.bias, i.e. heads.pretrain_hidden: [], found "
-                              f"{', '.join(head) or 'no head.* tensors'})")
-        try:
-            model.heads.warm_start(state["head.net.0.weight"], state["head.net.0.bias"])
-        except ValueError as exc:
-            raise ConfigError(f"init.heads_from_pretrain ({path}): {exc}") from None
+    def param_groups(self, model: nn.Module) -> list[Any]:
+        for ext in self.extensions:
+            ext.trainable(model)
+        return [p for p in model.parameters() if p.requires_grad]
 
     def save_model(self, model: nn.Module, directory: Path) -> None:
         model.save_pretrained(directory)
@@ -220,9 +203,17 @@ class VisualTask(Task):
         return x
 
     def _inputs(self, batch: dict[str, Any], train: bool) -> dict[str, torch.Tensor]:
-        """The model's keyword inputs for ``batch``: the volumes, augmented in training (subclasses: cached stems
-        or encoder outputs looked up by name instead). Augmentation records which volumes it mirrored left-right
-        in ``batch["lr_flipped"]`` ((B,) bool), for the side targets."""
+        """The model's keyword inputs for ``batch``: an extension's, or the volumes, augmented in training
+        (subclasses: encoder outputs looked up by name instead). Augmentation records which volumes it mirrored
+        left-right in ``batch["lr_flipped"]`` ((B,) bool), for the side targets."""
+        for ext in self.extensions:
+            replaced = ext.inputs(batch, train)
+            if replaced is not None:
+                return replaced
+        return self._volume_inputs(batch, train)
+
+    def _volume_inputs(self, batch: dict[str, Any], train: bool) -> dict[str, torch.Tensor]:
+        """The volumes of ``batch``, augmented in training."""
         x = self._volumes(batch)  # dequantised before augmentation: its pad value is in normalised units
         draws = self._draws(batch, train)
         if draws is not None:
@@ -239,58 +230,34 @@ class VisualTask(Task):
         batch["lr_flipped"] = torch.tensor([d.flip_axis == 1 for d in draws])
         return draws
 
-    def _loss_terms(self, out: dict[str, torch.Tensor], batch: dict[str, Any], y: torch.Tensor) -> dict[str, Any]:
-        """``{"loss": ...}`` (+ logged extras) from the model's outputs on a training batch with labels ``y``."""
+    def _loss_terms(self, model: nn.Module, out: dict[str, torch.Tensor], batch: dict[str, Any], y: torch.Tensor
+                    ) -> dict[str, Any]:
+        """``{"loss": ...}`` (+ logged extras) from the model's outputs on a training batch with labels ``y``; each
+        extension may add its terms."""
         loss = self._loss(out["logits"], y)
         if "logits_detached" in out:  # CT-AGRG per-head backward (see VisualModelConfig.per_head_backward)
             loss = loss + self._loss(out["logits_detached"], y)
         result: dict[str, Any] = {"loss": loss}
-        a = self.cfg.attributes
-        if self._attributes is not None:
-            side, size = self._attributes.gather(batch["name"], y, self.device, batch.get("lr_flipped"))
-            if a.half_weight > 0:
-                half_loss = half_side_loss(out["half_logits"], side)
-                result["loss"] = result["loss"] + a.half_weight * half_loss
-                result["half_loss"] = half_loss.detach()
-            if a.side_weight > 0 or a.size_weight > 0:
-                side_loss, size_loss = attribute_losses(out["side_logits"], out["size_mm"], side, size)
-                result["loss"] = result["loss"] + a.side_weight * side_loss + a.size_weight * size_loss
-                result |= {"side_loss": side_loss.detach(), "size_loss": size_loss.detach()}
+        for ext in self.extensions:
+            result |= ext.loss_terms(model, out, batch, y, result["loss"])
         return result
 
     def training_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
         out = model(**self._inputs(batch, train=True))
-        return self._loss_terms(out, batch, batch["labels"].to(self.device, non_blocking=True))
+        return self._loss_terms(model, out, batch, batch["labels"].to(self.device, non_blocking=True))
 
     def predict(self, model: nn.Module, loader: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        """(labels (N, 18), probabilities (N, 18), names) over ``loader`` with ``model`` in eval mode. With
-        ``attributes``, also counts what :meth:`validate` reports about sides and sizes, in the same pass."""
-        inputs = lambda batch: self._inputs(batch, train=False)  # noqa: E731
-        if self._attributes is None:
-            return self._predict_with(model, loader, inputs)
-        self._attribute_counts = counts = {"half": 0, "n_half": 0, "right": 0, "n_side": 0, "abs_err": [],
-                                           "outputs": set()}
-        targets = self._attributes
-        left, right = SIDE_CLASSES.index("left"), SIDE_CLASSES.index("right")
+        """(labels (N, 18), probabilities (N, 18), names) over ``loader`` with ``model`` in eval mode; the
+        extensions see every batch's output in the same pass (their validation metrics)."""
+        for ext in self.extensions:
+            ext.start_validation()
 
         def collect(out: dict[str, torch.Tensor], batch: dict[str, Any]) -> None:
-            side, size = targets.gather(batch["name"], batch["labels"], "cpu")
-            counts["outputs"] |= set(out)
-            if "half_logits" in out:  # the half that scores higher against a one-sided finding's stated side
-                one_sided = (side == left) | (side == right)
-                hl = out["half_logits"].float().cpu()
-                said_right = torch.where(hl[:, 0] > hl[:, 1], right, left)
-                counts["half"] += int((said_right[one_sided] == side[one_sided]).sum())
-                counts["n_half"] += int(one_sided.sum())
-            if "side_logits" in out:
-                known = side >= 0
-                counts["right"] += int((out["side_logits"].argmax(-1).cpu()[known] == side[known]).sum())
-                counts["n_side"] += int(known.sum())
-            if "size_mm" in out:
-                sized = ~torch.isnan(size)
-                counts["abs_err"] += (out["size_mm"].float().cpu()[sized] - size[sized]).abs().tolist()
+            for ext in self.extensions:
+                ext.collect(out, batch)
 
-        return self._predict_with(model, loader, inputs, collect)
+        return self._predict_with(model, loader, lambda batch: self._inputs(batch, train=False),
+                                  collect if self.extensions else None)
 
     @staticmethod
     def _predict_with(model: nn.Module, loader: Any, inputs: Any, collect: Any = None
@@ -318,19 +285,16 @@ class VisualTask(Task):
         metrics = {"loss": loss, "macro_auroc": rep["macro"]["auroc"], "macro_f1@0.5": rep["macro"]["f1"]}
         metrics |= {f"auroc/{name}": m["auroc"] for name, m in rep["per_label"].items()}
         metrics["score"] = metrics["macro_auroc"] if not np.isnan(metrics["macro_auroc"]) else -loss
-        if self._attributes is not None:
-            # over the present findings whose sentence states a side (one side, for the halves) or a size
-            # NaN where the model has the output but no validation finding states the attribute
-            c, nan = self._attribute_counts, float("nan")
-            if "half_logits" in c["outputs"]:
-                metrics["half_side_accuracy"] = c["half"] / c["n_half"] if c["n_half"] else nan
-            if "side_logits" in c["outputs"]:
-                metrics["side_accuracy"] = c["right"] / c["n_side"] if c["n_side"] else nan
-            if "size_mm" in c["outputs"]:
-                metrics["size_mae_mm"] = float(np.mean(c["abs_err"])) if c["abs_err"] else nan
+        for ext in self.extensions:
+            metrics |= ext.metrics()
         return metrics
 
     def on_train_end(self, model: nn.Module, out_dir: Path) -> None:
+        self._validation_report(model, out_dir)
+        self.finish_extensions(model, out_dir)
+
+    def _validation_report(self, model: nn.Module, out_dir: Path) -> None:
+        """best/validation.json and .md, and for step 1 best/thresholds.json, from the best model."""
         valid = self.valid_dataset()
         if valid is None:
             return
@@ -347,5 +311,12 @@ class VisualTask(Task):
         rep = classification_report(labels, probs, thresholds)
         write_json_atomic(best / "validation.json", {"n": len(names), **rep})
         write_text_atomic(best / "validation.md", markdown_table(rep))
+
+    def finish_extensions(self, model: nn.Module, out_dir: Path) -> None:
+        """The extensions' end-of-training work on ``out_dir/best`` (after :meth:`on_train_end`'s own)."""
+        best = Path(out_dir) / "best"
+        (best / POSTPROCESS_FILE).unlink(missing_ok=True)  # a section left by an earlier run must not stay on
+        for ext in self.extensions:
+            ext.on_train_end(model, best)
 
     write_thresholds = False

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ctagrg.config import ConfigError
 from ctagrg.data.augment import AugmentConfig
-from ctagrg.measurement.nodule_size import NoduleSizeConfig
 from ctagrg.models.step1 import VisualModelConfig
-from ctagrg.training.attributes import AttributeConfig
 from ctagrg.training.config import TrainConfig
 from ctagrg.training.splits import SplitConfig
 
@@ -38,11 +36,9 @@ class InitConfig:
     # trunk) trained without init.encoder_from needs it set: a path, or "none" to start from random weights
     resnet18: str = ""
     ctclip: str = ""  # CT-CLIP checkpoint -> CT-ViT encoder
-    # step 1: start the abnormality heads from encoder_from's linear pretraining head (heads.pretrain_hidden: []),
-    # so that step 1 begins with pretraining's logits (AbnormalityHeads.warm_start) instead of random heads. Not in
-    # the published method: on ~300 phantoms randomly initialised heads on the frozen encoder lost validation
-    # macro-AUROC against the pretraining head (0.05-0.08, docs/training.md)
-    heads_from_pretrain: bool = False
+
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {
+        "heads_from_pretrain": "moved to the stage's extras: extras: {heads_warm_start: {}} (docs/demo-encoder.md)"}
 
 
 def _pretrain_train() -> TrainConfig:
@@ -66,19 +62,13 @@ class PretrainTaskConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     model: VisualModelConfig = field(default_factory=VisualModelConfig)
     init: InitConfig = field(default_factory=InitConfig)
-    attributes: AttributeConfig = field(default_factory=AttributeConfig)  # only half_weight applies here
-    # cnn3d only: its HU-bin stem has no weights, so measure each volume's patches once, keep them in memory
-    # (float32, measure_channels x the patch grid: 1.8 MB per volume at the demo's shape, 2.4 MB with the demo's two
-    # blob channels and sphere and node channels; not for CT-RATE-sized sets) and augment them instead of the volume.
-    # Needs whole-patch shifts (data.augment.shift_step a multiple of model.cnn3d.patch). The same losses and weights
-    # as computing the stem every step, exactly (tested), except that with cnn3d's ``blob``, ``sphere`` or ``node``
-    # a shift changes those channels near the border.
-    cache_stem: bool = False
-    # L1 penalty on the head's last Linear weights: loss += head_l1 x sum |W|. With ~300 volumes and a linear
-    # read-out of ~1800 pooled features per half, a small finding's few telling features (the maximum of one stem
-    # channel) are outweighed by many that fit the training volumes by chance; the penalty keeps each label's
-    # read-out sparse (docs/training.md, "Models", "L1 read-out"). 0: off.
-    head_l1: float = 0.0
+    # training extensions (not in the published method) by name, with their options: ctagrg.training.extensions
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {
+        "attributes": "moved to extras.attributes (docs/demo-encoder.md)",
+        "cache_stem": "moved to extras: {stem_cache: {}} (docs/demo-encoder.md)",
+        "head_l1": "moved to extras: {head_l1: {weight: W}} (docs/demo-encoder.md)"}
 
 
 @dataclass
@@ -95,11 +85,12 @@ class ClassifierTaskConfig:
     # per volume and keep it in memory (CT-RATE: 2048 floats x ~47k volumes = 0.4 GB), so later epochs and
     # validations train and score only the heads
     cache_frozen_encoder: bool = True
-    attributes: AttributeConfig = field(default_factory=AttributeConfig)
-    # measured nodule diameters for the Reporter (not in the published method; docs/measurement.md): with
-    # ``enabled``, its offset is calibrated after training on the validation nodules whose sentence states a size
-    # and a side, and written to best/nodule_size.json
-    nodule_size: NoduleSizeConfig = field(default_factory=NoduleSizeConfig)
+    # training extensions (not in the published method) by name, with their options: ctagrg.training.extensions
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {
+        "attributes": "moved to extras.attributes (docs/demo-encoder.md)",
+        "nodule_size": "moved to extras.nodule_size (docs/demo-encoder.md)"}
 
 
 RESNET18_NONE = "none"  # init.resnet18's explicit opt-out: CT-Net's trunk starts from random weights

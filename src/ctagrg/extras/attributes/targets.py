@@ -13,8 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ctagrg.extras.halves.heads import SIDE_CLASSES, SIDE_HALVES, SIZE_SCALE_MM
 from ctagrg.labels import LABEL_INDEX, LABELS
-from ctagrg.models.heads import SIDE_CLASSES, SIDE_HALVES, SIZE_SCALE_MM
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """Nodule diameter measured on the preprocessed volume: the largest solid sphere with aerated lung around it.
 
 Research software, not for diagnostic use. Not part of the published CT-AGRG, which leaves sizes to the decoder; the
-demo turns it on (``nodule_size.enabled``) because its decoder does not write sizes from the visual embedding
-(docs/measurement.md). When a lung nodule is detected, the Reporter measures it in the lateral half (or halves)
+demo turns it on (the ``nodule_size`` post-processor) because its decoder does not write sizes from the visual
+embedding (docs/demo-encoder.md). When a lung nodule is detected, the Reporter measures it in the lateral half (or halves)
 where step 1 found it and states that diameter in the nodule's sentence instead of the number the decoder wrote.
 
 The measurement, on a volume in HU with known voxel spacing (mm) and SLP axes (axis 1 runs right -> left):
@@ -19,7 +19,7 @@ The measurement, on a volume in HU with known voxel spacing (mm) and SLP axes (a
    centres) and the partial volume at the threshold; step 1 calibrates it on validation nodules whose report
    sentence states a size (:func:`calibrate_offset`).
 
-A diameter is a whole-lesion measure; the 5 mm agreement of docs/measurement.md is against phantom truth, where a
+A diameter is a whole-lesion measure; the 5 mm agreement of docs/demo-encoder.md is against phantom truth, where a
 nodule is a solid ellipsoid. Real nodules (part-solid, juxtapleural, vessel-attached) have not been validated.
 """
 
@@ -34,17 +34,14 @@ import numpy as np
 from ctagrg.config import ConfigError
 
 SIDES = ("right", "left")  # lateral halves along SLP axis 1: low indices are the patient's right
-NODULE_SIZE_FILE = "nodule_size.json"  # step 1's calibrated NoduleSizeConfig, beside thresholds.json
 
 
 @dataclass
 class NoduleSizeConfig:
-    """Settings of the nodule measurement (HU thresholds, mm distances); saved in reporter.json and
-    ``nodule_size.json`` beside step 1's thresholds.
+    """Settings of the nodule measurement (HU thresholds, mm distances): the ``nodule_size`` report
+    post-processor's options (reporter.json's ``postprocess``), calibrated by step 1's ``nodule_size`` extension.
+    Defaults chosen on the demo's training and validation phantoms (docs/demo-encoder.md)."""
 
-    Defaults chosen on the demo's training and validation phantoms (docs/measurement.md)."""
-
-    enabled: bool = False
     solid_hu: float = -400.0  # solid tissue: above this (a solid nodule is 0-60 HU, lung -850)
     lung_hu: float = -700.0  # aerated lung: below this
     gap_mm: float = 4.5  # the isolation shell lies this far outside the candidate sphere
