@@ -7,8 +7,8 @@ Random inputs at the demo's shape ((B, 1, 64, 128, 128) preprocessed values, con
 encoder). Prints seconds per batch (mean of --repeats after one warm-up) for: the stem's measurements, its assembly,
 the conv stages' forward + backward + AdamW step both ways, and a whole step as pretraining runs it with and
 without ``cache_stem`` (with it, the stem is assembled from measurements made once); and the blob channel: its
-float32 reference (the implementation until 2026-11-29), the uint8 one for 4 radii, the 9-radius profile, and a
-whole stem measurement with the profile.
+float32 reference (masks and sums in float32, erosion by max_pool3d), the uint8 one for 4 radii, the 9-radius
+profile, and a whole stem measurement with the profile.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ def seconds(fn: Callable[[], object], repeats: int) -> float:
 
 
 def blob_float(stem: torch.nn.Module, bins: torch.Tensor) -> torch.Tensor:
-    """The blob score as cnn3d computed it until 2026-11-29 (float32 masks and sums, erosion by max_pool3d), for
-    comparison with ``HUBinStem._blob`` (uint8, separable AND): the same values (tests/test_blob_channel.py)."""
+    """The blob score in float32 (masks and sums, erosion by max_pool3d), the reference for ``HUBinStem._blob``
+    (uint8, separable AND): the same values (tests/test_blob_channel.py)."""
     import torch.nn.functional as F
 
     cfg = stem.config
@@ -97,7 +97,7 @@ def main() -> None:
             opt.step()
         return step
 
-    # the blob channel (demo until 2026-11-29: the best of 4 radii; since: one channel per radius of 9)
+    # the blob channel: the best of 4 radii (the demo's), and one channel per radius of 9 (``blob_profile``)
     common = {"input_shape": cfg.input_shape, "input_hu": cfg.input_hu, "context": True, "blob": True,
               "voxel_mm": (4.0, 2.0, 2.0)}
     blob4 = HUBinStem(CNN3DConfig(**common, blob_radii_mm=(8.0, 12.0, 16.0, 22.0)))

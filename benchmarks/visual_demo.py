@@ -6,8 +6,8 @@
         [--pretrain-epochs 8] [--classifier-epochs 3] [--threads 2] [--set pretrain.train.lr=1e-3 ...]
 
 Uses configs/demo/{pretrain,classifier}.yaml through the same API as `ctagrg train`. Prints wall and CPU seconds
-per stage (CPU seconds are the comparable figure on a shared machine) and a Markdown per-label table for
-docs/training.md; writes ``test_report.json`` into --out.
+per stage (CPU seconds are the comparable figure on a shared machine) and a Markdown per-label table (the tables
+of docs/experiments.md); writes ``test_report.json`` into --out.
 """
 
 from __future__ import annotations

@@ -149,10 +149,8 @@ def sample_anatomy(rng: np.random.Generator, z_extent: float) -> Anatomy:
     lungs = {}
     for side in SIDES:
         dome = z_recess + rng.uniform(0.2, 0.26) * height - (8.0 if side == "left" else 0.0)
-        # The mediastinum (MEDIASTINUM_HALF_WIDTH x the cavity's half-width each side of the midline) is fat
-        # around the trachea, esophagus, aorta and nodes. Without it (before 2026-11-30) the lungs met within a few
-        # mm of the midline and wrapped round each mediastinal structure, so a subcarinal or paratracheal node lay
-        # in lung like a nodule, and the cnn3d sphere channel could not tell them apart.
+        # The mediastinum (MEDIASTINUM_HALF_WIDTH x the cavity's half-width each side of the midline) is fat round
+        # the trachea, esophagus, aorta and nodes, so that no central node lies in lung like a nodule.
         lungs[side] = Lung(xc=SIGN[side] * 0.5 * cax, yc=0.05 * cay, ax=rng.uniform(0.43, 0.47) * cax,
                            ay=0.9 * cay, z_apex=z_apex, z_recess=z_recess, z_dome=dome,
                            medial_mm=MEDIASTINUM_HALF_WIDTH * cax)
@@ -232,9 +230,8 @@ def render_body(anat: Anatomy, grid: Grid) -> Canvas:
     rho = np.sqrt((x / anat.body_ax) ** 2 + (y / anat.body_ay) ** 2) / neck  # (nx, ny, nz)
     mean_r = 0.5 * (anat.body_ax + anat.body_ay)
     inside = (1.0 - rho) * mean_r  # ~ signed distance (mm) to the skin, positive inside
-    # The paraspinal muscles bulge the back over the spine, so that the spinal canal and the spinous process lie
-    # under muscle and fat. Without them (before 2026-11-29) a slim patient's spinous process stood outside the
-    # skin, in air, where the cnn3d blob channel read it as a solid blob surrounded by air.
+    # The paraspinal muscles bulge the back over the spine, so that even a slim patient's spinous process lies
+    # under muscle and fat, not in air (where it would look like a solid blob surrounded by air, i.e. a nodule).
     rho_back = np.sqrt((x / BACK_RADII[0]) ** 2 + ((y - anat.back_center_y) / BACK_RADII[1]) ** 2)
     muscle_in = np.maximum(inside - anat.fat_mm, (1.0 - rho_back) * float(np.mean(BACK_RADII)))
     hu = np.full(grid.shape, HU["air"], np.float32)

@@ -167,11 +167,8 @@ def _consolidation(rng: np.random.Generator, anat: Anatomy) -> Finding:
     size = float(np.round(rng.uniform(*CONSOLIDATION_MM)))
     # Airspace disease fills a lobe from the pleura inwards (lesions._consolidation keeps it inside the lobe and the
     # lung): an ellipsoid of ``size`` mm across whose centre lies half a radius inside the pleura, radially outward
-    # of a point in the lobe, so that most of it lies in the lung, pleural-based and cut flat at the fissures. A
-    # round solid lesion with lung all around is a nodule or a mass; drawn that way (30-55 mm, before 2026-11-29),
-    # consolidation's false positives were the volumes with large nodules. Centred on the pleura and 40-70 mm (the
-    # first 2026-11-29 design) only a small pleural lens showed, which the learnability benchmark's model found at
-    # AUROC 0.63-0.76 (atelectasis looked alike); this size and depth: 0.90-0.95 (BENCHMARKS.md).
+    # of a point in the lobe, so that most of it lies in the lung, pleural-based and cut flat at the fissures: with
+    # lung all around it would be a nodule or a mass, centred on the pleura a thin lens like atelectasis.
     lung, radii = anat.lung(side), size / 2 * np.array([1.0, 0.9, 0.9], np.float32)
     # at least a third of the ellipsoid must lie in the lobe (near the apex or a fissure it may not): else another
     # point, and after 50 tries the point itself (not pushed out to the pleura)
