@@ -123,23 +123,3 @@ def test_encoder_initialised_from_pretraining(tmp_path):
         load_encoder_from(Step1Model(other), tmp_path / "pre")
 
 
-def test_warm_started_heads_give_the_linear_read_out_then_learn():
-    torch.manual_seed(0)
-    cfg = HeadsConfig(in_dim=20, embed_dim=6, classifier_hidden=5, dropout=0.3)
-    heads = AbnormalityHeads(cfg)
-    weight, bias = torch.randn(18, 20), torch.randn(18)
-    heads.warm_start(weight, bias)
-    h = torch.randn(7, 20)
-    heads.eval()
-    logits, emb = heads(h)
-    torch.testing.assert_close(logits, h @ weight.T + bias, rtol=1e-5, atol=1e-5)
-    assert emb.shape == (7, 18, 6)
-    torch.testing.assert_close(emb[:, :, 0] - emb[:, :, 1], h @ weight.T + bias, rtol=1e-5, atol=1e-5)
-    # the zeroed output weights of the other hidden units get gradients: training is not stuck on the copy
-    heads.train()
-    heads(h)[0].sum().backward()
-    assert heads.fc2_weight.grad[:, 2:].abs().sum() > 0
-    with pytest.raises(ValueError, match=r"expected weight \(18, 20\) and bias \(18,\), got \(18, 21\)"):
-        heads.warm_start(torch.zeros(18, 21), torch.zeros(18))
-    with pytest.raises(ValueError, match="needs embed_dim and classifier_hidden >= 2, got 1, 5"):
-        AbnormalityHeads(HeadsConfig(in_dim=20, embed_dim=1, classifier_hidden=5)).warm_start(weight, bias)

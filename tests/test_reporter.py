@@ -81,8 +81,8 @@ def test_report_batch_structure_and_consistency(reporter: Reporter) -> None:
     assert 0 < total_detected < 54
     line = reports[0].to_dict()
     assert set(line) == {"report", "abnormalities"}
-    assert set(line["abnormalities"]["Cardiomegaly"]) == {"probability", "detected", "threshold", "sentence",
-                                                           "size_mm"}
+    assert set(line["abnormalities"]["Cardiomegaly"]) == {"probability", "detected", "threshold", "sentence", "size_mm",
+                                                               "numbers"}
     json.dumps(line)  # JSON-serialisable
 
 

@@ -295,7 +295,7 @@ def test_report_and_oriented_slices(server: Any, tmp_path: Path) -> None:
     assert list(abn) == list(LABELS)
     for label, threshold in zip(LABELS, THRESHOLDS, strict=True):
         a = abn[label]
-        assert set(a) == {"probability", "detected", "threshold", "sentence", "size_mm"}
+        assert set(a) == {"probability", "detected", "threshold", "sentence", "size_mm", "numbers"}
         assert a["threshold"] == pytest.approx(threshold) and a["detected"] == (a["probability"] >= a["threshold"])
         assert (a["sentence"] is not None) == a["detected"]
     assert [k for k, a in abn.items() if a["detected"]] == list(LABELS[:9])

@@ -155,35 +155,3 @@ def test_frozen_encoder_cache_after_resume_uses_the_checkpoint_encoder(tmp_path)
         torch.testing.assert_close(cut[k], full[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
-def test_classifier_heads_warm_started_from_the_pretraining_head(tmp_path):
-    """init.heads_from_pretrain: step 1 begins with the pretraining model's logits; a pretraining head with hidden
-    layers, or no encoder_from, is refused with a message naming the problem."""
-    from ctagrg.config import ConfigError, load_config
-    from ctagrg.models.step1 import PretrainModel
-    from ctagrg.training.visual_tasks import ClassifierTask, ClassifierTaskConfig
-
-    rng = np.random.default_rng(4)
-    train_csv = write_cache(tmp_path, 8, "train", rng)
-    model = [m for m in MODEL if "pretrain_hidden" not in m]
-    common = ["train.batch_size=4", "train.tensorboard=false", "train.epochs=1", f"data.cache_dir={tmp_path / 'cache'}",
-              f"data.train_labels={train_csv}", *model]
-    for name, hidden in (("linear", "[]"), ("mlp", "[8]")):
-        assert cli_main(["train", "pretrain", "--set", f"train.out_dir={tmp_path / name}",
-                         "--set", f"model.heads.pretrain_hidden={hidden}",
-                         *sum((["--set", s] for s in common), [])]) == 0
-
-    def classifier(pre: str, *extra: str):
-        over = [*common, "init.heads_from_pretrain=true", *([f"init.encoder_from={tmp_path / pre / 'best'}"] if pre
-                                                            else []), *extra]
-        return ClassifierTask(load_config(ClassifierTaskConfig, None, over)).build_model().eval()
-
-    step1 = classifier("linear")
-    pre = PretrainModel.from_pretrained(tmp_path / "linear" / "best")
-    x = torch.randn(3, 1, 6, 16, 16)
-    with torch.no_grad():
-        torch.testing.assert_close(step1(x)["logits"], pre(x)["logits"], rtol=1e-5, atol=1e-5)
-    with pytest.raises(ConfigError, match=r"mlp/best/model.safetensors has no linear pretraining head .* found "
-                                          r"head.net.0.bias, head.net.0.weight, head.net.3.bias, head.net.3.weight\)"):
-        classifier("mlp")
-    with pytest.raises(ConfigError, match="init.heads_from_pretrain: needs init.encoder_from"):
-        classifier("")

@@ -286,7 +286,7 @@ def _visual_overrides(out: Path, cfg: DemoConfig, epochs: int | None) -> list[st
 def _pretrain(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     p = _paths(out)
     best = _train("pretrain", out, cfg, _visual_overrides(out, cfg, cfg.preset.pretrain_epochs)
-                  + [f"train.out_dir={p['pretrain']}", f"attributes.sentences_csv={_sentences(out)}"])
+                  + [f"train.out_dir={p['pretrain']}", f"extras.attributes.sentences_csv={_sentences(out)}"])
     return {"best": str(best)}
 
 
@@ -306,7 +306,7 @@ def _classifier(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     p = _paths(out)
     best = _train("classifier", out, cfg, _visual_overrides(out, cfg, cfg.preset.classifier_epochs)
                   + [f"train.out_dir={p['classifier']}", f"init.encoder_from={p['pretrain'] / 'best'}",
-                     f"attributes.sentences_csv={_sentences(out)}"])
+                     f"extras.attributes.sentences_csv={_sentences(out)}"])
     return {"best": str(best)}
 
 

@@ -25,8 +25,28 @@ def register() -> None:
 
 
 def _register_training() -> None:
-    pass
+    from ctagrg.extras.attributes.extension import AttributesExtension
+    from ctagrg.extras.halves.thresholds import HalfThresholdsExtension
+    from ctagrg.extras.head_l1 import HeadL1Extension
+    from ctagrg.extras.mirror.extension import MirrorExtension
+    from ctagrg.extras.nodule.calibrate import NoduleSizeExtension
+    from ctagrg.extras.ood import OODWarningExtension
+    from ctagrg.extras.stem_cache import StemCacheExtension
+    from ctagrg.extras.warm_start import HeadsWarmStartExtension
+    from ctagrg.training.extensions import register_extension
+
+    for name, cls in (("attributes", AttributesExtension), ("stem_cache", StemCacheExtension),
+                      ("head_l1", HeadL1Extension), ("heads_warm_start", HeadsWarmStartExtension),
+                      ("half_thresholds", HalfThresholdsExtension), ("nodule_size", NoduleSizeExtension),
+                      ("ood_warning", OODWarningExtension), ("mirror", MirrorExtension)):
+        register_extension(name, cls)
 
 
 def _register_inference() -> None:
-    pass
+    from ctagrg.extras.nodule.measure import NoduleSizeConfig
+    from ctagrg.extras.nodule.postprocess import NoduleSizePostprocessor
+    from ctagrg.extras.ood import OODWarningConfig, OODWarningPostprocessor
+    from ctagrg.generation.postprocess import register_postprocessor
+
+    register_postprocessor("nodule_size", NoduleSizeConfig, NoduleSizePostprocessor)
+    register_postprocessor("ood_warning", OODWarningConfig, OODWarningPostprocessor)

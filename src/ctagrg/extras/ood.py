@@ -5,11 +5,15 @@ the scan is unlike the training data and its report is not to be trusted."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
+from ctagrg.config import to_dict
 from ctagrg.generation.postprocess import ReportBatch
+from ctagrg.training.extensions import Extension
 
 
 @dataclass
@@ -33,3 +37,16 @@ class OODWarningPostprocessor:
                     f"{self.config.limit_sd:g} standard deviations from the training data (ood_warning fraction "
                     f"{100 * self.config.fraction:g}%); this scan is unlike what the model was trained on and the "
                     f"report is not to be trusted")
+
+
+class OODWarningExtension(Extension):
+    """``extras.ood_warning`` (step 1): the packaged model's Reporter warns on out-of-distribution scans (writes
+    the post-processor's section into ``best/postprocess.json``)."""
+
+    config_class = OODWarningConfig
+    stages = ("classifier",)
+
+    def on_train_end(self, model: nn.Module, best: Path) -> None:
+        from ctagrg.extras.nodule.calibrate import add_postprocess_section
+
+        add_postprocess_section(best, "ood_warning", to_dict(self.config))

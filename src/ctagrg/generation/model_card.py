@@ -38,7 +38,7 @@ def _table(rows: dict[str, Any]) -> str:
 
 def render_model_card(*, preprocess: dict[str, Any], thresholds: list[float], generation: dict[str, Any],
                       training_data: str = "", metrics: dict[str, Any] | None = None,
-                      versions: dict[str, str] | None = None, nodule_size: dict[str, Any] | None = None,
+                      versions: dict[str, str] | None = None, notes: list[str] | None = None,
                       hub: dict[str, Any] | None = None, evaluations: list[dict[str, Any]] | None = None) -> str:
     """Markdown model card, starting with its Hub metadata (``hub_metadata``).
 
@@ -49,27 +49,15 @@ def render_model_card(*, preprocess: dict[str, Any], thresholds: list[float], ge
         training_data: free text: dataset, splits, number of volumes.
         metrics: name → value (e.g. clinical F1, BLEU-4), with the split they were measured on in the name.
         versions: package → version.
-        nodule_size: the Reporter's NoduleSizeConfig (dict); when enabled, the card says that nodule sizes are
-            measured, not generated.
+        notes: paragraphs from the Reporter's post-processors (what they change in a report, e.g. that nodule
+            sizes are measured, not generated).
         hub: Hub metadata fields: ``license``, ``datasets`` (Hub dataset ids), ``base_model`` (a Hub model id),
             ``tags`` (added to ``TAGS``), ``name`` (the model-index name).
         evaluations: ``evaluation_result`` dicts, shown under "Evaluation" and in the model-index.
     """
     shape = preprocess.get("shape")
     spacing = preprocess.get("spacing")
-    measured = ""
-    if nodule_size and nodule_size.get("enabled"):
-        cal = nodule_size.get("calibration") or {}
-        how = (f"calibrated on {cal.get('measured')} validation nodules" if cal.get("calibrated")
-               else "not calibrated")
-        offset = f"{nodule_size.get('offset_mm', 0.0):.2f}"
-        measured = f"""
-A detected lung nodule's size is **measured, not generated** (not part of the published method): the diameter of
-the largest solid sphere with aerated lung around it, in the lateral half where the nodule was found (the whole
-volume for a model without lateral halves): diameter = 2 x radius + {offset} mm ({how}). The nodule's sentence
-states that diameter in place of the one the decoder wrote (a sentence with a range or several sizes is left as
-written), and `size_mm` holds it. Validated on synthetic phantoms only.
-"""
+    measured = "".join(f"\n{note.strip()}\n" for note in notes or [])
     thr = "\n".join(f"| {label} | {t:.3f} |" for label, t in zip(LABELS, thresholds, strict=True))
     head = front_matter(hub_metadata(hub or {}, evaluations or []))
     return head + f"""# CT-AGRG report generator (ctagrg packaged model)

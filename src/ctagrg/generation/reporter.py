@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -32,15 +32,8 @@ from ctagrg.config import ConfigError, from_dict, read_json_object, to_dict
 from ctagrg.generation.assemble import AssemblyConfig, assemble_report
 from ctagrg.generation.generate import GenerationSettings, generate_sentences
 from ctagrg.generation.model_card import render_model_card
-from ctagrg.labels import LABEL_INDEX, LABELS, NUM_LABELS
-from ctagrg.measurement.nodule_size import (
-    NODULE_SIZE_FILE,
-    SIDES,
-    NoduleSizeConfig,
-    check_window,
-    nodule_diameter_mm,
-)
-from ctagrg.models.cnn3d import OUTLIER_SD
+from ctagrg.generation.postprocess import POSTPROCESS_FILE, ReportBatch, build_postprocessors, postprocessor_config
+from ctagrg.labels import LABELS, NUM_LABELS
 from ctagrg.models.decoder import ReportDecoder, load_tokenizer
 from ctagrg.models.preprocess_match import check_encoder_preprocess, encoder_config_of
 from ctagrg.models.thresholds_file import read_thresholds
@@ -79,20 +72,18 @@ class ReporterConfig:
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     assembly: AssemblyConfig = field(default_factory=AssemblyConfig)
     visual_batch_size: int = 2  # volumes per visual forward pass
-    # warn when more than this fraction of the encoder's standardised features lie beyond cnn3d.OUTLIER_SD training
-    # standard deviations: the scan is unlike the training data and the report is not to be trusted (cnn3d
-    # encoders only; 0: off). Phantom test volumes: at most 0.0034; the real CTs in ../shared: 0.021-0.056.
-    ood_fraction: float = 0.01
     # round every input volume to the preprocessed cache's uint8 levels (ctagrg.data.cache.as_cached) before the
-    # visual model: models are trained on cached volumes, so a scan read from its file then gets exactly the
-    # probabilities its cached copy gets in training and `ctagrg evaluate` (without it, the demo model's test
-    # macro-F1 was 0.863 from the files against 0.872 from the cache; BENCHMARKS.md, "Inference on the cache's
-    # levels"). Idempotent on volumes that come from the cache.
+    # visual model: models are trained on cached volumes, so a scan read from its file gets exactly the
+    # probabilities its cached copy gets in training and `ctagrg evaluate`. Idempotent on cached volumes.
     quantize_like_cache: bool = True
-    # measure a detected lung nodule's diameter on the volume and state it in its sentence instead of the size the
-    # decoder wrote (not in the published method; off unless step 1 calibrated it: nodule_size.json,
-    # docs/measurement.md)
-    nodule_size: NoduleSizeConfig = field(default_factory=NoduleSizeConfig)
+    # report post-processors (not in the published method) by name, with their options, applied in this order
+    # (ctagrg.generation.postprocess), e.g. {"nodule_size": {...}, "ood_warning": {"fraction": 0.01}}
+    postprocess: dict[str, Any] = field(default_factory=dict)
+
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {
+        "nodule_size": "moved to postprocess.nodule_size; `ctagrg convert-model` converts a model packaged before",
+        "ood_fraction": "moved to postprocess.ood_warning.fraction; `ctagrg convert-model` converts a model packaged "
+                        "before"}
 
 
 @dataclass
@@ -101,7 +92,9 @@ class Abnormality:
     detected: bool
     threshold: float
     sentence: str | None  # the generated sentence when detected, else None
-    size_mm: float | None = None  # measured diameter (ReporterConfig.nodule_size), when detected and measurable
+    size_mm: float | None = None  # a measured diameter (a post-processor's, e.g. nodule_size), rounded to 0.1 mm
+    # each size the sentence states: {"text", "start", "end", "value_mm", "source": "measured" | "decoder"}
+    numbers: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -117,8 +110,8 @@ class Report:
         return [label for label, a in self.abnormalities.items() if a.detected]
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"report": str, "abnormalities": {label: {probability, detected, threshold, sentence, size_mm}}}``,
-        plus ``"warnings": [...]`` when there are any."""
+        """``{"report": str, "abnormalities": {label: {probability, detected, threshold, sentence, size_mm,
+        numbers}}}``, plus ``"warnings": [...]`` when there are any."""
         out: dict[str, Any] = {"report": self.text,
                                "abnormalities": {k: asdict(v) for k, v in self.abnormalities.items()}}
         if self.warnings:
@@ -163,11 +156,8 @@ class Reporter:
             check_encoder_preprocess(encoder_cfg, preprocess, "the Reporter's preprocessing (preprocess.json)")
         self.preprocess = preprocess
         self.config = config or ReporterConfig()
-        if self.config.nodule_size.enabled:
-            if preprocess.axcodes != "SLP":
-                raise ConfigError(f"Reporter: nodule_size needs SLP volumes (its halves run along axis 1, right to "
-                                  f"left); the preprocessing gives {preprocess.axcodes}")
-            check_window(self.config.nodule_size, preprocess.hu_min, preprocess.hu_max, "Reporter")
+        self.postprocessors = build_postprocessors(self.config.postprocess, preprocess, self.visual,
+                                                   "Reporter postprocess")
         self.card = card or {}
 
     # -- inference -------------------------------------------------------------------------------------------
@@ -205,7 +195,7 @@ class Reporter:
 
             lo, hi = -self.preprocess.offset, 1.0 - self.preprocess.offset
             volumes = np.stack([as_cached(v, lo, hi) for v in volumes])
-        probs, embeddings, outliers, halves = self.score(volumes)
+        probs, embeddings, outputs = self.score(volumes)
         # float64, as the reported probability/threshold values are: "detected" always equals probability >= threshold
         detected = probs.double() >= torch.tensor(self.thresholds, dtype=torch.float64)
         rows, cols = detected.nonzero(as_tuple=True)
@@ -214,69 +204,37 @@ class Reporter:
         per_volume: list[dict[int, str]] = [{} for _ in range(len(volumes))]
         for r, c, s in zip(rows.tolist(), cols.tolist(), sentences, strict=True):
             per_volume[r][c] = s
-        sizes = self._measure_nodules(volumes, detected, halves, per_volume)
-        reports = [self._report(probs[v], detected[v], per_volume[v], sizes[v]) for v in range(len(volumes))]
-        for report, fraction in zip(reports, outliers, strict=True):
-            if self.config.ood_fraction > 0 and fraction is not None and fraction > self.config.ood_fraction:
-                report.warnings.append(
-                    f"out of distribution: {100 * fraction:.1f}% of the encoder's features lie more than "
-                    f"{OUTLIER_SD:g} standard deviations from the training data (ood_fraction "
-                    f"{100 * self.config.ood_fraction:g}%); this scan is unlike what the model was trained on and "
-                    f"the report is not to be trusted")
-        return reports
+        batch = ReportBatch(volumes=volumes, preprocess=self.preprocess, outputs=outputs, detected=detected,
+                            sentences=per_volume)
+        for postprocess in self.postprocessors:
+            postprocess(batch)
+        return [self._report(probs[v], detected[v], batch.sentences[v], batch.measurements[v], batch.warnings[v])
+                for v in range(len(volumes))]
 
-    def score(self, volumes: np.ndarray
-              ) -> tuple[torch.Tensor, torch.Tensor, list[float | None], torch.Tensor | None]:
-        """Visual model in chunks: probabilities (N, 18) and embeddings (N, 18, E), float32 on the CPU, per
-        volume the encoder's outlier fraction (cnn3d's ``last_outlier_fraction``; None for other encoders), and
-        the half probabilities (N, 2, 18), [right, left], of a model with lateral halves (else None)."""
-        probs, embs, outliers, halves = [], [], [], []
+    def score(self, volumes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """Visual model in chunks: probabilities (N, 18) and embeddings (N, 18, E), float32 on the CPU, and the
+        model's other outputs concatenated on the CPU (e.g. "logits", a plug-in head's "half_logits", and
+        "diagnostics": {name: (N,)} from an encoder that reports any)."""
+        chunks: list[dict[str, Any]] = []
         step = self.config.visual_batch_size
         for start in range(0, len(volumes), step):
             x = torch.from_numpy(np.ascontiguousarray(volumes[start : start + step])).unsqueeze(1).to(self.device)
-            out = self.visual(x)
-            probs.append(torch.sigmoid(out["logits"].float()).cpu())
-            embs.append(out["embeddings"].float().cpu())
-            if "half_logits" in out:
-                halves.append(torch.sigmoid(out["half_logits"].float()).cpu())
-            fraction = getattr(self.visual.encoder, "last_outlier_fraction", None)
-            outliers += fraction.tolist() if fraction is not None else [None] * len(x)
-        return torch.cat(probs), torch.cat(embs), outliers, (torch.cat(halves) if halves else None)
-
-    def _measure_nodules(self, volumes: np.ndarray, detected: torch.Tensor, halves: torch.Tensor | None,
-                         sentences: list[dict[int, str]]) -> list[float | None]:
-        """With ``config.nodule_size.enabled``: per volume, the measured diameter (mm) of a detected lung nodule
-        (None otherwise), looked for in the lateral halves where step 1 found it (``halves_on`` with the model's
-        half thresholds; the whole volume without lateral halves); its sentence then states that size
-        (``restate_size``) instead of the decoder's. ``volumes``: (N, D, H, W) preprocessed, SLP."""
-        from ctagrg.measurement.nodule_size import hu_from_input
-        from ctagrg.models.heads import halves_on
-        from ctagrg.text.attributes import restate_size
-
-        cfg, i = self.config.nodule_size, LABEL_INDEX["Lung nodule"]
-        sizes: list[float | None] = [None] * len(volumes)
-        if not cfg.enabled:
-            return sizes
-        pp = self.preprocess
-        threshold = getattr(getattr(self.visual, "heads", None), "half_threshold", None)
-        for v in detected[:, i].nonzero().flatten().tolist():
-            sides: tuple[str | None, ...] = (None,)
-            if halves is not None:
-                on = halves_on(halves[v, :, i], threshold[i].cpu() if threshold is not None else 0.5)
-                sides = tuple(side for side, o in zip(SIDES, on.tolist(), strict=True) if o)
-            hu = hu_from_input(volumes[v], pp.hu_min, pp.hu_max, pp.offset)
-            sizes[v] = nodule_diameter_mm(hu, pp.spacing, cfg, sides)
-            if sizes[v] is not None and i in sentences[v]:
-                sentences[v][i] = restate_size(sentences[v][i], sizes[v])
-        return sizes
+            chunks.append(_to_cpu(self.visual(x)))
+        outputs = _concat(chunks)
+        return torch.sigmoid(outputs["logits"].float()), outputs["embeddings"].float(), outputs
 
     def _report(self, probs: torch.Tensor, detected: torch.Tensor, sentences: dict[int, str],
-                nodule_mm: float | None = None) -> Report:
-        abn = {label: Abnormality(probability=float(probs[i]), detected=bool(detected[i]),
-                                  threshold=self.thresholds[i], sentence=sentences.get(i) if detected[i] else None,
-                                  size_mm=nodule_mm if label == "Lung nodule" else None)
-               for i, label in enumerate(LABELS)}
-        return Report(text=assemble_report(sentences, self.config.assembly), abnormalities=abn)
+                measurements: dict[int, dict[str, Any]], warnings: list[str]) -> Report:
+        abn = {}
+        for i, label in enumerate(LABELS):
+            sentence = sentences.get(i) if detected[i] else None
+            size = measurements.get(i, {}).get("size_mm")
+            abn[label] = Abnormality(probability=float(probs[i]), detected=bool(detected[i]),
+                                     threshold=self.thresholds[i], sentence=sentence,
+                                     size_mm=round(float(size), 1) if size is not None else None,
+                                     numbers=stated_numbers(sentence, size))
+        return Report(text=assemble_report(sentences, self.config.assembly), abnormalities=abn,
+                      warnings=list(warnings))
 
     # -- packaging -------------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
@@ -298,7 +256,8 @@ class Reporter:
         write_text_atomic(directory / "README.md", render_model_card(
             preprocess=to_dict(self.preprocess), thresholds=self.thresholds, generation=to_dict(self.config.generation),
             training_data=self.card.get("training_data", ""), metrics=self.card.get("metrics"), versions=versions,
-            nodule_size=to_dict(self.config.nodule_size), hub=self._hub_metadata()))
+            notes=[p.card_note() for p in self.postprocessors if hasattr(p, "card_note")],
+            hub=self._hub_metadata()))
         return directory
 
     def _hub_metadata(self) -> dict[str, Any]:
@@ -347,8 +306,8 @@ class Reporter:
         thresholds: a thresholds.json path or 18 values (default: thresholds.json in step1_dir or its parent).
         preprocess: a preprocess.json / YAML path or a PreprocessConfig (default: the seed's PreprocessConfig).
         tokenizer_dir: default ``decoder_dir/tokenizer`` (written by the decoder stage).
-        config: default: generation settings from ``decoder_dir/generation.json`` when present, and the nodule
-            measurement step 1 calibrated (``nodule_size.json`` in step1_dir) when present.
+        config: default: generation settings from ``decoder_dir/generation.json`` when present, and the report
+            post-processors step 1's extensions set up (``postprocess.json`` in step1_dir) when present.
         card: model-card fields; without ``metrics``, the validation metrics of both ``best/`` folders
             (``metrics.json``, written by the training loop) are used.
         """
@@ -370,9 +329,12 @@ class Reporter:
             gen_path = decoder_dir / "generation.json"
             gen = read_json_object(gen_path).get("generation", {}) if gen_path.is_file() else {}
             config = ReporterConfig(generation=from_dict(GenerationSettings, gen, where=str(gen_path)))
-            size_path = Path(step1_dir) / NODULE_SIZE_FILE
-            if size_path.is_file():
-                config.nodule_size = from_dict(NoduleSizeConfig, read_json_object(size_path), where=str(size_path))
+            post_path = Path(step1_dir) / POSTPROCESS_FILE
+            if post_path.is_file():
+                sections = read_json_object(post_path)
+                for name, options in sections.items():  # checked here, so that the error names the file
+                    postprocessor_config(name, options, str(post_path))
+                config.postprocess = sections
         card = dict(card or {})
         if "metrics" not in card:
             card["metrics"] = {**_validation_metrics(Path(step1_dir), "step 1 validation"),
@@ -390,3 +352,30 @@ def _validation_metrics(best: Path, prefix: str) -> dict[str, float]:
     data = read_json_object(path)
     return {f"{prefix} {k}": float(v) for k, v in data.items() if isinstance(v, (int, float)) and v == v
             and "/" not in k and k not in ("epoch", "step", "score")}
+
+
+def _to_cpu(out: dict[str, Any]) -> dict[str, Any]:
+    return {k: _to_cpu(v) if isinstance(v, dict) else v.detach().cpu() for k, v in out.items()}
+
+
+def _concat(chunks: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per key, the chunks' tensors concatenated along the batch axis (nested dicts likewise)."""
+    if not chunks:
+        return {}
+    return {k: _concat([c[k] for c in chunks]) if isinstance(v, dict) else torch.cat([c[k] for c in chunks])
+            for k, v in chunks[0].items()}
+
+
+def stated_numbers(sentence: str | None, measured_mm: float | None) -> list[dict[str, Any]]:
+    """Each size ``sentence`` states, marked "measured" when it is the measured diameter (as a post-processor wrote
+    it: ``measured_mm`` rounded half up to whole mm) and "decoder" otherwise (a number the model wrote)."""
+    import math
+
+    from ctagrg.text.attributes import size_spans
+
+    out = []
+    for span in size_spans(sentence):
+        measured = measured_mm is not None and span.value_mm == math.floor(measured_mm + 0.5)
+        out.append({"text": span.text, "start": span.start, "end": span.end, "value_mm": span.value_mm,
+                    "source": "measured" if measured else "decoder"})
+    return out

@@ -45,7 +45,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ctagrg.measurement.nodule_size import NoduleSizeConfig, shell_directions, solid_spheres
+from ctagrg.extras.nodule.measure import NoduleSizeConfig, shell_directions, solid_spheres
+from ctagrg.models.encoder_output import EncoderOutput
 from ctagrg.utils.array_memo import ArrayMemo
 
 Triple = tuple[int, int, int]
@@ -280,6 +281,19 @@ class CNN3DConfig:
     @property
     def halves(self) -> int:
         return 2 if self.lateral_halves else 1
+
+    @property
+    def reads_hu(self) -> bool:
+        return True
+
+    @property
+    def reads_mm(self) -> bool:
+        return bool(self.blob or self.sphere or self.node)
+
+    @property
+    def parts(self) -> int:
+        """Equal blocks of ``h`` side by side (EncoderOutput.parts)."""
+        return self.halves
 
     @property
     def part_dim(self) -> int:
@@ -601,6 +615,13 @@ class CNN3DEncoder(nn.Module):
 
     def forward(self, volume: torch.Tensor) -> torch.Tensor:
         return self.forward_from_stem(self.stem(self.check_input(volume)))
+
+    def encode(self, volume: torch.Tensor | None = None, *, stem: torch.Tensor | None = None) -> EncoderOutput:
+        """EncoderOutput of ``volume`` (or of a precomputed ``stem``): features, parts, and in eval mode the
+        per-volume "outlier_fraction"."""
+        h = self.forward(volume) if stem is None else self.forward_from_stem(stem)
+        diagnostics = {} if self.training else {"outlier_fraction": self.last_outlier_fraction}
+        return EncoderOutput(h, self.config.halves, diagnostics)
 
     def forward_from_stem(self, stem: torch.Tensor) -> torch.Tensor:
         """(B, stem_channels, d, h, w) stem output (e.g. :meth:`HUBinStem.assemble` of measurements computed

@@ -58,6 +58,11 @@ class CTNetConfig:
     # (hu_min, hu_max, offset) of the preprocessing: input = (HU - hu_min) / (hu_max - hu_min) - offset
     input_hu: tuple[float, float, float] = (-1000.0, 200.0, 0.449)
 
+    @property
+    def reads_hu(self) -> bool:
+        """Whether the encoder inverts the preprocessing window (``input_hu``): with ``input_windows``."""
+        return bool(self.input_windows)
+
     def __post_init__(self) -> None:
         if isinstance(self.trunk, dict):
             self.trunk = ResNetConfig(**self.trunk)

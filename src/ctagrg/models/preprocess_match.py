@@ -10,7 +10,7 @@ cache's ``preprocess.json``) and the ``Reporter`` (against its own) check them w
 
 from __future__ import annotations
 
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,8 @@ def encoder_preprocess_mismatches(encoder_cfg: Any, preprocess: Any) -> list[str
     ``PreprocessConfig`` or its dict, as in ``preprocess.json``) contradicts; empty when they agree.
 
     Checked: ``input_shape`` vs ``shape``; ``input_hu`` vs (``hu_min``, ``hu_max``, ``offset``) when the encoder
-    reads HU (cnn3d always, CT-Net with ``input_windows``); ``voxel_mm`` vs ``spacing`` when cnn3d's ``blob``,
-    ``sphere`` or ``node`` is on.
+    reads HU (its config's ``reads_hu`` is true, e.g. CT-Net with ``input_windows``); ``voxel_mm`` vs ``spacing``
+    when it measures in mm (``reads_mm``).
     """
     p = asdict(preprocess) if is_dataclass(preprocess) else dict(preprocess)
     problems = []
@@ -39,17 +39,15 @@ def encoder_preprocess_mismatches(encoder_cfg: Any, preprocess: Any) -> list[str
         problems.append(f"the encoder's input_shape {list(shape)} is not the preprocessing's shape "
                         f"{list(p['shape'])}")
     hu = getattr(encoder_cfg, "input_hu", None)
-    reads_hu = hasattr(encoder_cfg, "hu_edges") or bool(getattr(encoder_cfg, "input_windows", ()))
+    reads_hu = bool(getattr(encoder_cfg, "reads_hu", False))
     if hu is not None and reads_hu and all(k in p for k in ("hu_min", "hu_max", "offset")):
         window = (p["hu_min"], p["hu_max"], p["offset"])
         if not _close(hu, window):
             problems.append(f"the encoder's input_hu {[float(v) for v in hu]} is not the preprocessing's "
                             f"(hu_min, hu_max, offset) {[float(v) for v in window]}")
-    uses_mm = any(getattr(encoder_cfg, name, False) for name in ("blob", "sphere", "node"))
-    if uses_mm and "spacing" in p and not _close(encoder_cfg.voxel_mm, p["spacing"]):
-        problems.append(f"the encoder's voxel_mm {[float(v) for v in encoder_cfg.voxel_mm]} (the voxel size of its "
-                        f"blob, sphere and node channels) is not the preprocessing's spacing "
-                        f"{[float(v) for v in p['spacing']]} mm")
+    if getattr(encoder_cfg, "reads_mm", False) and "spacing" in p and not _close(encoder_cfg.voxel_mm, p["spacing"]):
+        problems.append(f"the encoder's voxel_mm {[float(v) for v in encoder_cfg.voxel_mm]} (the voxel size it "
+                        f"measures in) is not the preprocessing's spacing {[float(v) for v in p['spacing']]} mm")
     return problems
 
 
@@ -77,3 +75,22 @@ def check_cache_preprocess(encoder_cfg: Any, cache_dir: str | Path) -> None:
     if not path.is_file():
         return
     check_encoder_preprocess(encoder_cfg, read_json_object(path), str(path))
+
+
+def with_preprocess(model_config: Any, preprocess: Any) -> Any:
+    """``model_config`` (a VisualModelConfig) with its encoder's ``input_hu`` and ``voxel_mm``, where the encoder has
+    them, taken from ``preprocess`` (a PreprocessConfig or its dict): what the encoder inverts or measures in is
+    read from the preprocessing, not restated."""
+    p = asdict(preprocess) if is_dataclass(preprocess) else dict(preprocess)
+    values = {"input_hu": [float(p["hu_min"]), float(p["hu_max"]), float(p["offset"])],
+              "voxel_mm": [float(v) for v in p["spacing"]]}
+    encoder_cfg = model_config.encoder_config()
+    changes = {k: v for k, v in values.items() if hasattr(encoder_cfg, k)}
+    if not changes:
+        return model_config
+    name = model_config.encoder
+    if is_dataclass(getattr(model_config, name, None)):
+        return replace(model_config, **{name: replace(getattr(model_config, name), **changes)})
+    extras = dict(model_config.extras)
+    extras[name] = {**extras.get(name, {}), **changes}
+    return replace(model_config, extras=extras)

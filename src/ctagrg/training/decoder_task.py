@@ -14,12 +14,8 @@ lowercases and strips punctuation. We keep the text as written by default, becau
 and the grounding metrics read sides and sizes ("4.5 mm") back from the generated text; ``lowercase`` and
 ``strip_punctuation`` reproduce the paper, and even then digits and decimal points inside numbers are kept.
 
-Mirrored pairs (``mirror``, not in the published method): when the cache's embeddings are [right half, left half]
-(step 1's ``lateral_halves``), a training pair of a ``mirror.labels`` label is drawn with probability ``mirror.p``
-(in ``training_step``, the main process) as its mirror image: the two halves swapped and "right" and "left"
-exchanged in its sentence (ctagrg.text.mirror; sentences naming the middle lobe, the heart and other one-sided
-anatomy are never mirrored).
-Every lateralised finding is then seen on both sides, and the decoder cannot learn a side from the label alone.
+Training extensions (``extras``, not in the published method; :mod:`ctagrg.training.extensions`) may wrap the
+training pairs, the collate function and each training batch (the demo's mirrored pairs, ``ctagrg.extras.mirror``).
 """
 
 from __future__ import annotations
@@ -31,17 +27,15 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch.utils.data import Dataset
 
 from ctagrg.config import ConfigError, to_dict
 from ctagrg.generation.generate import GenerationSettings
-from ctagrg.labels import LABEL_INDEX
 from ctagrg.models.decoder import DecoderConfig, ReportDecoder, load_tokenizer
 from ctagrg.text.extract import SENTENCE_RULES
-from ctagrg.text.mirror import mirror_sentence
 from ctagrg.training.config import TrainConfig
 from ctagrg.training.embedding_cache import (
     EmbeddingCacheConfig,
@@ -50,6 +44,7 @@ from ctagrg.training.embedding_cache import (
     load_embedding_cache,
     read_thresholds,
 )
+from ctagrg.training.extensions import Extension, build_extensions
 from ctagrg.training.splits import Selection, SplitConfig, resolve, write_record
 from ctagrg.training.task import Task
 from ctagrg.utils.atomic import write_json_atomic
@@ -64,31 +59,6 @@ class TargetConfig:
     lowercase: bool = False  # paper: True
     strip_punctuation: bool = False  # paper: True (we still keep digits and decimal points such as "4.5")
     max_tokens: int = 60  # sentence tokens, before the closing <|endoftext|>
-
-
-# labels whose side words mean the patient's lung or pleura (or a hilum): their mirrored sentence is anatomy too
-MIRROR_LABELS: tuple[str, ...] = (
-    "Lymphadenopathy", "Emphysema", "Atelectasis", "Lung nodule", "Lung opacity", "Pulmonary fibrotic sequela",
-    "Pleural effusion", "Mosaic attenuation pattern", "Peribronchial thickening", "Consolidation", "Bronchiectasis",
-    "Interlobular septal thickening")
-
-
-@dataclass
-class MirrorConfig:
-    """Step-2 mirror augmentation (see the module docstring). Needs an embedding cache with two halves."""
-
-    p: float = 0.0  # probability that a mirrorable training pair is drawn mirrored; 0: off (the paper)
-    labels: tuple[str, ...] = MIRROR_LABELS
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.labels, (list, tuple)):
-            raise ConfigError(f"mirror.labels: expected a list of abnormality names, got {self.labels!r}")
-        self.labels = tuple(self.labels)
-        if not 0.0 <= self.p <= 1.0:
-            raise ConfigError(f"mirror.p: expected a probability in [0, 1], got {self.p}")
-        unknown = [label for label in self.labels if label not in LABEL_INDEX]
-        if unknown:
-            raise ConfigError(f"mirror.labels: unknown abnormalities {unknown}")
 
 
 def paper_train_config() -> TrainConfig:
@@ -111,8 +81,11 @@ class DecoderTaskConfig:
     # valid: no validation
     split: SplitConfig = field(default_factory=lambda: SplitConfig(train=("train",), valid=("valid",)))
     target: TargetConfig = field(default_factory=TargetConfig)
-    mirror: MirrorConfig = field(default_factory=MirrorConfig)
     generation: GenerationSettings = field(default_factory=GenerationSettings)  # saved for the packaged model
+    # training extensions (not in the published method) by name, with their options: ctagrg.training.extensions
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {"mirror": "moved to extras.mirror (docs/demo-encoder.md)"}
 
     def __post_init__(self) -> None:
         if self.pairs not in ("detected_and_present", "present"):
@@ -158,51 +131,28 @@ def prepare_target(sentence: str, cfg: TargetConfig) -> str:
 
 class PairDataset(Dataset):
     """(volume, abnormality) pairs: items {"embedding": (D,) float32, "label_index": int, "input_ids": (T,) long,
-    "name": str}, input_ids = BOS + sentence tokens (≤ max_tokens) + EOS.
-
-    With ``mirror`` (p > 0), a pair of a ``mirror.labels`` label whose sentence has a mirror image also carries
-    its mirror image, "mirror_embedding" (the embedding's two halves swapped) and "mirror_input_ids" (the mirrored
-    sentence's tokens); other items carry None there. Which pairs are drawn mirrored is decided per batch in the main
-    process (:meth:`DecoderTask.training_step`), not here: loader workers have their own random streams, which an
-    exact resume and DDP ranks would not share."""
+    "name": str}, input_ids = BOS + sentence tokens (≤ max_tokens) + EOS."""
 
     def __init__(self, table: EmbeddingTable, pairs: list[tuple[int, int, str]], tokenizer: Any,
-                 cfg: TargetConfig, bos: int, eos: int, mirror: MirrorConfig | None = None) -> None:
+                 cfg: TargetConfig, bos: int, eos: int) -> None:
         self.table = table
         self.pairs = [(v, i) for v, i, _ in pairs]
-        if mirror is not None and mirror.p > 0 and table.halves != 2:
-            raise ConfigError("mirror.p > 0 needs an embedding cache of [right half, left half] embeddings (step 1 "
-                              f"with heads.lateral_halves; this cache has halves={table.halves}). Rebuild the cache "
-                              "from such a model or set mirror.p: 0")
-        texts = [prepare_target(s, cfg) for _, _, s in pairs]
-        mirrored: list[str | None] = [None] * len(pairs)
-        if mirror is not None and mirror.p > 0:
-            allowed = {LABEL_INDEX[label] for label in mirror.labels}
-            mirrored = [mirror_sentence(t) if i in allowed else None for (_, i, _), t in zip(pairs, texts, strict=True)]
-        encode = lambda xs: tokenizer(xs, add_special_tokens=False)["input_ids"] if xs else []  # noqa: E731
-        self.ids = [[bos, *ids[: cfg.max_tokens], eos] for ids in encode(texts)]
-        todo = [k for k, t in enumerate(mirrored) if t is not None]
-        self.mirror_ids: dict[int, list[int]] = {
-            k: [bos, *ids[: cfg.max_tokens], eos] for k, ids in zip(todo, encode([mirrored[k] for k in todo]),
-                                                                   strict=True)}
+        self.texts = [prepare_target(s, cfg) for _, _, s in pairs]
+        self.tokenizer, self.cfg, self.bos, self.eos = tokenizer, cfg, bos, eos
+        self.ids = self.encode(self.texts)
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """BOS + each text's tokens (at most ``max_tokens``) + EOS."""
+        rows = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        return [[self.bos, *ids[: self.cfg.max_tokens], self.eos] for ids in rows]
 
     def __len__(self) -> int:
         return len(self.pairs)
 
-    @property
-    def mirrorable(self) -> int:
-        """How many pairs may be drawn mirrored."""
-        return len(self.mirror_ids)
-
     def __getitem__(self, k: int) -> dict[str, Any]:
         v, i = self.pairs[k]
-        embedding = self.table.embeddings[v, i].float()
-        item = {"embedding": embedding, "label_index": i, "input_ids": torch.tensor(self.ids[k]),
-                "name": self.table.names[v], "mirror_embedding": None, "mirror_input_ids": None}
-        if k in self.mirror_ids:  # [right, left] -> [left, right]: equal halves, so the mirror image's embedding
-            item["mirror_embedding"] = embedding.view(2, -1).flip(0).reshape(-1)
-            item["mirror_input_ids"] = torch.tensor(self.mirror_ids[k])
-        return item
+        return {"embedding": self.table.embeddings[v, i].float(), "label_index": i,
+                "input_ids": torch.tensor(self.ids[k]), "name": self.table.names[v]}
 
 
 def embedding_rms(ds: PairDataset, limit: int = 10_000) -> float:
@@ -214,7 +164,8 @@ def embedding_rms(ds: PairDataset, limit: int = 10_000) -> float:
     return float(nonzero.pow(2).mean().sqrt()) if nonzero.numel() else 0.0
 
 
-def _pad(rows: list[torch.Tensor], length: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_rows(rows: list[torch.Tensor], length: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token rows to ``length``: ids and attention mask (N, length)."""
     ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), length), dtype=torch.long)
     for r, row in enumerate(rows):
@@ -223,36 +174,13 @@ def _pad(rows: list[torch.Tensor], length: int, pad_id: int) -> tuple[torch.Tens
     return ids, mask
 
 
-def collate_pairs(items: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
-    """Right-pad to the longest sequence: input_ids, attention_mask (N, T); embeddings (N, D); label_index (N,).
-    When some item has a mirror image: also "mirrorable" (N,) bool and "mirror_embeddings", "mirror_input_ids",
-    "mirror_attention_mask" (an item without one repeats itself there), both versions padded to one length."""
-    mirrors = any(it.get("mirror_input_ids") is not None for it in items)
-    alt = [it["mirror_input_ids"] if it.get("mirror_input_ids") is not None else it["input_ids"] for it in items]
-    longest = max(len(r) for r in [it["input_ids"] for it in items] + (alt if mirrors else []))
-    ids, mask = _pad([it["input_ids"] for it in items], longest, pad_id)
-    batch = {"embeddings": torch.stack([it["embedding"] for it in items]), "input_ids": ids, "attention_mask": mask,
-             "label_index": torch.tensor([it["label_index"] for it in items]), "name": [it["name"] for it in items]}
-    if mirrors:
-        batch["mirrorable"] = torch.tensor([it["mirror_input_ids"] is not None for it in items])
-        batch["mirror_embeddings"] = torch.stack([it["mirror_embedding"] if it["mirror_embedding"] is not None
-                                                  else it["embedding"] for it in items])
-        batch["mirror_input_ids"], batch["mirror_attention_mask"] = _pad(alt, longest, pad_id)
-    return batch
-
-
-def draw_mirrors(batch: dict[str, Any], p: float) -> dict[str, Any]:
-    """``batch`` with each mirrorable pair replaced by its mirror image with probability ``p`` (torch's global
-    generator, in the calling process); unchanged when it has no mirror images."""
-    if p <= 0 or "mirrorable" not in batch:
-        return batch
-    flip = (torch.rand(len(batch["mirrorable"])) < p) & batch["mirrorable"]
-    out = dict(batch)
-    out["embeddings"] = torch.where(flip[:, None], batch["mirror_embeddings"], batch["embeddings"])
-    for key in ("input_ids", "attention_mask"):
-        out[key] = torch.where(flip[:, None], batch[f"mirror_{key}"], batch[key])
-    out["mirrored"] = flip
-    return out
+def collate_pairs(items: list[dict[str, Any]], pad_id: int, length: int = 0) -> dict[str, Any]:
+    """Right-pad to the longest sequence (or ``length`` when longer): input_ids, attention_mask (N, T);
+    embeddings (N, D); label_index (N,); name."""
+    longest = max([length, *(len(it["input_ids"]) for it in items)])
+    ids, mask = pad_rows([it["input_ids"] for it in items], longest, pad_id)
+    return {"embeddings": torch.stack([it["embedding"] for it in items]), "input_ids": ids, "attention_mask": mask,
+            "label_index": torch.tensor([it["label_index"] for it in items]), "name": [it["name"] for it in items]}
 
 
 class DecoderTask(Task):
@@ -266,6 +194,8 @@ class DecoderTask(Task):
         self._tokenizer: Any = None
         self._selection: Selection | None = None
         self.collate = functools.partial(collate_pairs, pad_id=cfg.model.pad_token_id)  # picklable for workers
+        self.extensions: list[Extension] = []
+        build_extensions(self, cfg.extras, "decoder")
 
     # -- data ------------------------------------------------------------------------------------------------
     @property
@@ -297,18 +227,17 @@ class DecoderTask(Task):
             self._selection = resolve(split, names, valid_pool, f"the embedding cache {self.cfg.embeddings.out_dir}")
         return self._selection
 
-    def _dataset(self, names: list[str], mirror: MirrorConfig | None = None) -> PairDataset:
+    def _dataset(self, names: list[str]) -> PairDataset:
         table = self.table()
         thresholds = read_thresholds(self.cfg.thresholds) if self.cfg.thresholds else None
         pairs = table.pairs(self.cfg.pairs, thresholds=thresholds, names=set(names))
         m = self.cfg.model
-        return PairDataset(table, pairs, self.tokenizer, self.cfg.target, m.bos_token_id, m.eos_token_id, mirror)
+        return PairDataset(table, pairs, self.tokenizer, self.cfg.target, m.bos_token_id, m.eos_token_id)
 
     def train_dataset(self) -> PairDataset:
-        ds = self._dataset(self.selection().train, self.cfg.mirror)  # validation pairs are never mirrored
-        if self.cfg.mirror.p > 0:
-            logger.info(f"mirror: {ds.mirrorable} of {len(ds)} training pairs have a mirror image, each drawn mirrored "
-                        f"with probability {self.cfg.mirror.p:g}")
+        ds = self._dataset(self.selection().train)
+        for ext in self.extensions:
+            ds = ext.wrap_dataset(ds, "train")
         cond = self.cfg.model.conditioning
         if cond.latent_noise_std > 0 and len(ds):
             rms, sigma = embedding_rms(ds), cond.latent_noise_std
@@ -351,7 +280,9 @@ class DecoderTask(Task):
         return model
 
     def training_step(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
-        return {"loss": self._loss(model, draw_mirrors(batch, self.cfg.mirror.p))}
+        for ext in self.extensions:
+            batch = ext.training_batch(batch)
+        return {"loss": self._loss(model, batch)}
 
     def _loss(self, model: Any, batch: dict[str, Any]) -> torch.Tensor:
         out = model(batch["embeddings"].to(self.device), batch["label_index"].to(self.device),
@@ -359,7 +290,7 @@ class DecoderTask(Task):
         return out["loss"]
 
     def validate(self, model: Any, loader: Any) -> dict[str, float]:
-        """Token-weighted mean next-token loss on the validation pairs (never mirrored); score = −loss."""
+        """Token-weighted mean next-token loss on the validation pairs; score = −loss."""
         total, tokens = 0.0, 0
         for batch in loader:
             n = int(batch["attention_mask"][:, 1:].sum())

@@ -6,9 +6,9 @@ every label present in the report. Decoder training then reads this cache (ctagr
 
 Layout (``out_dir``)::
 
-    index.json                  written last: its presence means the cache is complete; "halves": 2 when each
-                                embedding is [right half, left half] of equal width (step 1's lateral_halves), so
-                                that swapping them mirrors the finding (step 2's ``mirror``), else 1
+    index.json                  written last: its presence means the cache is complete; "parts": how many equal
+                                blocks each embedding holds side by side (the heads' ``parts``: 2 for the demo's
+                                [right half, left half], whose swap mirrors the finding), else 1
     shard_00000.safetensors     embeddings (n, 18, D) float16, probabilities (n, 18) float32, labels (n, 18) int8
                                 (1 present, 0 absent, -1 unknown)
     shard_00000.json            {"names": [...], "targets": [{label: sentence, ...}, ...]}
@@ -160,7 +160,7 @@ def build_embedding_cache(step1: Callable[[torch.Tensor], Mapping[str, torch.Ten
                           sentences: Mapping[str, Mapping[str, str]], out_dir: str | Path, *, batch_size: int = 2,
                           shard_size: int = 256, device: str | torch.device = "cpu",
                           thresholds: Sequence[float] | None = None, source: dict[str, Any] | None = None,
-                          halves: int = 1) -> Path:
+                          parts: int = 1) -> Path:
     """Write the cache for every item of ``dataset``; keep shards already written (resume). Returns ``out_dir``.
 
     Inside a torch.distributed process group every rank must call this with the same arguments: rank r writes
@@ -171,7 +171,7 @@ def build_embedding_cache(step1: Callable[[torch.Tensor], Mapping[str, torch.Ten
         dataset: items {"volume": (1, D, H, W), "labels": (18,) float (NaN unknown), "name": str}.
         sentences: {name: {label: target sentence}} (labels absent from a report have no entry).
         thresholds: 18 probability thresholds recorded in index.json (decoder training reads "detected" from it).
-        halves: 2 when each embedding is [right half, left half] of equal width (recorded in index.json), else 1.
+        parts: how many equal blocks each embedding holds side by side (recorded in index.json).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -192,7 +192,7 @@ def build_embedding_cache(step1: Callable[[torch.Tensor], Mapping[str, torch.Ten
         write_json_atomic(out_dir / "index.json", {
             "format": FORMAT, "num_volumes": len(dataset), "num_shards": n_shards, "embedding_dim": dim,
             "labels": list(LABELS), "thresholds": list(thresholds) if thresholds is not None else None,
-            "halves": halves, "source": source or {}})
+            "parts": parts, "source": source or {}})
     _barrier(world_size)  # the index is written: the cache is complete for every rank
     return out_dir
 
@@ -241,7 +241,7 @@ class EmbeddingTable:
     labels: torch.Tensor
     targets: list[dict[str, str]]
     thresholds: list[float] | None
-    halves: int = 1  # 2: each embedding is [right half, left half] of equal width
+    parts: int = 1  # how many equal blocks each embedding holds side by side
 
     def pairs(self, rule: str, thresholds: Sequence[float] | None = None,
               names: set[str] | None = None) -> list[tuple[int, int, str]]:
@@ -285,7 +285,7 @@ def load_embedding_cache(out_dir: str | Path) -> EmbeddingTable:
         probabilities=cat("probabilities", torch.zeros(0, NUM_LABELS)),
         labels=cat("labels", torch.zeros(0, NUM_LABELS, dtype=torch.int8)),
         targets=[t for s in shards for t in s["targets"]],
-        thresholds=index.get("thresholds"), halves=int(index.get("halves", 1)))
+        thresholds=index.get("thresholds"), parts=int(index.get("parts", index.get("halves", 1))))
 
 
 # -- from a config ----------------------------------------------------------------------------------------------
@@ -319,11 +319,11 @@ def build_from_config(cfg: EmbeddingCacheConfig, step1: Any | None = None) -> Pa
         check_cache_preprocess(encoder_cfg, cfg.volume_cache)
     thr_path = Path(cfg.thresholds) if cfg.thresholds else find_thresholds(cfg.step1_dir) if cfg.step1_dir else None
     thresholds = read_thresholds(thr_path) if thr_path else None
-    heads = getattr(getattr(step1, "config", None), "heads", None)
+    heads = getattr(step1, "heads", None)  # a Step1Model's heads: how many parts each embedding holds
     return build_embedding_cache(step1, dataset, sentences, cfg.out_dir, batch_size=cfg.batch_size,
                                  shard_size=cfg.shard_size, device=device, thresholds=thresholds,
                                  source={**to_dict(cfg), "thresholds_file": str(thr_path) if thr_path else None},
-                                 halves=getattr(heads, "halves", 1))
+                                 parts=getattr(heads, "parts", 1))
 
 
 def load_step1_model(directory: str | Path) -> torch.nn.Module:

@@ -56,6 +56,10 @@ class Extension:
         name: detached value to log, ...}`` ({}: unchanged)."""
         return {}
 
+    def training_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """A collated training batch as the stage's training step uses it (default: as given)."""
+        return batch
+
     def start_validation(self) -> None:
         """Before a validation pass (reset what :meth:`collect` counts)."""
 

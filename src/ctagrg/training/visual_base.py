@@ -35,14 +35,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ctagrg.config import ConfigError
+from ctagrg.config import ConfigError, read_json_object
 from ctagrg.data.augment import AugmentDraw, apply_augmentation, draw_augmentation
 from ctagrg.data.cache import dequantize
 from ctagrg.evaluation.classification import classification_report, markdown_table
 from ctagrg.generation.postprocess import POSTPROCESS_FILE
 from ctagrg.labels import LABELS
 from ctagrg.models.checkpoint import load_model_weights
-from ctagrg.models.preprocess_match import check_cache_preprocess
+from ctagrg.models.preprocess_match import check_cache_preprocess, with_preprocess
 from ctagrg.models.step1 import PretrainModel, load_encoder_from
 from ctagrg.training.extensions import Extension, build_extensions
 from ctagrg.training.splits import Selection, resolve, write_record
@@ -67,6 +67,9 @@ class VisualTask(Task):
         self._pos_weight: torch.Tensor | None = None
         self._selection: Selection | None = None
         self._label_tables: dict[str, dict[str, np.ndarray]] = {}
+        pp_path = Path(cfg.data.cache_dir) / "preprocess.json" if cfg.data.cache_dir else None
+        if pp_path is not None and pp_path.is_file():  # the window and voxel size the encoder reads, not restated
+            cfg.model = with_preprocess(cfg.model, read_json_object(pp_path))
         self.extensions: list[Extension] = []
         build_extensions(self, cfg.extras, self.stage)
 

@@ -2,8 +2,9 @@
 
 Research software, not for diagnostic use. Not part of the published CT-AGRG, which leaves sizes to the decoder; the
 demo turns it on (the ``nodule_size`` post-processor) because its decoder does not write sizes from the visual
-embedding (docs/demo-encoder.md). When a lung nodule is detected, the Reporter measures it in the lateral half (or halves)
-where step 1 found it and states that diameter in the nodule's sentence instead of the number the decoder wrote.
+embedding (docs/demo-encoder.md). When a lung nodule is detected, the Reporter measures it in the lateral half (or
+halves) where step 1 found it and states that diameter in the nodule's sentence instead of the number the decoder
+wrote.
 
 The measurement, on a volume in HU with known voxel spacing (mm) and SLP axes (axis 1 runs right -> left):
 

@@ -28,6 +28,18 @@ class NoduleSizePostprocessor:
         threshold = getattr(getattr(visual, "heads", None), "half_threshold", None)
         self.half_threshold = threshold.detach().cpu() if threshold is not None else None
 
+    def card_note(self) -> str:
+        """The model card's paragraph on measured nodule sizes."""
+        cal = self.config.calibration or {}
+        how = (f"calibrated on {cal.get('measured')} validation nodules" if cal.get("calibrated")
+               else "not calibrated")
+        return (f"A detected lung nodule's size is **measured, not generated** (not part of the published method): "
+                f"the diameter of the largest solid sphere with aerated lung around it, in the lateral half where the "
+                f"nodule was found (the whole volume for a model without lateral halves): diameter = 2 x radius + "
+                f"{self.config.offset_mm:.2f} mm ({how}). The nodule's sentence states that diameter in place of the "
+                f"one the decoder wrote (a sentence with a range or several sizes is left as written), and `size_mm` "
+                f"holds it. Validated on synthetic phantoms only.")
+
     def _sides(self, batch: ReportBatch, v: int) -> tuple[str | None, ...]:
         half_logits = batch.outputs.get("half_logits")
         if half_logits is None:
