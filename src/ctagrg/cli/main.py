@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("ctagrg.cli.evaluate_cmd", "evaluate a model on a dataset split"),
     "serve": ("ctagrg.cli.serve_cmd", "serve a model over HTTP with a slice viewer (localhost by default)"),
     "push": ("ctagrg.cli.push_cmd", "upload a packaged model to the Hugging Face Hub"),
+    "convert-model": ("ctagrg.cli.convert_cmd", "convert a model packaged by an older ctagrg to the current layout"),
     "demo": ("ctagrg.cli.demo_cmd", "run the whole pipeline on synthetic phantoms"),
 }
 

@@ -85,6 +85,11 @@ class ReporterConfig:
         "ood_fraction": "moved to postprocess.ood_warning.fraction; `ctagrg convert-model` converts a model packaged "
                         "before"}
 
+    def __post_init__(self) -> None:
+        # each post-processor's options resolved to its full config (defaults filled in), so that it is saved whole
+        self.postprocess = {name: to_dict(postprocessor_config(name, options, "ReporterConfig.postprocess"))
+                            for name, options in self.postprocess.items()}
+
 
 @dataclass
 class Abnormality:
