@@ -101,7 +101,8 @@ def evaluate(best: Path, out: Path) -> dict:
 
     from ctagrg.data.dataset import CachedVolumeDataset
     from ctagrg.evaluation.classification import classification_report
-    from ctagrg.evaluation.grounding import half_side_probe, load_ground_truth, side_probe_summary
+    from ctagrg.evaluation.grounding import load_ground_truth
+    from ctagrg.extras.halves.side_probe import half_side_probe, side_probe_summary
     from ctagrg.labels import LABEL_INDEX, LABELS
     from ctagrg.models.step1 import PretrainModel
 

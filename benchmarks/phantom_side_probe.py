@@ -58,7 +58,8 @@ def probe(model_dir: Path, data: Path, cache: Path, split: str, batch_size: int)
     from torch.utils.data import DataLoader
 
     from ctagrg.data.dataset import CachedVolumeDataset, cached_names
-    from ctagrg.evaluation.grounding import half_side_probe, load_ground_truth
+    from ctagrg.evaluation.grounding import load_ground_truth
+    from ctagrg.extras.halves.side_probe import half_side_probe
     from ctagrg.models.preprocess_match import check_cache_preprocess, encoder_config_of
     from ctagrg.models.step1 import PretrainModel
 
@@ -83,7 +84,7 @@ def probe(model_dir: Path, data: Path, cache: Path, split: str, batch_size: int)
 
 
 def by_size(entries: list[dict]) -> dict[str, dict]:
-    from ctagrg.evaluation.grounding import side_probe_summary
+    from ctagrg.extras.halves.side_probe import side_probe_summary
 
     out = {}
     for lo, hi in SIZE_BINS_MM:
@@ -95,7 +96,7 @@ def by_size(entries: list[dict]) -> dict[str, dict]:
 def main() -> None:
     import torch
 
-    from ctagrg.evaluation.grounding import side_probe_summary
+    from ctagrg.extras.halves.side_probe import side_probe_summary
     from ctagrg.utils.atomic import write_json_atomic
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
