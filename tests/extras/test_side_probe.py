@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
+
 
 def test_the_half_logit_side_probe_picks_the_higher_half():
     from ctagrg.extras.halves.side_probe import half_side_probe, side_probe_summary
