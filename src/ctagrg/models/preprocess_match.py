@@ -1,11 +1,11 @@
 """Does an encoder config fit the preprocessing its inputs go through?
 
-Some encoder settings restate facts about the preprocessed input: ``input_shape`` (every encoder), ``input_hu``
-(the HU window and offset, which the cnn3d stem and CT-Net's ``input_windows`` invert to read HU again) and
-``voxel_mm`` (the voxel size, which places the cnn3d blob, sphere and node channels' shells at their radii in mm). A
-mismatch does not fail on its own: the stem bins the wrong HU, or the shells sit at other radii, and the model
-silently sees other images than it was trained on. So training and the step-2 embedding cache (against the volume
-cache's ``preprocess.json``) and the ``Reporter`` (against its own) check them with :func:`check_encoder_preprocess`.
+Some encoder settings describe the preprocessed input: ``input_shape`` (every encoder), ``input_hu`` (the HU window
+and offset, which an encoder that reads HU inverts, e.g. CT-Net with ``input_windows``) and ``voxel_mm`` (the voxel
+size an encoder measures in). A mismatch does not fail on its own: the model silently sees other images than it was
+trained on. The visual stages take ``input_hu`` and ``voxel_mm`` from the cache's ``preprocess.json``
+(:func:`with_preprocess`), so they are not restated; training, the step-2 embedding cache and the ``Reporter``
+(against its own preprocess.json) check them with :func:`check_encoder_preprocess`.
 """
 
 from __future__ import annotations

@@ -4,8 +4,7 @@
 every floating-point parameter and buffer (BatchNorm statistics included; integer buffers are copied), with the
 usual warm-up ``d_t = min(decay, (1 + t) / (10 + t))`` so that the average does not drag the random initial weights
 along. Training continues from the raw weights (``last/``); validation, best-checkpoint selection and ``best/``
-use the shadow, which only the main process keeps. On the CPU demo's ~300 phantoms it smoothed the validation
-curve but did not raise the test score (docs/training.md, "#5's measurement"), so the demo does not use it.
+use the shadow, which only the main process keeps. The demo does not use it (docs/experiments.md, "#5's measurement").
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """Per-volume tensors computed once before training, after which the datasets yield labels and names only.
 
-Two users: step 1 on a frozen encoder keeps each volume's encoder output ``h`` (``cache_frozen_encoder``), and
-pretraining with the cnn3d encoder keeps each volume's fixed stem measurements (``cache_stem``). Either way no
-epoch reads a volume file again.
+Users: step 1 on a frozen encoder keeps each volume's encoder output ``h`` (``cache_frozen_encoder``); training
+extensions may keep other per-volume inputs (the demo's stem cache). Either way no epoch reads a volume file again.
 
 The training loop builds its datasets before it resumes from ``last/``, so a dataset is only registered until
 :meth:`PerVolumeCache.start` (called from ``Task.on_train_start``, with the model the run actually trains) gives
