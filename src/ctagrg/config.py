@@ -30,11 +30,10 @@ import yaml
 
 from ctagrg.utils.atomic import write_text_atomic
 
+# defined in utils (utils.device raises it too); the project imports it from here
+from ctagrg.utils.errors import ConfigError as ConfigError
+
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A config file or override that does not match its dataclass."""
 
 
 def _field_types(cls: type) -> dict[str, Any]:
