@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
-ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+from ctagrg.data.names import ITK_SUFFIXES, NIFTI_SUFFIXES
+
 # Values below this are needed somewhere in a CT in HU: air is −1000, lung about −850.
 MIN_HU_REQUIRED = -500.0
 # HU range of outside air and lung, used to tell stored HU from stored raw detector values.
