@@ -45,7 +45,6 @@ from torch import nn
 from ctagrg.config import ConfigError, save_config
 from ctagrg.training import distributed as D
 from ctagrg.training.checkpoint import (
-    CheckpointError,
     atomic_dir,
     load_train_state,
     recover_dir,
@@ -59,6 +58,7 @@ from ctagrg.training.ema import ModelEMA
 from ctagrg.training.loaders import batch_names, build_loaders
 from ctagrg.training.logging import MetricsLogger
 from ctagrg.training.optim import autocast_context, build_optimizer, lr_factor  # also imported from here
+from ctagrg.training.resume import check_layout, run_ema
 from ctagrg.training.task import Task
 from ctagrg.utils import signals
 from ctagrg.utils.atomic import write_json_atomic
@@ -119,19 +119,8 @@ class Trainer:
         self.ema: ModelEMA | None = None
         resumed = self._maybe_resume()
         saved_ema, self._resumed_ema = self._resumed_ema, None
-        if resumed and (saved_ema is None) != (not tc.ema_decay):
-            raise CheckpointError(f"{self.out / 'last'}: saved {'without' if saved_ema is None else 'with'} "
-                                  "train.ema_decay, cannot resume "
-                                  f"{'with' if saved_ema is None else 'without'} it; use a new train.out_dir or "
-                                  "--set train.resume=false")
-        if tc.ema_decay and info.is_main:  # only the main process validates; after resume, from the weights trained on
-            self.ema = ModelEMA(self.model, tc.ema_decay)
-            if saved_ema is not None:
-                try:
-                    self.ema.load_state_dict(saved_ema)
-                except ValueError as exc:
-                    raise CheckpointError(f"{self.out / 'last'}: train.ema_decay {exc}; cannot resume exactly"
-                                          ) from None
+        # only the main process validates, so only it keeps the average; every rank checks the saved one
+        self.ema = run_ema(self.model if info.is_main else None, tc.ema_decay, self.out / "last", resumed, saved_ema)
         self.task.on_train_start(self.model)
         if info.enabled:
             ids = [info.device.index] if info.device.type == "cuda" else None
@@ -151,14 +140,8 @@ class Trainer:
             return False
         state = load_train_state(last)
         self._resumed_ema = state.get("ema")
-        expected = {"batches_per_epoch": self.batches_per_epoch, "grad_accum": self.grad_accum,
-                    "world_size": self.info.world_size}
-        changed = {k: (state.get(k), v) for k, v in expected.items() if state.get(k) != v}
-        if changed:
-            raise CheckpointError(
-                f"{last}: cannot resume exactly, the run layout changed (saved, now): {changed}; "
-                "use a new train.out_dir or --set train.resume=false"
-            )
+        check_layout(last, state, {"batches_per_epoch": self.batches_per_epoch, "grad_accum": self.grad_accum,
+                                   "world_size": self.info.world_size})
         self.task.load_model(self.model, last)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
