@@ -32,8 +32,10 @@ GPU_CHECK_OUT ?= gpu_check_out
 gpu-check: $(STAMP)
 	$(PY) benchmarks/gpu_check.py --out $(GPU_CHECK_OUT)
 
+# ruff, then the layer order of docs/architecture.md ([tool.importlinter] in pyproject.toml)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/lint-imports --no-cache
 
 # The whole CT-RATE recipe at the paper's shapes on a release-layout root: make ctrate-smoke DATA=CT-RATE/dataset
 DATA ?=

@@ -43,3 +43,33 @@ def test_roundtrip(tmp_path):
     for name in ("c.yaml", "c.json"):
         save_config(cfg, tmp_path / name)
         assert load_config(Run, tmp_path / name) == cfg
+
+
+@dataclass
+class Kinds:
+    flags: list[bool] = field(default_factory=list)
+    sizes: tuple[int, ...] = ()
+    shape: tuple[int, int, int] = (1, 1, 1)
+    ratio: float | None = None
+    optim: Optim | None = None
+
+
+def test_coercion_of_each_kind_of_field():
+    cfg = from_dict(Kinds, {"flags": ["yes", "OFF", 0, 1], "sizes": [1, 2.0], "shape": ["4", 5, 6.0], "ratio": "0.5",
+                            "optim": Optim(lr=2.0)})
+    assert cfg.flags == [True, False, False, True]
+    assert cfg.sizes == (1, 2) and all(type(s) is int for s in cfg.sizes)
+    assert cfg.shape == (4, 5, 6) and cfg.ratio == 0.5 and cfg.optim == Optim(lr=2.0)
+    assert from_dict(Kinds, {"ratio": None, "optim": None}).optim is None
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"flags": ["maybe"]}, "flags: expected true/false, got 'maybe'"),
+    ({"sizes": 3}, "sizes: expected a list, got 3"),
+    ({"shape": [1, 2]}, r"shape: expected 3 values, got 2: \[1, 2\]"),
+    ({"sizes": [1.5]}, "sizes: expected int, got 1.5"),
+    ({"optim": 3}, "optim: expected a mapping for Optim, got 3"),
+])
+def test_coercion_errors_name_the_field(data, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict(Kinds, data)

@@ -30,11 +30,10 @@ import yaml
 
 from ctagrg.utils.atomic import write_text_atomic
 
+# defined in utils (utils.device raises it too); the project imports it from here
+from ctagrg.utils.errors import ConfigError as ConfigError
+
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A config file or override that does not match its dataclass."""
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -57,41 +56,59 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return None
     tp = _strip_optional(tp)
     if dataclasses.is_dataclass(tp):
-        if dataclasses.is_dataclass(value):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {value!r}")
-        return from_dict(tp, value, where=where)
+        return _coerce_dataclass(value, tp, where)
     origin = typing.get_origin(tp)
     if origin in (tuple, list):
-        args = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(args) != len(value):
-                raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}: {value!r}")
-            return tuple(_coerce(v, a, where) for v, a in zip(value, args, strict=True))
-        inner = args[0] if args else Any
-        seq = [_coerce(v, inner, where) for v in value]
-        return tuple(seq) if origin is tuple else seq
+        return _coerce_sequence(value, tp, where)
     if origin is dict or tp is Any or origin is typing.Literal:
         return value
     if tp is bool:
-        if isinstance(value, str):
-            if value.lower() in ("true", "1", "yes", "on"):
-                return True
-            if value.lower() in ("false", "0", "no", "off"):
-                return False
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
-        return bool(value)
+        return _coerce_bool(value, where)
     if tp in (int, float, str):
-        try:
-            if tp is int and isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return tp(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}") from None
+        return _coerce_scalar(value, tp, where)
     return value
+
+
+def _coerce_dataclass(value: Any, tp: type, where: str) -> Any:
+    if dataclasses.is_dataclass(value):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {value!r}")
+    return from_dict(tp, value, where=where)
+
+
+def _coerce_sequence(value: Any, tp: Any, where: str) -> tuple[Any, ...] | list[Any]:
+    """``tuple[A, B]`` (one value per type, in order), ``tuple[A, ...]`` or ``list[A]``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{where}: expected a list, got {value!r}")
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        if len(args) != len(value):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}: {value!r}")
+        return tuple(_coerce(v, a, where) for v, a in zip(value, args, strict=True))
+    inner = args[0] if args else Any
+    seq = [_coerce(v, inner, where) for v in value]
+    return tuple(seq) if origin is tuple else seq
+
+
+def _coerce_bool(value: Any, where: str) -> bool:
+    if not isinstance(value, str):
+        return bool(value)
+    if value.lower() in ("true", "1", "yes", "on"):
+        return True
+    if value.lower() in ("false", "0", "no", "off"):
+        return False
+    raise ConfigError(f"{where}: expected true/false, got {value!r}")
+
+
+def _coerce_scalar(value: Any, tp: type, where: str) -> Any:
+    """``int`` (a float only when it is whole), ``float`` or ``str``."""
+    try:
+        if tp is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return tp(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}") from None
 
 
 def _check_removed(cls: type, key: str, where: str) -> None:

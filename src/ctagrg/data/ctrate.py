@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ctagrg.data.dataset import volume_stem
+from ctagrg.data.names import volume_stem
 from ctagrg.labels import LABELS
 
 REPORTS_DIR = "radiology_text_reports"

@@ -18,18 +18,10 @@ import numpy as np
 
 from ctagrg.data.augment import AugmentConfig, augment_volume
 from ctagrg.data.cache import SUFFIX, cache_path, load_cached, load_cached_raw
+from ctagrg.data.names import volume_stem as volume_stem  # imported from here by training (splits, embeddings)
 from ctagrg.labels import LABELS
 
 LabelSource = Mapping[str, Sequence[float]] | str | Path | Any | None
-
-
-def volume_stem(volume_name: str) -> str:
-    """CT-RATE VolumeName → cache name: ``valid_53_a_1.nii.gz`` → ``valid_53_a_1``."""
-    name = str(volume_name).strip()
-    for suffix in (".nii.gz", ".nii"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 def read_labels_csv(path: str | Path) -> dict[str, np.ndarray]:

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ctagrg.data.ctio import ITK_SUFFIXES, NIFTI_SUFFIXES
 from ctagrg.data.ctrate import (
     LABELS_DIR,
     METADATA_DIR,
@@ -39,10 +38,10 @@ from ctagrg.data.ctrate import (
     require_split_csv,
     split_csv,
 )
-from ctagrg.data.dataset import volume_stem
+from ctagrg.data.names import SCAN_SUFFIXES, volume_stem
 
 logger = logging.getLogger(__name__)
-VOLUME_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES + (".zip",)
+VOLUME_SUFFIXES = SCAN_SUFFIXES
 DICOM_SUFFIXES = (".dcm", ".ima")
 
 
@@ -61,11 +60,7 @@ def is_ctrate_root(path: Path) -> bool:
 
 def input_stem(path: Path) -> str:
     """Item name of a path: the file name without its volume suffix (``scan.nii.gz`` → ``scan``)."""
-    name = path.name
-    for suffix in sorted(VOLUME_SUFFIXES, key=len, reverse=True):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+    return volume_stem(path)
 
 
 def _is_dicom_file(path: Path) -> bool:

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ctagrg.data.ctio import NIFTI_SUFFIXES, CTReadError
+from ctagrg.data.ctio import CTReadError
 from ctagrg.data.itk_header import METAIO_SUFFIXES, NRRD_SUFFIXES, ItkHeaderError, read_itk_header
+from ctagrg.data.names import NIFTI_SUFFIXES
 
 MIB = 1 << 20
 # Float32 copies of the whole volume that reading and preprocessing hold at once (HU, then the resampled grid).

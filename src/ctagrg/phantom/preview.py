@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ctagrg.data.names import volume_stem
 from ctagrg.labels import LABELS
 
 LUNG_WINDOW = (-1150.0, 250.0)
@@ -26,7 +27,7 @@ def find_examples(root: Path) -> dict[str, tuple[Path, dict[str, Any]]]:
     gt_dir = root / "ground_truth"
     if not gt_dir.is_dir():
         raise FileNotFoundError(f"{root}: no ground_truth/ folder; is this a phantom dataset?")
-    volumes = {p.name[: -len(".nii.gz")]: p for p in root.glob("*/*/*/*.nii.gz")}
+    volumes = {volume_stem(p): p for p in root.glob("*/*/*/*.nii.gz")}
     out: dict[str, tuple[Path, dict[str, Any]]] = {}
     for gt_path in sorted(gt_dir.glob("*.json")):
         gt = json.loads(gt_path.read_text(encoding="utf-8"))

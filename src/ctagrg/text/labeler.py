@@ -22,7 +22,8 @@ from typing import Protocol
 import numpy as np
 
 from ctagrg.labels import LABEL_INDEX, LABELS
-from ctagrg.text.rules.concepts import CONCEPTS, Concept
+from ctagrg.text.rules.concept import Concept
+from ctagrg.text.rules.concepts import CONCEPTS
 from ctagrg.text.rules.context import clauses, describes_past_only, is_negated, negated_spans, normalise
 from ctagrg.text.sentences import split_sentences
 

@@ -12,14 +12,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ctagrg.data.names import volume_stem
 from ctagrg.labels import LABELS
 
 HOLDOUT_BUCKETS = 3  # of 10: about 30 % of reports are held out
 
 
 def split_of(volume_name: str) -> str:
-    """``"holdout"`` or ``"develop"`` for a report, from the MD5 of its VolumeName (``.nii.gz`` ignored)."""
-    name = volume_name.removesuffix(".nii.gz")
+    """``"holdout"`` or ``"develop"`` for a report, from the MD5 of its volume's name (its VolumeName without the
+    suffix: ``.nii.gz`` ignored)."""
+    name = volume_stem(volume_name)
     bucket = int(hashlib.md5(name.encode("utf-8")).hexdigest(), 16) % 10
     return "holdout" if bucket < HOLDOUT_BUCKETS else "develop"
 

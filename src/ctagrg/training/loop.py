@@ -41,12 +41,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from ctagrg.config import ConfigError, save_config
 from ctagrg.training import distributed as D
 from ctagrg.training.checkpoint import (
-    CheckpointError,
     atomic_dir,
     load_train_state,
     recover_dir,
@@ -57,7 +55,10 @@ from ctagrg.training.checkpoint import (
 )
 from ctagrg.training.config import TrainConfig
 from ctagrg.training.ema import ModelEMA
+from ctagrg.training.loaders import batch_names, build_loaders
 from ctagrg.training.logging import MetricsLogger
+from ctagrg.training.optim import autocast_context, build_optimizer, lr_factor  # also imported from here
+from ctagrg.training.resume import check_layout, run_ema
 from ctagrg.training.task import Task
 from ctagrg.utils import signals
 from ctagrg.utils.atomic import write_json_atomic
@@ -68,50 +69,6 @@ logger = logging.getLogger(__name__)
 
 class TrainingError(RuntimeError):
     """Training cannot continue (e.g. a non-finite loss); the message names the step and batch."""
-
-
-def build_optimizer(params: Any, tc: TrainConfig) -> torch.optim.Optimizer:
-    if tc.optimizer == "adam":
-        return torch.optim.Adam(params, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
-    if tc.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
-    return torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
-
-
-def lr_factor(step: int, tc: TrainConfig, steps_per_epoch: int, total_steps: int) -> float:
-    """Multiplier of ``tc.lr`` at optimizer step ``step`` (0-based): linear warm-up, then step or cosine decay."""
-    if tc.warmup_steps and step < tc.warmup_steps:
-        return (step + 1) / tc.warmup_steps
-    if tc.scheduler == "step":
-        # StepLR counted in epochs, as CT-AGRG's StepLR(40, 0.5) is, but evaluated per optimizer step.
-        return tc.gamma ** math.floor(step / (tc.step_size_epochs * steps_per_epoch))
-    if tc.scheduler == "cosine":
-        span = max(1, total_steps - tc.warmup_steps)
-        t = min(1.0, (step - tc.warmup_steps) / span)
-        return tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
-    return 1.0
-
-
-def autocast_context(tc: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
-    """The forward-pass context of ``tc.precision``: nothing for fp32, else autocast to bf16/fp16."""
-    if tc.precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if tc.precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _batch_names(batch: Any) -> str:
-    names = batch.get("name") if isinstance(batch, dict) else None
-    if isinstance(names, (list, tuple)) and names:
-        shown = ", ".join(map(str, names[:8])) + (", ..." if len(names) > 8 else "")
-        return f"; volumes: {shown}"
-    return ""
-
-
-def _worker_init(worker_id: int) -> None:
-    # a scheduler signals every process of the job: a loader worker must not die of it (the main process would
-    # fail on the lost worker instead of stopping cleanly after its optimizer step)
-    signals.ignore_stop_signals()
 
 
 class Trainer:
@@ -149,7 +106,10 @@ class Trainer:
                 raise ConfigError(f"train.activation_checkpointing: {type(self.model).__name__} does not support it")
             self.model.gradient_checkpointing_enable()
         self.optimizer = build_optimizer(self.task.param_groups(self.model), tc)
-        self._setup_data()
+        loaders = build_loaders(self.task, tc, info, self.grad_accum)
+        self.sampler, self.loader_gen = loaders.sampler, loaders.loader_gen
+        self.train_loader, self.valid_loader = loaders.train_loader, loaders.valid_loader
+        self.batches_per_epoch, self.steps_per_epoch = loaders.batches_per_epoch, loaders.steps_per_epoch
         self.total_steps = self.steps_per_epoch * tc.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, tc, self.steps_per_epoch, self.total_steps)
@@ -159,19 +119,8 @@ class Trainer:
         self.ema: ModelEMA | None = None
         resumed = self._maybe_resume()
         saved_ema, self._resumed_ema = self._resumed_ema, None
-        if resumed and (saved_ema is None) != (not tc.ema_decay):
-            raise CheckpointError(f"{self.out / 'last'}: saved {'without' if saved_ema is None else 'with'} "
-                                  "train.ema_decay, cannot resume "
-                                  f"{'with' if saved_ema is None else 'without'} it; use a new train.out_dir or "
-                                  "--set train.resume=false")
-        if tc.ema_decay and info.is_main:  # only the main process validates; after resume, from the weights trained on
-            self.ema = ModelEMA(self.model, tc.ema_decay)
-            if saved_ema is not None:
-                try:
-                    self.ema.load_state_dict(saved_ema)
-                except ValueError as exc:
-                    raise CheckpointError(f"{self.out / 'last'}: train.ema_decay {exc}; cannot resume exactly"
-                                          ) from None
+        # only the main process validates, so only it keeps the average; every rank checks the saved one
+        self.ema = run_ema(self.model if info.is_main else None, tc.ema_decay, self.out / "last", resumed, saved_ema)
         self.task.on_train_start(self.model)
         if info.enabled:
             ids = [info.device.index] if info.device.type == "cuda" else None
@@ -180,32 +129,6 @@ class Trainer:
             )
         self.logger = MetricsLogger(self.out, enabled=info.is_main, tensorboard=self.tc.tensorboard,
                                     resume_step=self.step if resumed else -1)
-
-    def _setup_data(self) -> None:
-        tc, info = self.tc, self.info
-        train_ds = self.task.train_dataset()
-        self.sampler = D.ResumableSampler(len(train_ds), seed=tc.seed, rank=info.rank, world_size=info.world_size)
-        self.loader_gen = torch.Generator()
-        self.train_loader = DataLoader(
-            train_ds, batch_size=tc.batch_size, sampler=self.sampler, num_workers=tc.num_workers,
-            collate_fn=self.task.collate, pin_memory=tc.pin_memory and info.device.type == "cuda",
-            generator=self.loader_gen, persistent_workers=False, drop_last=tc.drop_last,
-            worker_init_fn=_worker_init if tc.num_workers else None,
-        )
-        if tc.drop_last and self.sampler.per_rank < tc.batch_size:
-            raise ConfigError(f"train.drop_last: each process gets {self.sampler.per_rank} training volumes, fewer "
-                              f"than one batch (train.batch_size={tc.batch_size}): every batch would be dropped")
-        rounding = math.floor if tc.drop_last else math.ceil
-        self.batches_per_epoch = rounding(self.sampler.per_rank / tc.batch_size)
-        self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.grad_accum)
-        valid_ds = self.task.valid_dataset() if tc.val_every_epochs else None
-        self.valid_loader = None
-        if valid_ds is not None and info.is_main:
-            self.valid_loader = DataLoader(
-                valid_ds, batch_size=tc.eval_batch_size or tc.batch_size, shuffle=False,
-                num_workers=tc.num_workers, collate_fn=self.task.collate, generator=torch.Generator().manual_seed(0),
-                worker_init_fn=_worker_init if tc.num_workers else None,
-            )
 
     # -- checkpoints ------------------------------------------------------------------------------------------
     def _maybe_resume(self) -> bool:
@@ -217,14 +140,8 @@ class Trainer:
             return False
         state = load_train_state(last)
         self._resumed_ema = state.get("ema")
-        expected = {"batches_per_epoch": self.batches_per_epoch, "grad_accum": self.grad_accum,
-                    "world_size": self.info.world_size}
-        changed = {k: (state.get(k), v) for k, v in expected.items() if state.get(k) != v}
-        if changed:
-            raise CheckpointError(
-                f"{last}: cannot resume exactly, the run layout changed (saved, now): {changed}; "
-                "use a new train.out_dir or --set train.resume=false"
-            )
+        check_layout(last, state, {"batches_per_epoch": self.batches_per_epoch, "grad_accum": self.grad_accum,
+                                   "world_size": self.info.world_size})
         self.task.load_model(self.model, last)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -295,7 +212,7 @@ class Trainer:
             if not torch.isfinite(loss.detach()).all():
                 raise TrainingError(
                     f"non-finite loss ({loss.item()}) at step {self.step} (epoch {self.epoch}, batch {i}"
-                    f"{_batch_names(batch)}); last checkpoint: {self.out / 'last'}"
+                    f"{batch_names(batch)}); last checkpoint: {self.out / 'last'}"
                 )
             self.scaler.scale(loss / group_size).backward()
         # extras may be numbers or one-element tensors (read here, after backward, next to the loss)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ctagrg.config import ConfigError
+from ctagrg.utils.errors import ConfigError
 
 
 def resolve_device(spec: str, local_rank: int | None = None) -> torch.device:

@@ -19,78 +19,8 @@ count as lymphadenopathy, while "no pathologically enlarged lymph node" does not
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
-
-
-@dataclass(frozen=True)
-class Concept:
-    label: str
-    include: tuple[str, ...]
-    exclude: tuple[str, ...] = ()
-    reject: tuple[str, ...] = ()
-    require: tuple[str, ...] = ()
-    window: int = 60
-    include_re: re.Pattern[str] = field(init=False, repr=False, compare=False)
-    exclude_re: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
-    reject_re: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
-    require_re: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "include_re", _compile(self.include))
-        # Exclusion words match at a word start only ("consistent" must not hit "stent").
-        exclude = tuple(rf"\b(?:{p})" for p in self.exclude)
-        object.__setattr__(self, "exclude_re", _compile(exclude) if exclude else None)
-        object.__setattr__(self, "reject_re", _compile(self.reject) if self.reject else None)
-        object.__setattr__(self, "require_re", _compile(self.require) if self.require else None)
-
-
-def _compile(patterns: tuple[str, ...]) -> re.Pattern[str]:
-    return re.compile("|".join(f"(?:{p})" for p in patterns))
-
-
-# Organs outside the lung whose nodules / masses / densities are not lung findings.
-_EXTRAPULMONARY = (
-    r"thyroid|liver|hepatic|adrenal|kidney|renal|spleen|splenic|pancrea|breast|axilla|gallbladder|uterus|ovar"
-    r"|adnex|bone|vertebra|\bribs?\b|sternum|skin|subcutaneous|soft tissue|muscle|lymph|gland|esophag|stomach|gastric"
-    r"|bowel|colon|peritone|omentum|mesenter|intraabdominal|abdominal|pelvi|prostate|bladder|gynecomastia"
-    r"|pleura(?:l)? (?:based )?(?:nodular )?thicken|myelom|chest wall|mediastin"
-)
-
-# Non-coronary, thoracic arterial locations (lookbehinds drop "coronary arteries", "abdominal aorta" and the
-# abdominal / pelvic arteries).
-_ARTERY = (
-    r"(?<!abdominal )aort(?!ic valve)|\barch\b|vascular structures|\bvessels?\b|carotid|subclavian|brachiocephalic"
-    r"|supraaortic|thoracic|thoracoabdominal|vascular wall"
-    r"|(?<!coronary )(?<!descending )(?<!circumflex )(?<!iliac )(?<!renal )(?<!femoral )(?<!mesenteric )"
-    r"\barter(?:y|ies|ial)\b"
-)
-
-# Words placing a clause in the lung (generic "density" / "infiltration" elsewhere is not lung opacity).
-_LUNG = r"\blungs?\b|\blobes?\b|segment|parenchym|pulmonar|subpleural|lingul|\bbasal|\bapical|\bapex|peribronch|centri"
-_OPACITY_EXCLUDE = (
-    _EXTRAPULMONARY + r"|fat density|fatty|sequel|fibro|hepatosteat|pleuroparenchymal|pleural parenchymal"
-    r"|soft tissue|water|fluid|material|stent|suture|calcific densit|bone|osteo|sclero|cyst"
-    # Low-attenuation, air, fat, mucus or calcified "densities" are not parenchymal opacities.
-    r"|low densit|air densit|fat densit|mucus|mucous|plug|calcified densit|metal"
-)
-# A density that the report itself calls (plain or subsegmental) atelectasis or a consolidation is that finding, not
-# a separate opacity ("densities consistent with subsegmental atelectasis", "an increase in density is observed,
-# which is compatible with the consolidation area"). Qualified attributions ("linear density consistent with band
-# atelectasis or sequelae", "... with mild compressive atelectasis") were labelled opacity on develop: kept.
-_ATTRIBUTED_DENSITY = (
-    r"\bdensit\w*(?: increases?)?(?: (?:is|are|was|were) (?:observed|seen|noted|detected))?,?"
-    r" (?:which (?:is|are|was|were) )?(?:consistent with|compatible with|in favou?r of|in accordance with)"
-    r" (?:the )?(?:(?:subsegment\w*|segmental|lobar|focal|small|large) )?(?:atelecta\w*|consolidat\w*)"
-)
-_OPACITY_REJECT = (
-    _ATTRIBUTED_DENSITY,
-    r"\bactive infiltrat\w*",
-    r"\bpleuroparenchymal \w+ densit\w*",
-    r"ground glass (?:\w+ )?nodul\w*",
-    r"(?:broncho)?pneumonic infiltrat\w*",
-    r"leukemic infiltrat\w*",
-)
+from ctagrg.text.rules.concept import Concept
+from ctagrg.text.rules.locations import ARTERY, EXTRAPULMONARY, LUNG, OPACITY_EXCLUDE, OPACITY_REJECT
 
 CONCEPTS: tuple[Concept, ...] = (
     Concept(
@@ -156,8 +86,8 @@ CONCEPTS: tuple[Concept, ...] = (
         # A location outside the coronaries is required: coronary-only plaques are the coronary label, and the
         # annotators did not count abdominal-aorta-only or aortic-valve calcification.
         include=(
-            rf"(?:atheros|atherom|calcif|plaque)\w*(?: \w+){{0,14}}? (?:{_ARTERY})",
-            rf"(?:{_ARTERY})\w*(?: \w+){{0,6}}? (?:atheros|atherom|calcif|plaque)",
+            rf"(?:atheros|atherom|calcif|plaque)\w*(?: \w+){{0,14}}? (?:{ARTERY})",
+            rf"(?:{ARTERY})\w*(?: \w+){{0,6}}? (?:atheros|atherom|calcif|plaque)",
         ),
         window=80,
     ),
@@ -267,7 +197,7 @@ CONCEPTS: tuple[Concept, ...] = (
             r"(?:intrapulmonary|subpleural|perifissural|fissural|parenchymal) lymph node",
         ),
         exclude=(
-            _EXTRAPULMONARY.replace("|lymph", "")
+            EXTRAPULMONARY.replace("|lymph", "")
             + r"|hypodense|hyperdense|schmorl|\bin the pleura\b|(?<!sub)pleural nodul"
             r"|colon|sigmoid|intestin|costal|accessory spleen",
         ),
@@ -290,14 +220,14 @@ CONCEPTS: tuple[Concept, ...] = (
         "Lung opacity",
         include=(r"ground glass", r"crazy paving"),
         exclude=(r"bone|osteo|\bribs?\b|vertebra|sternum|fibrous dysplasia",),
-        reject=_OPACITY_REJECT,
+        reject=OPACITY_REJECT,
         window=40,
     ),
     Concept(
         "Lung opacity",
         include=(r"\bopacit\w*", r"\bhazy"),
-        exclude=(_OPACITY_EXCLUDE,),
-        reject=_OPACITY_REJECT,
+        exclude=(OPACITY_EXCLUDE,),
+        reject=OPACITY_REJECT,
         window=40,
     ),
     Concept(
@@ -311,9 +241,9 @@ CONCEPTS: tuple[Concept, ...] = (
             r"\balveolar (?:densit|opacit|infiltrat|pattern)",
             r"\bnodular densit",
         ),
-        exclude=(_OPACITY_EXCLUDE,),
-        reject=_OPACITY_REJECT,
-        require=(_LUNG,),
+        exclude=(OPACITY_EXCLUDE,),
+        reject=OPACITY_REJECT,
+        require=(LUNG,),
         window=40,
     ),
     # Honeycombing and plain "reticular" densities were not counted as sequelae by the annotators.
