@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ctagrg.evaluation.grounding import expected_side, grounding_metrics, volume_name
+from ctagrg.evaluation.grounding import expected_side, grounding_metrics
 from ctagrg.text.attributes import side_from_text, size_mm_from_text
 
 
@@ -48,12 +48,6 @@ def test_expected_side_union() -> None:
     assert expected_side(findings, "Lung nodule") == "bilateral"
     assert expected_side(findings, "Pleural effusion") == "right"
     assert expected_side(findings, "Cardiomegaly") is None
-
-
-def test_volume_name() -> None:
-    assert volume_name("/d/test/test_3/test_3_a/test_3_a_1.nii.gz") == "test_3_a_1"
-    assert volume_name("cache/test_3_a_1.npy") == "test_3_a_1"
-    assert volume_name("test_3_a_1") == "test_3_a_1"
 
 
 def _pred(name: str, **abn: tuple[bool, str | None]) -> dict:

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ctagrg.data.names import volume_stem
 from ctagrg.labels import LATERALISED
 from ctagrg.text.attributes import side_from_text, size_mm_from_text
 
@@ -35,15 +36,6 @@ def expected_side(findings: Iterable[Mapping[str, Any]], label: str) -> str | No
     if "bilateral" in sides or sides >= {"left", "right"}:
         return "bilateral"
     return sides.pop()
-
-
-def volume_name(input_ref: str) -> str:
-    """Phantom volume name from a prediction's ``input`` (a path to .nii.gz, a cache file, or a bare name)."""
-    name = Path(str(input_ref)).name
-    for suffix in (".nii.gz", ".nii", ".npy", ".npz", ".safetensors", ".pt", ".nrrd", ".mha", ".zarr", ".zst"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 def load_ground_truth(ground_truth_dir: str | Path, name: str) -> list[dict[str, Any]] | None:
@@ -72,7 +64,7 @@ def grounding_metrics(predictions: Iterable[Mapping[str, Any]], ground_truth_dir
     for pred in predictions:
         if "error" in pred:
             continue
-        findings = load_ground_truth(ground_truth_dir, volume_name(pred["input"]))
+        findings = load_ground_truth(ground_truth_dir, volume_stem(pred["input"]))
         if findings is None:
             missing += 1
             continue
