@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ctagrg.data.ctio import error_text
 from ctagrg.data.preprocessed import PreprocessedVolume
 
 if TYPE_CHECKING:
@@ -127,12 +126,12 @@ def load_item(items: Sequence[InferenceItem | InputItem], config: PreprocessConf
 
 
 def _load_cache_file(path: Path, config: PreprocessConfig) -> PreprocessedVolume:
-    from ctagrg.data.cache import levels_to_float, load_cached_raw
+    from ctagrg.data.cache import CacheError, levels_to_float, load_cached_raw
 
     q, lo, hi = load_cached_raw(path)
     expected = (-config.offset, 1.0 - config.offset)
     if not np.allclose((lo, hi), expected, rtol=0.0, atol=1e-6):
-        raise ValueError(f"{path}: cached values span [{lo:g}, {hi:g}], the model's preprocessing gives "
+        raise CacheError(f"{path}: cached values span [{lo:g}, {hi:g}], the model's preprocessing gives "
                          f"[{expected[0]:g}, {expected[1]:g}] (another offset): re-preprocess with the model's "
                          f"preprocess.json")
     return PreprocessedVolume.from_config(levels_to_float(q, lo, hi), config)
@@ -191,8 +190,8 @@ def _reports(reporter: Reporter, volumes: list[PreprocessedVolume], labels: list
         if len(reports) != len(volumes):
             raise RuntimeError(f"the reporter returned {len(reports)} reports for {len(volumes)} volumes")
     except Exception as exc:  # noqa: BLE001 - one bad volume must not cost the others their reports
-        if len(volumes) == 1:
-            return [(None, error_text(labels[0], exc), exc, time.perf_counter() - start)]
+        if len(volumes) == 1:  # the model's message does not name the input: always prefix it
+            return [(None, f"{labels[0]}: {type(exc).__name__}: {exc}", exc, time.perf_counter() - start)]
         return [o for k in range(len(volumes)) for o in _reports(reporter, volumes[k:k + 1], labels[k:k + 1],
                                                                  saliency)]
     share = (time.perf_counter() - start) / len(volumes)
