@@ -135,7 +135,7 @@ def is_regular_output(out: Path) -> bool:
         return False
     try:
         return stat.S_ISREG(out.stat().st_mode)
-    except FileNotFoundError:
+    except OSError:  # not there yet (or not reachable: opening it says why)
         return True
 
 
@@ -185,16 +185,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"{out}: {len(items) - len(todo)} scan(s) already reported, skipped", file=sys.stderr)
     failures = 0
     try:
-        failures = _report_all(reporter, todo, model, args, fh, text=not (args.quiet or json_on_stdout))
+        where = "stdout" if to_stdout else str(out) if out is not None else "the output"
+        failures = _report_all(reporter, todo, model, args, fh, where, text=not (args.quiet or json_on_stdout))
     finally:
         if fh is not None and fh is not sys.stdout:
             fh.close()
     return 1 if failures else 0
 
 
-def _report_all(reporter: Any, todo: list[Any], model: str, args: argparse.Namespace, fh: Any, text: bool) -> int:
+def _report_all(reporter: Any, todo: list[Any], model: str, args: argparse.Namespace, fh: Any, where: str,
+                text: bool) -> int:
     """Report ``todo`` through the inference front door, batch by batch (read ahead by ``--workers``), stopping
-    between batches on a stop signal; returns the number of failed scans."""
+    between batches on a stop signal; returns the number of failed scans. ``where``: the output, named in the stop
+    message."""
     from ctagrg.generation.inference import run_inference
     from ctagrg.utils import signals
     from ctagrg.utils.progress import progress
@@ -208,8 +211,7 @@ def _report_all(reporter: Any, todo: list[Any], model: str, args: argparse.Names
                 line = result_line(result, model)
                 failures += "error" in line
                 _emit(line, fh, text)
-            signals.raise_if_stop_requested(f"report stopped between batches; {fh.name if fh else 'the output'} "
-                                            f"holds every finished scan")
+            signals.raise_if_stop_requested(f"report stopped between batches; {where} holds every finished scan")
     return failures
 
 
