@@ -1,4 +1,4 @@
-"""``ctagrg report SCAN... --model DIR [--out OUT.jsonl] [--device cpu|cuda] [--batch-size N] [--workers N]
+"""``ctagrg report SCAN... --model DIR [--out OUT.jsonl|-] [--device cpu|cuda] [--batch-size N] [--workers N]
 [--shard I/N]``."""
 
 from __future__ import annotations
