@@ -25,6 +25,20 @@ def test_hu_from_preprocessed_inverts_the_intensity_map_and_stays_in_the_window(
         hu_from_preprocessed(array, (hi, lo), offset)
 
 
+def test_hu_from_preprocessed_takes_a_tensor_as_an_encoder_has_it() -> None:
+    import torch
+
+    lo, hi, offset = -1000.0, 1500.0, 0.0
+    array = np.random.default_rng(0).uniform(-0.01, 1.01, size=(2, 1, 3, 4, 5)).astype(np.float32)
+    x = torch.from_numpy(array).requires_grad_()
+    hu = hu_from_preprocessed(x, (lo, hi), offset)
+    assert isinstance(hu, torch.Tensor) and hu.dtype == torch.float32 and hu.shape == x.shape
+    np.testing.assert_allclose(hu.detach().numpy(), hu_from_preprocessed(array, (lo, hi), offset), atol=1e-3)
+    hu.sum().backward()  # differentiable where not clipped: 2500 HU per unit of input
+    inside = (array > 0) & (array < 1)
+    assert np.allclose(x.grad.numpy()[inside], 2500.0) and np.all(x.grad.numpy()[~inside] == 0)
+
+
 def test_preprocess_to_volume_carries_the_config_and_to_hu_round_trips() -> None:
     config = PreprocessConfig(spacing=(4.0, 2.0, 2.0), shape=(16, 32, 32), hu_min=-1000.0, hu_max=1500.0, offset=0.1)
     raw = phantom_hu((32, 32, 16))  # file axes R, A, S at 2 x 2 x 4 mm: preprocessing only reorients to SLP

@@ -13,7 +13,7 @@ with the volume's own window, so that no reader of the volume restates the windo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,21 +22,24 @@ if TYPE_CHECKING:
     from ctagrg.data.preprocess import PreprocessConfig
 
 
-def hu_from_preprocessed(array: np.ndarray, hu_window: tuple[float, float], offset: float) -> np.ndarray:
+def hu_from_preprocessed(array: Any, hu_window: tuple[float, float], offset: float) -> Any:
     """Undo the preprocessing's intensity map: ``(array + offset) × (hi − lo) + lo``, clipped to the window.
 
     Args:
-        array: preprocessed values, any shape, ``(clip(HU, lo, hi) − lo) / (hi − lo) − offset``.
+        array: preprocessed values, any shape, ``(clip(HU, lo, hi) − lo) / (hi − lo) − offset``: a numpy array, or
+            a torch tensor (an encoder's input; the result keeps its dtype, device and autograd graph).
         hu_window: (lo, hi) HU of the preprocessing (``PreprocessConfig.hu_min``, ``hu_max``).
         offset: subtracted after the [0, 1] mapping (``PreprocessConfig.offset``).
 
     Returns:
-        float32 HU of ``array``'s shape, in [lo, hi]: voxels the preprocessing clipped stay at the window's ends,
-        and float rounding (or the cache's uint8 levels) cannot step outside it.
+        HU of ``array``'s shape (float32 numpy for numpy input), in [lo, hi]: voxels the preprocessing clipped stay
+        at the window's ends, and float rounding (or the cache's uint8 levels) cannot step outside it.
     """
     lo, hi = (float(v) for v in hu_window)
     if not hi > lo:
         raise ValueError(f"HU window: expected lo < hi, got ({lo:g}, {hi:g})")
+    if hasattr(array, "clamp") and not isinstance(array, np.ndarray):  # a torch tensor
+        return ((array + offset) * (hi - lo) + lo).clamp(lo, hi)
     hu = (np.asarray(array, np.float32) + np.float32(offset)) * np.float32(hi - lo) + np.float32(lo)
     return np.clip(hu, lo, hi, out=hu)
 
