@@ -183,9 +183,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if done and len(todo) < len(items):
         print(f"{out}: {len(items) - len(todo)} scan(s) already reported, skipped", file=sys.stderr)
+    where = "stdout" if to_stdout else str(out) if out is not None else "the output"
     failures = 0
     try:
-        where = "stdout" if to_stdout else str(out) if out is not None else "the output"
         failures = _report_all(reporter, todo, model, args, fh, where, text=not (args.quiet or json_on_stdout))
     finally:
         if fh is not None and fh is not sys.stdout:
