@@ -2,6 +2,8 @@
 
 The stand-in returns fixed reports and probabilities, so every metric below is known in advance: this tests the
 orchestration (split loading, resumable predictions, metrics.json keys, report files, CLI) without any model.
+Each volume is a tiny constant NIfTI whose HU tells the stand-in which volume it is, read through the inference
+front door as a real scan would be.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -43,7 +46,7 @@ def make_dataset(root: Path) -> Path:
         split, pid, scan, _ = name.split("_")
         folder = root / split / f"{split}_{pid}" / f"{split}_{pid}_{scan}"
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{name}.nii.gz").write_bytes(b"")  # never read: the stand-in reporter ignores its input
+        write_nifti(folder / f"{name}.nii.gz", np.full((4, 4, 4), _volume_hu(name), np.int16), np.eye(4))
         rows.append({"VolumeName": f"{name}.nii.gz", "Findings_EN": text, "Impressions_EN": ""})
         labels.append({"VolumeName": f"{name}.nii.gz", **{n: int(i in present) for i, n in enumerate(LABELS)}})
         (root / "ground_truth").mkdir(exist_ok=True)
@@ -55,24 +58,38 @@ def make_dataset(root: Path) -> Path:
     return root
 
 
+def _volume_hu(name: str) -> int:
+    """The constant HU of volume ``name``'s NIfTI: 100 HU apart, so that preprocessing keeps them apart."""
+    return -900 + 100 * list(VOLUMES).index(name)
+
+
 class StandInReporter:
-    """Detects exactly the generated labels (probability 0.9, others 0.1) and writes their sentences."""
+    """Detects exactly the generated labels (probability 0.9, others 0.1) and writes their sentences; tells the
+    volumes apart by their HU (:func:`_volume_hu`)."""
 
     def __init__(self, fail_on: str | None = None) -> None:
+        from ctagrg.data.preprocess import PreprocessConfig
+
         self.calls: list[int] = []
         self.fail_on = fail_on
+        self.preprocess = PreprocessConfig(spacing=(1.0, 1.0, 1.0), shape=(2, 2, 2))
 
-    def report_batch(self, inputs: list[str]) -> list[dict]:
-        self.calls.append(len(inputs))
+    def report_volumes(self, volumes: np.ndarray) -> list[Any]:
+        from ctagrg.data.preprocessed import hu_from_preprocessed
+        from ctagrg.generation.reporter import Abnormality, Report
+
+        self.calls.append(len(volumes))
         out = []
-        for path in inputs:
-            name = Path(path).name.removesuffix(".nii.gz")
+        pp = self.preprocess
+        for volume in volumes:
+            hu = float(hu_from_preprocessed(volume, (pp.hu_min, pp.hu_max), pp.offset).mean())
+            name = next(n for n in VOLUMES if abs(_volume_hu(n) - hu) < 1.0)
             if name == self.fail_on:
-                raise ValueError(f"{path}: not a CT volume")
+                raise ValueError("not a CT volume")
             sentences = GENERATED[name]
-            abn = {n: {"probability": 0.9 if i in sentences else 0.1, "detected": i in sentences, "threshold": 0.5,
-                       "sentence": sentences.get(i)} for i, n in enumerate(LABELS)}
-            out.append({"report": " ".join(sentences.values()) or "No abnormalities detected.", "abnormalities": abn})
+            abn = {n: Abnormality(probability=0.9 if i in sentences else 0.1, detected=i in sentences, threshold=0.5,
+                                  sentence=sentences.get(i)) for i, n in enumerate(LABELS)}
+            out.append(Report(" ".join(sentences.values()) or "No abnormalities detected.", abn))
         return out
 
 
@@ -152,11 +169,13 @@ def test_evaluate_writes_metrics_predictions_and_report(dataset: Path, tmp_path:
 def test_failed_volume_is_recorded_and_others_scored(dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval"
     cfg = EvaluateConfig(meteor=False, bootstrap=0, batch_size=4)
-    metrics = evaluate(tmp_path / "model", dataset, out, cfg, reporter=StandInReporter(fail_on="test_2_a_1"))
+    failing = StandInReporter(fail_on="test_2_a_1")
+    metrics = evaluate(tmp_path / "model", dataset, out, cfg, reporter=failing)
     assert metrics["meta"]["failed"] == 1 and metrics["meta"]["evaluated"] == 3
+    assert failing.calls == [4, 1, 1, 1, 1]  # the failed batch is retried volume by volume
     bad = [line for line in read_predictions(out / "predictions.jsonl") if "error" in line]
     assert bad == [{"name": "test_2_a_1", "input": str(dataset / "test/test_2/test_2_a/test_2_a_1.nii.gz"),
-                    "error": f"ValueError: {dataset / 'test/test_2/test_2_a/test_2_a_1.nii.gz'}: not a CT volume",
+                    "error": f"{dataset / 'test/test_2/test_2_a/test_2_a_1.nii.gz'}: ValueError: not a CT volume",
                     "model": None}]  # no model folder here (a stand-in reporter): no fingerprint
     assert "ci95" not in metrics
     assert "Failed volumes" in (out / "report.md").read_text()

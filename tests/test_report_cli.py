@@ -326,3 +326,87 @@ def test_evaluate_predictions_with_workers_equal_those_without(tmp_path: Path, m
     assert runs[2][2]["error"] == "FileNotFoundError: test_2_a_1: no volume file found and no preprocessed cache"
     probabilities = {line["abnormalities"][LABELS[0]]["probability"] for line in runs[2] if "report" in line}
     assert len(probabilities) == 4  # each scan its own
+
+
+def test_out_dash_writes_json_lines_to_stdout_and_no_report_text(model_dir: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    scans = _scans_with_a_bad_one(tmp_path / "scans", n=2)
+    assert main(["report", *scans, "--model", str(model_dir), "--out", "-", "--batch-size", "2"]) == 1
+    printed = capsys.readouterr()
+    lines = [json.loads(x) for x in printed.out.splitlines()]  # stdout holds JSON lines only
+    assert [line["input"] for line in lines] == scans
+    assert [("error" in line) for line in lines] == [False, False, True]
+    assert all(len(line["abnormalities"]) == 18 for line in lines if "report" in line)
+    assert "== " not in printed.out and f"{lines[2]['error']}\n" in printed.err  # errors still on stderr
+    assert not (tmp_path / "-").exists() and not Path("-").exists()
+
+
+def test_out_dev_stdout_and_a_fifo_are_written_without_resume(model_dir: Path, tmp_path: Path,
+                                                               capfd: pytest.CaptureFixture) -> None:
+    import os
+    import threading
+
+    scan = write_scan(tmp_path / "s.nii.gz", 5)
+    assert main(["report", str(scan), "--model", str(model_dir), "--out", "/dev/stdout"]) == 0
+    printed = capfd.readouterr()
+    [line] = [json.loads(x) for x in printed.out.splitlines()]  # stdout is the output: no report text there
+    assert line["input"] == str(scan) and "report" in line
+    assert "not seekable" not in printed.err
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received: list[str] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()))
+    reader.start()
+    assert main(["report", str(scan), "--model", str(model_dir), "--out", str(fifo), "--quiet"]) == 0
+    reader.join(timeout=60)
+    assert [json.loads(x)["input"] for x in received[0].splitlines()] == [str(scan)]
+
+
+def test_an_out_that_cannot_be_opened_is_named(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+                                               ) -> None:
+    scan = write_scan(tmp_path / "s.nii.gz", 5)
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    out = blocked / "r.jsonl"  # its folder is a file
+    assert main(["report", str(scan), "--model", str(model_dir), "--out", str(out)]) == 2
+    assert f"--out {out}: cannot write there (" in capsys.readouterr().err
+
+
+def test_text_output_carries_each_scans_warnings_beside_its_report(model_dir: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import warnings
+
+    import ctagrg.data.ctio as ctio
+    from ctagrg.generation.reporter import Reporter
+
+    a, b = write_scan(tmp_path / "a.nii.gz", 1), write_scan(tmp_path / "b.nii.gz", 2)
+    real_load, real_report = ctio.load_ct, Reporter.report_volumes
+
+    def load(source, metadata=None, **kwargs):
+        if Path(source) == b:
+            warnings.warn(f"{source}: irregular slice spacing; missing slices?", ctio.CTReadWarning, stacklevel=2)
+        return real_load(source, metadata, **kwargs)
+
+    def report_volumes(self, volumes):  # what an out-of-distribution scan gets from a cnn3d model
+        reports = real_report(self, volumes)
+        reports[-1].warnings.append("out of distribution: 3.0% of the encoder's features lie far out")
+        return reports
+
+    monkeypatch.setattr(ctio, "load_ct", load)
+    monkeypatch.setattr(Reporter, "report_volumes", report_volumes)
+    out = tmp_path / "r.jsonl"
+    assert main(["report", str(a), str(b), "--model", str(model_dir), "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    by_input = {line["input"]: line for line in read_lines(out)}
+    ood = "out of distribution: 3.0% of the encoder's features lie far out"
+    assert by_input[str(b)]["warnings"] == [f"{b}: irregular slice spacing; missing slices?", ood]
+    assert f"== {b}\nwarning: {b}: irregular slice spacing; missing slices?\nwarning: {ood}\n" \
+           f"{by_input[str(b)]['report']}\n" in printed.out
+    assert f"== {a}\nwarning: {ood}\n{by_input[str(a)]['report']}\n" in printed.out
+    assert "warning" not in printed.err  # shown once, beside the report
+    # --quiet prints no reports: the warnings go to stderr, naming the scan
+    assert main(["report", str(b), "--model", str(model_dir), "--out", str(tmp_path / "q.jsonl"), "--quiet"]) == 0
+    printed = capsys.readouterr()
+    assert printed.out == "" and f"{b}: warning: {ood}\n" in printed.err

@@ -375,10 +375,12 @@ def test_only_the_last_scans_are_kept(server: Any, tmp_path: Path) -> None:
 
 def test_oversized_uploads_are_413_before_decoding(server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                                    ) -> None:
-    def never(path: Any) -> None:
+    import ctagrg.data.ctio as ctio
+
+    def never(path: Any, *args: Any, **kwargs: Any) -> None:
         raise AssertionError(f"the reader was called for {path}")
 
-    monkeypatch.setattr(server.service.reporter, "load_input", never)
+    monkeypatch.setattr(ctio, "load_ct", never)
     big = np.full((12, 64, 64), -1000, dtype=np.int16)  # 49152 voxels, a few kB compressed
     uploads = {"big.nii.gz": nifti_bytes(big.T, tmp_path), "big.nrrd": itk_bytes(big, tmp_path / "big.nrrd"),
                "big.mha": itk_bytes(big, tmp_path / "big.mha")}
@@ -654,16 +656,15 @@ def test_warnings_from_reading_an_upload_are_in_the_result(model_dir: Path, tmp_
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     import warnings
 
-    import ctagrg.data.preprocess as preprocess
-    from ctagrg.data.ctio import CTReadWarning
+    import ctagrg.data.ctio as ctio
 
-    real = preprocess.load_ct
+    real = ctio.load_ct
 
     def load_with_warning(path, metadata=None, **kwargs):
-        warnings.warn(f"{path}: irregular slice spacing; missing slices?", CTReadWarning, stacklevel=2)
+        warnings.warn(f"{path}: irregular slice spacing; missing slices?", ctio.CTReadWarning, stacklevel=2)
         return real(path, metadata, **kwargs)
 
-    monkeypatch.setattr(preprocess, "load_ct", load_with_warning)
+    monkeypatch.setattr(ctio, "load_ct", load_with_warning)
     with serving(model_dir) as srv:
         status, result = call_json(srv, "/api/report?filename=marked.nii.gz", marked_nifti(tmp_path))
     assert status == 200, result

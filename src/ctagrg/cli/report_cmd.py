@@ -1,14 +1,14 @@
-"""``ctagrg report SCAN... --model DIR [--out OUT.jsonl] [--device cpu|cuda] [--batch-size N] [--workers N]
+"""``ctagrg report SCAN... --model DIR [--out OUT.jsonl|-] [--device cpu|cuda] [--batch-size N] [--workers N]
 [--shard I/N]``."""
 
 from __future__ import annotations
 
 import argparse
 import csv
-import functools
 import json
+import os
+import stat
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,10 +19,14 @@ DESCRIPTION = (
     "Generate a report for each scan with a packaged model (Reporter.save_pretrained folder). SCAN may be a file "
     "(NIfTI, NRRD, MHA/MHD, .zip), a DICOM folder, a folder of scans (searched recursively), a CT-RATE root, or a "
     "CSV list (a 'path' column, or one path per row without a header; relative paths are relative to the CSV). "
-    "Each report is printed; with --out, one JSON line per scan is appended (input, input_resolved, name, report, "
-    "abnormalities, seconds, model: the model folder's fingerprint, warnings when any) and scans already reported "
-    "there by the same model are skipped, so an interrupted run resumes (reports of another model in OUT are "
-    "refused). A scan that fails gets an {input, input_resolved, name, error, model} line and the others go on. "
+    "Each report is printed with its warnings (e.g. out of distribution) above it; with --out, one JSON line per "
+    "scan is appended (input, input_resolved, name, report, abnormalities, seconds, model: the model folder's "
+    "fingerprint, warnings when any; size_mm rounded to 0.1 mm) and scans already reported there by the same model "
+    "are skipped, so an interrupted run resumes (reports of another model in OUT are refused). --out - writes the "
+    "JSON lines to stdout instead, and then the reports are not printed as text (warnings and errors go to "
+    "stderr); so does an --out that is stdout (/dev/stdout). A device or pipe as --out (/dev/stdout, a FIFO) is "
+    "written, never read back: no resume there. A scan that fails gets an {input, input_resolved, name, error, "
+    "model} line and the others go on. "
     "--workers N reads and preprocesses the next scans in N processes while the model runs (same output as 0); "
     "--shard I/N reports only the I-th of N contiguous blocks of the inputs, so that the shards' --out files, "
     "concatenated in shard order, are the unsharded output. A stop signal (SIGTERM, SIGUSR1) ends the run between "
@@ -34,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scans", nargs="+", metavar="SCAN", help="scan file, DICOM folder, folder of scans or CSV")
     parser.add_argument("--model", required=True,
                         help="packaged model folder, or a Hugging Face Hub id org/name[@revision] (docs/inference.md)")
-    parser.add_argument("--out", help="JSON-lines output (appended; resumable)")
+    parser.add_argument("--out", help="JSON-lines output (appended; resumable when a regular file); '-': stdout")
     parser.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (default)")
     parser.add_argument("--batch-size", type=int, default=1, help="scans per model batch (default 1)")
     parser.add_argument("--metadata", help="CT-RATE metadata CSV (rescale slope/intercept, spacing) for the scans")
@@ -109,39 +113,40 @@ def shard_block(items: Sequence[Any], shard: tuple[int, int]) -> list[Any]:
     return list(items[len(items) * index // count: len(items) * (index + 1) // count])
 
 
-def _load_item(items: Sequence[Any], preprocess: Any, max_bytes: int | None, index: int) -> Any:
-    """Read and preprocess ``items[index]`` (in a worker process with ``--workers``)."""
-    from ctagrg.data.ctio import load_ct
-    from ctagrg.data.preprocess import preprocess_volume
-
-    item = items[index]
-    return preprocess_volume(load_ct(item.source, item.metadata, max_bytes=max_bytes), preprocess)
-
-
-def _report_prepared(reporter: Any, items: Sequence[Any], batch: list[Any], model: str) -> list[dict[str, Any]]:
-    """Lines for one batch of :class:`ctagrg.data.prefetch.Prepared` inputs: failures become error lines, the good
-    ones go through the model in one batch. Warnings raised while reading a scan (missing slices, several series,
-    ...) join its line's ``warnings``; ``model`` (the model folder's fingerprint) is recorded in every line."""
+def result_line(result: Any, model: str) -> dict[str, Any]:
+    """The JSON line of one :class:`ctagrg.generation.inference.ItemResult`: ``input``, ``input_resolved``,
+    ``name``, then its report (with ``warnings`` when any, and ``seconds``) or its ``error``, and ``model`` (the
+    model folder's fingerprint)."""
     from ctagrg.data.inputs import source_key
 
-    def head(k: int) -> dict[str, Any]:
-        return {"input": items[k].source, "input_resolved": source_key(items[k].source), "name": items[k].name}
+    item = result.item
+    line = {"input": item.source, "input_resolved": source_key(item.source), "name": item.name, **result.to_dict()}
+    if result.error is None:
+        line["seconds"] = round(result.seconds, 3)
+    line["model"] = model
+    return line
 
-    lines: dict[int, dict[str, Any]] = {p.index: {**head(p.index), "error": p.error, "model": model}
-                                        for p in batch if p.error is not None}
-    good = [p for p in batch if p.error is None]
-    if good:
-        import numpy as np
 
-        start = time.perf_counter()
-        reports = reporter.report_volumes(np.stack([p.volume for p in good]))
-        share = (time.perf_counter() - start) / len(good)
-        for p, report in zip(good, reports, strict=True):
-            line = {**head(p.index), **report.to_dict(), "seconds": round(p.seconds + share, 3), "model": model}
-            if p.warnings:
-                line["warnings"] = p.warnings + line.get("warnings", [])
-            lines[p.index] = line
-    return [lines[p.index] for p in batch]
+def is_regular_output(out: Path) -> bool:
+    """Whether ``--out`` names a regular file (or one yet to be created) that can be read back, resumed and
+    compacted. Not so: a device, pipe or socket, and any path under /dev or /proc: ``/dev/stdout`` redirected to
+    a file is still the shell's stream, and rewriting the file under it would lose lines."""
+    if out.absolute().parts[1:2] in (("dev",), ("proc",)):
+        return False
+    try:
+        return stat.S_ISREG(out.stat().st_mode)
+    except OSError:  # not there yet (or not reachable: opening it says why)
+        return True
+
+
+def is_stdout(out: Path) -> bool:
+    """Whether ``out`` is this process's standard output (``/dev/stdout``, ``/dev/fd/1``, or the file stdout is
+    redirected to)."""
+    try:
+        a, b = out.stat(), os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError):  # no such file; a stdout without a file descriptor (captured)
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -153,7 +158,10 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         print(f"--batch-size: expected >= 1, got {args.batch_size}", file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else None
+    to_stdout = args.out == "-"
+    out = Path(args.out) if args.out and not to_stdout else None
+    json_on_stdout = to_stdout or (out is not None and is_stdout(out))  # then no report text on stdout
+    resumable = out is not None and is_regular_output(out)
     try:
         items = shard_block(discover_inputs(expand_csv_lists(args.scans), args.metadata), args.shard)
         model_dir = resolve_model_dir(args.model)  # a folder, or a Hub id's snapshot
@@ -161,48 +169,49 @@ def run(args: argparse.Namespace) -> int:
         model = model_fingerprint(model_dir)
         if out is not None and out.is_dir():
             raise IsADirectoryError(f"--out {out}: is a folder; give a .jsonl file path")
-        done, models = read_done(out) if out else (set(), set())
+        done, models = read_done(out) if out is not None and resumable else (set(), set())
         others = sorted({str(m) if m else "none recorded: an older ctagrg" for m in models if m != model})
         if others:
             raise ValueError(f"{out}: holds reports of another model (fingerprint {', '.join(others)}; {args.model} "
                              f"is {model}); use another --out, or delete it to start over")
         todo = [it for it in items if source_key(it.source) not in done]
-        if out is not None:
+        if out is not None and resumable:
             compact_out(out, {source_key(it.source) for it in todo})
-        fh = _open_append(out) if out else None
+        fh = sys.stdout if to_stdout else _open_out(out, resumable) if out is not None else None
     except (OSError, ValueError, RuntimeError) as exc:  # ValueError: a bad model folder or --device
         print(f"{exc}", file=sys.stderr)
         return 2
     if done and len(todo) < len(items):
         print(f"{out}: {len(items) - len(todo)} scan(s) already reported, skipped", file=sys.stderr)
+    where = "stdout" if to_stdout else str(out) if out is not None else "the output"
     failures = 0
     try:
-        failures = _report_all(reporter, todo, model, args, fh)
+        failures = _report_all(reporter, todo, model, args, fh, where, text=not (args.quiet or json_on_stdout))
     finally:
-        if fh is not None:
+        if fh is not None and fh is not sys.stdout:
             fh.close()
     return 1 if failures else 0
 
 
-def _report_all(reporter: Any, todo: list[Any], model: str, args: argparse.Namespace, fh: Any) -> int:
-    """Report ``todo`` batch by batch (read ahead by ``--workers``), stopping between batches on a stop signal;
-    returns the number of failed scans."""
-    from ctagrg.data.prefetch import prepared_batches
+def _report_all(reporter: Any, todo: list[Any], model: str, args: argparse.Namespace, fh: Any, where: str,
+                text: bool) -> int:
+    """Report ``todo`` through the inference front door, batch by batch (read ahead by ``--workers``), stopping
+    between batches on a stop signal; returns the number of failed scans. ``where``: the output, named in the stop
+    message."""
+    from ctagrg.generation.inference import run_inference
     from ctagrg.utils import signals
     from ctagrg.utils.progress import progress
 
-    budget = max_memory_bytes(args)
-    per_read = budget // max(1, args.workers) if budget is not None else None
-    load = functools.partial(_load_item, todo, reporter.preprocess, per_read)
-    batches = prepared_batches(load, [it.source for it in todo], args.batch_size, args.workers)
+    batches = run_inference(reporter, todo, batch_size=args.batch_size, workers=args.workers,
+                            max_bytes=max_memory_bytes(args))
     failures = 0
     with signals.deferred():
         for batch in progress(batches, desc="reports", total=-(-len(todo) // args.batch_size), unit="batches"):
-            for line in _report_prepared(reporter, todo, batch, model):
+            for result in batch:
+                line = result_line(result, model)
                 failures += "error" in line
-                _emit(line, fh, args.quiet)
-            signals.raise_if_stop_requested(f"report stopped between batches; {fh.name if fh else 'the output'} "
-                                            f"holds every finished scan")
+                _emit(line, fh, text)
+            signals.raise_if_stop_requested(f"report stopped between batches; {where} holds every finished scan")
     return failures
 
 
@@ -234,9 +243,16 @@ def compact_out(out: Path, retried: set[str]) -> None:
             fh.writelines(f"{raw}\n" for raw in kept)
 
 
-def _open_append(out: Path) -> Any:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fh = open(out, "a+", encoding="utf-8")  # append-only log: each line is written whole, then flushed
+def _open_out(out: Path, resumable: bool) -> Any:
+    """``out`` opened for appending JSON lines; a regular file's cut last line (an earlier interruption) is ended
+    first. OSError naming ``out`` when it cannot be opened."""
+    try:
+        if not resumable:  # a device or pipe (/dev/stdout): nothing to read back or repair
+            return open(out, "a", encoding="utf-8")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(out, "a+", encoding="utf-8")  # append-only log: each line is written whole, then flushed
+    except OSError as exc:
+        raise OSError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
     fh.seek(0, 2)
     if fh.tell():
         fh.seek(fh.tell() - 1)
@@ -245,12 +261,17 @@ def _open_append(out: Path) -> Any:
     return fh
 
 
-def _emit(line: dict[str, Any], fh: Any, quiet: bool) -> None:
+def _emit(line: dict[str, Any], fh: Any, text: bool) -> None:
+    """Errors go to stderr; with ``text`` the report goes to stdout with its warnings above it, else the warnings
+    go to stderr; the JSON line goes to ``fh``."""
+    warnings = line.get("warnings", ())
     if "error" in line:
         print(line["error"], file=sys.stderr)  # error_text names the scan
-    elif not quiet:
-        print(f"== {line['input']}\n{line['report']}\n")
-    for warning in line.get("warnings", ()):
+    elif text:
+        shown = "".join(f"warning: {w}\n" for w in warnings)
+        print(f"== {line['input']}\n{shown}{line['report']}\n")
+        warnings = ()
+    for warning in warnings:
         print(f"{line['input']}: warning: {warning}", file=sys.stderr)
     if fh is not None:
         fh.write(json.dumps(line) + "\n")

@@ -4,16 +4,15 @@ report generation into ``predictions.jsonl`` through the packaged model (``Repor
 Each line of ``predictions.jsonl`` is the ``ctagrg report`` line format (docs/architecture.md) plus ``name``
 (the VolumeName without ``.nii.gz``) so that lines can be joined back to references when ``input`` is a cache
 path. A rerun skips names already present, so an interrupted evaluation resumes; a stop signal
-(:mod:`ctagrg.utils.signals`) ends it between batches. With ``workers`` > 0, volumes are read (and preprocessed)
-ahead of the model in worker processes (:mod:`ctagrg.data.prefetch`), with the same lines as ``workers`` = 0.
+(:mod:`ctagrg.utils.signals`) ends it between batches. Reports come from the inference front door
+(:mod:`ctagrg.generation.inference`); with ``workers`` > 0, volumes are read (and preprocessed) ahead of the model
+in worker processes, with the same lines as ``workers`` = 0.
 """
 
 from __future__ import annotations
 
-import functools
 import json
-import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,29 +134,52 @@ def report_line(report: Any, name: str, input_ref: str, seconds: float) -> dict[
     return {"name": name, "input": input_ref, "report": str(text), "abnormalities": abn, "seconds": seconds}
 
 
-def _load_input(names: list[str], paths: list[Path | None], cache: Path | None, preprocess: Any, k: int) -> Any:
-    """Volume ``k`` from the cache, else its path: read and preprocessed with ``preprocess`` (a worker reading
-    ahead), or as it is with None (the reporter reads it)."""
+def _sources(names: list[str], paths: list[Path | None], cache: Path | None) -> list[str | None]:
+    """What the front door reads for each volume: its cache file, else its NIfTI file; None when neither."""
     if cache is not None:
-        from ctagrg.data.cache import cache_path, load_cached
+        from ctagrg.data.cache import cache_path
 
-        return load_cached(cache_path(cache, names[k]))
-    if paths[k] is None:
-        raise FileNotFoundError(f"{names[k]}: no volume file found and no preprocessed cache")
-    if preprocess is None:
-        return str(paths[k])
-    from ctagrg.data.preprocess import preprocess_file
-
-    return preprocess_file(paths[k], config=preprocess)
+        return [str(cache_path(cache, n)) for n in names]
+    return [str(p) if p is not None else None for p in paths]
 
 
-def _run_batch(reporter: Any, names: list[str], refs: list[str], inputs: list[Any], seconds: list[float]
-               ) -> list[dict]:
-    start = time.perf_counter()
-    reports = reporter.report_batch(inputs)
-    each = (time.perf_counter() - start) / max(len(names), 1)
-    return [report_line(r, n, i, round(each + s, 4))
-            for r, n, i, s in zip(reports, names, refs, seconds, strict=True)]
+def _line(result: Any, name: str, ref: str) -> dict[str, Any]:
+    """The prediction line of one :class:`ctagrg.generation.inference.ItemResult`."""
+    if result.error is None:
+        try:
+            line = report_line(result.to_dict(), name, ref, round(result.seconds, 4))
+        except ValueError as exc:
+            return {"name": name, "input": ref, "error": error_text(ref, exc)}
+        warnings = result.all_warnings()
+        return {**line, "warnings": warnings} if warnings else line
+    return {"name": name, "input": ref, "error": result.error}
+
+
+def prediction_batches(reporter: Any, names: list[str], refs: list[str], sources: list[str | None],
+                       batch_size: int, workers: int, desc: str) -> Iterator[list[dict[str, Any]]]:
+    """Prediction lines batch by batch, in the order of ``names``, through the inference front door; a volume
+    without a source (no file and no cache) gets its error line in its place."""
+    from ctagrg.generation.inference import InferenceItem, run_inference
+
+    present = [k for k, s in enumerate(sources) if s is not None]
+
+    def missing(k: int) -> dict[str, Any]:
+        return {"name": names[k], "input": refs[k],
+                "error": f"FileNotFoundError: {names[k]}: no volume file found and no preprocessed cache"}
+
+    items = [InferenceItem(names[k], sources[k]) for k in present]  # type: ignore[arg-type]
+    batches = run_inference(reporter, items, batch_size=batch_size, workers=workers)
+    written = 0
+    for batch in progress(batches, desc=desc, total=-(-len(items) // batch_size), unit="batches"):
+        lines = []
+        for result in batch:
+            k = present[result.index]
+            lines += [missing(j) for j in range(written, k)]
+            lines.append(_line(result, names[k], refs[k]))
+            written = k + 1
+        yield lines
+    if written < len(names):
+        yield [missing(j) for j in range(written, len(names))]
 
 
 def predict_split(model_dir: Path, split: Split, out_path: Path, cache_dir: str | Path | None, data_dir: Path,
@@ -170,10 +192,11 @@ def predict_split(model_dir: Path, split: Split, out_path: Path, cache_dir: str 
     lines from another model, or from an unrecorded one, are refused: a rerun into the same folder must not mix
     two models' predictions under one name.
 
-    ``reporter``: an object with ``report_batch(inputs) -> list[Report]``; by default
-    ``Reporter.from_pretrained(model_dir)``. Inputs are preprocessed (D, H, W) arrays from the cache, or paths.
-    ``workers`` > 0: processes that read the volumes ahead of the model (paths are then preprocessed there, with
-    the reporter's ``preprocess`` config, and reach it as arrays).
+    Volumes go through the inference front door (:func:`ctagrg.generation.inference.run_inference`): the cache
+    file of each volume when there is a cache, else its NIfTI file, read and preprocessed with the reporter's
+    ``preprocess`` config. ``reporter``: a Reporter (``preprocess`` and ``report_volumes``); by default
+    ``Reporter.from_pretrained(model_dir)``. ``workers`` > 0: processes that read the volumes ahead of the model.
+    A line gets ``warnings`` when reading the volume or the model raised any.
     """
     from ctagrg.generation.reporter import check_model_dir, model_fingerprint
 
@@ -199,38 +222,15 @@ def predict_split(model_dir: Path, split: Split, out_path: Path, cache_dir: str 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     names, paths = [split.names[i] for i in todo], [split.paths[i] for i in todo]
     refs = [str(p) if p is not None else n for n, p in zip(names, paths, strict=True)]
-    load = functools.partial(_load_input, names, paths, cache, reporter.preprocess if workers else None)
-    from ctagrg.data.prefetch import prepared_batches
-
-    batches = prepared_batches(load, refs, batch_size, workers)
+    batches = prediction_batches(reporter, names, refs, _sources(names, paths, cache), batch_size, workers,
+                                 f"reports ({split_name(split)})")
     with open(out_path, "a", encoding="utf-8") as fh, signals.deferred():  # append-only: lines flushed whole
-        for batch in progress(batches, desc=f"reports ({split_name(split)})", total=-(-len(todo) // batch_size),
-                              unit="batches"):
-            ready = [p for p in batch if p.error is None]
-            lines = {p.index: {"name": names[p.index], "input": refs[p.index], "error": p.error}
-                     for p in batch if p.error is not None}
-            done = _batch_or_single(reporter, [names[p.index] for p in ready], [refs[p.index] for p in ready],
-                                    [p.volume for p in ready], [p.seconds for p in ready])
-            lines.update((p.index, line) for p, line in zip(ready, done, strict=True))  # one line each, in order
-            for p in batch:
-                fh.write(json.dumps({**lines[p.index], "model": model}) + "\n")
+        for lines in batches:
+            for line in lines:
+                fh.write(json.dumps({**line, "model": model}) + "\n")
             fh.flush()
             signals.raise_if_stop_requested(f"evaluate stopped between batches; {out_path} holds every finished "
                                             "volume")
-
-
-def _batch_or_single(reporter: Any, names: list[str], refs: list[str], inputs: list[Any], seconds: list[float]
-                     ) -> list[dict]:
-    if not names:
-        return []
-    try:
-        return _run_batch(reporter, names, refs, inputs, seconds)
-    except Exception as exc:  # noqa: BLE001 - one bad volume must not stop the others: retry one by one
-        if len(names) == 1:
-            return [{"name": names[0], "input": refs[0], "error": error_text(refs[0], exc)}]
-        return [line for k in range(len(names))
-                for line in _batch_or_single(reporter, names[k: k + 1], refs[k: k + 1], inputs[k: k + 1],
-                                             seconds[k: k + 1])]
 
 
 def split_name(split: Split) -> str:

@@ -17,7 +17,6 @@ import secrets
 import shutil
 import tempfile
 import threading
-import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -26,7 +25,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from ctagrg.config import to_dict
-from ctagrg.data.ctio import collect_read_warnings
 from ctagrg.data.read_cost import ScanTooLarge
 from ctagrg.labels import LABELS
 from ctagrg.serve.limits import UnsafeUpload, VolumeTooLarge, check_upload
@@ -36,11 +34,11 @@ from ctagrg.serve.slices import (
     level_width_to_bounds,
     num_slices,
     render_slice_png,
-    volume_to_hu,
     window_bounds,
 )
 
 if TYPE_CHECKING:
+    from ctagrg.generation.inference import ItemResult
     from ctagrg.generation.reporter import Reporter
 
 INTENDED_USE = (
@@ -259,7 +257,8 @@ class ReportService:
     def report_upload(self, filename: str, body: UploadBody, length: int) -> dict[str, Any]:
         """Write ``length`` bytes of ``body`` to the private folder, report the scan, store it for the viewer.
 
-        Returns ``{id, input, report, abnormalities, seconds, shape, spacing, hu_window}``.
+        Returns ``{id, input, report, abnormalities, seconds, shape, spacing, hu_window}``, with ``warnings`` when
+        reading the scan or the model raised any.
         """
         folder = Path(tempfile.mkdtemp(dir=self.workdir))  # one folder per upload: equal names cannot collide
         path = folder / safe_filename(filename)
@@ -267,17 +266,13 @@ class ReportService:
             _receive(body, length, path, filename)
             path = self._check_size(path, filename)
             with self._model_lock:
-                start = time.perf_counter()
-                volume, read_warnings = self._read(path, filename)
-                report = self.reporter.report_volumes(volume[None])[0]
-                report.warnings[:0] = read_warnings  # missing slices, several series, ...: before the model's
-                seconds = time.perf_counter() - start
+                result = self._report(path, filename)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-        pre = self.reporter.preprocess
-        info = {"input": filename, **report.to_dict(), "seconds": round(seconds, 3), "shape": list(volume.shape),
-                "spacing": list(pre.spacing), "hu_window": list(self.hu_window)}
-        return self.store.add(info, volume_to_hu(volume, hu_min=pre.hu_min, hu_max=pre.hu_max, offset=pre.offset))
+        volume = result.volume
+        info = {"input": filename, **result.to_dict(), "seconds": round(result.seconds, 3),
+                "shape": list(volume.shape), "spacing": list(volume.spacing_mm), "hu_window": list(volume.hu_window)}
+        return self.store.add(info, np.rint(volume.to_hu()).astype(np.int16))
 
     def _check_size(self, path: Path, filename: str) -> Path:
         """Headers only, before the reader decodes anything: 413 past ``max_voxels`` or the memory budget, 400 for
@@ -290,22 +285,30 @@ class ReportService:
         except UnsafeUpload as exc:
             raise ApiError(400, str(exc)) from None
 
-    def _read(self, path: Path, filename: str) -> tuple[np.ndarray, list[str]]:
-        """Read + preprocess, with the reader's warnings (naming the upload); reader errors (ValueError, e.g.
-        CTReadError) become 400s naming the upload."""
+    def _report(self, path: Path, filename: str) -> ItemResult:
+        """Read, preprocess and report ``path`` through the inference front door, its warnings and errors naming
+        the upload; reader errors (ValueError, e.g. CTReadError) become 400s naming the upload, a scan that decodes
+        to more than the memory budget 413. Under the model lock: one reader and one model call at a time."""
+        from ctagrg.generation.inference import InferenceItem, run_inference
+
         # the reader names its path: show the user's file name, not our temporary path
         def named(text: str) -> str:
             return text.replace(str(path), filename).replace(str(path.parent), "")
 
-        try:
-            with collect_read_warnings() as read:  # under the model lock: one reader at a time
-                volume = self.reporter.load_input(path, max_bytes=self.config.max_memory_bytes)
-        except ScanTooLarge as exc:  # found while decoding: a .nii.gz that decompresses to more than it says
+        [result] = next(run_inference(self.reporter, [InferenceItem(filename, str(path))],
+                                      max_bytes=self.config.max_memory_bytes))
+        exc, read_failed = result.exception, result.volume is None
+        if read_failed and isinstance(exc, ScanTooLarge):  # found while decoding: more than its header says
             raise ApiError(413, named(str(exc))) from None
-        except ValueError as exc:
+        if read_failed and isinstance(exc, ValueError):
             message = named(str(exc))
             raise ApiError(400, message if filename in message else f"{filename}: {message}") from None
-        return volume, [named(w) for w in read]
+        if exc is not None:
+            raise exc  # anything else (the model failed, an OSError): an internal error, answered 500 and logged
+        if result.error is not None:
+            raise RuntimeError(named(result.error))
+        result.warnings[:] = [named(w) for w in result.warnings]
+        return result
 
     # -- viewer --------------------------------------------------------------------------------------------------
     def scan_info(self, scan_id: str) -> dict[str, Any]:
