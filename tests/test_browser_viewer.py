@@ -331,8 +331,9 @@ def test_a_permalink_to_a_dropped_scan_says_so(page: Any, server: Any) -> None:
     assert not page.find_element("id", "result").is_displayed()
 
 
-def test_a_dicom_folder_is_zipped_in_the_browser(page: Any, server: Any, tmp_path: Path) -> None:
-    """The folder picker's files go through the page's own zip writer; the server reads the .zip as a series."""
+def dicom_folder(tmp_path: Path) -> Path:
+    """A DICOM series of air (12 slices of 32 x 32 at 8 x 4 x 4 mm: the tiny model's grid) with one 20 HU marker at
+    SLP (11, 31, 0), and a hidden file beside the slices."""
     from ct_fixtures import write_dicom_series
 
     hu = np.full((12, 32, 32), -1000, dtype=np.int16)  # (slices, rows, cols): LPS, so SLP (k, col, row)
@@ -340,15 +341,49 @@ def test_a_dicom_folder_is_zipped_in_the_browser(page: Any, server: Any, tmp_pat
     folder = tmp_path / "series"
     write_dicom_series(folder, hu, spacing=(8.0, 4.0, 4.0))
     (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")  # hidden files are left out of the zip
-    upload(page, folder, folder=True)
-    wait_for(lambda: "series.zip: done in" in page.find_element("id", "status").text, "the series reported")
-    assert page.find_element("id", "chosen").text == "series/ (12 files, sent as a .zip)"
+    return folder
+
+
+def check_series(page: Any, server: Any, name: str) -> None:
+    """The page reported ``name`` (a .zip it wrote), and the server read the marker where it belongs."""
+    wait_for(lambda: f"{name}: done in" in page.find_element("id", "status").text, f"{name} reported")
     scan_id = js(page, "return location.hash.slice(1)")
     status, result = call_json(server, f"/api/scans/{scan_id}")
-    assert result["input"] == "series.zip" and result["shape"] == [12, 32, 32]
+    assert result["input"] == name and result["shape"] == [12, 32, 32]
     assert call_json(server, f"/api/scans/{scan_id}/voxel/11/31/0")[1]["hu"] == 20
     assert int(server.service.store.get(scan_id).hu.max()) == 20  # the marker, and nothing else, survived
     assert len(page.find_elements("css selector", "#abnormalities tr")) == 18
+
+
+def test_a_dicom_folder_is_zipped_in_the_browser(page: Any, server: Any, tmp_path: Path) -> None:
+    """The folder picker's files go through the page's own zip writer; the server reads the .zip as a series."""
+    upload(page, dicom_folder(tmp_path), folder=True)
+    check_series(page, server, "series.zip")
+    assert page.find_element("id", "chosen").text == "series/ (12 files, sent as a .zip)"
+
+
+def drop(page: Any, paths: list[Path]) -> None:
+    """Drop ``paths`` on the drop zone, as files (a test cannot make the browser's directory entries)."""
+    js(page, "const i = document.createElement('input'); i.type = 'file'; i.multiple = true; i.id = 'to-drop'; "
+             "document.body.append(i)")
+    page.find_element("id", "to-drop").send_keys("\n".join(str(p) for p in paths))
+    js(page, "const dt = new DataTransfer(); for (const f of document.getElementById('to-drop').files) "
+             "dt.items.add(f); document.getElementById('to-drop').remove(); document.getElementById('drop')"
+             ".dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}))")
+
+
+def test_dropped_files(page: Any, server: Any, scan_file: Path, tmp_path: Path) -> None:
+    """One dropped file is sent as it is; several (the slices of a series) are zipped like a folder."""
+    drop(page, [scan_file])
+    assert page.find_element("id", "chosen").text == "marked.nii.gz"
+    page.find_element("id", "go").click()
+    wait_done(page)
+    assert page.find_element("id", "input").text == "marked.nii.gz"
+    slices = sorted(p for p in dicom_folder(tmp_path).iterdir() if not p.name.startswith("."))
+    drop(page, slices)
+    assert page.find_element("id", "chosen").text == "dropped-files/ (12 files, sent as a .zip)"
+    page.find_element("id", "go").click()
+    check_series(page, server, "dropped-files.zip")
 
 
 def test_downloads_json_and_a_self_contained_html_report(page: Any, server: Any, scan_file: Path) -> None:
