@@ -464,3 +464,81 @@ def test_layout_zoom_and_pan(page: Any, scan_file: Path) -> None:
     wait_for(lambda: (slider(page, "sagittal"), slider(page, "coronal")) == (31, 0), "a click when zoomed")
     ActionChains(page).double_click(view).perform()
     wait_for(lambda: stage() == "translate(0px, 0px) scale(1)", "a double click resets the view")
+
+
+# -- the picture in docs/serve.md ----------------------------------------------------------------------------------
+def phantom_scan(tmp_path: Path) -> tuple[np.ndarray, tuple[float, ...], dict[str, Any], dict[str, tuple[int, ...]]]:
+    """A small phantom (ctagrg.phantom) preprocessed to (56, 128, 128) SLP at (4.5, 2.6, 2.6) mm: (HU volume, spacing,
+    its ground truth, label → the preprocessed index of each finding's centre)."""
+    from ctagrg.data.ctio import load_ct
+    from ctagrg.data.preprocess import PreprocessConfig, plan, preprocess_volume
+    from ctagrg.phantom.generate import generate_dataset
+    from ctagrg.serve.slices import volume_to_hu
+
+    root = generate_dataset(tmp_path / "phantom", n=1, seed=10, size="small", split="train=1")
+    truth = json.loads((root / "ground_truth" / "train_1_a_1.json").read_text(encoding="utf-8"))
+    vol = load_ct(root / "train" / "train_1" / "train_1_a" / "train_1_a_1.nii.gz")
+    config = PreprocessConfig(spacing=(4.5, 2.6, 2.6), shape=(56, 128, 128))
+    p = plan(vol, config)
+    assert "".join(vol.axcodes) == "LPS"  # to SLP: voxel (i, j, k) → (k, i, j), no flip
+    centres = {}
+    for f in truth["findings"]:
+        if "center_voxel" in f:
+            i, j, k = f["center_voxel"]
+            centres[f["label"]] = tuple(int(round(c * r / o - s)) for c, r, o, s in zip(
+                (k, i, j), p.resampled_shape, p.reoriented_shape, p.start, strict=True))
+    hu = volume_to_hu(preprocess_volume(vol, config), hu_min=config.hu_min, hu_max=config.hu_max,
+                      offset=config.offset)
+    return hu, config.spacing, truth, centres
+
+
+def test_docs_screenshot(page: Any, server: Any, tmp_path: Path) -> None:
+    """The picture at the top of docs/serve.md, written to $CTAGRG_SCREENSHOT when set: a phantom scan stored with
+    its ground-truth sentences, made-up probabilities and a Gaussian map at each focal finding (not a model's
+    output), the nodule's row selected. Checks that its map is drawn over the nodule on screen."""
+    import io
+    import os
+    import re
+
+    from PIL import Image
+
+    from ctagrg.generation.assemble import assemble_report
+
+    hu, spacing, truth, centres = phantom_scan(tmp_path)
+    found = {f["label"]: f for f in truth["findings"]}
+    abnormalities, maps = {}, {}
+    for label in LABELS:
+        f = found.get(label)
+        abnormalities[label] = {"probability": 0.86 if f else 0.07, "detected": bool(f), "threshold": 0.5,
+                                "sentence": f["sentence"] if f else None, "size_mm": None}
+        if label in ("Lung nodule", "Consolidation"):
+            maps[label] = blob(hu.shape, centres[label], sigma=2.5 if label == "Lung nodule" else 5.0)
+            abnormalities[label]["saliency"] = {"peak": list(centres[label])}
+    nodule = abnormalities["Lung nodule"]
+    size = re.search(r"[0-9]+ mm", nodule["sentence"])
+    assert size, nodule["sentence"]
+    nodule["numbers"] = [{"text": size[0], "start": size.start(), "end": size.end(), "source": "decoder",
+                          "value_mm": None}]
+    info = {"input": "phantom_train_1_a_1.nii.gz", "report": assemble_report(
+            {k: a["sentence"] for k, a in abnormalities.items() if a["detected"]}), "abnormalities": abnormalities,
+            "seconds": 0.0, "shape": list(hu.shape), "spacing": list(spacing), "hu_window": [-1000.0, 200.0]}
+    scan_id = server.service.store.add(info, hu, maps)["id"]
+
+    page.set_window_size(1280, 1300)  # about 1160 px of it for the page
+    open_scan(page, server, scan_id)
+    row(page, "Lung nodule").find_element("tag name", "td").click()
+    d, h, w = centres["Lung nodule"]
+    wait_for(lambda: [slider(page, p) for p in ("axial", "sagittal", "coronal")] == [d, h, w], "the nodule's peak")
+    wait_for(lambda: all(loaded(page, p) and loaded(page, p, "heat") for p in ORIENTATION), "slices and maps")
+    js(page, "document.getElementById('crosshair').click()")
+    r, g, b = pixel(page, "axial", w + 2, h)  # beside the peak: the map's warm colour over the nodule
+    assert r > g > b, (r, g, b)
+    js(page, "window.scrollTo(0, document.querySelector('#result').offsetTop - 8)")
+    shot = Image.open(io.BytesIO(page.get_screenshot_as_png())).convert("RGB")
+    small = shot.quantize(colors=128, method=Image.Quantize.MEDIANCUT)  # a few hundred kB as RGB; ~100 kB as 128
+    buf = io.BytesIO()
+    small.save(buf, format="PNG", optimize=True)
+    assert shot.width == 1280 and len(buf.getvalue()) < 400_000
+    (tmp_path / "viewer.png").write_bytes(buf.getvalue())
+    if os.environ.get("CTAGRG_SCREENSHOT"):
+        Path(os.environ["CTAGRG_SCREENSHOT"]).write_bytes(buf.getvalue())
