@@ -38,6 +38,9 @@ def test_heatmap_colours_and_transparency() -> None:
     # 0.5 is level 128: alpha from 40 % (102) at level 0+ to 255 at 255; between red and yellow
     red, green, blue, alpha = rgba[0, 2].tolist()
     assert alpha == round(102 + 153 * 128 / 255) and 230 < red < 255 and 30 < green < 210 and blue == 0
+    levels = np.array([[0, 128, 255]], dtype=np.uint8)  # uint8 maps are levels already
+    assert heatmap_rgba(levels).tolist() == [HEAT_LUT[[0, 128, 255]].tolist()]
+    assert heatmap_rgba(levels)[0, 1].tolist() == [red, green, blue, alpha]  # level 128 is 0.5
     # alpha and brightness never fall as the value rises
     assert (np.diff(HEAT_LUT[1:, 3].astype(int)) >= 0).all() and (np.diff(HEAT_LUT[1:, :3].sum(1)) >= 0).all()
     with pytest.raises(IndexError, match=r"axial slice 2 out of range: valid indices are 0\.\.1"):
@@ -74,6 +77,8 @@ def test_saliency_png_lies_over_its_slice(server: Any, tmp_path: Path) -> None: 
     assert top[0, 0].tolist() == [255, 255, 255, 255]  # 1.0: right on the left, anterior up
     assert top[0, 31].tolist() == heatmap_rgba(np.array([0.5])).tolist()[0]  # 0.5: the patient's left
     assert decode_rgba(call(server, f"{base}/saliency/Lung%20nodule/axial/5.png")[2])[..., 3].max() == 0
+    scan.saliency["Atelectasis"] = np.rint(heat * 255).astype(np.uint8)  # the same map as uint8 levels
+    assert np.array_equal(decode_rgba(call(server, f"{base}/saliency/Atelectasis/axial/11.png")[2]), top)
 
 
 def test_saliency_errors(server: Any, tmp_path: Path) -> None:  # noqa: F811

@@ -122,8 +122,13 @@ HEAT_LUT: np.ndarray = _heat_lut()
 
 
 def heatmap_rgba(image: np.ndarray) -> np.ndarray:
-    """(rows, cols) saliency in [0, 1] (values outside are clipped, NaN counts as 0) → (rows, cols, 4) uint8 RGBA
-    through :data:`HEAT_LUT`; a value that rounds to level 0 (below 1/510) is fully transparent."""
+    """(rows, cols) saliency → (rows, cols, 4) uint8 RGBA through :data:`HEAT_LUT`.
+
+    ``image`` is float in [0, 1] (values outside are clipped, NaN counts as 0; below 1/510 rounds to the transparent
+    level 0), or uint8 levels 0..255 as they are (a map stored at a quarter of float32's memory).
+    """
+    if image.dtype == np.uint8:
+        return HEAT_LUT[image]
     levels = np.rint(np.clip(np.nan_to_num(image.astype(np.float32), nan=0.0), 0.0, 1.0) * 255.0).astype(np.uint8)
     return HEAT_LUT[levels]
 
@@ -148,8 +153,9 @@ def render_slice_png(hu: np.ndarray, plane: str, index: int, lower: float, upper
 
 
 def render_heatmap_png(saliency: np.ndarray, plane: str, index: int) -> bytes:
-    """RGBA PNG of slice ``index`` of ``plane`` of a (D, H, W) SLP saliency map in [0, 1]: the same pixels, the same
-    orientation as :func:`render_slice_png` of that slice, transparent where the map is 0."""
+    """RGBA PNG of slice ``index`` of ``plane`` of a (D, H, W) SLP saliency map (float in [0, 1] or uint8 levels, see
+    :func:`heatmap_rgba`): the same pixels, the same orientation as :func:`render_slice_png` of that slice,
+    transparent where the map is 0."""
     return encode_png(heatmap_rgba(display_slice(saliency, plane, index)))
 
 
