@@ -93,7 +93,9 @@ BAD_REQUESTS = [
     bad("put", b"PUT / HTTP/1.1\r\n" + HOST + b"\r\n", 501, "unsupported method 'PUT': this server answers GET"),
     bad("lowercase-get", b"get / HTTP/1.1\r\n" + HOST + b"\r\n", 501, "unsupported method 'get'"),
     bad("options", b"OPTIONS * HTTP/1.1\r\n" + HOST + b"\r\n", 501, "unsupported method 'OPTIONS'"),
-    bad("head", b"HEAD / HTTP/1.1\r\n" + HOST + b"\r\n", 501, None),  # no body for HEAD
+    bad("delete", b"DELETE / HTTP/1.1\r\n" + HOST + b"\r\n", 501,
+        "unsupported method 'DELETE': this server answers GET, HEAD and POST"),
+    bad("head-unknown-page", b"HEAD /nowhere HTTP/1.1\r\n" + HOST + b"\r\n", 404, None),  # no body for HEAD
     bad("long-url", b"GET /" + b"a" * 66_000 + b" HTTP/1.1\r\n\r\n", 414, "request line over 65536 bytes"),
     # headers
     bad("long-header", GET + b"X: " + b"a" * 66_000 + b"\r\n\r\n", 431, "request headers too large"),
@@ -146,6 +148,10 @@ BAD_REQUESTS = [
     bad("nul-in-path", b"GET /api/he\x00alth HTTP/1.1\r\n" + HOST + b"\r\n", 404, "no such page"),
     bad("unknown-scan", b"GET /api/scans/abc HTTP/1.1\r\n" + HOST + b"\r\n", 404, "unknown scan id 'abc'"),
     bad("unknown-scan-slice", b"GET /api/scans/abc/slice/axial/0.png HTTP/1.1\r\n" + HOST + b"\r\n", 404,
+        "unknown scan id 'abc'"),
+    bad("unknown-scan-saliency", b"GET /api/scans/abc/saliency/Cardiomegaly/axial/0.png HTTP/1.1\r\n" + HOST
+        + b"\r\n", 404, "unknown scan id 'abc'"),
+    bad("unknown-scan-voxel", b"GET /api/scans/abc/voxel/0/0/0 HTTP/1.1\r\n" + HOST + b"\r\n", 404,
         "unknown scan id 'abc'"),
 ]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from ctagrg.cli.arguments import add_max_memory_mb, max_memory_bytes
@@ -11,7 +12,8 @@ from ctagrg.cli.arguments import add_max_memory_mb, max_memory_bytes
 DESCRIPTION = (
     "Print a scan's shape, voxel spacing, orientation code and HU range, then the preprocessing plan: "
     "reorientation to SLP, the resampled size, the centre crop/pad per axis (in voxels and mm) and the output "
-    "shape. --run also preprocesses it and prints the output's value range and the time taken."
+    "shape. --model DIR takes the plan from that packaged model's preprocess.json instead of the paper's defaults. "
+    "--run also preprocesses it and prints the output's value range and the time taken."
 )
 _AXIS_WORDS = {"L": "Left", "R": "Right", "A": "Anterior", "P": "Posterior", "S": "Superior", "I": "Inferior"}
 
@@ -19,14 +21,18 @@ _AXIS_WORDS = {"L": "Left", "R": "Right", "A": "Anterior", "P": "Posterior", "S"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", help="NIfTI, NRRD, MHA/MHD, DICOM folder or .zip")
     parser.add_argument("--metadata", help="CT-RATE metadata CSV; the row named like PATH is used")
-    parser.add_argument("--config", help="YAML with PreprocessConfig fields (default: the seed's)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--config", help="YAML with PreprocessConfig fields (default: the seed's, the paper's)")
+    source.add_argument("--model", metavar="DIR",
+                        help="a packaged model folder: its preprocess.json, the plan that model's inputs go through")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     parser.add_argument("--run", action="store_true", help="also run the preprocessing and summarise the output")
     add_max_memory_mb(parser)
 
 
-def describe(vol: Any, config: Any) -> list[str]:
-    """Human-readable lines about ``vol`` (CTVolume) and its preprocessing plan under ``config``."""
+def describe(vol: Any, config: Any, plan_from: str = "the paper's defaults") -> list[str]:
+    """Human-readable lines about ``vol`` (CTVolume) and its preprocessing plan under ``config`` (read from
+    ``plan_from``, named in the output)."""
     import numpy as np
 
     from ctagrg.data.preprocess import plan
@@ -45,6 +51,7 @@ def describe(vol: Any, config: Any) -> list[str]:
         f"preprocess:   to {config.axcodes}, {' x '.join(f'{s:g}' for s in config.spacing)} mm, "
         f"{' x '.join(map(str, config.shape))}, HU window [{config.hu_min:g}, {config.hu_max:g}] -> [0, 1] "
         f"- {config.offset:g}",
+        f"  plan from:  {plan_from}",
         f"  reoriented: {' x '.join(map(str, p.reoriented_shape))} at "
         f"{' x '.join(f'{s:.4g}' for s in p.reoriented_spacing)} mm",
         f"  resampled:  {' x '.join(map(str, p.resampled_shape))} (int(size x spacing / target); effective "
@@ -62,10 +69,20 @@ def describe(vol: Any, config: Any) -> list[str]:
     return lines
 
 
+def model_preprocess(model: str) -> Path:
+    """The ``preprocess.json`` of the packaged model folder ``model``; FileNotFoundError naming what is missing."""
+    from ctagrg.generation.reporter import check_model_dir
+
+    path = check_model_dir(model) / "preprocess.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{model}: no preprocess.json (not a packaged ctagrg model folder, written by "
+                                f"Reporter.save_pretrained)")
+    return path
+
+
 def run(args: argparse.Namespace) -> int:
     import time
     import warnings
-    from pathlib import Path
 
     from ctagrg.config import ConfigError, load_config
     from ctagrg.data.ctio import CTReadError, load_ct
@@ -73,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     from ctagrg.data.preprocess import PreprocessConfig, preprocess_volume
 
     try:
-        config = load_config(PreprocessConfig, args.config, args.set)
+        config = load_config(PreprocessConfig, model_preprocess(args.model) if args.model else args.config, args.set)
         metadata = read_metadata_csv(args.metadata).get(input_stem(Path(args.path))) if args.metadata else None
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -86,7 +103,9 @@ def run(args: argparse.Namespace) -> int:
     if args.metadata and metadata is None:
         print(f"warning: {args.metadata}: no row for {input_stem(Path(args.path))}; header values used",
               file=sys.stderr)
-    print("\n".join(describe(vol, config)))
+    plan_from = (str(model_preprocess(args.model)) if args.model else args.config or "the paper's defaults") + (
+        f" with {', '.join(args.set)}" if args.set else "")
+    print("\n".join(describe(vol, config, plan_from)))
     if args.run:
         t0 = time.perf_counter()
         out = preprocess_volume(vol, config)

@@ -17,7 +17,7 @@ import secrets
 import shutil
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -33,6 +33,7 @@ from ctagrg.serve.slices import (
     WINDOWS,
     level_width_to_bounds,
     num_slices,
+    render_heatmap_png,
     render_slice_png,
     window_bounds,
 )
@@ -135,10 +136,14 @@ class Scan:
     Attributes:
         info: the JSON ``POST /api/report`` returned.
         hu: (D, H, W) int16 HU, SLP, clipped to the model's preprocessing window.
+        saliency: label → (D, H, W) map on the same grid, float32 in [0, 1] or uint8 levels 0..255, for the
+            abnormalities the service computed one for (none unless it does). At the seed's (240, 480, 480) a map
+            costs 221 MiB as float32, 55 MiB as uint8.
     """
 
     info: dict[str, Any]
     hu: np.ndarray
+    saliency: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class ScanStore:
@@ -149,10 +154,12 @@ class ScanStore:
         self._scans: collections.OrderedDict[str, Scan] = collections.OrderedDict()
         self._lock = threading.Lock()
 
-    def add(self, info: dict[str, Any], hu: np.ndarray) -> dict[str, Any]:
-        """Store a scan under a new id; returns ``{"id": id, **info}``, the JSON kept for it."""
+    def add(self, info: dict[str, Any], hu: np.ndarray, saliency: dict[str, np.ndarray] | None = None
+            ) -> dict[str, Any]:
+        """Store a scan (and its saliency maps, label → (D, H, W), see :class:`Scan`) under a new id; returns
+        ``{"id": id, **info}``, the JSON kept for it."""
         scan_id = secrets.token_hex(8)  # unguessable: ids are the only thing separating one user's scans from another's
-        scan = Scan(info={"id": scan_id, **info}, hu=hu)
+        scan = Scan(info={"id": scan_id, **info}, hu=hu, saliency=dict(saliency or {}))
         with self._lock:
             self._scans[scan_id] = scan
             while len(self._scans) > self.keep:
@@ -320,10 +327,39 @@ class ReportService:
         if plane not in PLANES:
             raise ApiError(400, f"unknown plane {plane!r}: expected one of {', '.join(PLANES)}")
         lower, upper = self._window(query)
-        n = num_slices(scan.hu.shape, plane)
-        if not re.fullmatch(r"-?[0-9]{1,9}", index) or not 0 <= int(index) < n:
-            raise ApiError(404, f"{plane} slice {index!r} out of range: valid indices are 0..{n - 1}")
-        return render_slice_png(scan.hu, plane, int(index), lower, upper)
+        return render_slice_png(scan.hu, plane, _slice_index(scan.hu.shape, plane, index), lower, upper)
+
+    def saliency_png(self, scan_id: str, label: str, plane: str, index: str) -> bytes:
+        """RGBA PNG heat map of ``label``'s saliency on one slice, the size and orientation of that slice's PNG,
+        transparent where the map is 0. 404 for an unknown id, a label without a map or an index out of range; 400
+        for a bad plane or an unknown label."""
+        scan = self.store.get(scan_id)
+        if label not in LABELS:
+            raise ApiError(400, f"unknown abnormality {label!r}: expected one of the 18 CT-RATE labels, e.g. "
+                                f"{LABELS[0]!r}")
+        if plane not in PLANES:
+            raise ApiError(400, f"unknown plane {plane!r}: expected one of {', '.join(PLANES)}")
+        saliency = scan.saliency.get(label)
+        if saliency is None:
+            have = ", ".join(scan.saliency) or "none"
+            raise ApiError(404, f"scan {scan_id}: no saliency map for {label!r} (maps are computed for detected "
+                                f"abnormalities only; this scan has: {have})")
+        if saliency.shape != scan.hu.shape:
+            raise ValueError(f"scan {scan_id}: saliency map of {label!r} is {saliency.shape}, the volume "
+                             f"{scan.hu.shape}")
+        return render_heatmap_png(saliency, plane, _slice_index(saliency.shape, plane, index))
+
+    def voxel_hu(self, scan_id: str, d: str, h: str, w: str) -> dict[str, Any]:
+        """``{"index": [d, h, w], "hu": value}`` of one voxel of the preprocessed (D, H, W) grid; HU clipped to the
+        model's window (``hu_window`` of the scan). 404 for an unknown id or an index out of range."""
+        scan = self.store.get(scan_id)
+        index = []
+        for axis, (name, value) in enumerate(zip("dhw", (d, h, w), strict=True)):
+            n = scan.hu.shape[axis]
+            if not re.fullmatch(r"[0-9]{1,9}", value) or not int(value) < n:
+                raise ApiError(404, f"voxel index {name}={value!r} out of range: valid indices are 0..{n - 1}")
+            index.append(int(value))
+        return {"index": index, "hu": int(scan.hu[tuple(index)])}
 
     def _window(self, query: dict[str, list[str]]) -> tuple[float, float]:
         """(lower, upper) HU from ``?window=NAME`` or ``?wl=L&ww=W`` (default: lung), clipped to the model's."""
@@ -341,6 +377,14 @@ class ReportService:
             return window_bounds(*bounds, *self.hu_window)
         except ValueError as exc:  # float() of a non-number lands here too
             raise ApiError(400, str(exc)) from None
+
+
+def _slice_index(shape: tuple[int, ...], plane: str, index: str) -> int:
+    """``index`` (URL text) as a slice index of ``plane`` in a (D, H, W) volume; 404 ApiError when out of range."""
+    n = num_slices(shape, plane)
+    if not re.fullmatch(r"-?[0-9]{1,9}", index) or not 0 <= int(index) < n:
+        raise ApiError(404, f"{plane} slice {index!r} out of range: valid indices are 0..{n - 1}")
+    return int(index)
 
 
 def _number(name: str, value: str) -> float:

@@ -13,7 +13,11 @@ status):
 - ``POST /api/report?filename=NAME``: body = the raw bytes of one scan file → the report and a scan id.
 - ``GET /api/scans/<id>``: what ``POST /api/report`` returned for that scan.
 - ``GET /api/scans/<id>/slice/<plane>/<index>.png?window=lung|mediastinum|bone`` (or ``?wl=L&ww=W``): PNG.
+- ``GET /api/scans/<id>/saliency/<label>/<plane>/<index>.png``: RGBA heat map of one abnormality's saliency.
+- ``GET /api/scans/<id>/voxel/<d>/<h>/<w>``: the HU value of one voxel.
 - ``GET /api/health``, ``GET /api/model``.
+
+``HEAD`` answers every ``GET`` route with its status and headers, without the body.
 
 Every request must name this server in its ``Host`` header (once), and an upload must be sent as
 ``Content-Type: application/octet-stream``: together they keep other web sites, open in a browser on this machine,
@@ -31,7 +35,7 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
-from urllib.parse import SplitResult, parse_qs, urlsplit
+from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
 from ctagrg.serve.app import MIB, ApiError, ReportService, ServeConfig, upload_name
 from ctagrg.serve.hosts import host_allowed, host_names
@@ -46,6 +50,8 @@ if TYPE_CHECKING:
 DRAIN_LIMIT = 64 * MIB
 _SLICE = re.compile(r"^/api/scans/(?P<id>[^/]+)/slice/(?P<plane>[^/]+)/(?P<index>[^/]+)\.png$")
 _SCAN = re.compile(r"^/api/scans/(?P<id>[^/]+)$")
+_SALIENCY = re.compile(r"^/api/scans/(?P<id>[^/]+)/saliency/(?P<label>[^/]+)/(?P<plane>[^/]+)/(?P<index>[^/]+)\.png$")
+_VOXEL = re.compile(r"^/api/scans/(?P<id>[^/]+)/voxel/(?P<d>[^/]+)/(?P<h>[^/]+)/(?P<w>[^/]+)$")
 # The first bytes of a request: a method (letters), then a space or a line end, or the part that has arrived; or an
 # empty line, which the base class answers by closing.
 _REQUEST_START = re.compile(rb"[A-Za-z]{1,20}(?:[ \r\n]|$)|\r?\n|\r?$")
@@ -169,7 +175,7 @@ class Handler(BaseHTTPRequestHandler):
         texts = {
             414: "request line over 65536 bytes (the URL is too long)",
             431: "request headers too large: a line over 65536 bytes or over 100 header lines",
-            501: f"unsupported method {self.command!r}: this server answers GET and POST",
+            501: f"unsupported method {self.command!r}: this server answers GET, HEAD and POST",
             505: f"unsupported HTTP version {words[-1] if words else ''!r}: send HTTP/1.0 or HTTP/1.1",
         }
         return texts.get(code) or message or self.responses.get(code, ("error",))[0]
@@ -177,6 +183,9 @@ class Handler(BaseHTTPRequestHandler):
     # -- routes ----------------------------------------------------------------------------------------------------
     def do_GET(self) -> None:
         self._handle(self._get)
+
+    def do_HEAD(self) -> None:
+        self._handle(self._get)  # _send writes the status and headers of the GET, not its body
 
     def do_POST(self) -> None:
         self._handle(self._post)
@@ -217,6 +226,11 @@ class Handler(BaseHTTPRequestHandler):
             png = service.slice_png(m["id"], m["plane"], m["index"], query)
             # a scan id's slices never change; the browser may reuse them while the viewer scrolls back and forth
             self._send(200, "image/png", png, {"Cache-Control": "private, max-age=3600"})
+        elif m := _SALIENCY.match(url.path):
+            png = service.saliency_png(m["id"], unquote(m["label"]), m["plane"], m["index"])
+            self._send(200, "image/png", png, {"Cache-Control": "private, max-age=3600"})
+        elif m := _VOXEL.match(url.path):
+            self._send_json(200, service.voxel_hu(m["id"], m["d"], m["h"], m["w"]))
         else:
             raise ApiError(404, f"no such page: GET {url.path}")
 
@@ -306,11 +320,12 @@ class Handler(BaseHTTPRequestHandler):
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.end_headers()
-        if self.command != "HEAD":  # only a 501 answers HEAD, and never with a body
+        if self.command != "HEAD":  # HEAD: the GET's status and headers (its Content-Length too), no body
             self.wfile.write(data)
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        if self.server.service.config.log_requests and not (code == 200 and "/slice/" in self.path):
+        quiet = ("/slice/", "/saliency/", "/voxel/")  # the viewer asks for these at every slider move or mouse move
+        if self.server.service.config.log_requests and not (code == 200 and any(q in self.path for q in quiet)):
             super().log_request(code, size)
 
 
