@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from ctagrg.measurement.nodule_size import (
     NoduleSizeConfig,
     calibrate_offset,
@@ -19,6 +18,7 @@ from ctagrg.measurement.nodule_size import (
     nodule_diameter_mm,
     solid_spheres,
 )
+
 from ctagrg.text.attributes import restate_size, size_mm_from_text
 
 SPACING = (4.0, 2.0, 2.0)  # the demo's grid (mm, SLP)
@@ -192,8 +192,9 @@ def test_the_reporter_states_the_measured_size(fixed_sentences: str) -> None:
 
 
 def test_the_reporter_refuses_nodule_size_on_other_axes_or_a_narrow_window() -> None:
-    from ctagrg.config import ConfigError
     from ctagrg.measurement.nodule_size import check_window
+
+    from ctagrg.config import ConfigError
 
     with pytest.raises(ConfigError, match="nodule_size needs SLP volumes"):
         _reporter(enabled=True, axcodes="RAS")
