@@ -164,7 +164,7 @@ def test_step1_training_chooses_half_thresholds_and_the_cache_records_halves(tmp
     build_from_config(EmbeddingCacheConfig(out_dir=str(tmp_path / "emb"), step1_dir=str(best),
                                            volume_cache=str(tmp_path / "cache"), sentences_csv=str(sentences)))
     table = load_embedding_cache(tmp_path / "emb")
-    assert table.halves == 2 and table.embeddings.shape == (len(names), 18, 20)
+    assert table.parts == 2 and table.embeddings.shape == (len(names), 18, 20)
 
 
 def test_the_widest_run_of_best_thresholds_wins_and_ties_go_nearest_one_half():
