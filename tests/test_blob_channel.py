@@ -1,5 +1,5 @@
 """cnn3d's blob stem channel (``CNN3DConfig.blob``): an isolated solid blob in aerated lung scores 1, a thin vessel,
-the chest wall and open lung score 0; the score commutes with flips exactly (``cache_stem`` relies on it)."""
+the chest wall and open lung score 0; the score commutes with flips exactly (``extras.stem_cache`` relies on it)."""
 
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def test_the_blob_score_commutes_with_flips_and_rotations_exactly(draw):
 
 def test_a_whole_patch_shift_changes_the_score_only_near_the_border():
     """Outside the volume is neither lung nor solid, so a shifted volume's score differs from the shifted score at
-    most within the shell's reach of the new border (cache_stem's runs equal uncached ones up to that)."""
+    most within the shell's reach of the new border (the stem_cache extension's runs equal uncached ones up to that)."""
     stem = HUBinStem(_config())
     hu = _lung()
     _ball(hu, (8, 14, 14), 8.0)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from ctagrg.config import to_dict
 from ctagrg.models.cnn3d import CNN3DConfig, CNN3DEncoder, HUBinStem
 from ctagrg.models.registry import create_encoder
 from ctagrg.models.step1 import PretrainModel, Step1Model, VisualModelConfig
@@ -104,14 +105,15 @@ def test_config_errors(bad: dict, message: str) -> None:
 
 
 def test_visual_models_build_on_cnn3d_and_save_only_its_section(tmp_path) -> None:
-    cfg = VisualModelConfig(encoder="cnn3d", cnn3d=CNN3DConfig(**SMALL))
+    cfg = VisualModelConfig(encoder="cnn3d", extras={"cnn3d": to_dict(CNN3DConfig(**SMALL))})
     cfg.heads.in_dim = 32
     cfg.heads.embed_dim = 16
     model = Step1Model(cfg).eval()
     out = model(torch.zeros(2, 1, 8, 16, 16))
     assert out["logits"].shape == (2, 18) and out["embeddings"].shape == (2, 18, 16)
     data = model.config_dict()
-    assert data["encoder"] == "cnn3d" and "cnn3d" in data and "ctnet" not in data and "ctvit" not in data
+    assert data["encoder"] == "cnn3d" and "ctnet" not in data and "ctvit" not in data
+    assert data["extras"] == {"cnn3d": to_dict(CNN3DConfig(**SMALL))}  # the plug-in's section, defaults filled in
     assert PretrainModel(cfg).eval()(torch.zeros(1, 1, 8, 16, 16))["logits"].shape == (1, 18)
     with pytest.raises(ValueError, match="expected one of ctnet, ctvit, cnn3d"):
         Step1Model(VisualModelConfig(encoder="resnet3d"))
@@ -124,7 +126,7 @@ def test_embed_dim_zero_makes_the_pooled_features_the_embedding() -> None:
     x = torch.randn(2, 1, 8, 16, 16) * 0.3
     with torch.no_grad():
         torch.testing.assert_close(enc(x), enc.norm(enc.forward_features(x)))
-    vis = VisualModelConfig(encoder="cnn3d", cnn3d=cfg)
+    vis = VisualModelConfig(encoder="cnn3d", extras={"cnn3d": to_dict(cfg)})
     vis.heads.in_dim, vis.heads.pretrain_hidden = cfg.pooled_dim, ()
     model = PretrainModel(vis).eval()
     linears = [m for m in model.head.modules() if isinstance(m, torch.nn.Linear)]
@@ -150,7 +152,7 @@ def test_a_training_batch_of_one_uses_the_running_statistics() -> None:
 
 
 def test_model_card_states_the_window_the_encoder_expects(tmp_path) -> None:
-    cfg = VisualModelConfig(encoder="cnn3d", cnn3d=CNN3DConfig(**SMALL))
+    cfg = VisualModelConfig(encoder="cnn3d", extras={"cnn3d": to_dict(CNN3DConfig(**SMALL))})
     cfg.heads.in_dim, cfg.heads.embed_dim = 32, 8
     card = (Step1Model(cfg).save_pretrained(tmp_path / "m") / "README.md").read_text()
     assert "HU windowed to [-1000, 1500], mapped to [0, 1] then minus 0.449" in card

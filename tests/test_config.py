@@ -1,4 +1,5 @@
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import pytest
 
@@ -73,3 +74,39 @@ def test_coercion_of_each_kind_of_field():
 def test_coercion_errors_name_the_field(data, message):
     with pytest.raises(ConfigError, match=message):
         from_dict(Kinds, data)
+
+
+@dataclass
+class Stage:
+    epochs: int = 1
+    extras: dict = field(default_factory=dict)  # a free-form section: plug-in options by name
+
+
+def test_overrides_into_a_free_form_section_create_nested_keys():
+    """``--set extras.attributes.half_weight=0.5`` on a dict section (``_set_in_mapping``): nested keys are created
+    as needed, values parsed as YAML, the other keys kept, the config it started from left as it was."""
+    base = Stage(extras={"head_l1": {"weight": 0.001}})
+    cfg = apply_overrides(base, ["extras.attributes.half_weight=0.5", "extras.attributes.sentences_csv=s.csv",
+                                 "extras.stem_cache={}", "extras.mirror.labels=[Lung nodule, Emphysema]"])
+    assert cfg.extras == {"head_l1": {"weight": 0.001},
+                          "attributes": {"half_weight": 0.5, "sentences_csv": "s.csv"},
+                          "stem_cache": {}, "mirror": {"labels": ["Lung nodule", "Emphysema"]}}
+    assert base.extras == {"head_l1": {"weight": 0.001}}  # copies, not the caller's dict changed
+    assert apply_overrides(cfg, ["extras.attributes.half_weight=1"]).extras["attributes"]["half_weight"] == 1
+    assert apply_overrides(cfg, ["extras.head_l1.weight="]).extras["head_l1"] == {"weight": ""}
+    with pytest.raises(ConfigError, match=r"override '.*weight.x': 'weight' is not a section"):
+        apply_overrides(cfg, ["extras.head_l1.weight.x=1"])
+    with pytest.raises(ConfigError, match=r"override 'epochs.x': 'epochs' is not a section"):
+        apply_overrides(cfg, ["epochs.x=1"])
+
+
+def test_removed_keys_say_what_replaces_them(tmp_path):
+    @dataclass
+    class Old:
+        epochs: int = 1
+        REMOVED_KEYS: ClassVar[dict[str, str]] = {"epoch": "renamed to epochs"}
+
+    with pytest.raises(ConfigError, match=r"^run.yaml.epoch: renamed to epochs$"):
+        from_dict(Old, {"epoch": 2}, where="run.yaml")
+    with pytest.raises(ConfigError, match=r"^override Old.epoch: renamed to epochs$"):
+        apply_overrides(Old(), ["epoch=2"])

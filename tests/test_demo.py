@@ -212,8 +212,11 @@ def test_the_committed_demo_configs_build_their_models():
     configs = Path(__file__).resolve().parents[1] / "configs" / "demo"
     pre = load_config(PretrainTaskConfig, configs / "pretrain.yaml", [])
     cls = load_config(ClassifierTaskConfig, configs / "classifier.yaml", [])
-    assert pre.model.cnn3d == cls.model.cnn3d  # step 1 loads pretraining's encoder weights
-    volume = torch.full((1, 1, *pre.model.cnn3d.input_shape), -0.449)
+    assert pre.model.encoder == cls.model.encoder == "cnn3d"
+    # step 1 loads pretraining's encoder weights
+    assert pre.model.extras["cnn3d"] == cls.model.extras["cnn3d"]
+    assert pre.model.encoder_config() == cls.model.encoder_config()
+    volume = torch.full((1, 1, *pre.model.encoder_config().input_shape), -0.449)
     volume[0, 0, 16:48, 32:96, 32:96] = 0.0  # something other than air
     with torch.no_grad():
         assert PretrainModel(pre.model).eval()(volume)["logits"].shape == (1, 18)

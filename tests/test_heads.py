@@ -123,3 +123,31 @@ def test_encoder_initialised_from_pretraining(tmp_path):
         load_encoder_from(Step1Model(other), tmp_path / "pre")
 
 
+
+
+def test_head_variants_come_from_the_registry():
+    """heads.variant picks the head family (the published ``ctagrg`` heads, or a plug-in's, here the demo's
+    ``halves``, whose options are model.extras.halves); a plug-in section for an unselected variant is refused, and
+    so are the old halves keys of the published heads."""
+    from ctagrg.config import ConfigError
+    from ctagrg.extras.halves.heads import HalvesConfig, HalvesHeads, HalvesPretrainHead
+
+    plain = Step1Model(tiny_model_config())
+    assert type(plain.heads) is AbnormalityHeads and plain.heads.parts == 1
+    cfg = tiny_model_config(heads={**SMALL.__dict__, "variant": "halves"},
+                            extras={"halves": {"lateral_halves": False, "attribute_heads": True}})
+    assert cfg.extras["halves"] == {"lateral_halves": False, "attribute_heads": True, "condition_on_halves": False}
+    model = Step1Model(cfg).eval()
+    assert isinstance(model.heads, HalvesHeads) and model.heads.attribute_heads and model.heads.parts == 1
+    out = model(torch.zeros(2, 1, 12, 32, 32))
+    assert out["side_logits"].shape == (2, 18, 3) and out["size_mm"].shape == (2, 18)
+    assert isinstance(PretrainModel(cfg).head, HalvesPretrainHead)
+    # the halves variant's defaults: lateral halves on
+    assert HalvesConfig().lateral_halves and not HalvesConfig().attribute_heads
+    with pytest.raises(ValueError, match=r"unknown heads variant 'nosuch'; available: ctagrg, .*halves"):
+        Step1Model(tiny_model_config(heads={**SMALL.__dict__, "variant": "nosuch"}))
+    with pytest.raises(ConfigError, match=r"^model.extras.halves: no plug-in encoder or head variant 'halves'"):
+        tiny_model_config(extras={"halves": {}})
+    with pytest.raises(ConfigError, match=r"^model.heads.lateral_halves: moved out of the published heads: set "
+                                          r"heads.variant: halves and model.extras.halves"):
+        from_dict(HeadsConfig, {"lateral_halves": True}, where="model.heads")

@@ -88,4 +88,5 @@ def test_node_config_errors_width_and_the_spacing_check():
     preprocess = {"shape": list(SHAPE), "hu_min": HU[0], "hu_max": HU[1], "offset": HU[2], "spacing": list(MM)}
     assert encoder_preprocess_mismatches(cfg, preprocess) == []
     problems = encoder_preprocess_mismatches(cfg, preprocess | {"spacing": [1.5, 0.75, 0.75]})
-    assert len(problems) == 1 and "node channels" in problems[0]
+    assert problems == ["the encoder's voxel_mm [4.0, 2.0, 2.0] (the voxel size it measures in) is not the "
+                        "preprocessing's spacing [1.5, 0.75, 0.75] mm"]

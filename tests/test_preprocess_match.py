@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pytest
 
-from ctagrg.config import ConfigError, load_config
+from ctagrg.config import ConfigError, load_config, to_dict
 from ctagrg.data.preprocess import PreprocessConfig
 from ctagrg.models.cnn3d import CNN3DConfig
 from ctagrg.models.ctnet import CTNetConfig
 from ctagrg.models.preprocess_match import check_encoder_preprocess, encoder_preprocess_mismatches
-from tests.test_attributes import CNN3D, side_blob_dataset
+from tests.extras.test_attributes import CNN3D, side_blob_dataset
 
 DEMO = PreprocessConfig(spacing=(4.0, 2.0, 2.0), shape=(64, 128, 128), hu_min=-1000.0, hu_max=1500.0)
 
@@ -49,7 +49,9 @@ def test_ctnet_window_is_checked_only_when_it_reads_hu():
         check_encoder_preprocess(windowed, paper, "somewhere/preprocess.json")
 
 
-def test_training_refuses_a_cache_made_with_another_window(tmp_path):
+def test_training_reads_the_window_from_the_cache_and_refuses_another_shape(tmp_path):
+    """The encoder's HU window and voxel size come from the cache's preprocess.json (not restated in the config);
+    what the config does state (the input shape) is checked against it."""
     from ctagrg.training.visual_tasks import ClassifierTask, ClassifierTaskConfig
 
     csvs, _ = side_blob_dataset(tmp_path, seed=1, n_train=2, n_valid=1)
@@ -58,11 +60,22 @@ def test_training_refuses_a_cache_made_with_another_window(tmp_path):
     good = {"spacing": [8.0, 4.0, 4.0], "shape": [8, 32, 16], "axcodes": "SLP", "hu_min": -1000.0, "hu_max": 1500.0,
             "offset": 0.0, "align_corners": False}
     (cache / "preprocess.json").write_text(json.dumps(good))
-    assert len(ClassifierTask(load_config(ClassifierTaskConfig, None, over)).train_dataset()) == 2
-    (cache / "preprocess.json").write_text(json.dumps({**good, "hu_max": 200.0, "offset": 0.449}))
+    task = ClassifierTask(load_config(ClassifierTaskConfig, None, over))
+    assert len(task.train_dataset()) == 2
+    encoder = task.cfg.model.encoder_config()
+    assert tuple(encoder.input_hu) == (-1000.0, 1500.0, 0.0) and tuple(encoder.voxel_mm) == (8.0, 4.0, 4.0)
+    (cache / "preprocess.json").write_text(json.dumps({**good, "hu_max": 200.0, "offset": 0.449,
+                                                       "spacing": [4.0, 2.0, 2.0]}))
+    task = ClassifierTask(load_config(ClassifierTaskConfig, None, over))
+    assert len(task.train_dataset()) == 2
+    encoder = task.cfg.model.encoder_config()
+    assert tuple(encoder.input_hu) == (-1000.0, 200.0, 0.449) and tuple(encoder.voxel_mm) == (4.0, 2.0, 2.0)
+    assert tuple(task.build_model().encoder.config.input_hu) == (-1000.0, 200.0, 0.449)
+    (cache / "preprocess.json").write_text(json.dumps({**good, "shape": [8, 32, 32]}))
     task = ClassifierTask(load_config(ClassifierTaskConfig, None, over))
     with pytest.raises(ConfigError, match=rf"^{cache / 'preprocess.json'}: the encoder does not fit this "
-                                          r"preprocessing: the encoder's input_hu \[-1000.0, 1500.0, 0.0\]"):
+                                          r"preprocessing: the encoder's input_shape \[8, 32, 16\] is not the "
+                                          r"preprocessing's shape \[8, 32, 32\]"):
         task.train_dataset()
     for broken, message in (("{\"spacing\": [8", "cannot read"), ("[1, 2]", "expected a JSON object")):
         (cache / "preprocess.json").write_text(broken)
@@ -79,13 +92,13 @@ def test_reporter_refuses_a_preprocessing_its_encoder_does_not_fit(gpt2_tokenize
 
     cnn = CNN3DConfig(input_shape=(8, 32, 16), width=2, region_grid=2, embed_dim=0, blob=True,
                       voxel_mm=(8.0, 4.0, 4.0))
-    visual = Step1Model(VisualModelConfig(encoder="cnn3d", cnn3d=cnn, heads=HeadsConfig(
+    visual = Step1Model(VisualModelConfig(encoder="cnn3d", extras={"cnn3d": to_dict(cnn)}, heads=HeadsConfig(
         in_dim=cnn.out_dim, embed_dim=16, classifier_hidden=4)))  # tiny_decoder reads 16-d
     tok = load_tokenizer(gpt2_tokenizer_dir)
     fits = PreprocessConfig(spacing=(8.0, 4.0, 4.0), shape=(8, 32, 16), hu_max=1500.0, offset=0.0)
     Reporter(visual, tiny_decoder(), tok, [0.5] * 18, fits)
-    with pytest.raises(ConfigError, match=r"voxel_mm \[8.0, 4.0, 4.0\] \(the voxel size of its blob, sphere and node "
-                                          r"channels\) is not the preprocessing's spacing \[4.0, 2.0, 2.0\] mm"):
+    with pytest.raises(ConfigError, match=r"voxel_mm \[8.0, 4.0, 4.0\] \(the voxel size it measures in\) is not the "
+                                          r"preprocessing's spacing \[4.0, 2.0, 2.0\] mm"):
         Reporter(visual, tiny_decoder(), tok, [0.5] * 18,
                  PreprocessConfig(spacing=(4.0, 2.0, 2.0), shape=(8, 32, 16), hu_max=1500.0, offset=0.0))
 
@@ -102,7 +115,7 @@ def test_embedding_cache_refuses_volumes_preprocessed_for_another_encoder(tmp_pa
         {"spacing": [8.0, 4.0, 4.0], "shape": [8, 32, 32], "hu_min": -1000.0, "hu_max": 1500.0, "offset": 0.0}))
     (tmp_path / "s.csv").write_text("VolumeName,AbnormalityName,Sentence\n")
     cnn = CNN3DConfig(input_shape=(8, 32, 16), width=2, region_grid=2, embed_dim=0)
-    step1 = Step1Model(VisualModelConfig(encoder="cnn3d", cnn3d=cnn, heads=HeadsConfig(
+    step1 = Step1Model(VisualModelConfig(encoder="cnn3d", extras={"cnn3d": to_dict(cnn)}, heads=HeadsConfig(
         in_dim=cnn.out_dim, embed_dim=8, classifier_hidden=4))).eval()
     cfg = EmbeddingCacheConfig(out_dir=str(tmp_path / "emb"), volume_cache=str(tmp_path / "vols"),
                                sentences_csv=str(tmp_path / "s.csv"), thresholds="", device="cpu")

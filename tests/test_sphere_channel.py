@@ -10,7 +10,7 @@ import torch
 from stem_fixtures import HU, MM, SHAPE, ball, points_mm, preprocessed
 
 from ctagrg.data.augment import AugmentDraw, apply_augmentation
-from ctagrg.measurement.nodule_size import DIRECTIONS, shell_directions
+from ctagrg.extras.nodule.measure import DIRECTIONS, shell_directions
 from ctagrg.models.cnn3d import SPHERE_DIRECTIONS, SPHERE_MEMO, CNN3DConfig, CNN3DEncoder, HUBinStem
 from ctagrg.models.preprocess_match import encoder_preprocess_mismatches
 

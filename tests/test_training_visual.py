@@ -155,3 +155,46 @@ def test_frozen_encoder_cache_after_resume_uses_the_checkpoint_encoder(tmp_path)
         torch.testing.assert_close(cut[k], full[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
+
+
+@pytest.mark.parametrize(("stage", "yaml_text", "key", "moved_to"), [
+    ("classifier", "model:\n  heads:\n    lateral_halves: true\n", "model.heads.lateral_halves",
+     "moved out of the published heads: set heads.variant: halves and model.extras.halves"),
+    ("classifier", "model:\n  heads:\n    attribute_heads: true\n", "model.heads.attribute_heads",
+     "moved out of the published heads: set heads.variant: halves and model.extras.halves"),
+    ("pretrain", "model:\n  encoder: cnn3d\n  cnn3d:\n    width: 2\n", "model.cnn3d",
+     "moved to model.extras.cnn3d (a plug-in encoder's section"),
+    ("pretrain", "attributes:\n  half_weight: 1.0\n", "attributes", "moved to extras.attributes"),
+    ("classifier", "attributes:\n  side_weight: 1.0\n", "attributes", "moved to extras.attributes"),
+    ("pretrain", "cache_stem: true\n", "cache_stem", "moved to extras: {stem_cache: {}}"),
+    ("pretrain", "head_l1: 0.001\n", "head_l1", "moved to extras: {head_l1: {weight: W}}"),
+    ("classifier", "nodule_size:\n  enabled: true\n", "nodule_size", "moved to extras.nodule_size"),
+    ("classifier", "init:\n  heads_from_pretrain: true\n", "init.heads_from_pretrain",
+     "moved to the stage's extras: extras: {heads_warm_start: {}}"),
+])
+def test_a_stage_config_with_a_moved_key_says_where_it_went(tmp_path, stage, yaml_text, key, moved_to):
+    """An older config file's demo keys are refused with the key, the file and their new place named, and so is
+    the same key given as an override."""
+    import re
+
+    from ctagrg.config import ConfigError, load_config
+    from ctagrg.training.visual_tasks import ClassifierTaskConfig, PretrainTaskConfig
+
+    cls = {"pretrain": PretrainTaskConfig, "classifier": ClassifierTaskConfig}[stage]
+    path = tmp_path / f"{stage}.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError, match="^" + re.escape(f"{path}.{key}: {moved_to}")):
+        load_config(cls, path)
+    leaf = key.rsplit(".", 1)[-1]
+    with pytest.raises(ConfigError, match=rf"^override \w+Config.{leaf}: " + re.escape(moved_to)):
+        load_config(cls, None, [f"{key}.x=1" if leaf in ("cnn3d", "attributes", "nodule_size") else f"{key}=1"])
+
+
+def test_the_decoder_stage_refuses_its_old_mirror_section(tmp_path):
+    from ctagrg.config import ConfigError, load_config
+    from ctagrg.training.decoder_task import DecoderTaskConfig
+
+    path = tmp_path / "decoder.yaml"
+    path.write_text("mirror:\n  p: 0.5\n")
+    with pytest.raises(ConfigError, match=rf"^{path}.mirror: moved to extras.mirror"):
+        load_config(DecoderTaskConfig, path)

@@ -1,5 +1,5 @@
 """Step 1's attribute supervision: sides and sizes read from report sentences train per-label read-outs on the
-abnormality embeddings (ClassifierTaskConfig.attributes, HeadsConfig.attribute_heads)."""
+abnormality embeddings (the ``attributes`` training extension, model.extras.halves.attribute_heads)."""
 
 from __future__ import annotations
 
@@ -11,18 +11,24 @@ import torch
 import torch.nn.functional as F
 
 from ctagrg.cli.main import main as cli_main
+from ctagrg.extras.attributes.extension import AttributesExtension
+from ctagrg.extras.attributes.targets import AttributeTargets, attribute_losses
+from ctagrg.extras.halves.heads import SIDE_CLASSES, HalvesConfig, HalvesHeads
 from ctagrg.labels import LABEL_INDEX, LABELS
-from ctagrg.models.heads import SIDE_CLASSES, AbnormalityHeads, HeadsConfig
+from ctagrg.models.heads import HeadsConfig
 from ctagrg.models.step1 import Step1Model
-from ctagrg.training.visual_tasks import AttributeTargets, attribute_losses
 
 # a tiny cnn3d: its stem statistics pooled on a 2 x 2 x 2 grid of regions keep where a finding is
-CNN3D = ["model.encoder=cnn3d", "model.cnn3d.input_shape=[8,32,16]", "model.cnn3d.width=2",
-         "model.cnn3d.region_grid=2", "model.cnn3d.embed_dim=0", "model.heads.in_dim=496", "model.heads.embed_dim=8",
+CNN3D = ["model.encoder=cnn3d", "model.extras.cnn3d.input_shape=[8,32,16]", "model.extras.cnn3d.width=2",
+         "model.extras.cnn3d.region_grid=2", "model.extras.cnn3d.embed_dim=0", "model.heads.in_dim=496",
+         "model.heads.embed_dim=8",
          "model.heads.classifier_hidden=4", "model.heads.dropout=0.0"]
 # the same with the two lateral halves pooled apart and read by shared heads (the demo's setting)
-LATERAL = [*CNN3D[:-4], "model.cnn3d.lateral_halves=true", "model.heads.lateral_halves=true",
-           "model.heads.in_dim=512", *CNN3D[-3:]]
+LATERAL = [*CNN3D[:-4], "model.extras.cnn3d.lateral_halves=true", "model.heads.variant=halves",
+           "model.extras.halves.lateral_halves=true", "model.heads.in_dim=512", *CNN3D[-3:]]
+# the halves head variant's attribute read-outs (with or without lateral halves)
+ATTRIBUTE_HEADS = ["model.heads.variant=halves", "model.extras.halves.attribute_heads=true"]
+WHOLE = ["model.extras.halves.lateral_halves=false"]  # the halves variant without lateral halves
 
 NODULE, EFFUSION = LABEL_INDEX["Lung nodule"], LABEL_INDEX["Pleural effusion"]
 
@@ -109,7 +115,8 @@ def test_losses_are_the_masked_cross_entropy_and_smooth_l1():
 
 
 def test_attribute_read_outs_use_each_labels_own_embedding(tmp_path):
-    heads = AbnormalityHeads(HeadsConfig(in_dim=16, embed_dim=8, classifier_hidden=4, attribute_heads=True)).eval()
+    cfg = HeadsConfig(in_dim=16, embed_dim=8, classifier_hidden=4, variant="halves")
+    heads = HalvesHeads(cfg, HalvesConfig(lateral_halves=False, attribute_heads=True)).eval()
     emb = torch.rand(2, 18, 8)
     side, size = heads.attributes(emb)
     assert side.shape == (2, 18, 3) and size.shape == (2, 18)
@@ -121,8 +128,9 @@ def test_attribute_read_outs_use_each_labels_own_embedding(tmp_path):
     assert not torch.equal(side2[:, 3], side[:, 3])
     expected = (emb[1, 5] @ heads.side_weight[5].T) + heads.side_bias[5]
     torch.testing.assert_close(side[1, 5], expected)
-    with pytest.raises(RuntimeError, match="built without heads.attribute_heads"):
-        AbnormalityHeads(HeadsConfig(in_dim=16, embed_dim=8)).attributes(emb)
+    with pytest.raises(RuntimeError, match="built without model.extras.halves.attribute_heads"):
+        HalvesHeads(HeadsConfig(in_dim=16, embed_dim=8, variant="halves"),
+                    HalvesConfig(lateral_halves=False)).attributes(emb)
 
 
 @pytest.mark.parametrize("variant", ["frozen_cached", "lateral_trained_encoder"])
@@ -138,9 +146,10 @@ def test_classifier_learns_the_side_from_sentences(tmp_path, variant):
     common = ["train.batch_size=4", "train.tensorboard=false", "train.lr=0.05", "train.epochs=12",
               "train.log_every=4", f"data.cache_dir={tmp_path / 'cache'}", f"data.train_labels={csvs['train']}",
               f"data.valid_labels={csvs['valid']}",
-              *(["freeze_encoder=true", *CNN3D] if variant == "frozen_cached" else ["freeze_encoder=false", *LATERAL])]
-    attr = ["model.heads.attribute_heads=true", "attributes.side_weight=1.0", "attributes.size_weight=1.0",
-            f"attributes.sentences_csv={sent_csv}"]
+              *(["freeze_encoder=true", *CNN3D, "model.heads.variant=halves", *WHOLE] if variant == "frozen_cached"
+                else ["freeze_encoder=false", *LATERAL])]
+    attr = ["model.extras.halves.attribute_heads=true", "extras.attributes.side_weight=1.0",
+            "extras.attributes.size_weight=1.0", f"extras.attributes.sentences_csv={sent_csv}"]
     out = tmp_path / "cls"
     assert cli_main(["train", "classifier", "--set", f"train.out_dir={out}",
                      *sum((["--set", s] for s in [*common, *attr]), [])]) == 0
@@ -154,9 +163,9 @@ def test_classifier_learns_the_side_from_sentences(tmp_path, variant):
     out_ = model(torch.zeros(2, 1, 8, 32, 16))
     assert out_["side_logits"].shape == (2, 18, 3) and out_["size_mm"].shape == (2, 18)
 
-    with pytest.raises(ConfigError, match="need model.heads.attribute_heads: true"):
+    with pytest.raises(ConfigError, match="need model.extras.halves.attribute_heads: true"):
         ClassifierTask(load_config(ClassifierTaskConfig, None, [*common, *attr[1:]]))
-    with pytest.raises(ConfigError, match="attributes.sentences_csv: not set"):
+    with pytest.raises(ConfigError, match="extras.attributes.sentences_csv: not set"):
         ClassifierTask(load_config(ClassifierTaskConfig, None, [*common, *attr[:3]]))
 
 
@@ -167,15 +176,18 @@ def test_side_targets_refuse_rotations_and_allow_mirroring(tmp_path):
     from ctagrg.training.visual_tasks import ClassifierTask, ClassifierTaskConfig
 
     sent = write_sentences(tmp_path / "s.csv", [("train_1_a_1.nii.gz", "Lung nodule", "A left nodule.")])
-    over = ["model.heads.attribute_heads=true", "attributes.side_weight=1.0", f"attributes.sentences_csv={sent}",
+    heads = [*ATTRIBUTE_HEADS, *WHOLE]
+    over = [*heads, "extras.attributes.side_weight=1.0", f"extras.attributes.sentences_csv={sent}",
             "data.augment.enabled=true", "data.augment.rot90_p=0.5"]
     with pytest.raises(ConfigError, match=r"rot90_p > 0: a rotated volume's left and right are no longer"):
         ClassifierTask(load_config(ClassifierTaskConfig, None, over))
     ok = ClassifierTask(load_config(ClassifierTaskConfig, None, [*over[:-1], "data.augment.rot90_p=0.0",
                                                                  "data.augment.flip_axes=[1]"]))
-    assert ok._attributes is not None and "train_1_a_1" in ok._attributes.table
+    attributes = ok.extension(AttributesExtension)
+    assert attributes is not None and "train_1_a_1" in attributes.targets.table
     # sizes alone do not depend on the side
-    ClassifierTask(load_config(ClassifierTaskConfig, None, [*over[:1], "attributes.size_weight=1.0", *over[2:]]))
+    ClassifierTask(load_config(ClassifierTaskConfig, None, [*heads, "extras.attributes.size_weight=1.0",
+                                                            *over[len(heads) + 1:]]))
 
 
 def test_read_outs_without_their_loss_are_frozen(tmp_path):
@@ -187,12 +199,13 @@ def test_read_outs_without_their_loss_are_frozen(tmp_path):
 
     sent = write_sentences(tmp_path / "s.csv", [("train_1_a_1.nii.gz", "Lung nodule", "A 9 mm left nodule.")])
     for model_cfg, extra, trained in (
-            (CNN3D, [], False),
-            (CNN3D, ["attributes.size_weight=1.0", f"attributes.sentences_csv={sent}"], True),
+            ([*CNN3D, "model.heads.variant=halves", *WHOLE], [], False),
+            ([*CNN3D, "model.heads.variant=halves", *WHOLE],
+             ["extras.attributes.size_weight=1.0", f"extras.attributes.sentences_csv={sent}"], True),
             # half supervision trains the half logits, not the read-outs: they stay frozen
-            (LATERAL, ["attributes.half_weight=1.0", f"attributes.sentences_csv={sent}"], False)):
+            (LATERAL, ["extras.attributes.half_weight=1.0", f"extras.attributes.sentences_csv={sent}"], False)):
         task = ClassifierTask(load_config(ClassifierTaskConfig, None,
-                                          [*model_cfg, "model.heads.attribute_heads=true", *extra]))
+                                          [*model_cfg, *ATTRIBUTE_HEADS, *extra]))
         model = task.build_model()
         params = {id(p) for p in task.param_groups(model)}
         heads = model.heads

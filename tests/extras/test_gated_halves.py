@@ -1,5 +1,6 @@
-"""Step 1's gated halves (heads.condition_on_halves): the embedding step 2 reads keeps a half's units only where the
-label is on in that half, with half thresholds chosen on validation volumes."""
+"""Step 1's gated halves (model.extras.halves.condition_on_halves): the embedding step 2 reads keeps a half's units
+only where the label is on in that half, with half thresholds chosen on validation volumes (the ``half_thresholds``
+extension)."""
 
 from __future__ import annotations
 
@@ -11,18 +12,20 @@ import pytest
 import torch
 
 from ctagrg.cli.main import main as cli_main
+from ctagrg.extras.attributes.extension import AttributesExtension
+from ctagrg.extras.halves.heads import SIDE_CLASSES, HalvesConfig, HalvesHeads
+from ctagrg.extras.halves.thresholds import HalfThresholdsExtension, _middle_of_widest_run, select_half_thresholds
 from ctagrg.labels import LABEL_INDEX, LABELS
-from ctagrg.models.heads import SIDE_CLASSES, AbnormalityHeads, HeadsConfig
+from ctagrg.models.heads import HeadsConfig
 from ctagrg.models.step1 import Step1Model
-from ctagrg.training.thresholds import _middle_of_widest_run, select_half_thresholds
-from tests.test_attributes import LATERAL, side_blob_dataset
+from tests.extras.test_attributes import LATERAL, side_blob_dataset
 
 LEFT, RIGHT, BOTH = (SIDE_CLASSES.index(s) for s in ("left", "right", "bilateral"))
 
 
-def _heads() -> AbnormalityHeads:
-    return AbnormalityHeads(HeadsConfig(in_dim=16, embed_dim=3, classifier_hidden=4, lateral_halves=True,
-                                        condition_on_halves=True)).eval()
+def _heads() -> HalvesHeads:
+    return HalvesHeads(HeadsConfig(in_dim=16, embed_dim=3, classifier_hidden=4, variant="halves"),
+                       HalvesConfig(lateral_halves=True, condition_on_halves=True)).eval()
 
 
 def test_conditioning_keeps_only_the_halves_that_are_on():
@@ -51,26 +54,33 @@ def test_config_errors_and_the_saved_threshold_buffer(tmp_path):
     from ctagrg.config import ConfigError, load_config
     from ctagrg.training.visual_tasks import ClassifierTask, ClassifierTaskConfig
 
-    with pytest.raises(ConfigError, match="condition_on_halves needs heads.lateral_halves: true"):
-        AbnormalityHeads(HeadsConfig(condition_on_halves=True))
+    with pytest.raises(ConfigError, match="condition_on_halves needs lateral_halves: true"):
+        HalvesConfig(lateral_halves=False, condition_on_halves=True)
     assert _heads().state_dict()["half_threshold"].shape == (18,)  # saved with the model
-    # the overrides' order does not matter; what is missing is named
+    # the halves options' order does not matter; what is missing is named
     sent = tmp_path / "s.csv"
     sent.write_text("VolumeName,AbnormalityName,Sentence\ntrain_1_a_1.nii.gz,Lung nodule,A left nodule.\n")
-    over = ["model.heads.condition_on_halves=true", "model.heads.lateral_halves=true"]
+    over = ["model.heads.variant=halves", "model.extras.halves.condition_on_halves=true",
+            "model.extras.halves.lateral_halves=true", "extras.half_thresholds={}"]
     cfg = load_config(ClassifierTaskConfig, None, over)
-    with pytest.raises(ConfigError, match="needs attributes.sentences_csv and data.valid_labels"):
+    with pytest.raises(ConfigError, match="extras.half_thresholds: needs data.valid_labels"):
         ClassifierTask(cfg)
-    with pytest.raises(ConfigError, match="needs attributes.sentences_csv and data.valid_labels"):
-        ClassifierTask(load_config(ClassifierTaskConfig, None, [*over, f"attributes.sentences_csv={sent}"]))
-    without_halves = ClassifierTask(load_config(ClassifierTaskConfig, None, [
-        over[0], f"attributes.sentences_csv={sent}", "data.valid_labels=v.csv"]))
-    with pytest.raises(ConfigError, match="condition_on_halves needs heads.lateral_halves: true"):
-        without_halves.build_model()
+    with pytest.raises(ConfigError, match="extras.half_thresholds: needs data.valid_labels"):
+        ClassifierTask(load_config(ClassifierTaskConfig, None, [*over, f"extras.half_thresholds.sentences_csv={sent}"]))
+    with pytest.raises(ConfigError, match="extras.half_thresholds.sentences_csv: not set, and the stage has no "
+                                          "extras.attributes"):
+        ClassifierTask(load_config(ClassifierTaskConfig, None, [*over, "data.valid_labels=v.csv"]))
+    with pytest.raises(ConfigError, match="model.extras.halves.condition_on_halves needs lateral_halves: true"):
+        load_config(ClassifierTaskConfig, None, [*over[:2], "model.extras.halves.lateral_halves=false"])
+    with pytest.raises(ConfigError, match="extras.half_thresholds: needs heads.variant: halves with "
+                                          "model.extras.halves.condition_on_halves: true"):
+        ClassifierTask(load_config(ClassifierTaskConfig, None, [over[0], *over[2:], "data.valid_labels=v.csv",
+                                                                f"extras.half_thresholds.sentences_csv={sent}"]))
     # sentences loaded for the half thresholds even when no attribute loss is on
-    task = ClassifierTask(load_config(ClassifierTaskConfig, None, [*over, f"attributes.sentences_csv={sent}",
-                                                                    "data.valid_labels=v.csv"]))
-    assert task._attributes is None and "train_1_a_1" in task._half_sides.table
+    task = ClassifierTask(load_config(ClassifierTaskConfig, None, [
+        *over, f"extras.half_thresholds.sentences_csv={sent}", "data.valid_labels=v.csv"]))
+    assert task.extension(AttributesExtension) is None
+    assert "train_1_a_1" in task.extension(HalfThresholdsExtension).targets.table
 
 
 def test_half_threshold_selection_edges():
@@ -132,8 +142,9 @@ def test_step1_training_chooses_half_thresholds_and_the_cache_records_halves(tmp
     csvs, sent_csv = side_blob_dataset(tmp_path, seed=5)
     sets = ["train.batch_size=4", "train.tensorboard=false", "train.lr=0.05", "train.epochs=8", "train.log_every=4",
             f"data.cache_dir={tmp_path / 'cache'}", f"data.train_labels={csvs['train']}",
-            f"data.valid_labels={csvs['valid']}", "freeze_encoder=false", *LATERAL, "attributes.half_weight=1.0",
-            f"attributes.sentences_csv={sent_csv}", "model.heads.condition_on_halves=true",
+            f"data.valid_labels={csvs['valid']}", "freeze_encoder=false", *LATERAL, "extras.attributes.half_weight=1.0",
+            f"extras.attributes.sentences_csv={sent_csv}", "model.extras.halves.condition_on_halves=true",
+            "extras.half_thresholds={}",
             f"train.out_dir={tmp_path / 'cls'}"]
     assert cli_main(["train", "classifier", *sum((["--set", s] for s in sets), [])]) == 0
     best = tmp_path / "cls" / "best"
@@ -153,7 +164,7 @@ def test_step1_training_chooses_half_thresholds_and_the_cache_records_halves(tmp
     build_from_config(EmbeddingCacheConfig(out_dir=str(tmp_path / "emb"), step1_dir=str(best),
                                            volume_cache=str(tmp_path / "cache"), sentences_csv=str(sentences)))
     table = load_embedding_cache(tmp_path / "emb")
-    assert table.halves == 2 and table.embeddings.shape == (len(names), 18, 20)
+    assert table.parts == 2 and table.embeddings.shape == (len(names), 18, 20)
 
 
 def test_the_widest_run_of_best_thresholds_wins_and_ties_go_nearest_one_half():

@@ -1,4 +1,4 @@
-"""Half supervision (``attributes.half_weight``): with lateral halves, the side a report sentence states tells a
+"""Half supervision (``extras.attributes.half_weight``): with lateral halves, the side a report sentence states tells a
 label's two half logits which half holds the finding, in pretraining and in step 1; left-right flips in
 augmentation swap the stated side."""
 
@@ -13,17 +13,12 @@ import torch.nn.functional as F
 
 from ctagrg.cli.main import main as cli_main
 from ctagrg.config import ConfigError, load_config
+from ctagrg.extras.attributes.extension import AttributesExtension
+from ctagrg.extras.attributes.targets import AttributeTargets, half_side_loss
+from ctagrg.extras.halves.heads import SIDE_CLASSES
 from ctagrg.labels import LABEL_INDEX
-from ctagrg.models.heads import SIDE_CLASSES
-from ctagrg.training.visual_tasks import (
-    AttributeTargets,
-    ClassifierTask,
-    ClassifierTaskConfig,
-    PretrainTask,
-    PretrainTaskConfig,
-    half_side_loss,
-)
-from tests.test_attributes import LATERAL, side_blob_dataset, write_sentences
+from ctagrg.training.visual_tasks import ClassifierTask, ClassifierTaskConfig, PretrainTask, PretrainTaskConfig
+from tests.extras.test_attributes import LATERAL, side_blob_dataset, write_sentences
 
 LEFT, RIGHT, BOTH = (SIDE_CLASSES.index(c) for c in ("left", "right", "bilateral"))
 NODULE = LABEL_INDEX["Lung nodule"]
@@ -75,8 +70,8 @@ def test_pretraining_learns_which_half_holds_the_finding_under_mirroring(tmp_pat
               "train.log_every=4", f"data.cache_dir={tmp_path / 'cache'}", f"data.train_labels={csvs['train']}",
               f"data.valid_labels={csvs['valid']}", "data.augment.enabled=true", "data.augment.flip_p=0.5",
               "data.augment.flip_axes=[1]", "data.augment.rot90_p=0.0", "data.augment.max_shift=[0,0,0]",
-              f"cache_stem={str(cache_stem).lower()}", "model.heads.pretrain_hidden=[]", *LATERAL,
-              "attributes.half_weight=1.0", f"attributes.sentences_csv={sent}"]
+              *(["extras.stem_cache={}"] if cache_stem else []), "model.heads.pretrain_hidden=[]", *LATERAL,
+              "extras.attributes.half_weight=1.0", f"extras.attributes.sentences_csv={sent}"]
     assert cli_main(["train", "pretrain", "--set", f"train.out_dir={out}",
                      *sum((["--set", s] for s in common), [])]) == 0
     log = list(csv.DictReader(open(out / "metrics.csv", encoding="utf-8")))
@@ -93,8 +88,8 @@ def test_step1_learns_which_half_on_a_frozen_cached_encoder(tmp_path):
     # a gentler rate than pretraining's: at 0.01 and above the heads' ReLU embeddings die (both halves tie)
     common = ["train.batch_size=4", "train.tensorboard=false", "train.lr=0.005", "train.epochs=30",
               "train.log_every=8", f"data.cache_dir={tmp_path / 'cache'}", f"data.train_labels={csvs['train']}",
-              f"data.valid_labels={csvs['valid']}", "freeze_encoder=true", *LATERAL, "attributes.half_weight=1.0",
-              f"attributes.sentences_csv={sent}"]
+              f"data.valid_labels={csvs['valid']}", "freeze_encoder=true", *LATERAL,
+              "extras.attributes.half_weight=1.0", f"extras.attributes.sentences_csv={sent}"]
     assert cli_main(["train", "classifier", "--set", f"train.out_dir={out}",
                      *sum((["--set", s] for s in common), [])]) == 0
     log = list(csv.DictReader(open(out / "metrics.csv", encoding="utf-8")))
@@ -107,19 +102,20 @@ def test_step1_learns_which_half_on_a_frozen_cached_encoder(tmp_path):
 
 def test_half_supervision_config_errors(tmp_path):
     sent = write_sentences(tmp_path / "s.csv", [("train_1_a_1.nii.gz", "Lung nodule", "A left nodule.")])
-    half = ["attributes.half_weight=1.0", f"attributes.sentences_csv={sent}"]
-    with pytest.raises(ConfigError, match=r"half_weight > 0 needs model.heads.lateral_halves: true"):
+    half = ["extras.attributes.half_weight=1.0", f"extras.attributes.sentences_csv={sent}"]
+    with pytest.raises(ConfigError, match=r"half_weight > 0 needs heads.variant: halves with lateral halves"):
         PretrainTask(load_config(PretrainTaskConfig, None, half))
     with pytest.raises(ConfigError, match=r"with data.augment.rot90_p > 0: a rotated volume's left and right"):
         PretrainTask(load_config(PretrainTaskConfig, None, [*LATERAL, *half, "data.augment.enabled=true",
                                                              "data.augment.rot90_p=0.5"]))
     with pytest.raises(ConfigError, match=r"side_weight / size_weight: step 1 only"):
-        PretrainTask(load_config(PretrainTaskConfig, None, [*LATERAL, "attributes.size_weight=1.0",
-                                                             f"attributes.sentences_csv={sent}"]))
-    with pytest.raises(ConfigError, match="attributes.sentences_csv: not set"):
+        PretrainTask(load_config(PretrainTaskConfig, None, [*LATERAL, "extras.attributes.size_weight=1.0",
+                                                             f"extras.attributes.sentences_csv={sent}"]))
+    with pytest.raises(ConfigError, match="extras.attributes.sentences_csv: not set"):
         ClassifierTask(load_config(ClassifierTaskConfig, None, [*LATERAL, half[0]]))
     # mirroring is allowed (the stated side is swapped for mirrored volumes)
     task = PretrainTask(load_config(PretrainTaskConfig, None, [*LATERAL, *half, "data.augment.enabled=true",
                                                                 "data.augment.rot90_p=0.0",
                                                                 "data.augment.flip_axes=[1]"]))
-    assert task._attributes is not None and "train_1_a_1" in task._attributes.table
+    attributes = task.extension(AttributesExtension)
+    assert attributes is not None and "train_1_a_1" in attributes.targets.table

@@ -1,5 +1,5 @@
-"""Pretraining's ``head_l1``: the loss gains head_l1 x the L1 norm of the head's last Linear weights, so its
-gradient pulls every weight toward zero by head_l1 (a sparse read-out); 0 leaves the loss as it was."""
+"""Pretraining's ``head_l1`` extension: the loss gains its weight x the L1 norm of the head's last Linear weights, so
+its gradient pulls every weight toward zero by that weight (a sparse read-out); 0 leaves the loss as it was."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import torch
 from ctagrg.config import load_config
 from ctagrg.labels import NUM_LABELS
 from ctagrg.training.visual_tasks import PretrainTask, PretrainTaskConfig
-from tests.test_attributes import LATERAL
+from tests.extras.test_attributes import LATERAL
 
 
 def _loss_and_head(head_l1: float, state: dict | None, batch: dict) -> tuple[torch.Tensor, torch.nn.Module, dict]:
-    task = PretrainTask(load_config(PretrainTaskConfig, None, [*LATERAL, "model.cnn3d.dropout=0.0",
+    task = PretrainTask(load_config(PretrainTaskConfig, None, [*LATERAL, "model.extras.cnn3d.dropout=0.0",
                                                                 "data.augment.enabled=false",
-                                                                f"head_l1={head_l1}"]))
+                                                                f"extras.head_l1.weight={head_l1}"]))
     torch.manual_seed(0)
     model = task.build_model()
     if state is None:

@@ -6,8 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ctagrg.config import to_dict
+from ctagrg.extras.halves.heads import HalvesConfig, HalvesHeads, HalvesPretrainHead
+from ctagrg.extras.warm_start import warm_start
 from ctagrg.models.cnn3d import CNN3DConfig, CNN3DEncoder
-from ctagrg.models.heads import AbnormalityHeads, HeadsConfig, PretrainHead
+from ctagrg.models.heads import HeadsConfig
 from ctagrg.models.step1 import PretrainModel, Step1Model, VisualModelConfig
 
 SHAPE = (8, 32, 16)
@@ -88,10 +91,11 @@ def test_the_left_half_is_mirrored():
 
 
 def test_heads_read_each_half_with_the_same_weights():
-    cfg = HeadsConfig(in_dim=2 * 12, embed_dim=4, classifier_hidden=3, pretrain_hidden=(), lateral_halves=True,
+    cfg = HeadsConfig(in_dim=2 * 12, embed_dim=4, classifier_hidden=3, pretrain_hidden=(), variant="halves",
                       dropout=0.0)
+    halves = HalvesConfig(lateral_halves=True)
     torch.manual_seed(1)
-    head, heads = PretrainHead(cfg).eval(), AbnormalityHeads(cfg).eval()
+    head, heads = HalvesPretrainHead(cfg, halves).eval(), HalvesHeads(cfg, halves).eval()
     h = torch.randn(3, 24)
     swapped = torch.cat([h[:, 12:], h[:, :12]], dim=1)
     z = head(h)
@@ -105,19 +109,24 @@ def test_heads_read_each_half_with_the_same_weights():
     torch.testing.assert_close(emb_s[..., :4], emb[..., 4:])  # the embedding says which side fired
     torch.testing.assert_close(logits_s, logits)
     # warm start from the linear pretraining head: step 1 begins with pretraining's logits
-    heads.warm_start(head.net[0].weight, head.net[0].bias)
+    warm_start(heads, head.net[0].weight, head.net[0].bias)
     torch.testing.assert_close(heads(h)[0], z, rtol=1e-5, atol=1e-5)
 
 
 def test_models_check_that_encoder_and_heads_agree():
     enc = CNN3DConfig(input_shape=SHAPE, width=2, region_grid=2, embed_dim=0, lateral_halves=True)
-    heads = HeadsConfig(in_dim=enc.out_dim, embed_dim=4, classifier_hidden=3, pretrain_hidden=(), lateral_halves=True)
-    model = Step1Model(VisualModelConfig(encoder="cnn3d", cnn3d=enc, heads=heads)).eval()
+    heads = HeadsConfig(in_dim=enc.out_dim, embed_dim=4, classifier_hidden=3, pretrain_hidden=(), variant="halves")
+    extras = {"cnn3d": to_dict(enc), "halves": {"lateral_halves": True}}
+    model = Step1Model(VisualModelConfig(encoder="cnn3d", heads=heads, extras=extras)).eval()
     out = model(torch.rand(2, 1, *SHAPE))
     assert out["logits"].shape == (2, 18) and out["embeddings"].shape == (2, 18, 8)
-    assert PretrainModel(VisualModelConfig(encoder="cnn3d", cnn3d=enc, heads=heads)).eval()(
+    assert PretrainModel(VisualModelConfig(encoder="cnn3d", heads=heads, extras=extras)).eval()(
         torch.rand(1, 1, *SHAPE))["logits"].shape == (1, 18)
-    with pytest.raises(ValueError, match=r"heads.lateral_halves \(False\) must match the encoder's "
-                                         r"cnn3d.lateral_halves \(True\)"):
-        Step1Model(VisualModelConfig(encoder="cnn3d", cnn3d=enc,
-                                     heads=HeadsConfig(in_dim=enc.out_dim, lateral_halves=False)))
+    with pytest.raises(ValueError, match=r"heads \(halves\) read 1 part\(s\) of the features, the cnn3d encoder "
+                                         r"writes 2"):
+        Step1Model(VisualModelConfig(encoder="cnn3d", heads=HeadsConfig(in_dim=enc.out_dim, variant="halves"),
+                                     extras={**extras, "halves": {"lateral_halves": False}}))
+    with pytest.raises(ValueError, match=r"heads \(ctagrg\) read 1 part\(s\) of the features, the cnn3d encoder "
+                                         r"writes 2"):
+        Step1Model(VisualModelConfig(encoder="cnn3d", heads=HeadsConfig(in_dim=enc.out_dim),
+                                     extras={"cnn3d": extras["cnn3d"]}))

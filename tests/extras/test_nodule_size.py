@@ -1,17 +1,19 @@
-"""Nodule measurement (ctagrg.measurement.nodule_size): sizes of drawn spheres, isolation, halves, calibration, the
-restated sentence, and the Reporter stating the measured size."""
+"""Nodule measurement (ctagrg.extras.nodule): sizes of drawn spheres, isolation, halves, calibration (step 1's
+``nodule_size`` extension), the restated sentence, and the Reporter's ``nodule_size`` post-processor stating the
+measured size."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from ctagrg.measurement.nodule_size import (
+from ctagrg.extras.nodule.measure import (
     NoduleSizeConfig,
     calibrate_offset,
     hu_from_input,
@@ -47,7 +49,7 @@ def lung_with(nodules: list[tuple[tuple[float, float, float], float]], vessel: b
     return hu
 
 
-CONFIG = NoduleSizeConfig(enabled=True)
+CONFIG = NoduleSizeConfig()
 
 
 @pytest.mark.parametrize("diameter", [10.0, 16.0, 24.0])
@@ -141,8 +143,6 @@ def test_restate_size_replaces_the_one_stated_size() -> None:
 
 # -- the Reporter --------------------------------------------------------------------------------------------
 def _reporter(enabled: bool, axcodes: str = "SLP"):
-    from test_reporter import tiny_decoder
-
     from ctagrg.data.preprocess import PreprocessConfig
     from ctagrg.generation.generate import GenerationSettings
     from ctagrg.generation.reporter import Reporter, ReporterConfig
@@ -151,6 +151,7 @@ def _reporter(enabled: bool, axcodes: str = "SLP"):
     from ctagrg.models.heads import HeadsConfig
     from ctagrg.models.resnet import ResNetConfig
     from ctagrg.models.step1 import Step1Model, VisualModelConfig
+    from tests.test_reporter import tiny_decoder
 
     torch.manual_seed(0)
     ctnet = CTNetConfig(input_shape=SHAPE, trunk=ResNetConfig(width=4, layers=(1, 1, 1, 1)), input_pool=(2, 4, 4),
@@ -160,7 +161,7 @@ def _reporter(enabled: bool, axcodes: str = "SLP"):
     thresholds = [2.0] * 18  # nothing detected but the nodule
     thresholds[LABEL_INDEX["Lung nodule"]] = 0.0
     config = ReporterConfig(generation=GenerationSettings(max_new_tokens=4),
-                            nodule_size=dataclasses.replace(CONFIG, enabled=enabled, offset_mm=2.5))
+                            postprocess={"nodule_size": {"offset_mm": 2.5}} if enabled else {})
     preprocess = PreprocessConfig(spacing=SPACING, shape=SHAPE, hu_min=-1000.0, hu_max=1500.0, axcodes=axcodes)
     return Reporter(visual, tiny_decoder(), None, thresholds, preprocess, config)
 
@@ -180,22 +181,31 @@ def test_the_reporter_states_the_measured_size(fixed_sentences: str) -> None:
     reporter = _reporter(enabled=True)
     report = reporter.report(volume)
     nodule = report.abnormalities["Lung nodule"]
-    expected = nodule_diameter_mm(hu_from_input(volume, -1000.0, 1500.0, 0.449), SPACING, reporter.config.nodule_size)
-    assert nodule.detected and nodule.size_mm == pytest.approx(expected) and abs(nodule.size_mm - 22.0) <= 3.5
-    assert nodule.sentence == fixed_sentences.replace("5 mm", f"{round(nodule.size_mm)} mm")
+    (measure,) = reporter.postprocessors
+    assert measure.config == dataclasses.replace(CONFIG, offset_mm=2.5)
+    expected = nodule_diameter_mm(hu_from_input(volume, -1000.0, 1500.0, 0.449), SPACING, measure.config)
+    # size_mm is the measurement rounded to 0.1 mm; the sentence states it rounded half up to whole mm
+    assert nodule.detected and nodule.size_mm == round(expected, 1) and abs(nodule.size_mm - 22.0) <= 3.5
+    stated = int(expected + 0.5)
+    assert nodule.sentence == fixed_sentences.replace("5 mm", f"{stated} mm")
+    assert nodule.numbers == [{"text": f"{stated} mm", "start": 2, "end": 2 + len(f"{stated} mm"),
+                               "value_mm": float(stated), "source": "measured"}]
     assert report.text == nodule.sentence
     assert report.to_dict()["abnormalities"]["Lung nodule"]["size_mm"] == pytest.approx(nodule.size_mm)
     assert all(a.size_mm is None for label, a in report.abnormalities.items() if label != "Lung nodule")
 
-    off = _reporter(enabled=False).report(volume).abnormalities["Lung nodule"]
+    off_reporter = _reporter(enabled=False)
+    assert off_reporter.postprocessors == []
+    off = off_reporter.report(volume).abnormalities["Lung nodule"]
     assert off.sentence == fixed_sentences and off.size_mm is None
+    assert [n["source"] for n in off.numbers] == ["decoder"]  # the decoder's own "5 mm"
 
 
 def test_the_reporter_refuses_nodule_size_on_other_axes_or_a_narrow_window() -> None:
     from ctagrg.config import ConfigError
-    from ctagrg.measurement.nodule_size import check_window
+    from ctagrg.extras.nodule.measure import check_window
 
-    with pytest.raises(ConfigError, match="nodule_size needs SLP volumes"):
+    with pytest.raises(ConfigError, match="^postprocess.nodule_size needs SLP volumes"):
         _reporter(enabled=True, axcodes="RAS")
     check_window(CONFIG, -1000.0, 200.0, "ok")  # CT-RATE's window
     with pytest.raises(ValueError, match=r"mediastinal: nodule_size needs an HU window that keeps lung "
@@ -207,49 +217,82 @@ def test_the_reporter_refuses_nodule_size_on_other_axes_or_a_narrow_window() -> 
 
 
 def test_the_nodule_is_measured_in_the_halves_where_step_1_found_it() -> None:
-    """The demo's path: a model with lateral halves and half thresholds (Reporter._measure_nodules)."""
+    """The demo's path: a model with lateral halves and half thresholds (the post-processor reads the batch's half
+    logits and the visual model's half thresholds); without half logits, the whole volume."""
     from types import SimpleNamespace
 
     from ctagrg.data.preprocess import PreprocessConfig
-    from ctagrg.generation.reporter import Reporter
+    from ctagrg.extras.nodule.postprocess import NoduleSizePostprocessor
+    from ctagrg.generation.postprocess import ReportBatch
     from ctagrg.labels import LABEL_INDEX
 
     i = LABEL_INDEX["Lung nodule"]
     hu = lung_with([((80.0, 50.0, 90.0), 24.0), ((60.0, 140.0, 60.0), 12.0)])  # right 24 mm, left 12 mm
     volume = (hu + 1000.0) / 2500.0 - 0.449
-    heads = SimpleNamespace(half_threshold=torch.full((18,), 0.6))
-    stub = SimpleNamespace(config=SimpleNamespace(nodule_size=CONFIG), visual=SimpleNamespace(heads=heads),
-                           preprocess=PreprocessConfig(spacing=SPACING, shape=SHAPE, hu_max=1500.0))
+    visual = SimpleNamespace(heads=SimpleNamespace(half_threshold=torch.full((18,), 0.6)))
+    preprocess = PreprocessConfig(spacing=SPACING, shape=SHAPE, hu_max=1500.0)
+    measure = NoduleSizePostprocessor(CONFIG, preprocess, visual)
     detected = torch.zeros(1, 18, dtype=torch.bool)
     detected[0, i] = True
 
-    def measured(p_right: float, p_left: float) -> float:
-        halves = torch.zeros(1, 2, 18)
-        halves[0, :, i] = torch.tensor([p_right, p_left])
-        sentences = [{i: "A 5 mm nodule."}]
-        size = Reporter._measure_nodules(stub, volume[None], detected, halves, sentences)[0]
-        assert size is not None and sentences[0][i] == f"A {int(size + 0.5)} mm nodule."
+    def measured(outputs: dict) -> float:
+        batch = ReportBatch(volumes=volume[None], preprocess=preprocess, outputs=outputs, detected=detected,
+                            sentences=[{i: "A 5 mm nodule."}])
+        measure(batch)
+        size = batch.measurements[0][i]["size_mm"]
+        assert size is not None and batch.sentences[0][i] == f"A {int(size + 0.5)} mm nodule."
+        assert batch.warnings == [[]] and set(batch.measurements[0]) == {i}
         return size
 
-    right, left = measured(0.9, 0.1), measured(0.1, 0.9)
+    def in_halves(p_right: float, p_left: float) -> float:
+        halves = torch.zeros(1, 2, 18)
+        halves[0, :, i] = torch.logit(torch.tensor([p_right, p_left]))
+        return measured({"half_logits": halves})
+
+    right, left = in_halves(0.9, 0.1), in_halves(0.1, 0.9)
     assert abs(right - 24.0) <= 3.5 and abs(left - 12.0) <= 3.5
-    assert measured(0.9, 0.9) == right  # both halves on: the larger
-    assert measured(0.3, 0.5) == left  # neither on: the higher half
+    assert in_halves(0.9, 0.9) == right  # both halves on: the larger
+    assert in_halves(0.3, 0.5) == left  # neither on: the higher half
+    whole = measured({})
+    assert whole == pytest.approx(nodule_diameter_mm(hu_from_input(volume, -1000.0, 1500.0, 0.449), SPACING, CONFIG))
+    assert whole == right  # the larger of the two nodules
 
 
-def test_from_training_outputs_loads_step_1s_calibration(tmp_path: Path, gpt2_tokenizer_dir: Path) -> None:
+def test_from_training_outputs_loads_step_1s_postprocess_json(tmp_path: Path, gpt2_tokenizer_dir: Path) -> None:
+    """step 1's best/postprocess.json becomes the Reporter's post-processors, in its order; a section naming no
+    installed post-processor is refused with the file named."""
+    from ctagrg.config import ConfigError
+    from ctagrg.extras.nodule.postprocess import NoduleSizePostprocessor
+    from ctagrg.extras.ood import OODWarningConfig, OODWarningPostprocessor
     from ctagrg.generation.reporter import Reporter
 
     reporter = _reporter(enabled=False)
-    reporter.visual.save_pretrained(tmp_path / "step1" / "best")
-    (tmp_path / "step1" / "best" / "thresholds.json").write_text(json.dumps(reporter.thresholds))
+    step1 = tmp_path / "step1" / "best"
+    reporter.visual.save_pretrained(step1)
+    (step1 / "thresholds.json").write_text(json.dumps(reporter.thresholds))
     saved = dataclasses.replace(CONFIG, offset_mm=3.25, calibration={"measured": 7})
-    (tmp_path / "step1" / "best" / "nodule_size.json").write_text(json.dumps(dataclasses.asdict(saved)))
+    sections = {"nodule_size": dataclasses.asdict(saved), "ood_warning": {"fraction": 0.02}}
+    (step1 / "postprocess.json").write_text(json.dumps(sections))
     reporter.decoder.save_pretrained(tmp_path / "dec" / "best")
     (tmp_path / "pre.json").write_text(json.dumps(dataclasses.asdict(reporter.preprocess)))
-    built = Reporter.from_training_outputs(tmp_path / "step1" / "best", tmp_path / "dec" / "best",
-                                           preprocess=tmp_path / "pre.json", tokenizer_dir=gpt2_tokenizer_dir)
-    assert built.config.nodule_size == saved
+
+    def build() -> Reporter:
+        return Reporter.from_training_outputs(step1, tmp_path / "dec" / "best", preprocess=tmp_path / "pre.json",
+                                              tokenizer_dir=gpt2_tokenizer_dir)
+
+    built = build()
+    assert built.config.postprocess == sections
+    assert [type(p) for p in built.postprocessors] == [NoduleSizePostprocessor, OODWarningPostprocessor]
+    assert built.postprocessors[0].config == saved
+    assert built.postprocessors[1].config == OODWarningConfig(fraction=0.02)
+    # without the file: no post-processor
+    (step1 / "postprocess.json").unlink()
+    assert build().config.postprocess == {} and build().postprocessors == []
+    (step1 / "postprocess.json").write_text(json.dumps({"nodule_sizes": {}}))
+    file = step1 / "postprocess.json"
+    unknown = re.escape(f"{file}.nodule_sizes: unknown report post-processor (known: ")
+    with pytest.raises(ConfigError, match=f"^{unknown}.*nodule_size"):
+        build()
 
 
 # -- step 1's calibration --------------------------------------------------------------------------------------
@@ -257,12 +300,11 @@ def nodule_dataset(tmp_path: Path) -> tuple[dict[str, Path], str, dict[str, tupl
     """A cache of (8, 32, 16) lung volumes at 4 x 2 x 2 mm, each with one solid sphere of 8-14 mm on the right or
     the left (SLP axis 1), a lung nodule in the labels and a sentence stating its size and side; with the
     cache's preprocess.json. Returns (labels CSVs, sentences CSV, name -> (side, size))."""
-    from test_attributes import write_sentences
-
     from ctagrg.data.cache import cache_path, save_cached
     from ctagrg.data.preprocess import PreprocessConfig
     from ctagrg.labels import LABEL_INDEX, LABELS
     from ctagrg.models.cnn3d import CNN3DConfig
+    from tests.extras.test_attributes import write_sentences
 
     hu_min, hu_max, offset = CNN3DConfig().input_hu
     shape = (8, 32, 16)
@@ -293,18 +335,19 @@ def nodule_dataset(tmp_path: Path) -> tuple[dict[str, Path], str, dict[str, tupl
 
 
 def test_step1_calibrates_the_offset_on_validation_nodules(tmp_path: Path) -> None:
-    from test_attributes import LATERAL
-
     from ctagrg.cli.main import main as cli_main
     from ctagrg.data.cache import load_cached
     from ctagrg.models.cnn3d import CNN3DConfig
+    from tests.extras.test_attributes import LATERAL
 
     csvs, sentences, truth = nodule_dataset(tmp_path)
     sets = ["train.batch_size=4", "train.tensorboard=false", "train.epochs=1", f"data.cache_dir={tmp_path / 'cache'}",
             f"data.train_labels={csvs['train']}", f"data.valid_labels={csvs['valid']}", *LATERAL,
-            f"attributes.sentences_csv={sentences}", "nodule_size.enabled=true", f"train.out_dir={tmp_path / 'cls'}"]
+            f"extras.nodule_size.sentences_csv={sentences}", f"train.out_dir={tmp_path / 'cls'}"]
     assert cli_main(["train", "classifier", *sum((["--set", s] for s in sets), [])]) == 0
-    saved = json.loads((tmp_path / "cls" / "best" / "nodule_size.json").read_text())
+    sections = json.loads((tmp_path / "cls" / "best" / "postprocess.json").read_text())
+    assert list(sections) == ["nodule_size"]
+    saved = sections["nodule_size"]
     # the same measurement by hand: the stated side's half of each validation volume
     radii, stated = [], []
     for name, (side, size) in truth.items():
@@ -315,38 +358,49 @@ def test_step1_calibrates_the_offset_on_validation_nodules(tmp_path: Path) -> No
             assert r is not None
             radii.append(r)
             stated.append(size)
-    assert saved["enabled"] is True and saved["offset_mm"] == pytest.approx(calibrate_offset(radii, stated))
+    assert saved["offset_mm"] == pytest.approx(calibrate_offset(radii, stated))
     assert saved["calibration"]["calibrated"] is True
     assert saved["calibration"]["validation_nodules"] == saved["calibration"]["measured"] == 8
     assert saved["calibration"]["validation_within_5mm_in_sample"] == 1.0
+    assert saved["calibration"]["sentences_from"] == sentences
     assert NoduleSizeConfig(**saved).offset_mm == saved["offset_mm"]
     # retrained into the same folder with the measurement off: the old calibration does not stay behind
-    off = [s for s in sets if s != "nodule_size.enabled=true"] + ["nodule_size.enabled=false", "train.resume=false"]
+    off = [s for s in sets if not s.startswith("extras.nodule_size")] + ["train.resume=false"]
     assert cli_main(["train", "classifier", *sum((["--set", s] for s in off), [])]) == 0
-    assert not (tmp_path / "cls" / "best" / "nodule_size.json").exists()
+    assert not (tmp_path / "cls" / "best" / "postprocess.json").exists()
 
 
 def test_step1_refuses_nodule_size_without_sentences(tmp_path: Path) -> None:
     from ctagrg.config import ConfigError, load_config
     from ctagrg.training.visual_tasks import ClassifierTask, ClassifierTaskConfig
 
-    cfg = load_config(ClassifierTaskConfig, None, ["nodule_size.enabled=true", "data.valid_labels=v.csv"])
-    with pytest.raises(ConfigError, match="nodule_size.enabled: needs attributes.sentences_csv and data.valid_labels"):
+    cfg = load_config(ClassifierTaskConfig, None, ["extras.nodule_size={}", "data.valid_labels=v.csv"])
+    with pytest.raises(ConfigError, match="^extras.nodule_size.sentences_csv: not set, and the stage has no "
+                                          "extras.attributes to take it from"):
         ClassifierTask(cfg)
+    with pytest.raises(ConfigError, match="^extras.nodule_size: needs data.valid_labels"):
+        ClassifierTask(load_config(ClassifierTaskConfig, None, ["extras.nodule_size.sentences_csv=s.csv"]))
+    # the section itself turns the calibration on: no "enabled" flag
+    with pytest.raises(ConfigError, match=r"^extras.nodule_size: unknown key\(s\) enabled for NoduleCalibrationConfig"):
+        ClassifierTask(load_config(ClassifierTaskConfig, None, ["extras.nodule_size.enabled=true"]))
 
 
 def test_the_model_card_says_sizes_are_measured() -> None:
+    from ctagrg.data.preprocess import PreprocessConfig
+    from ctagrg.extras.nodule.postprocess import NoduleSizePostprocessor
     from ctagrg.generation.model_card import render_model_card
 
-    on = dataclasses.asdict(dataclasses.replace(CONFIG, offset_mm=3.0, calibration={"calibrated": True,
-                                                                                      "measured": 41}))
-    card = render_model_card(preprocess={}, thresholds=[0.5] * 18, generation={}, nodule_size=on)
+    on = dataclasses.replace(CONFIG, offset_mm=3.0, calibration={"calibrated": True, "measured": 41})
+    note = NoduleSizePostprocessor(on, PreprocessConfig(spacing=SPACING, shape=SHAPE, hu_max=1500.0), None).card_note()
+    card = render_model_card(preprocess={}, thresholds=[0.5] * 18, generation={}, notes=[note])
     assert "**measured, not generated**" in card
     assert "2 x radius + 3.00 mm (calibrated on 41 validation nodules)" in card
     paragraph = card.split("A detected lung nodule")[1].split("\n\n")[0]
     assert not any(line.startswith(("+ ", "- ", "* ")) for line in paragraph.splitlines())  # no list item in Markdown
-    off = render_model_card(preprocess={}, thresholds=[0.5] * 18, generation={}, nodule_size=dataclasses.asdict(
-        NoduleSizeConfig()))
+    uncalibrated = NoduleSizePostprocessor(CONFIG, PreprocessConfig(spacing=SPACING, shape=SHAPE, hu_max=1500.0),
+                                           None).card_note()
+    assert "2 x radius + 2.00 mm (not calibrated)" in uncalibrated
+    off = render_model_card(preprocess={}, thresholds=[0.5] * 18, generation={})
     assert "measured, not generated" not in off
 
 

@@ -1,9 +1,11 @@
 """A scan unlike the training data is flagged: cnn3d counts its standardised features beyond OUTLIER_SD training
-standard deviations (and at inference clips them to it), and the Reporter adds a warning to the report (and its
-JSON line) above ``ood_fraction``."""
+standard deviations (and at inference clips them to it), the visual model hands that count on as its
+"diagnostics", and the Reporter's ``ood_warning`` post-processor adds a warning to the report (and its JSON line)
+above its ``fraction``."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +73,9 @@ def test_encoder_counts_features_beyond_the_training_spread():
 
 
 def test_reporter_warns_about_an_unusual_scan(gpt2_tokenizer_dir: Path):
+    from ctagrg.config import to_dict
     from ctagrg.data.preprocess import PreprocessConfig
+    from ctagrg.extras.ood import OODWarningPostprocessor
     from ctagrg.generation.generate import GenerationSettings
     from ctagrg.generation.reporter import Reporter, ReporterConfig
     from ctagrg.models.decoder import load_tokenizer
@@ -80,20 +84,32 @@ def test_reporter_warns_about_an_unusual_scan(gpt2_tokenizer_dir: Path):
 
     torch.manual_seed(0)
     cnn = CNN3DConfig(input_shape=SHAPE, width=2, region_grid=2, embed_dim=0)
-    visual = Step1Model(VisualModelConfig(encoder="cnn3d", cnn3d=cnn, heads=HeadsConfig(
+    visual = Step1Model(VisualModelConfig(encoder="cnn3d", extras={"cnn3d": to_dict(cnn)}, heads=HeadsConfig(
         in_dim=cnn.out_dim, embed_dim=16, classifier_hidden=8)))
     _calibrated(visual.encoder, _training_like(16, 0))
     visual.eval()
 
-    def make(fraction: float) -> Reporter:
-        cfg = ReporterConfig(generation=GenerationSettings(max_new_tokens=4), ood_fraction=fraction)
+    odd = np.full(SHAPE, 0.6, np.float32)
+    # the encoder's outlier fraction is among the visual model's outputs in eval mode only
+    with torch.no_grad():
+        diagnostics = visual(torch.from_numpy(odd)[None, None])["diagnostics"]
+        assert set(diagnostics) == {"outlier_fraction"} and float(diagnostics["outlier_fraction"][0]) > 0.05
+        training = copy.deepcopy(visual).train()  # a copy: a training pass would move BatchNorm's statistics
+        assert "diagnostics" not in training(torch.from_numpy(np.stack([odd, odd]))[:, None])
+
+    def make(fraction: float | None) -> Reporter:
+        post = {} if fraction is None else {"ood_warning": {"fraction": fraction}}
+        cfg = ReporterConfig(generation=GenerationSettings(max_new_tokens=4), postprocess=post)
         return Reporter(visual, tiny_decoder(), load_tokenizer(gpt2_tokenizer_dir), [0.5] * 18,
                         PreprocessConfig(spacing=(8.0, 4.0, 4.0), shape=SHAPE, hu_max=1500.0, offset=0.0), cfg)
 
     usual = _training_like(1, 3)[0, 0].numpy()
-    odd = np.full(SHAPE, 0.6, np.float32)
-    reports = make(0.01).report_volumes(np.stack([usual, odd]))
+    reporter = make(0.01)
+    assert [type(p) for p in reporter.postprocessors] == [OODWarningPostprocessor]
+    reports = reporter.report_volumes(np.stack([usual, odd]))
     assert reports[0].warnings == [] and "warnings" not in reports[0].to_dict()
     assert len(reports[1].warnings) == 1 and reports[1].warnings[0].startswith("out of distribution: ")
     assert "not to be trusted" in reports[1].to_dict()["warnings"][0]
+    assert f"more than {OUTLIER_SD:g} standard deviations" in reports[1].warnings[0]  # limit_sd's default
     assert make(0.0).report_volumes(odd[None])[0].warnings == []  # 0: off
+    assert make(None).report_volumes(odd[None])[0].warnings == []  # no post-processor: no warning

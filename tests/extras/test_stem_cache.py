@@ -1,4 +1,4 @@
-"""Pretraining with cnn3d's stem measured once per volume (``cache_stem``): the augmented measurements give the
+"""Pretraining with cnn3d's stem measured once per volume (``extras.stem_cache``): the augmented measurements give the
 stem of the augmented volume exactly, and a cached run trains the weights an uncached run trains, reading each file
 once."""
 
@@ -16,9 +16,9 @@ from ctagrg.models.cnn3d import CNN3DConfig, HUBinStem
 from ctagrg.training.visual_tasks import PretrainTask, PretrainTaskConfig
 from tests.test_training_visual import write_cache
 
-CNN = ["model.encoder=cnn3d", "model.cnn3d.input_shape=[8,16,16]", "model.cnn3d.width=2",
-       "model.cnn3d.region_grid=2", "model.cnn3d.context=true", "model.cnn3d.context_patches=1",
-       "model.cnn3d.embed_dim=0", "model.cnn3d.input_hu=[-1000.0,1500.0,0.449]"]
+CNN = ["model.encoder=cnn3d", "model.extras.cnn3d.input_shape=[8,16,16]", "model.extras.cnn3d.width=2",
+       "model.extras.cnn3d.region_grid=2", "model.extras.cnn3d.context=true", "model.extras.cnn3d.context_patches=1",
+       "model.extras.cnn3d.embed_dim=0", "model.extras.cnn3d.input_hu=[-1000.0,1500.0,0.449]"]
 
 
 def _stem() -> HUBinStem:
@@ -74,15 +74,15 @@ def test_cache_stem_config_errors():
     from ctagrg.config import load_config
 
     def task(*over: str) -> PretrainTask:
-        return PretrainTask(load_config(PretrainTaskConfig, None, ["cache_stem=true", *over]))
+        return PretrainTask(load_config(PretrainTaskConfig, None, ["extras.stem_cache={}", *over]))
 
-    with pytest.raises(ConfigError, match="cache_stem: only for the cnn3d encoder .* not 'ctnet'"):
+    with pytest.raises(ConfigError, match="extras.stem_cache: only for the cnn3d encoder .* not 'ctnet'"):
         task()
-    with pytest.raises(ConfigError, match=r"data.augment.shift_step \[1, 1, 1\] must be a multiple of "
-                                          r"model.cnn3d.patch \[2, 4, 4\]"):
+    with pytest.raises(ConfigError, match=r"extras.stem_cache: data.augment.shift_step \[1, 1, 1\] must be a "
+                                          r"multiple of the cnn3d patch \[2, 4, 4\]"):
         task(*CNN, "data.augment.enabled=true", "data.augment.max_shift=[0,4,4]")
-    with pytest.raises(ConfigError, match=r"rot90_p > 0 needs square patches in-plane"):
-        task(*CNN, "model.cnn3d.patch=[2,4,2]", "data.augment.enabled=true", "data.augment.max_shift=[0,0,0]")
+    with pytest.raises(ConfigError, match=r"extras.stem_cache: data.augment.rot90_p > 0 needs square patches in-plane"):
+        task(*CNN, "model.extras.cnn3d.patch=[2,4,2]", "data.augment.enabled=true", "data.augment.max_shift=[0,0,0]")
     task(*CNN, "data.augment.enabled=true", "data.augment.max_shift=[2,4,4]", "data.augment.shift_step=[2,4,4]")
 
 
@@ -106,8 +106,8 @@ def test_cached_stem_pretraining_trains_the_same_weights(tmp_path, monkeypatch):
     for cached in (True, False):
         reads.clear()
         out = tmp_path / f"pre_{cached}"
-        args = ["train", "pretrain", "--set", f"train.out_dir={out}", "--set", f"cache_stem={str(cached).lower()}",
-                *sum((["--set", s] for s in common), [])]
+        args = ["train", "pretrain", "--set", f"train.out_dir={out}",
+                *(["--set", "extras.stem_cache={}"] if cached else []), *sum((["--set", s] for s in common), [])]
         assert cli_main(args) == 0
         runs[cached] = (load_state_file(out / "last" / "model.safetensors"), (out / "metrics.csv").read_text())
         volumes_read[cached] = len(reads)
@@ -128,7 +128,7 @@ def test_cached_stem_pretraining_trains_the_same_weights(tmp_path, monkeypatch):
 def test_cache_stem_checks_the_volume_shape(tmp_path, capsys):
     """A cache of another shape is refused as on the uncached path, not measured into a wrong-sized grid."""
     train_csv = write_cache(tmp_path, 4, "train", np.random.default_rng(5), shape=(8, 32, 32))
-    args = ["train", "pretrain", "--set", f"train.out_dir={tmp_path / 'pre'}", "--set", "cache_stem=true",
+    args = ["train", "pretrain", "--set", f"train.out_dir={tmp_path / 'pre'}", "--set", "extras.stem_cache={}",
             *sum((["--set", s] for s in ["train.batch_size=4", "train.tensorboard=false",
                                          f"data.cache_dir={tmp_path / 'cache'}", f"data.train_labels={train_csv}",
                                          "model.heads.in_dim=544", "model.heads.pretrain_hidden=[]", *CNN]), [])]

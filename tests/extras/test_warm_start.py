@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_training_visual import MODEL, write_cache
 
 from ctagrg.cli.main import main as cli_main
 from ctagrg.extras.warm_start import warm_start
 from ctagrg.models.heads import AbnormalityHeads, HeadsConfig
+from tests.test_training_visual import MODEL, write_cache
 
 
 def test_warm_started_heads_give_the_linear_read_out_then_learn():

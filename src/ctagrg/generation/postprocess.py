@@ -79,5 +79,8 @@ def postprocessor_config(name: str, options: Mapping[str, Any], where: str) -> A
 def build_postprocessors(sections: Mapping[str, Any], preprocess: Any, visual: torch.nn.Module,
                          where: str = "postprocess") -> list[Postprocessor]:
     """The post-processors ``sections`` names, in order, built for this model and preprocessing."""
-    return [_REGISTRY[name].factory(postprocessor_config(name, options, where), preprocess, visual)
-            for name, options in sections.items()]
+    built = []
+    for name, options in sections.items():
+        config = postprocessor_config(name, options, where)  # first: it loads the plug-ins that register ``name``
+        built.append(_REGISTRY[name].factory(config, preprocess, visual))
+    return built

@@ -107,9 +107,10 @@ class AttributesExtension(Extension):
         return metrics
 
     def trainable(self, model: nn.Module) -> None:
-        # read-outs without a loss get no gradient: frozen, so that DDP (find_unused_parameters off) does not wait
+        # the read-outs are built frozen (HalvesHeads) and train only with a side or size loss: without one they get
+        # no gradient, which DDP (find_unused_parameters off) would wait for
         heads = getattr(model, "heads", None)
-        if getattr(heads, "attribute_heads", False) and not (self.config.side_weight > 0 or
-                                                             self.config.size_weight > 0):
+        if getattr(heads, "attribute_heads", False):
+            trained = self.config.side_weight > 0 or self.config.size_weight > 0
             for name in _READ_OUTS:
-                getattr(heads, name).requires_grad_(False)
+                getattr(heads, name).requires_grad_(trained)

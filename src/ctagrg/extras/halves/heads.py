@@ -113,6 +113,10 @@ class HalvesHeads(AbnormalityHeads):
             bound = 1 / self.out_dim**0.5
             nn.init.uniform_(self.side_weight, -bound, bound)
             nn.init.uniform_(self.size_weight, -bound, bound)
+            # only the attributes training extension gives them a loss (and unfreezes them): without it they would
+            # get no gradient, which DDP (find_unused_parameters off) waits for
+            for p in (self.side_weight, self.side_bias, self.size_weight, self.size_bias):
+                p.requires_grad_(False)
 
     @staticmethod
     def parts_of(variant_config: Any) -> int:
