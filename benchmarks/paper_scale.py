@@ -284,7 +284,7 @@ def report_split(reporter: Any, path: Path, device: torch.device) -> dict[str, A
         with torch.no_grad():
             return reporter.score(as_cached(x, -pp.offset, 1.0 - pp.offset)[None])
 
-    probs, emb, _, _ = part("encoder_heads", encode)
+    probs, emb, _ = part("encoder_heads", encode)
     detected = probs.double() >= torch.tensor(reporter.thresholds, dtype=torch.float64)
     rows, cols = detected.nonzero(as_tuple=True)
     tokens = []

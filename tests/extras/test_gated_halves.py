@@ -72,6 +72,13 @@ def test_config_errors_and_the_saved_threshold_buffer(tmp_path):
         ClassifierTask(load_config(ClassifierTaskConfig, None, [*over, "data.valid_labels=v.csv"]))
     with pytest.raises(ConfigError, match="model.extras.halves.condition_on_halves needs lateral_halves: true"):
         load_config(ClassifierTaskConfig, None, [*over[:2], "model.extras.halves.lateral_halves=false"])
+    # gated halves without their half thresholds would keep every half threshold at 0.5: refused
+    with pytest.raises(ConfigError, match="condition_on_halves: step 1 needs extras.half_thresholds"):
+        ClassifierTask(load_config(ClassifierTaskConfig, None, over[:3]))
+    # a head variant's section may come before heads.variant names it; an unknown variant is named at once
+    assert load_config(ClassifierTaskConfig, None, [over[1], over[0]]).model.extras["halves"]["condition_on_halves"]
+    with pytest.raises(ConfigError, match="model.heads.variant: unknown heads variant 'nosuch'"):
+        load_config(ClassifierTaskConfig, None, ["model.heads.variant=nosuch"])
     with pytest.raises(ConfigError, match="extras.half_thresholds: needs heads.variant: halves with "
                                           "model.extras.halves.condition_on_halves: true"):
         ClassifierTask(load_config(ClassifierTaskConfig, None, [over[0], *over[2:], "data.valid_labels=v.csv",

@@ -281,7 +281,10 @@ def test_from_training_outputs_loads_step_1s_postprocess_json(tmp_path: Path, gp
                                               tokenizer_dir=gpt2_tokenizer_dir)
 
     built = build()
-    assert built.config.postprocess == sections
+    # the sections in the file's order, each resolved to its full options (defaults filled in)
+    assert built.config.postprocess == {"nodule_size": sections["nodule_size"],
+                                        "ood_warning": {"fraction": 0.02, "limit_sd": 8.0}}
+    assert list(built.config.postprocess) == ["nodule_size", "ood_warning"]
     assert [type(p) for p in built.postprocessors] == [NoduleSizePostprocessor, OODWarningPostprocessor]
     assert built.postprocessors[0].config == saved
     assert built.postprocessors[1].config == OODWarningConfig(fraction=0.02)
@@ -381,7 +384,7 @@ def test_step1_refuses_nodule_size_without_sentences(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="^extras.nodule_size: needs data.valid_labels"):
         ClassifierTask(load_config(ClassifierTaskConfig, None, ["extras.nodule_size.sentences_csv=s.csv"]))
     # the section itself turns the calibration on: no "enabled" flag
-    with pytest.raises(ConfigError, match=r"^extras.nodule_size: unknown key\(s\) enabled for NoduleCalibrationConfig"):
+    with pytest.raises(ConfigError, match=r"^extras.nodule_size.enabled: removed: the section's presence turns"):
         ClassifierTask(load_config(ClassifierTaskConfig, None, ["extras.nodule_size.enabled=true"]))
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 def register() -> None:
     """Register the extras with the core's registries (called once by ``ctagrg.utils.plugins.load_plugins``)."""
-    from ctagrg.extras.halves.heads import HalvesConfig, HalvesHeads, HalvesPretrainHead
+    from ctagrg.extras.halves.heads import HalvesConfig, HalvesHeads, HalvesPretrainHead, check_stage
     from ctagrg.models.registry import HeadVariant, register_encoder, register_heads
 
-    register_heads("halves", HeadVariant(HalvesConfig, HalvesPretrainHead, HalvesHeads))
+    register_heads("halves", HeadVariant(HalvesConfig, HalvesPretrainHead, HalvesHeads, check_stage))
     _register_training()
     _register_inference()
     try:  # TEMPORARY during the move of cnn3d into extras

@@ -21,7 +21,7 @@ every volume in one batched generation call.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -311,8 +311,9 @@ class Reporter:
         thresholds: a thresholds.json path or 18 values (default: thresholds.json in step1_dir or its parent).
         preprocess: a preprocess.json / YAML path or a PreprocessConfig (default: the seed's PreprocessConfig).
         tokenizer_dir: default ``decoder_dir/tokenizer`` (written by the decoder stage).
-        config: default: generation settings from ``decoder_dir/generation.json`` when present, and the report
-            post-processors step 1's extensions set up (``postprocess.json`` in step1_dir) when present.
+        config: default: generation settings from ``decoder_dir/generation.json`` when present. The report
+            post-processors step 1's extensions set up (``postprocess.json`` in step1_dir) are added to it, except
+            those the given config names itself.
         card: model-card fields; without ``metrics``, the validation metrics of both ``best/`` folders
             (``metrics.json``, written by the training loop) are used.
         """
@@ -334,12 +335,12 @@ class Reporter:
             gen_path = decoder_dir / "generation.json"
             gen = read_json_object(gen_path).get("generation", {}) if gen_path.is_file() else {}
             config = ReporterConfig(generation=from_dict(GenerationSettings, gen, where=str(gen_path)))
-            post_path = Path(step1_dir) / POSTPROCESS_FILE
-            if post_path.is_file():
-                sections = read_json_object(post_path)
-                for name, options in sections.items():  # checked here, so that the error names the file
-                    postprocessor_config(name, options, str(post_path))
-                config.postprocess = sections
+        post_path = Path(step1_dir) / POSTPROCESS_FILE
+        if post_path.is_file():  # step 1's calibrated post-processors, unless the given config sets them itself
+            sections = read_json_object(post_path)
+            for name, options in sections.items():  # checked here, so that the error names the file
+                postprocessor_config(name, options, str(post_path))
+            config = replace(config, postprocess={**sections, **config.postprocess})
         card = dict(card or {})
         if "metrics" not in card:
             card["metrics"] = {**_validation_metrics(Path(step1_dir), "step 1 validation"),

@@ -77,11 +77,14 @@ def check_cache_preprocess(encoder_cfg: Any, cache_dir: str | Path) -> None:
     check_encoder_preprocess(encoder_cfg, read_json_object(path), str(path))
 
 
-def with_preprocess(model_config: Any, preprocess: Any) -> Any:
+def with_preprocess(model_config: Any, preprocess: Any, where: str = "preprocess.json") -> Any:
     """``model_config`` (a VisualModelConfig) with its encoder's ``input_hu`` and ``voxel_mm``, where the encoder has
     them, taken from ``preprocess`` (a PreprocessConfig or its dict): what the encoder inverts or measures in is
     read from the preprocessing, not restated."""
     p = asdict(preprocess) if is_dataclass(preprocess) else dict(preprocess)
+    missing = [k for k in ("hu_min", "hu_max", "offset", "spacing") if k not in p]
+    if missing:
+        raise ConfigError(f"{where}: no {', '.join(missing)} (a PreprocessConfig written by `ctagrg preprocess`)")
     values = {"input_hu": [float(p["hu_min"]), float(p["hu_max"]), float(p["offset"])],
               "voxel_mm": [float(v) for v in p["spacing"]]}
     encoder_cfg = model_config.encoder_config()

@@ -31,12 +31,15 @@ BUILTIN_ENCODERS = ("ctnet", "ctvit")
 
 @dataclass(frozen=True)
 class HeadVariant:
-    """A step-1 head family: ``config`` (a dataclass read from ``model.extras[name]``, or None), and the classes
-    building the pretraining head and the abnormality heads from (HeadsConfig, that config)."""
+    """A step-1 head family: ``config`` (a dataclass read from ``model.extras[name]``, or None), the classes
+    building the pretraining head and the abnormality heads from (HeadsConfig, that config), and optionally
+    ``check_stage(stage, variant_config, extras)``, which raises ConfigError when a training stage (its name and
+    its ``extras`` section) lacks what the heads need there."""
 
     config: type | None
     pretrain_head: Any
     abnormality_heads: Any
+    check_stage: Any = None
 
 
 HEADS: dict[str, HeadVariant] = {}

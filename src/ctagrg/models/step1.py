@@ -53,6 +53,10 @@ class VisualModelConfig:
                  "convert-model` converts a model packaged before"}
 
     def __post_init__(self) -> None:
+        try:
+            head_variant(self.heads.variant)
+        except ValueError as exc:
+            raise ConfigError(f"model.heads.variant: {exc}") from None
         # each plug-in section resolved to its full config (defaults filled in), so that it is saved whole
         for name, section in list(self.extras.items()):
             cls = self._plugin_config_class(name)
@@ -61,15 +65,17 @@ class VisualModelConfig:
     def _plugin_config_class(self, name: str) -> type:
         if name in BUILTIN_ENCODERS:
             raise ConfigError(f"model.extras.{name}: {name} is a built-in encoder; its section is model.{name}")
-        if name == self.heads.variant:
+        try:  # a head variant's section (set before or after heads.variant names it)
             variant = head_variant(name)
-            if variant is not None and variant.config is not None:
-                return variant.config
+        except ValueError:
+            variant = None
+        if variant is not None and variant.config is not None:
+            return variant.config
         try:
             return encoder_entry(name)[0]
         except ValueError:
-            raise ConfigError(f"model.extras.{name}: no plug-in encoder or head variant {name!r} is installed "
-                              f"(heads.variant is {self.heads.variant!r})") from None
+            raise ConfigError(f"model.extras.{name}: no plug-in encoder or head variant of that name is "
+                              f"installed") from None
 
     def encoder_config(self) -> Any:
         """The selected encoder's config dataclass."""

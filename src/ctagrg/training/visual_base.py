@@ -43,6 +43,7 @@ from ctagrg.generation.postprocess import POSTPROCESS_FILE
 from ctagrg.labels import LABELS
 from ctagrg.models.checkpoint import load_model_weights
 from ctagrg.models.preprocess_match import check_cache_preprocess, with_preprocess
+from ctagrg.models.registry import head_variant
 from ctagrg.models.step1 import PretrainModel, load_encoder_from
 from ctagrg.training.extensions import Extension, build_extensions
 from ctagrg.training.splits import Selection, resolve, write_record
@@ -69,9 +70,12 @@ class VisualTask(Task):
         self._label_tables: dict[str, dict[str, np.ndarray]] = {}
         pp_path = Path(cfg.data.cache_dir) / "preprocess.json" if cfg.data.cache_dir else None
         if pp_path is not None and pp_path.is_file():  # the window and voxel size the encoder reads, not restated
-            cfg.model = with_preprocess(cfg.model, read_json_object(pp_path))
+            cfg.model = with_preprocess(cfg.model, read_json_object(pp_path), str(pp_path))
         self.extensions: list[Extension] = []
         build_extensions(self, cfg.extras, self.stage)
+        variant = head_variant(cfg.model.heads.variant)
+        if variant is not None and variant.check_stage is not None:
+            variant.check_stage(self.stage, cfg.model.heads_variant_config(), cfg.extras)
 
     def extension(self, cls: type) -> Any:
         """The stage's extension of class ``cls``, or None."""

@@ -183,3 +183,11 @@ class HalvesHeads(AbnormalityHeads):
         if self.condition_on_halves:
             out["embeddings"] = self.conditioning(embeddings, half)
         return out
+
+
+def check_stage(stage: str, config: HalvesConfig, extras: Any) -> None:
+    """Gated halves need their half thresholds chosen after step 1 (``extras.half_thresholds``)."""
+    if stage == "classifier" and config.condition_on_halves and "half_thresholds" not in extras:
+        raise ConfigError("model.extras.halves.condition_on_halves: step 1 needs extras.half_thresholds (the half "
+                          "thresholds chosen on the validation volumes' stated sides); without it every half "
+                          "threshold stays 0.5")

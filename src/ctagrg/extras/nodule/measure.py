@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -50,6 +50,10 @@ class NoduleSizeConfig:
     min_radius_mm: float = 2.0  # smaller spheres are not candidates
     offset_mm: float = 2.0  # diameter = 2 x radius + offset_mm (calibrated by step 1 when it can be)
     calibration: dict[str, Any] = field(default_factory=dict)  # how offset_mm was chosen (written by step 1)
+
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {
+        "enabled": "removed: the section's presence turns the measurement on (extras.nodule_size in step 1, "
+                   "postprocess.nodule_size in reporter.json)"}
 
     def __post_init__(self) -> None:
         if not self.solid_hu > self.lung_hu:
