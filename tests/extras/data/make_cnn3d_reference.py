@@ -84,7 +84,7 @@ def tiny_reference(old, name: str, flat: dict, x: torch.Tensor) -> dict[str, tor
     for _ in range(2):
         enc(batch + 0.05 * torch.randn_like(batch))
     enc.norm.running_var.mul_(1e-3)  # some standardised features beyond OUTLIER_SD: the clipping and its fraction
-    out = {f"{name}.state.{k}": v.contiguous() for k, v in enc.state_dict().items()}
+    out = {f"{name}.state.{k}": v.contiguous().clone() for k, v in enc.state_dict().items()}  # before h_train
     torch.manual_seed(1)
     out[f"{name}.h_train"] = enc(batch).detach()
     enc.eval()
