@@ -30,9 +30,9 @@ def build_model(out: Path, tokenizer: Path) -> Path:
 
     from ctagrg.config import load_config
     from ctagrg.data.preprocess import PreprocessConfig
+    from ctagrg.extras.cnn3d.config import CNN3DConfig
     from ctagrg.generation.generate import GenerationSettings
     from ctagrg.generation.reporter import Reporter, ReporterConfig
-    from ctagrg.models.cnn3d import CNN3DConfig
     from ctagrg.models.conditioning import ConditioningConfig
     from ctagrg.models.decoder import DecoderConfig, ReportDecoder, load_tokenizer
     from ctagrg.models.heads import HeadsConfig

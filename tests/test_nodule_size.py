@@ -1,4 +1,4 @@
-"""Nodule measurement (ctagrg.measurement.nodule_size): sizes of drawn spheres, isolation, halves, calibration, the
+"""Nodule measurement (ctagrg.extras.nodule.measure): sizes of drawn spheres, isolation, halves, calibration, the
 restated sentence, and the Reporter stating the measured size."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from ctagrg.measurement.nodule_size import (
+from ctagrg.extras.nodule.measure import (
     NoduleSizeConfig,
     calibrate_offset,
     hu_from_input,
@@ -193,7 +193,7 @@ def test_the_reporter_states_the_measured_size(fixed_sentences: str) -> None:
 
 def test_the_reporter_refuses_nodule_size_on_other_axes_or_a_narrow_window() -> None:
     from ctagrg.config import ConfigError
-    from ctagrg.measurement.nodule_size import check_window
+    from ctagrg.extras.nodule.measure import check_window
 
     with pytest.raises(ConfigError, match="nodule_size needs SLP volumes"):
         _reporter(enabled=True, axcodes="RAS")
@@ -261,8 +261,8 @@ def nodule_dataset(tmp_path: Path) -> tuple[dict[str, Path], str, dict[str, tupl
 
     from ctagrg.data.cache import cache_path, save_cached
     from ctagrg.data.preprocess import PreprocessConfig
+    from ctagrg.extras.cnn3d.config import CNN3DConfig
     from ctagrg.labels import LABEL_INDEX, LABELS
-    from ctagrg.models.cnn3d import CNN3DConfig
 
     hu_min, hu_max, offset = CNN3DConfig().input_hu
     shape = (8, 32, 16)
@@ -297,7 +297,7 @@ def test_step1_calibrates_the_offset_on_validation_nodules(tmp_path: Path) -> No
 
     from ctagrg.cli.main import main as cli_main
     from ctagrg.data.cache import load_cached
-    from ctagrg.models.cnn3d import CNN3DConfig
+    from ctagrg.extras.cnn3d.config import CNN3DConfig
 
     csvs, sentences, truth = nodule_dataset(tmp_path)
     sets = ["train.batch_size=4", "train.tensorboard=false", "train.epochs=1", f"data.cache_dir={tmp_path / 'cache'}",

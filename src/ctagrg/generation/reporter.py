@@ -29,18 +29,18 @@ import numpy as np
 import torch
 
 from ctagrg.config import ConfigError, from_dict, read_json_object, to_dict
-from ctagrg.generation.assemble import AssemblyConfig, assemble_report
-from ctagrg.generation.generate import GenerationSettings, generate_sentences
-from ctagrg.generation.model_card import render_model_card
-from ctagrg.labels import LABEL_INDEX, LABELS, NUM_LABELS
-from ctagrg.measurement.nodule_size import (
+from ctagrg.extras.cnn3d.encoder import OUTLIER_SD
+from ctagrg.extras.nodule.measure import (
     NODULE_SIZE_FILE,
     SIDES,
     NoduleSizeConfig,
     check_window,
     nodule_diameter_mm,
 )
-from ctagrg.models.cnn3d import OUTLIER_SD
+from ctagrg.generation.assemble import AssemblyConfig, assemble_report
+from ctagrg.generation.generate import GenerationSettings, generate_sentences
+from ctagrg.generation.model_card import render_model_card
+from ctagrg.labels import LABEL_INDEX, LABELS, NUM_LABELS
 from ctagrg.models.decoder import ReportDecoder, load_tokenizer
 from ctagrg.models.preprocess_match import check_encoder_preprocess, encoder_config_of
 from ctagrg.models.thresholds_file import read_thresholds
@@ -249,7 +249,7 @@ class Reporter:
         (None otherwise), looked for in the lateral halves where step 1 found it (``halves_on`` with the model's
         half thresholds; the whole volume without lateral halves); its sentence then states that size
         (``restate_size``) instead of the decoder's. ``volumes``: (N, D, H, W) preprocessed, SLP."""
-        from ctagrg.measurement.nodule_size import hu_from_input
+        from ctagrg.extras.nodule.measure import hu_from_input
         from ctagrg.models.heads import halves_on
         from ctagrg.text.attributes import restate_size
 

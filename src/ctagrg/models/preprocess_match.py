@@ -45,7 +45,7 @@ def encoder_preprocess_mismatches(encoder_cfg: Any, preprocess: Any) -> list[str
         if not _close(hu, window):
             problems.append(f"the encoder's input_hu {[float(v) for v in hu]} is not the preprocessing's "
                             f"(hu_min, hu_max, offset) {[float(v) for v in window]}")
-    uses_mm = any(getattr(encoder_cfg, name, False) for name in ("blob", "sphere", "node"))
+    uses_mm = bool(getattr(encoder_cfg, "uses_voxel_mm", False))
     if uses_mm and "spacing" in p and not _close(encoder_cfg.voxel_mm, p["spacing"]):
         problems.append(f"the encoder's voxel_mm {[float(v) for v in encoder_cfg.voxel_mm]} (the voxel size of its "
                         f"blob, sphere and node channels) is not the preprocessing's spacing "

@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from ctagrg.config import from_dict, to_dict
+from ctagrg.extras.cnn3d.config import CNN3DConfig
 from ctagrg.labels import LABELS
 from ctagrg.models.checkpoint import CheckpointError, load_model_weights, save_model
-from ctagrg.models.cnn3d import CNN3DConfig
 from ctagrg.models.ctnet import CTNetConfig
 from ctagrg.models.ctvit import CTViTConfig
 from ctagrg.models.heads import AbnormalityHeads, HeadsConfig, PretrainHead, soft_max_over_halves

@@ -9,7 +9,7 @@ from typing import Any
 
 from ctagrg.config import ConfigError
 from ctagrg.data.augment import AugmentConfig
-from ctagrg.measurement.nodule_size import NoduleSizeConfig
+from ctagrg.extras.nodule.measure import NoduleSizeConfig
 from ctagrg.models.step1 import VisualModelConfig
 from ctagrg.training.attributes import AttributeConfig
 from ctagrg.training.config import TrainConfig

@@ -22,8 +22,8 @@ from torch.utils.data import DataLoader
 
 from ctagrg.config import ConfigError, from_dict, read_json_object, to_dict
 from ctagrg.data.augment import AugmentDraw, apply_augmentation
+from ctagrg.extras.nodule.measure import NODULE_SIZE_FILE
 from ctagrg.labels import LABEL_INDEX, LABELS
-from ctagrg.measurement.nodule_size import NODULE_SIZE_FILE
 from ctagrg.models.checkpoint import unwrap
 from ctagrg.models.heads import SIDE_CLASSES
 from ctagrg.models.step1 import PretrainModel, Step1Model
@@ -208,7 +208,7 @@ class ClassifierTask(VisualTask):
         chosen and its validation agreement within 5 mm, in-sample)."""
         from ctagrg.data.dataset import CachedVolumeDataset
         from ctagrg.data.preprocess import PreprocessConfig
-        from ctagrg.measurement.nodule_size import (
+        from ctagrg.extras.nodule.measure import (
             SIDES,
             calibrate_offset,
             check_window,
