@@ -7,8 +7,8 @@ Random inputs at the demo's shape ((B, 1, 64, 128, 128) preprocessed values, con
 encoder). Prints seconds per batch (mean of --repeats after one warm-up) for: the stem's measurements, its assembly,
 the conv stages' forward + backward + AdamW step both ways, and a whole step as pretraining runs it with and
 without ``cache_stem`` (with it, the stem is assembled from measurements made once); and the blob channel: its
-float32 reference (masks and sums in float32, erosion by max_pool3d), the uint8 one for 4 radii, the 9-radius
-profile, and a whole stem measurement with the profile.
+float32 reference (the implementation until 2026-11-29), the uint8 one for 4 radii, the 9-radius profile, and a
+whole stem measurement with the profile.
 """
 
 from __future__ import annotations
@@ -31,17 +31,18 @@ def seconds(fn: Callable[[], object], repeats: int) -> float:
 
 
 def blob_float(stem: torch.nn.Module, bins: torch.Tensor) -> torch.Tensor:
-    """The blob score in float32 (masks and sums, erosion by max_pool3d), the reference for ``HUBinStem._blob``
-    (uint8, separable AND): the same values (tests/test_blob_channel.py)."""
+    """The blob score as cnn3d computed it until 2026-11-29 (float32 masks and sums, erosion by max_pool3d), for
+    comparison with ``ctagrg.extras.cnn3d.channels.blob.blob_score`` (uint8, separable AND): the same values
+    (tests/extras/test_blob_channel.py)."""
     import torch.nn.functional as F
 
     cfg = stem.config
     lung = (bins < len(cfg.lung_bins)).float()[:, None]
     lo, hi = cfg.solid_bins[0], cfg.solid_bins[-1]
     solid = ((bins >= lo) & (bins <= hi)).float()[:, None]
-    k = cfg.blob_erosion
+    k = cfg.blob.erosion
     eroded = -F.max_pool3d(F.pad(-solid, [v // 2 for v in reversed(k) for _ in range(2)], value=0.0), k, stride=1)
-    offsets = cfg.blob_offsets()
+    offsets = cfg.blob.offsets(cfg.voxel_mm)
     p = max(abs(v) for shell in offsets for o in shell for v in o)
     padded = F.pad(lung, (p,) * 6)
     d, h, w = lung.shape[2:]
@@ -55,7 +56,11 @@ def blob_float(stem: torch.nn.Module, bins: torch.Tensor) -> torch.Tensor:
 
 
 def main() -> None:
-    from ctagrg.models.cnn3d import CNN3DConfig, CNN3DEncoder, HUBinStem
+    from ctagrg.extras.cnn3d.channels.blob import BlobConfig, blob_score
+    from ctagrg.extras.cnn3d.channels.context import ContextConfig
+    from ctagrg.extras.cnn3d.config import CNN3DConfig
+    from ctagrg.extras.cnn3d.encoder import CNN3DEncoder
+    from ctagrg.extras.cnn3d.stem import HUBinStem
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
@@ -65,7 +70,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = CNN3DConfig(input_shape=(64, 128, 128), input_hu=(-1000.0, 1500.0, 0.449), width=8, region_grid=4,
-                      context=True, embed_dim=0, dropout=0.2)
+                      context=ContextConfig(enabled=True), embed_dim=0, dropout=0.2)
     enc = CNN3DEncoder(cfg)
     x = torch.rand(args.batch, 1, *cfg.input_shape) - 0.449
     measured = enc.stem.measure(x)
@@ -97,15 +102,20 @@ def main() -> None:
             opt.step()
         return step
 
-    # the blob channel: the best of 4 radii (the demo's), and one channel per radius of 9 (``blob_profile``)
-    common = {"input_shape": cfg.input_shape, "input_hu": cfg.input_hu, "context": True, "blob": True,
+    # the blob channel (demo until 2026-11-29: the best of 4 radii; since: one channel per radius of 9)
+    common = {"input_shape": cfg.input_shape, "input_hu": cfg.input_hu, "context": ContextConfig(enabled=True),
               "voxel_mm": (4.0, 2.0, 2.0)}
-    blob4 = HUBinStem(CNN3DConfig(**common, blob_radii_mm=(8.0, 12.0, 16.0, 22.0)))
-    profile9 = HUBinStem(CNN3DConfig(**common, blob_profile=True,
-                                     blob_radii_mm=(4.0, 6.0, 8.0, 10.0, 12.0, 14.0, 16.0, 20.0, 24.0)))
+    blob4 = HUBinStem(CNN3DConfig(**common, blob=BlobConfig(enabled=True, radii_mm=(8.0, 12.0, 16.0, 22.0))))
+    profile9 = HUBinStem(CNN3DConfig(**common, blob=BlobConfig(
+        enabled=True, profile=True, radii_mm=(4.0, 6.0, 8.0, 10.0, 12.0, 14.0, 16.0, 20.0, 24.0))))
+
+    def blob(stem: HUBinStem) -> torch.Tensor:
+        c = stem.config
+        return blob_score(bins, c.blob, c.voxel_mm, len(c.lung_bins), c.solid_bins)
+
     hu_min, hu_max, offset = cfg.input_hu
     bins = torch.bucketize(x[:, 0], (blob4.edges - hu_min) / (hu_max - hu_min) - offset, out_int32=True)
-    if not torch.equal(blob_float(blob4, bins), blob4._blob(bins)):
+    if not torch.equal(blob_float(blob4, bins), blob(blob4)):
         raise SystemExit("the blob score differs from the float reference")
 
     r = args.repeats
@@ -114,8 +124,8 @@ def main() -> None:
         "stem_measure_s": seconds(lambda: enc.stem.measure(x), r),
         "stem_assemble_s": seconds(lambda: enc.stem.assemble(measured), r),
         "blob_4_radii_float_reference_s": seconds(lambda: blob_float(blob4, bins), r),
-        "blob_4_radii_s": seconds(lambda: blob4._blob(bins), r),
-        "blob_profile_9_radii_s": seconds(lambda: profile9._blob(bins), r),
+        "blob_4_radii_s": seconds(lambda: blob(blob4), r),
+        "blob_profile_9_radii_s": seconds(lambda: blob(profile9), r),
         "stem_measure_with_blob_profile_s": seconds(lambda: profile9.measure(x), r),
         "conv_step_contiguous_s": seconds(conv_step(contiguous, stem), r),
         "conv_step_channels_last_s": seconds(conv_step(channels_last, stem_cl), r),

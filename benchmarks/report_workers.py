@@ -28,11 +28,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def build_model(out: Path, tokenizer: Path) -> Path:
     import torch
 
-    from ctagrg.config import load_config
+    from ctagrg.config import load_config, to_dict
     from ctagrg.data.preprocess import PreprocessConfig
+    from ctagrg.extras.cnn3d.config import CNN3DConfig
     from ctagrg.generation.generate import GenerationSettings
     from ctagrg.generation.reporter import Reporter, ReporterConfig
-    from ctagrg.models.cnn3d import CNN3DConfig
     from ctagrg.models.conditioning import ConditioningConfig
     from ctagrg.models.decoder import DecoderConfig, ReportDecoder, load_tokenizer
     from ctagrg.models.heads import HeadsConfig
@@ -42,7 +42,7 @@ def build_model(out: Path, tokenizer: Path) -> Path:
     pp = load_config(PreprocessConfig, ROOT / "configs" / "demo" / "preprocess.yaml", [])
     cnn = CNN3DConfig(input_shape=tuple(pp.shape), input_hu=(pp.hu_min, pp.hu_max, pp.offset), width=8,
                       region_grid=4, embed_dim=0)
-    visual = Step1Model(VisualModelConfig(encoder="cnn3d", cnn3d=cnn, heads=HeadsConfig(
+    visual = Step1Model(VisualModelConfig(encoder="cnn3d", extras={"cnn3d": to_dict(cnn)}, heads=HeadsConfig(
         in_dim=2880, embed_dim=64, classifier_hidden=128))).eval()  # 2880: cnn3d's pooled features (embed_dim 0)
     with torch.no_grad():
         probs = torch.sigmoid(visual(torch.rand(4, 1, *pp.shape) - pp.offset)["logits"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -50,3 +52,11 @@ def test_the_least_recently_used_values_go_first_past_max_bytes():
     assert len(memo) == 0 and memo.nbytes == 0
     with pytest.raises(ValueError, match="max_bytes"):
         ArrayMemo(-1)
+
+
+def test_a_deep_copy_shares_the_memo():
+    """A model holding a memo can be deep-copied (an EMA shadow): the copy uses the same memo."""
+    memo = ArrayMemo(100)
+    holder = {"memo": memo, "weights": np.zeros(3)}
+    copied = copy.deepcopy(holder)
+    assert copied["memo"] is memo and copied["weights"] is not holder["weights"]

@@ -10,7 +10,8 @@ import pytest
 
 from ctagrg.config import ConfigError, load_config, to_dict
 from ctagrg.data.preprocess import PreprocessConfig
-from ctagrg.models.cnn3d import CNN3DConfig
+from ctagrg.extras.cnn3d.channels.blob import BlobConfig
+from ctagrg.extras.cnn3d.config import CNN3DConfig
 from ctagrg.models.ctnet import CTNetConfig
 from ctagrg.models.preprocess_match import check_encoder_preprocess, encoder_preprocess_mismatches
 from tests.extras.test_attributes import CNN3D, side_blob_dataset
@@ -23,11 +24,12 @@ def _cnn(**kw) -> CNN3DConfig:
 
 
 def test_mismatches_name_each_contradicted_field():
-    assert encoder_preprocess_mismatches(_cnn(blob=True, voxel_mm=(4.0, 2.0, 2.0)), DEMO) == []
+    blob = BlobConfig(enabled=True)
+    assert encoder_preprocess_mismatches(_cnn(blob=blob, voxel_mm=(4.0, 2.0, 2.0)), DEMO) == []
     # the same as preprocess.json's dict
-    assert encoder_preprocess_mismatches(_cnn(blob=True), json.loads(json.dumps(DEMO.__dict__))) == []
+    assert encoder_preprocess_mismatches(_cnn(blob=blob), json.loads(json.dumps(DEMO.__dict__))) == []
     found = encoder_preprocess_mismatches(
-        CNN3DConfig(input_shape=(32, 64, 64), input_hu=(-1000.0, 200.0, 0.449), blob=True,
+        CNN3DConfig(input_shape=(32, 64, 64), input_hu=(-1000.0, 200.0, 0.449), blob=BlobConfig(enabled=True),
                     voxel_mm=(1.5, 0.75, 0.75)), DEMO)
     assert len(found) == 3
     assert "input_shape [32, 64, 64] is not the preprocessing's shape [64, 128, 128]" in found[0]
@@ -90,7 +92,7 @@ def test_reporter_refuses_a_preprocessing_its_encoder_does_not_fit(gpt2_tokenize
     from ctagrg.models.step1 import Step1Model, VisualModelConfig
     from tests.test_reporter import tiny_decoder
 
-    cnn = CNN3DConfig(input_shape=(8, 32, 16), width=2, region_grid=2, embed_dim=0, blob=True,
+    cnn = CNN3DConfig(input_shape=(8, 32, 16), width=2, region_grid=2, embed_dim=0, blob=BlobConfig(enabled=True),
                       voxel_mm=(8.0, 4.0, 4.0))
     visual = Step1Model(VisualModelConfig(encoder="cnn3d", extras={"cnn3d": to_dict(cnn)}, heads=HeadsConfig(
         in_dim=cnn.out_dim, embed_dim=16, classifier_hidden=4)))  # tiny_decoder reads 16-d

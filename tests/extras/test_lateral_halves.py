@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from ctagrg.config import to_dict
+from ctagrg.extras.cnn3d.config import CNN3DConfig
+from ctagrg.extras.cnn3d.encoder import CNN3DEncoder
 from ctagrg.extras.halves.heads import HalvesConfig, HalvesHeads, HalvesPretrainHead
 from ctagrg.extras.warm_start import warm_start
-from ctagrg.models.cnn3d import CNN3DConfig, CNN3DEncoder
 from ctagrg.models.heads import HeadsConfig
 from ctagrg.models.step1 import PretrainModel, Step1Model, VisualModelConfig
 

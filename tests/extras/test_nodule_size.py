@@ -305,8 +305,8 @@ def nodule_dataset(tmp_path: Path) -> tuple[dict[str, Path], str, dict[str, tupl
     cache's preprocess.json. Returns (labels CSVs, sentences CSV, name -> (side, size))."""
     from ctagrg.data.cache import cache_path, save_cached
     from ctagrg.data.preprocess import PreprocessConfig
+    from ctagrg.extras.cnn3d.config import CNN3DConfig
     from ctagrg.labels import LABEL_INDEX, LABELS
-    from ctagrg.models.cnn3d import CNN3DConfig
     from tests.extras.test_attributes import write_sentences
 
     hu_min, hu_max, offset = CNN3DConfig().input_hu
@@ -340,7 +340,7 @@ def nodule_dataset(tmp_path: Path) -> tuple[dict[str, Path], str, dict[str, tupl
 def test_step1_calibrates_the_offset_on_validation_nodules(tmp_path: Path) -> None:
     from ctagrg.cli.main import main as cli_main
     from ctagrg.data.cache import load_cached
-    from ctagrg.models.cnn3d import CNN3DConfig
+    from ctagrg.extras.cnn3d.config import CNN3DConfig
     from tests.extras.test_attributes import LATERAL
 
     csvs, sentences, truth = nodule_dataset(tmp_path)

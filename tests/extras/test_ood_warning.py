@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from ctagrg.models.cnn3d import OUTLIER_SD, CNN3DConfig, CNN3DEncoder
+from ctagrg.extras.cnn3d.config import CNN3DConfig
+from ctagrg.extras.cnn3d.encoder import OUTLIER_SD, CNN3DEncoder
 from tests.test_reporter import tiny_decoder
 
 SHAPE = (8, 32, 32)

@@ -11,8 +11,9 @@ import torch
 from ctagrg.cli.main import main as cli_main
 from ctagrg.config import ConfigError
 from ctagrg.data.augment import AugmentConfig, AugmentDraw, apply_augmentation, draw_augmentation
+from ctagrg.extras.cnn3d.config import CNN3DConfig
+from ctagrg.extras.cnn3d.stem import HUBinStem
 from ctagrg.models.checkpoint import load_state_file
-from ctagrg.models.cnn3d import CNN3DConfig, HUBinStem
 from ctagrg.training.visual_tasks import PretrainTask, PretrainTaskConfig
 from tests.test_training_visual import write_cache
 

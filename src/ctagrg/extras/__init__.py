@@ -16,11 +16,9 @@ def register() -> None:
     register_heads("halves", HeadVariant(HalvesConfig, HalvesPretrainHead, HalvesHeads, check_stage))
     _register_training()
     _register_inference()
-    try:  # TEMPORARY during the move of cnn3d into extras
-        from ctagrg.extras.cnn3d.config import CNN3DConfig
-        from ctagrg.extras.cnn3d.encoder import CNN3DEncoder
-    except ImportError:
-        from ctagrg.models.cnn3d import CNN3DConfig, CNN3DEncoder
+    from ctagrg.extras.cnn3d.config import CNN3DConfig
+    from ctagrg.extras.cnn3d.encoder import CNN3DEncoder
+
     register_encoder("cnn3d", CNN3DConfig, CNN3DEncoder)
 
 

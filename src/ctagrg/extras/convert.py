@@ -48,10 +48,8 @@ def convert_visual_config(data: dict[str, Any]) -> dict[str, Any]:
 def _convert_encoder_section(name: str, section: dict[str, Any]) -> dict[str, Any]:
     if name != "cnn3d":
         return section
-    try:
-        from ctagrg.extras.cnn3d.config import convert_legacy_cnn3d
-    except ImportError:  # the flat layout is still the current one
-        return section
+    from ctagrg.extras.cnn3d.config import convert_legacy_cnn3d
+
     return convert_legacy_cnn3d(section)
 
 

@@ -74,6 +74,11 @@ class ArrayMemo:
     def __len__(self) -> int:
         return len(self._values)
 
+    def __deepcopy__(self, memo: dict) -> ArrayMemo:
+        """The memo itself: a copy of a model that holds one (an EMA shadow) shares it, as its values depend only on
+        the keys."""
+        return self
+
     @property
     def nbytes(self) -> int:
         return self._bytes

@@ -1,15 +1,23 @@
-"""The small 3D CNN encoder (demo): HU-bin stem values, shapes, side-awareness, config errors, registry."""
+"""The small 3D CNN encoder (demo): HU-bin stem values, shapes, side-awareness, config errors, registry, the typed
+output and the feature-map hook point."""
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import pytest
 import torch
 
 from ctagrg.config import to_dict
-from ctagrg.models.cnn3d import CNN3DConfig, CNN3DEncoder, HUBinStem
+from ctagrg.extras.cnn3d.channels.context import ContextConfig
+from ctagrg.extras.cnn3d.config import CNN3DConfig
+from ctagrg.extras.cnn3d.encoder import OUTLIER_SD, CNN3DEncoder
+from ctagrg.extras.cnn3d.stem import HUBinStem
+from ctagrg.models.encoder_output import encode
 from ctagrg.models.registry import create_encoder
 from ctagrg.models.step1 import PretrainModel, Step1Model, VisualModelConfig
+from ctagrg.utils.array_memo import ArrayMemo
 
 SMALL = {"input_shape": (8, 16, 16), "input_hu": (-1000.0, 1500.0, 0.449), "width": 2, "embed_dim": 32,
          "region_grid": 2}
@@ -163,7 +171,7 @@ def test_context_channels_mark_solid_tissue_surrounded_by_lung() -> None:
     """Stem grid 8x8x8 (patch 2x4x4 on 16x32x32): a solid 8 mm patch inside lung scores 1 x 1; the same patch
     against soft tissue (the body wall) scores by the lung fraction around it only; values by hand."""
     cfg = CNN3DConfig(input_shape=(16, 32, 32), input_hu=(-1000.0, 1500.0, 0.449), width=2, region_grid=2,
-                      embed_dim=0, context=True)
+                      embed_dim=0, context=ContextConfig(enabled=True))
     assert cfg.stem_channels == 16 and cfg.lung_bins == [0, 1, 2] and cfg.solid_bins == [6, 7, 8]
     hu = np.full((16, 32, 32), -860.0, np.float32)  # lung everywhere
     hu[8:10, 8:12, 8:12] = 40.0  # one solid stem patch (grid (4, 2, 2)) surrounded by lung
@@ -181,4 +189,50 @@ def test_context_channels_mark_solid_tissue_surrounded_by_lung() -> None:
     with torch.no_grad():
         assert enc.forward_features(_preprocessed(hu, cfg)).shape == (1, cfg.pooled_dim)
     with pytest.raises(ValueError, match="lung_hu_max: -700 HU is not one of hu_edges"):
-        CNN3DConfig(context=True, lung_hu_max=-700.0)
+        CNN3DConfig(context=ContextConfig(enabled=True), lung_hu_max=-700.0)
+
+
+def test_encode_gives_the_halves_and_the_outlier_fraction_in_eval_mode_only() -> None:
+    torch.manual_seed(0)
+    enc = CNN3DEncoder(CNN3DConfig(**{**SMALL, "input_shape": (8, 32, 16), "lateral_halves": True, "embed_dim": 0}))
+    x = torch.randn(3, 1, 8, 32, 16) * 0.3
+    train = enc.encode(x)
+    assert train.features.shape == (3, enc.config.out_dim) and train.parts == 2 and train.diagnostics == {}
+    enc.eval()
+    with torch.no_grad():
+        enc.norm.running_var.fill_(1e-4)  # many standardised features now lie beyond OUTLIER_SD
+        out = encode(enc, x)  # the core's entry point calls the encoder's own encode
+    h = enc.norm((enc.forward_features(x)).view(6, -1)).view(3, -1)
+    expected = (h.abs() > OUTLIER_SD).float().mean(1)
+    assert 0.2 < expected.min() and torch.equal(out.diagnostics["outlier_fraction"], expected)
+    assert torch.equal(enc.last_outlier_fraction, expected)
+    torch.testing.assert_close(out.features, h.clamp(-OUTLIER_SD, OUTLIER_SD))  # clipped at inference
+    with pytest.raises(ValueError, match="exactly one of volume and stem"):
+        enc.encode()
+
+
+def test_the_last_cnn_map_passes_through_feature_map() -> None:
+    """The saliency hook point: the last 3-D map (B, 8w, d/4, h/4, w/4) over the whole volume, which the pooling
+    reads; replacing it changes the embedding."""
+    torch.manual_seed(0)
+    enc = CNN3DEncoder(CNN3DConfig(**{**SMALL, "input_shape": (16, 32, 32)})).eval()
+    seen = []
+    enc.feature_map.register_forward_hook(lambda module, args, out: seen.append(out))
+    x = torch.randn(2, 1, 16, 32, 32) * 0.3
+    with torch.no_grad():
+        h = enc(x)
+        assert len(seen) == 1 and tuple(seen[0].shape) == (2, 8 * 2, *enc.shapes["stage3"][1:]) == (2, 16, 2, 2, 2)
+        assert torch.equal(seen[0], enc.features_from_stem(enc.stem(x))[1])
+        enc.feature_map.register_forward_hook(lambda module, args, out: out * 0)
+        assert not torch.equal(enc(x), h)
+    assert "feature_map" not in {k.split(".")[0] for k in enc.state_dict()}  # no weights: checkpoints unchanged
+
+
+def test_the_memo_is_injected_and_shared_by_copies() -> None:
+    enc = CNN3DEncoder(CNN3DConfig(**SMALL))
+    assert enc.stem.memo is None  # no memo unless one is given
+    memo = ArrayMemo(2**20)
+    enc.set_memo(memo)
+    assert enc.stem.memo is memo and copy.deepcopy(enc).stem.memo is memo  # an EMA shadow uses the same memo
+    assert CNN3DEncoder(CNN3DConfig(**SMALL), memo=memo).stem.memo is memo
+    assert "memo" not in "".join(enc.state_dict())

@@ -1,6 +1,6 @@
-"""cnn3d's sphere stem channel (``CNN3DConfig.sphere``): per patch, the best isolated solid sphere of the nodule
-measurement's finder, scored by the lung on a 98-point shell plus a radius term. A nodule in lung scores
-1 + weight x radius / cap at its patch; a vessel scores less; the channel commutes with flips exactly."""
+"""cnn3d's sphere stem channel (``channels.sphere``, ``CNN3DConfig.sphere``): per patch, the best isolated solid
+sphere of the nodule measurement's finder, scored by the lung on a 98-point shell plus a radius term. A nodule in
+lung scores 1 + weight x radius / cap at its patch; a vessel scores less; the channel commutes with flips exactly."""
 
 from __future__ import annotations
 
@@ -10,14 +10,18 @@ import torch
 from stem_fixtures import HU, MM, SHAPE, ball, points_mm, preprocessed
 
 from ctagrg.data.augment import AugmentDraw, apply_augmentation
+from ctagrg.extras.cnn3d.channels.sphere import SPHERE_DIRECTIONS, SphereConfig
+from ctagrg.extras.cnn3d.config import CNN3DConfig
+from ctagrg.extras.cnn3d.encoder import CNN3DEncoder
+from ctagrg.extras.cnn3d.stem import HUBinStem
 from ctagrg.extras.nodule.measure import DIRECTIONS, shell_directions
-from ctagrg.models.cnn3d import SPHERE_DIRECTIONS, SPHERE_MEMO, CNN3DConfig, CNN3DEncoder, HUBinStem
 from ctagrg.models.preprocess_match import encoder_preprocess_mismatches
+from ctagrg.utils.array_memo import ArrayMemo
 
 
-def _config(**kw) -> CNN3DConfig:
-    return CNN3DConfig(input_shape=SHAPE, input_hu=HU, width=2, region_grid=2, embed_dim=0, sphere=True,
-                       voxel_mm=MM, **kw)
+def _config(**sphere) -> CNN3DConfig:
+    return CNN3DConfig(input_shape=SHAPE, input_hu=HU, width=2, region_grid=2, embed_dim=0, voxel_mm=MM,
+                       sphere=SphereConfig(**{"enabled": True, **sphere}))
 
 
 def _vessel(hu: np.ndarray, start_mm, end_mm, radius_mm: float) -> None:
@@ -56,7 +60,7 @@ def test_a_nodule_in_lung_scores_its_radius_term_above_one_and_a_vessel_less():
     sphere = measured[0, -1]
     # the nodule: all 98 shell points in lung, so 1 + weight x radius / cap, where the finder's radius (the distance
     # to the nearest voxel centre outside) is ~4 mm
-    radius_mm = (float(sphere[4, 2, 2]) - 1.0) / cfg.sphere_radius_weight * cfg.sphere_radius_cap_mm
+    radius_mm = (float(sphere[4, 2, 2]) - 1.0) / cfg.sphere.radius_weight * cfg.sphere.radius_cap_mm
     assert sphere[4, 2, 2] == sphere.max() and 3.9 <= radius_mm <= 4.5
     vessel = sphere.clone()
     vessel[3:6, 1:4, 1:4] = 0.0  # the nodule's patches
@@ -69,7 +73,7 @@ def test_a_nodule_in_lung_scores_its_radius_term_above_one_and_a_vessel_less():
 def test_small_candidates_and_solid_outside_lung_do_not_score_one():
     stem = HUBinStem(_config())
     hu = np.full(SHAPE, -860.0)
-    hu[8, 8, 12] = 40.0  # a one-voxel speck: its distance transform (2 mm) is under sphere_min_radius_mm (2.7)
+    hu[8, 8, 12] = 40.0  # a one-voxel speck: its distance transform (2 mm) is under sphere.min_radius_mm (2.7)
     hu[:, :, -5:] = 45.0  # a 10 mm chest wall
     sphere = stem.measure(preprocessed(hu))[0, -1]
     assert sphere[:, :, :6].max() == 0.0  # no candidate at the speck (patch (4, 2, 3)) or in open lung
@@ -101,7 +105,8 @@ def two_threads():
 
 
 def test_a_batch_is_measured_on_threads_and_remembered_by_contents(two_threads):
-    stem = HUBinStem(_config())
+    memo = ArrayMemo(2**20)
+    stem = HUBinStem(_config(), memo)
     rng = np.random.default_rng(1)
     volumes = []
     for k in range(3):
@@ -109,18 +114,16 @@ def test_a_batch_is_measured_on_threads_and_remembered_by_contents(two_threads):
         ball(hu, (16.0 + 8 * k, 20.0, 30.0), 3.0 + k)
         volumes.append(preprocessed(hu))
     batch = torch.cat(volumes)
-    SPHERE_MEMO.clear()
     alone = [stem.measure(v)[0, -1] for v in volumes]  # 3 misses, one volume at a time
-    hits = SPHERE_MEMO.hits
+    assert memo.hits == 0 and len(memo) == 3
     together = stem.measure(batch)[:, -1]  # all three from the memo
-    assert SPHERE_MEMO.hits == hits + 3 and len(SPHERE_MEMO) == 3
+    assert memo.hits == 3 and len(memo) == 3
     assert all(torch.equal(a, t) for a, t in zip(alone, together, strict=True))
-    SPHERE_MEMO.clear()
-    fresh = stem.measure(batch)[:, -1]  # recomputed, on two threads
-    assert torch.equal(fresh, together) and fresh[0].max() > 1.0
+    fresh = HUBinStem(_config()).measure(batch)[:, -1]  # no memo: recomputed, on two threads
+    assert torch.equal(fresh, together) and fresh[0].max() > 1.0 and memo.hits == 3
     # another setting is another key: a smaller radius weight changes the channel, and is not served the old one
-    other = HUBinStem(_config(sphere_radius_weight=0.25)).measure(batch)[:, -1]
-    assert not torch.equal(other, fresh) and len(SPHERE_MEMO) == 6
+    other = HUBinStem(_config(radius_weight=0.25), memo).measure(batch)[:, -1]
+    assert not torch.equal(other, fresh) and len(memo) == 6 and memo.hits == 3
 
 
 def test_the_encoder_widens_by_the_sphere_channel_and_config_errors():
@@ -131,10 +134,10 @@ def test_the_encoder_widens_by_the_sphere_channel_and_config_errors():
     hu = np.full(SHAPE, -860.0)
     ball(hu, (32.0, 16.0, 16.0), 5.0)
     assert CNN3DEncoder(cfg).eval()(preprocessed(hu)).shape == (1, cfg.out_dim)
-    with pytest.raises(ValueError, match=r"sphere_hu must increase"):
-        _config(sphere_hu=(-400.0, -700.0))
-    with pytest.raises(ValueError, match=r"sphere_min_radius_mm"):
-        _config(sphere_min_radius_mm=0.0)
+    with pytest.raises(ValueError, match=r"sphere: hu must increase"):
+        _config(hu=(-400.0, -700.0))
+    with pytest.raises(ValueError, match=r"min_radius_mm and radius_cap_mm positive"):
+        _config(min_radius_mm=0.0)
 
 
 def test_a_sphere_encoder_is_checked_against_the_preprocessing_spacing():
