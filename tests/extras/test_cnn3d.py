@@ -236,3 +236,14 @@ def test_the_memo_is_injected_and_shared_by_copies() -> None:
     assert enc.stem.memo is memo and copy.deepcopy(enc).stem.memo is memo  # an EMA shadow uses the same memo
     assert CNN3DEncoder(CNN3DConfig(**SMALL), memo=memo).stem.memo is memo
     assert "memo" not in "".join(enc.state_dict())
+
+
+def test_shared_memo_reaches_encoders_built_inside_it_only() -> None:
+    from ctagrg.extras.cnn3d.encoder import shared_memo
+
+    memo, own = ArrayMemo(1 << 20), ArrayMemo(1 << 20)
+    with shared_memo(memo):
+        inside = CNN3DEncoder(CNN3DConfig(**SMALL))
+        mine = CNN3DEncoder(CNN3DConfig(**SMALL), memo=own)
+    assert inside.stem.memo is memo and mine.stem.memo is own
+    assert CNN3DEncoder(CNN3DConfig(**SMALL)).stem.memo is None

@@ -55,17 +55,24 @@ def examples_text(eval_dir: Path, n: int = 3) -> str:
     return "\n".join(blocks)
 
 
+DEMO_MEMO_BYTES = 256 * 2**20  # ~128 KiB per channel and demo volume: ~1,000 volumes with both channels
+
+
 def main(cfg: DemoConfig, log: Callable[[str], None] = print) -> int:
     """Run the demo; print examples and headline metrics. Returns a process exit code."""
     import torch
 
     from ctagrg.evaluation.evaluate import headline_table, load_metrics
+    from ctagrg.extras.cnn3d.encoder import shared_memo
+    from ctagrg.utils.array_memo import ArrayMemo
 
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     try:
-        seconds = run_stages(build_stages(), cfg, log)
+        # one memo of the cnn3d sphere and node channels for every stage: each volume is measured once
+        with shared_memo(ArrayMemo(DEMO_MEMO_BYTES)):
+            seconds = run_stages(build_stages(), cfg, log)
     except DemoError as exc:
         print(f"ctagrg demo: {exc}", file=sys.stderr)
         return 1
