@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from ctagrg.config import to_dict
+from ctagrg.extras.cnn3d.channels.context import ContextConfig
 from ctagrg.extras.cnn3d.config import CNN3DConfig
 from ctagrg.extras.cnn3d.encoder import CNN3DEncoder
 from ctagrg.extras.halves.heads import HalvesConfig, HalvesHeads, HalvesPretrainHead
@@ -19,7 +20,7 @@ SHAPE = (8, 32, 16)
 
 def _encoder(**kw) -> CNN3DEncoder:
     # region_grid 4: a half's stem regions are 4 x 2 x 4, so a half read unmirrored would pool differently
-    cfg = CNN3DConfig(input_shape=SHAPE, width=2, region_grid=4, embed_dim=0, context=True, **kw)
+    cfg = CNN3DConfig(input_shape=SHAPE, width=2, region_grid=4, embed_dim=0, context=ContextConfig(enabled=True), **kw)
     torch.manual_seed(0)
     return CNN3DEncoder(cfg).eval()
 
@@ -34,8 +35,8 @@ def _symmetric(encoder: CNN3DEncoder) -> CNN3DEncoder:
 
 
 def test_widths():
-    whole = CNN3DConfig(lateral_halves=False, context=True, embed_dim=0)
-    halves = CNN3DConfig(lateral_halves=True, context=True, embed_dim=0)
+    whole = CNN3DConfig(lateral_halves=False, context=ContextConfig(enabled=True), embed_dim=0)
+    halves = CNN3DConfig(lateral_halves=True, context=ContextConfig(enabled=True), embed_dim=0)
     c, s = 8 * whole.width, whole.stem_channels
     assert whole.pooled_dim == whole.out_dim == 16 * c + c + s + 2 * s * 64 == 3152
     assert halves.part_dim == 8 * c + c + s + 2 * s * 32  # 4 regions of the CNN maps, 4 x 2 x 4 stem regions

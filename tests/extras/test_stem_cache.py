@@ -11,6 +11,7 @@ import torch
 from ctagrg.cli.main import main as cli_main
 from ctagrg.config import ConfigError
 from ctagrg.data.augment import AugmentConfig, AugmentDraw, apply_augmentation, draw_augmentation
+from ctagrg.extras.cnn3d.channels.context import ContextConfig
 from ctagrg.extras.cnn3d.config import CNN3DConfig
 from ctagrg.extras.cnn3d.stem import HUBinStem
 from ctagrg.models.checkpoint import load_state_file
@@ -18,13 +19,14 @@ from ctagrg.training.visual_tasks import PretrainTask, PretrainTaskConfig
 from tests.test_training_visual import write_cache
 
 CNN = ["model.encoder=cnn3d", "model.extras.cnn3d.input_shape=[8,16,16]", "model.extras.cnn3d.width=2",
-       "model.extras.cnn3d.region_grid=2", "model.extras.cnn3d.context=true", "model.extras.cnn3d.context_patches=1",
+       "model.extras.cnn3d.region_grid=2", "model.extras.cnn3d.context.enabled=true",
+       "model.extras.cnn3d.context.patches=1",
        "model.extras.cnn3d.embed_dim=0", "model.extras.cnn3d.input_hu=[-1000.0,1500.0,0.449]"]
 
 
 def _stem() -> HUBinStem:
-    return HUBinStem(CNN3DConfig(input_shape=(8, 16, 16), input_hu=(-1000.0, 1500.0, 0.449), context=True,
-                                 context_patches=1))
+    return HUBinStem(CNN3DConfig(input_shape=(8, 16, 16), input_hu=(-1000.0, 1500.0, 0.449),
+                                 context=ContextConfig(enabled=True, patches=1)))
 
 
 def _volume(seed: int) -> torch.Tensor:
