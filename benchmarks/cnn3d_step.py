@@ -6,9 +6,9 @@ contiguous or channels-last weights and inputs.
 Random inputs at the demo's shape ((B, 1, 64, 128, 128) preprocessed values, configs/demo/pretrain.yaml's
 encoder). Prints seconds per batch (mean of --repeats after one warm-up) for: the stem's measurements, its assembly,
 the conv stages' forward + backward + AdamW step both ways, and a whole step as pretraining runs it with and
-without ``cache_stem`` (with it, the stem is assembled from measurements made once); and the blob channel: its
-float32 reference (the implementation until 2026-11-29), the uint8 one for 4 radii, the 9-radius profile, and a
-whole stem measurement with the profile.
+without the ``stem_cache`` extension (with it, the stem is assembled from measurements made once); and the blob
+channel: its float32 reference (the implementation until 2026-11-29), the uint8 one for 4 radii, the 9-radius
+profile, and a whole stem measurement with the profile.
 """
 
 from __future__ import annotations

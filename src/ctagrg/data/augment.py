@@ -20,8 +20,8 @@ class AugmentConfig:
         max_shift: largest shift in voxels along (D, H, W); vacated voxels get ``pad_value``. CT-Net pads 0–14 px
             per side before a centre crop, i.e. shifts of up to ±7 px in-plane.
         shift_step: shifts are whole multiples of this many voxels per axis (default 1: any shift). A patch-based
-            stem computed once (``cache_stem``, cnn3d) needs shifts of whole patches, so that shifting the stem
-            equals the stem of the shifted volume.
+            stem computed once (the ``stem_cache`` extension, cnn3d) needs shifts of whole patches, so that shifting
+            the stem equals the stem of the shifted volume.
         flip_p: probability of flipping along one axis chosen uniformly from ``flip_axes``.
         flip_axes: candidate axes of (D, H, W) for the flip (0 = S-I, 1 = L-R, 2 = A-P).
         rot90_p: probability of an axial rotation by 90°, 180° or 270° (needs H == W).

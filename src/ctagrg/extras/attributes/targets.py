@@ -1,6 +1,6 @@
 """Supervision from the sides and sizes that report sentences state (not in the published method): the config, the
-targets read from a sentences CSV, and the losses. Used by the visual stages (:mod:`ctagrg.training.visual_tasks`);
-docs/training.md, "Half supervision" and "Attribute supervision"."""
+targets read from a sentences CSV, and the losses. Used by the ``attributes`` training extension
+(:mod:`ctagrg.extras.attributes.extension`); docs/demo-encoder.md, "Half supervision" and "Attribute supervision"."""
 
 from __future__ import annotations
 
@@ -22,13 +22,13 @@ class AttributeConfig:
     """Supervision from the sides and sizes that report sentences state (not in the published method; off unless a
     weight is > 0). The targets come from report text, as CT-RATE has it, not from any image annotation.
 
-    - ``half_weight`` (pretraining and step 1, with ``heads.lateral_halves``): a present finding whose sentence states
-      its side tells the label's two half logits which half holds it: binary cross-entropy of the right half's logit
-      against "right or bilateral" and of the left half's against "left or bilateral". The label alone only says
-      that one half holds it, and the soft maximum sends most of the gradient to whichever half already scores
-      higher, right or wrong; told the side, the encoder learns from the difference between a patient's two halves,
-      one with the finding and one without (docs/training.md, "Half supervision").
-    - ``side_weight``, ``size_weight`` (step 1, with ``heads.attribute_heads``): label i's side read-out
+    - ``half_weight`` (pretraining and step 1, with ``model.extras.halves.lateral_halves``): a present finding whose
+      sentence states its side tells the label's two half logits which half holds it: binary cross-entropy of the right
+      half's logit against "right or bilateral" and of the left half's against "left or bilateral". The label alone only
+      says that one half holds it, and the soft maximum sends most of the gradient to whichever half already scores
+      higher, right or wrong; told the side, the encoder learns from the difference between a patient's two halves, one
+      with the finding and one without (docs/demo-encoder.md, "Half supervision").
+    - ``side_weight``, ``size_weight`` (step 1, with ``model.extras.halves.attribute_heads``): label i's side read-out
       (cross-entropy over left / right / bilateral) and size read-out (smooth L1 in cm) on embedding i. Step 2
       writes each sentence from that embedding alone, and the presence loss does not ask it to keep where or how
       large the finding is."""

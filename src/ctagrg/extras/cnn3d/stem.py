@@ -54,7 +54,7 @@ class HUBinStem(nn.Module):
 
         Everything the stem reads from the voxels. The patch grid commutes with flips and whole-patch shifts, so
         a caller may compute this once per volume and augment it (:meth:`assemble` then gives what the stem of
-        the augmented volume gives): ``cache_stem`` in pretraining."""
+        the augmented volume gives): the ``stem_cache`` training extension."""
         cfg = self.config
         hu_min, hu_max, offset = cfg.input_hu
         scale = hu_max - hu_min
@@ -70,7 +70,7 @@ class HUBinStem(nn.Module):
         counts = torch.bincount(flat, minlength=nb * b * n_patch).view(nb, b, gd, gh, gw).transpose(0, 1)
         frac = counts.to(x.dtype) / float(pd * ph * pw)
         # summed in float64: exact for these values, so the mean does not depend on the order of the voxels, and a
-        # flipped or rotated volume's patch means are exactly the flipped or rotated means (cache_stem relies on it)
+        # flipped or rotated volume's patch means are exactly the flipped or rotated means (stem_cache relies on it)
         mean = ((F.avg_pool3d(x[:, None].double(), cfg.patch).float() + offset) * scale + hu_min) / 1000.0
         peak = ((F.max_pool3d(x[:, None], cfg.patch) + offset) * scale + hu_min).clamp(-1000.0, 3000.0)
         out = [frac, mean, peak / 1000.0]
