@@ -32,7 +32,6 @@ from ctagrg.serve.slices import (
     encode_png,
     level_width_to_bounds,
     num_slices,
-    volume_to_hu,
     window_bounds,
 )
 
@@ -89,14 +88,6 @@ def test_display_slice_errors() -> None:
         display_slice(v, "axial", -1)
     with pytest.raises(ValueError, match="axial, coronal, sagittal"):
         display_slice(v, "oblique", 0)
-
-
-def test_volume_to_hu_inverts_the_preprocessing_map() -> None:
-    hu_min, hu_max, offset = -1000.0, 200.0, 0.449
-    hu = np.array([-1000, -999, -600, 0, 37, 199, 200], dtype=np.float32)
-    volume = ((hu - hu_min) / (hu_max - hu_min) - offset).astype(np.float32)
-    back = volume_to_hu(volume, hu_min=hu_min, hu_max=hu_max, offset=offset)
-    assert back.dtype == np.int16 and back.tolist() == hu.astype(int).tolist()
 
 
 def test_windows_clip_to_the_model_window() -> None:

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from ctagrg.data.preprocessed import hu_from_preprocessed
 from ctagrg.extras.nodule.measure import (
     NoduleSizeConfig,
     calibrate_offset,
-    hu_from_input,
     largest_isolated_radius,
     nodule_diameter_mm,
     solid_spheres,
@@ -120,12 +120,6 @@ def test_config_is_validated() -> None:
         NoduleSizeConfig(min_lung_fraction=0.0)
 
 
-def test_hu_from_input_inverts_the_preprocessing_window() -> None:
-    hu = np.array([-1000.0, -400.0, 40.0, 1500.0], np.float32)
-    x = (hu + 1000.0) / 2500.0 - 0.449
-    assert np.allclose(hu_from_input(x, -1000.0, 1500.0, 0.449), hu, atol=1e-3)
-
-
 def test_restate_size_replaces_the_one_stated_size() -> None:
     assert restate_size("A 1.2 cm nodule in the right upper lobe.", 17.4) == "A 17 mm nodule in the right upper lobe."
     assert restate_size("Nodule of 12x9 mm in the left lung.", 20.6) == "Nodule of 21 mm in the left lung."
@@ -183,7 +177,7 @@ def test_the_reporter_states_the_measured_size(fixed_sentences: str) -> None:
     nodule = report.abnormalities["Lung nodule"]
     (measure,) = reporter.postprocessors
     assert measure.config == dataclasses.replace(CONFIG, offset_mm=2.5)
-    expected = nodule_diameter_mm(hu_from_input(volume, -1000.0, 1500.0, 0.449), SPACING, measure.config)
+    expected = nodule_diameter_mm(hu_from_preprocessed(volume, (-1000.0, 1500.0), 0.449), SPACING, measure.config)
     # size_mm is the measurement rounded to 0.1 mm; the sentence states it rounded half up to whole mm
     assert nodule.detected and nodule.size_mm == round(expected, 1) and abs(nodule.size_mm - 22.0) <= 3.5
     stated = int(expected + 0.5)
@@ -254,7 +248,8 @@ def test_the_nodule_is_measured_in_the_halves_where_step_1_found_it() -> None:
     assert in_halves(0.9, 0.9) == right  # both halves on: the larger
     assert in_halves(0.3, 0.5) == left  # neither on: the higher half
     whole = measured({})
-    assert whole == pytest.approx(nodule_diameter_mm(hu_from_input(volume, -1000.0, 1500.0, 0.449), SPACING, CONFIG))
+    hu = hu_from_preprocessed(volume, (-1000.0, 1500.0), 0.449)
+    assert whole == pytest.approx(nodule_diameter_mm(hu, SPACING, CONFIG))
     assert whole == right  # the larger of the two nodules
 
 
@@ -356,7 +351,8 @@ def test_step1_calibrates_the_offset_on_validation_nodules(tmp_path: Path) -> No
     for name, (side, size) in truth.items():
         if name.startswith("valid"):
             volume = load_cached(tmp_path / "cache" / f"{name}.safetensors")
-            hu = hu_from_input(volume, *CNN3DConfig().input_hu)
+            lo, hi, offset = CNN3DConfig().input_hu
+            hu = hu_from_preprocessed(volume, (lo, hi), offset)
             r = largest_isolated_radius(solid_spheres(hu, SPACING, CONFIG), volume.shape[1], CONFIG, side)
             assert r is not None
             radii.append(r)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ctagrg.data.preprocessed import hu_from_preprocessed
 from ctagrg.models.resnet import ResNetConfig, ResNetTrunk
 
 Triple = tuple[int, int, int]
@@ -144,7 +145,7 @@ class CTNetEncoder(nn.Module):
     def _windows(self, images: torch.Tensor) -> torch.Tensor:
         """(N, t, h, w) preprocessed slices -> (N, t * len(input_windows), h, w), channels slice-major."""
         hu_min, hu_max, offset = self.config.input_hu
-        hu = (images + offset) * (hu_max - hu_min) + hu_min
+        hu = hu_from_preprocessed(images, (hu_min, hu_max), offset)
         chans = [((hu - lo) / (hi - lo)).clamp(0.0, 1.0) - 0.5 for lo, hi in self.config.input_windows]
         return torch.stack(chans, dim=2).flatten(1, 2)
 

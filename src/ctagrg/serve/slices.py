@@ -14,7 +14,7 @@ sagittal  1 (H, L)       D: superior → inferior (flipped)     W: anterior → 
 A saliency map on the same (D, H, W) grid is oriented the same way and drawn as an RGBA heat map
 (:func:`render_heatmap_png`) that the viewer lays over the slice.
 
->>> hu = volume_to_hu(volume, hu_min=-1000, hu_max=200, offset=0.449)      # doctest: +SKIP
+>>> hu = PreprocessedVolume.from_config(volume, config).to_hu()     # doctest: +SKIP
 >>> png = render_slice_png(hu, "axial", 120, *window_bounds(*WINDOWS["lung"], -1000, 200))  # doctest: +SKIP
 >>> heat = render_heatmap_png(saliency, "axial", 120)                       # doctest: +SKIP
 """
@@ -34,21 +34,6 @@ WINDOWS: dict[str, tuple[float, float]] = {
     "mediastinum": (-160.0, 240.0),
     "bone": (-450.0, 1050.0),
 }
-
-
-def volume_to_hu(volume: np.ndarray, *, hu_min: float, hu_max: float, offset: float) -> np.ndarray:
-    """Undo the intensity mapping of preprocessing.
-
-    Args:
-        volume: (D, H, W) float32, values ``(clip(HU, hu_min, hu_max) - hu_min) / (hu_max - hu_min) - offset``.
-        hu_min, hu_max, offset: the model's ``PreprocessConfig`` values.
-
-    Returns:
-        (D, H, W) int16 HU in [hu_min, hu_max], rounded to 1 HU: half the memory of the float32 volume, and far
-        finer than the 8-bit display of even a 400 HU window (1.6 HU per grey level).
-    """
-    hu = (volume.astype(np.float32) + np.float32(offset)) * np.float32(hu_max - hu_min) + np.float32(hu_min)
-    return np.clip(np.rint(hu), hu_min, hu_max).astype(np.int16)
 
 
 def window_bounds(lower: float, upper: float, hu_min: float, hu_max: float) -> tuple[float, float]:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ctagrg.config import ConfigError, from_dict, read_json_object, to_dict
+from ctagrg.data.preprocessed import PreprocessedVolume
 from ctagrg.extras.halves.heads import SIDE_CLASSES
 from ctagrg.extras.halves.thresholds import sides_source
 from ctagrg.extras.nodule.measure import (
@@ -22,7 +23,6 @@ from ctagrg.extras.nodule.measure import (
     NoduleSizeConfig,
     calibrate_offset,
     check_window,
-    hu_from_input,
     largest_isolated_radius,
     solid_spheres,
 )
@@ -90,7 +90,7 @@ class NoduleSizeExtension(Extension):
                 continue
             found += 1
             volume = ds[k]["volume"][0].numpy()
-            spheres = solid_spheres(hu_from_input(volume, pp.hu_min, pp.hu_max, pp.offset), pp.spacing, measure)
+            spheres = solid_spheres(PreprocessedVolume.from_config(volume, pp).to_hu(), pp.spacing, measure)
             r = largest_isolated_radius(spheres, volume.shape[1], measure, where)
             if r is not None:
                 radii.append(r)

@@ -159,9 +159,3 @@ def check_window(config: NoduleSizeConfig, hu_min: float, hu_max: float, where: 
         raise ConfigError(f"{where}: nodule_size needs an HU window that keeps lung (< {config.lung_hu:g} HU) and "
                          f"solid tissue (> {config.solid_hu:g} HU) apart; the preprocessing's is "
                          f"[{hu_min:g}, {hu_max:g}]")
-
-
-def hu_from_input(volume: np.ndarray, hu_min: float, hu_max: float, offset: float) -> np.ndarray:
-    """A preprocessed volume (HU window mapped to [0, 1], minus ``offset``) back to HU, float32. Values at the
-    window's ends stay there (the preprocessing clipped them)."""
-    return ((np.asarray(volume, np.float32) + offset) * (hu_max - hu_min) + hu_min).astype(np.float32)

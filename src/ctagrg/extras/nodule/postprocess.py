@@ -9,8 +9,9 @@ from typing import Any
 import torch
 
 from ctagrg.config import ConfigError
+from ctagrg.data.preprocessed import PreprocessedVolume
 from ctagrg.extras.halves.heads import halves_on
-from ctagrg.extras.nodule.measure import SIDES, NoduleSizeConfig, check_window, hu_from_input, nodule_diameter_mm
+from ctagrg.extras.nodule.measure import SIDES, NoduleSizeConfig, check_window, nodule_diameter_mm
 from ctagrg.generation.postprocess import ReportBatch
 from ctagrg.labels import LABEL_INDEX
 from ctagrg.text.attributes import restate_size
@@ -51,7 +52,7 @@ class NoduleSizePostprocessor:
     def __call__(self, batch: ReportBatch) -> None:
         pp = self.preprocess
         for v in batch.detected[:, NODULE].nonzero().flatten().tolist():
-            hu = hu_from_input(batch.volumes[v], pp.hu_min, pp.hu_max, pp.offset)
+            hu = PreprocessedVolume.from_config(batch.volumes[v], pp).to_hu()
             size = nodule_diameter_mm(hu, pp.spacing, self.config, self._sides(batch, v))
             if size is None:
                 continue
