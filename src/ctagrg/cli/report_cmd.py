@@ -47,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard", type=shard_spec, default=(0, 1), metavar="I/N",
                         help="report only block I of N (0-based) of the inputs, e.g. "
                              "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT")
+    parser.add_argument("--saliency", metavar="DIR",
+                        help="also write, per detected abnormality, a saliency map (where its logit comes from) as "
+                             "DIR/<scan name>/<abnormality>.nii.gz, aligned with the original scan (docs/saliency.md)")
     add_max_memory_mb(parser, "a scan (the budget of all --workers together)")
 
 
@@ -203,16 +206,35 @@ def _report_all(reporter: Any, todo: list[Any], model: str, args: argparse.Names
     from ctagrg.utils.progress import progress
 
     batches = run_inference(reporter, todo, batch_size=args.batch_size, workers=args.workers,
-                            max_bytes=max_memory_bytes(args))
+                            max_bytes=max_memory_bytes(args), saliency=bool(args.saliency))
     failures = 0
     with signals.deferred():
         for batch in progress(batches, desc="reports", total=-(-len(todo) // args.batch_size), unit="batches"):
             for result in batch:
+                if args.saliency and result.report is not None:
+                    write_saliency(result, Path(args.saliency))
                 line = result_line(result, model)
                 failures += "error" in line
                 _emit(line, fh, text)
             signals.raise_if_stop_requested(f"report stopped between batches; {where} holds every finished scan")
     return failures
+
+
+def write_saliency(result: Any, folder: Path) -> list[Path]:
+    """The saliency maps of one reported scan as ``folder/<scan name>/<abnormality>.nii.gz`` (float32 in [0, 1]),
+    on the preprocessed grid with its affine in the original scan's world, so that viewers overlay them on the
+    scan. A scan without that affine (an array or cache input) gets a warning on its line instead."""
+    from ctagrg.generation.saliency import save_saliency_nifti
+
+    affine = getattr(result.volume, "affine", None)
+    if affine is None:
+        result.warnings.append("saliency: not written (no original scan to align the maps with)")
+        return []
+    written = []
+    for label, saliency in result.report.saliency.items():
+        slug = "_".join(label.lower().split())
+        written.append(save_saliency_nifti(saliency, affine, folder / result.name / f"{slug}.nii.gz"))
+    return written
 
 
 def compact_out(out: Path, retried: set[str]) -> None:

@@ -72,6 +72,7 @@ class ReporterConfig:
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     assembly: AssemblyConfig = field(default_factory=AssemblyConfig)
     visual_batch_size: int = 2  # volumes per visual forward pass
+    saliency_method: str = "hirescam"  # when saliency maps are asked for (ctagrg.generation.saliency)
     # round every input volume to the preprocessed cache's uint8 levels (ctagrg.data.cache.as_cached) before the
     # visual model: models are trained on cached volumes, so a scan read from its file gets exactly the
     # probabilities its cached copy gets in training and `ctagrg evaluate`. Idempotent on cached volumes.
@@ -109,6 +110,9 @@ class Report:
     text: str
     abnormalities: dict[str, Abnormality]
     warnings: list[str] = field(default_factory=list)  # e.g. the scan is unlike the model's training data
+    # per detected abnormality, where its logit comes from: (D, H, W) float32 in [0, 1] on the preprocessed grid
+    # (``report_volumes(..., saliency=True)``; ctagrg.generation.saliency)
+    saliency: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def detected(self) -> list[str]:
@@ -116,9 +120,15 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         """``{"report": str, "abnormalities": {label: {probability, detected, threshold, sentence, size_mm,
-        numbers}}}``, plus ``"warnings": [...]`` when there are any."""
+        numbers}}}``, plus ``"warnings": [...]`` when there are any and, with saliency maps, each detected
+        abnormality's ``"saliency": {"peak": [d, h, w]}``."""
         out: dict[str, Any] = {"report": self.text,
                                "abnormalities": {k: asdict(v) for k, v in self.abnormalities.items()}}
+        if self.saliency:
+            from ctagrg.generation.saliency import peak_index
+
+            for label, saliency in self.saliency.items():  # the map's peak, (d, h, w) on the preprocessed grid
+                out["abnormalities"][label]["saliency"] = {"peak": list(peak_index(saliency))}
         if self.warnings:
             out["warnings"] = list(self.warnings)
         return out
@@ -191,8 +201,9 @@ class Reporter:
         return array.astype(np.float32, copy=False)
 
     @torch.no_grad()
-    def report_volumes(self, volumes: np.ndarray) -> list[Report]:
-        """volumes: (N, D, H, W) float32, preprocessed → N Reports."""
+    def report_volumes(self, volumes: np.ndarray, *, saliency: bool = False) -> list[Report]:
+        """volumes: (N, D, H, W) float32, preprocessed → N Reports. With ``saliency``, each report also holds a
+        saliency map per detected abnormality (one backward pass per map; :mod:`ctagrg.generation.saliency`)."""
         if len(volumes) == 0:
             return []
         if self.config.quantize_like_cache:
@@ -213,8 +224,22 @@ class Reporter:
                             sentences=per_volume)
         for postprocess in self.postprocessors:
             postprocess(batch)
-        return [self._report(probs[v], detected[v], batch.sentences[v], batch.measurements[v], batch.warnings[v])
-                for v in range(len(volumes))]
+        reports = [self._report(probs[v], detected[v], batch.sentences[v], batch.measurements[v], batch.warnings[v])
+                   for v in range(len(volumes))]
+        if saliency:
+            self._add_saliency(volumes, detected, reports)
+        return reports
+
+    def _add_saliency(self, volumes: np.ndarray, detected: torch.Tensor, reports: list[Report]) -> None:
+        """Each report's ``saliency``: a map per detected abnormality, from the volume the model saw."""
+        from ctagrg.generation.saliency import abnormality_saliency
+
+        with torch.enable_grad():
+            for volume, row, report in zip(volumes, detected, reports, strict=True):
+                labels = row.nonzero().flatten().tolist()
+                if labels:
+                    maps = abnormality_saliency(self.visual, volume, labels, self.config.saliency_method)
+                    report.saliency = {LABELS[i]: maps[i] for i in labels}
 
     def score(self, volumes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         """Visual model in chunks: probabilities (N, 18) and embeddings (N, 18, E), float32 on the CPU, and the
