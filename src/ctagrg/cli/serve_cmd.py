@@ -43,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                         help="another name clients may use for this server in the Host header (repeatable)")
     parser.add_argument("--keep", type=positive_int, default=8, help="scans kept in memory for the viewer (default 8)")
+    parser.add_argument("--saliency", action="store_true",
+                        help="compute a saliency map per detected abnormality (one backward pass each) and show it in "
+                             "the viewer (docs/saliency.md)")
     add_max_memory_mb(parser, "an upload")
 
 
@@ -55,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     config = ServeConfig(max_upload_mb=args.max_upload_mb, max_voxels=args.max_voxels, max_memory_mb=args.max_memory_mb,
                          max_pending=args.max_pending, timeout_s=args.timeout,
                          min_upload_rate_kib=args.min_upload_rate,
-                         allowed_hosts=tuple(args.allow_host), keep=args.keep)
+                         allowed_hosts=tuple(args.allow_host), keep=args.keep, saliency=args.saliency)
     try:
         reporter = Reporter.from_pretrained(args.model, device=args.device)
     except (OSError, ValueError, RuntimeError) as exc:  # ValueError: a bad model folder or --device

@@ -74,6 +74,8 @@ class ServeConfig:
         keep: scans kept in memory for the viewer, least recently used dropped first. Each costs 2 bytes a voxel
             (int16 HU): 105 MiB at the seed's (240, 480, 480).
         log_requests: print one line a request to stderr (successful slice PNGs are never logged: too many).
+        saliency: compute a saliency map per detected abnormality with each report (one backward pass each), kept
+            with the scan as uint8 levels (1 byte a voxel per map) for the viewer's overlays.
     """
 
     max_upload_mb: float = 2048.0
@@ -85,6 +87,7 @@ class ServeConfig:
     allowed_hosts: tuple[str, ...] = ()
     keep: int = 8
     log_requests: bool = True
+    saliency: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_upload_mb", "timeout_s", "min_upload_rate_kib", "max_memory_mb"):
@@ -279,7 +282,8 @@ class ReportService:
         volume = result.volume
         info = {"input": filename, **result.to_dict(), "seconds": round(result.seconds, 3),
                 "shape": list(volume.shape), "spacing": list(volume.spacing_mm), "hu_window": list(volume.hu_window)}
-        return self.store.add(info, np.rint(volume.to_hu()).astype(np.int16))
+        maps = {label: np.rint(m * 255).astype(np.uint8) for label, m in result.report.saliency.items()}
+        return self.store.add(info, np.rint(volume.to_hu()).astype(np.int16), maps)
 
     def _check_size(self, path: Path, filename: str) -> Path:
         """Headers only, before the reader decodes anything: 413 past ``max_voxels`` or the memory budget, 400 for
@@ -303,7 +307,7 @@ class ReportService:
             return text.replace(str(path), filename).replace(str(path.parent), "")
 
         [result] = next(run_inference(self.reporter, [InferenceItem(filename, str(path))],
-                                      max_bytes=self.config.max_memory_bytes))
+                                      max_bytes=self.config.max_memory_bytes, saliency=self.config.saliency))
         exc, read_failed = result.exception, result.volume is None
         if read_failed and isinstance(exc, ScanTooLarge):  # found while decoding: more than its header says
             raise ApiError(413, named(str(exc))) from None
