@@ -531,6 +531,7 @@ class CNN3DEncoder(nn.Module):
         # ~1.6x faster so (0.38 -> 0.24 s for a batch of 8 at the demo shape, BENCHMARKS.md); values equal up to
         # float rounding, and checkpoints are written contiguous
         self.features.to(memory_format=torch.channels_last_3d)
+        self.feature_map = nn.Identity()  # the stem's maps, read by the CNN and the pooling alike; saliency hooks it
         # standardise the pooled features: rare-bin statistics (calcium, metal) are ~100x smaller than lung ones
         # and would otherwise be learned last
         self.norm = nn.BatchNorm1d(config.part_dim)  # with lateral_halves shared by both halves, as the heads are
@@ -562,6 +563,7 @@ class CNN3DEncoder(nn.Module):
         Separate from :meth:`forward_features` so that callers who computed the (weightless) stem once, e.g.
         benchmarks/phantom_learnability.py, run the same network on it.
         """
+        stem = self.feature_map(stem)
         x = stem.contiguous(memory_format=torch.channels_last_3d)
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             maps = checkpoint(self.features, x, use_reentrant=False)

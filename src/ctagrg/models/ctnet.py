@@ -118,6 +118,9 @@ class CTNetEncoder(nn.Module):
             layers += [nn.Conv3d(in_ch, ch, tuple(k), stride=tuple(s)), nn.ReLU(inplace=True)]
             in_ch = ch
         self.reducer = nn.Sequential(*layers)
+        # the trunk maps stacked along depth, (B, C, triplets, h, w): the last 3-D map spanning the input (SLP),
+        # hooked by saliency (ctagrg.generation.saliency)
+        self.feature_map = nn.Identity()
         self.fc = nn.Linear(self.shapes["flat"][0], config.embed_dim)
         self.dropout = nn.Dropout(config.dropout)
         self.gradient_checkpointing = False
@@ -156,11 +159,11 @@ class CTNetEncoder(nn.Module):
         if self.config.input_windows:
             images = self._windows(images)
         maps = self._run_trunk(images)
-        maps = maps.view(b, n, *maps.shape[1:])  # triplets become Conv3d channels
+        maps = self.feature_map(maps.view(b, n, *maps.shape[1:]).transpose(1, 2))  # (B, C, triplets, h, w)
         if self.config.reducer == "pool":
-            maps = maps.transpose(1, 2).flatten(2)  # (B, C, triplets * h * w)
+            maps = maps.flatten(2)  # (B, C, triplets * h * w)
             return torch.cat([maps.amax(-1), maps.mean(-1)], dim=1)
-        return self.reducer(maps).flatten(1)
+        return self.reducer(maps.transpose(1, 2)).flatten(1)  # triplets become Conv3d channels
 
     def forward(self, volume: torch.Tensor) -> torch.Tensor:
         return self.dropout(torch.relu(self.fc(self.forward_features(volume))))
