@@ -2,9 +2,9 @@
 
 For every volume of one split of a phantom dataset, the packaged model's step 1 decides what is detected
 (probability >= threshold, as ``ctagrg report``); for each detected finding that the ground truth
-(``ROOT/ground_truth/<name>.json``) locates, the Grad-CAM map (``ctagrg.generation.saliency``) is computed and its
-peak is mapped to patient mm with ``ctagrg.data.preprocess.output_affine``. Scored against the ground truth's
-``center_ras_mm``:
+(``ROOT/ground_truth/<name>.json``) locates, the saliency map (``ctagrg.generation.saliency``, ``--method``) is
+computed and its peak is mapped to patient mm with ``ctagrg.data.preprocess.output_affine``. Scored against the
+ground truth's ``center_ras_mm``:
 
 - ``peak_in_lesion``: the peak lies within the lesion's radius of its centre (findings whose ``size_mm`` is the
   lesion's diameter: ``RADIUS_LABELS``);
@@ -18,8 +18,9 @@ hernia, lymphadenopathy at a single station) or a point of it (device, atelectas
 bronchiectasis, fibrotic line); bilateral ones are left out, their centre naming one side only. Diffuse findings
 (emphysema, mosaic attenuation, cardiomegaly, ...) have no position to point at.
 
-Baseline: a peak drawn uniformly from the volume's body voxels. Its rates are exact expectations (the fraction of
-body voxels that would score), not samples.
+A map of zeros (nothing in the feature map raises the logit) has no peak and counts as a miss everywhere; the
+median distance leaves it out. Baseline: a peak drawn uniformly from the volume's body voxels; its rates are exact
+expectations (the fraction of body voxels that would score), not samples.
 
     PYTHONPATH=src python benchmarks/saliency_pointing.py --model demo_out/model --data demo_out/data \
         --split test --out saliency_pointing.json
@@ -87,6 +88,7 @@ class Score:
     name: str
     label: str
     side: str | None
+    empty: bool  # a map of zeros (nothing raises the logit): its "peak" is voxel 0 and scores as a miss
     distance_mm: float
     radius_mm: float | None
     peak_in_lesion: bool | None
@@ -104,6 +106,7 @@ def score_lesion(name: str, lesion: Lesion, saliency: np.ndarray, affine: np.nda
     from ctagrg.generation.saliency import peak_index
 
     peak = peak_index(saliency)
+    empty = not saliency.max() > 0
     dist = np.linalg.norm(world - lesion.centre, axis=-1)
     r = lesion.radius_mm or 0.0
     body_dist = dist[body]
@@ -111,16 +114,21 @@ def score_lesion(name: str, lesion: Lesion, saliency: np.ndarray, affine: np.nda
     if lesion.side in ("left", "right"):
         midline = float(np.nonzero(body)[1].mean())
         on_left = np.nonzero(body)[1] > midline
-        side_ok = bool((peak[1] > midline) == (lesion.side == "left"))
+        side_ok = bool((peak[1] > midline) == (lesion.side == "left")) and not empty
         random_side = float(on_left.mean() if lesion.side == "left" else 1.0 - on_left.mean())
     return Score(
-        name=name, label=lesion.label, side=lesion.side, distance_mm=float(dist[peak]),
-        peak_in_lesion=None if lesion.radius_mm is None else bool(dist[peak] <= r),
-        radius_mm=lesion.radius_mm, pointing={f"{t:g}": bool(dist[peak] <= r + t) for t in tolerances_mm},
+        name=name, label=lesion.label, side=lesion.side, empty=empty, distance_mm=float(dist[peak]),
+        peak_in_lesion=None if lesion.radius_mm is None else bool(dist[peak] <= r) and not empty,
+        radius_mm=lesion.radius_mm,
+        pointing={f"{t:g}": bool(dist[peak] <= r + t) and not empty for t in tolerances_mm},
         side_correct=side_ok,
         random_peak_in_lesion=None if lesion.radius_mm is None else float((body_dist <= r).mean()),
         random_pointing={f"{t:g}": float((body_dist <= r + t).mean()) for t in tolerances_mm},
         random_side_correct=random_side)
+
+
+def _median(values: Sequence[float]) -> float | None:
+    return float(np.median(values)) if values else None
 
 
 def _rate(vals: Sequence[bool], rand: Sequence[float]) -> dict[str, Any]:
@@ -136,7 +144,8 @@ def summarise(scores: Sequence[Score]) -> dict[str, dict[str, Any]]:
         groups["all"].append(s)
     out = {}
     for key, items in sorted(groups.items(), key=lambda kv: (kv[0] == "all", kv[0])):
-        row: dict[str, Any] = {"n": len(items), "median_distance_mm": float(np.median([s.distance_mm for s in items]))}
+        row: dict[str, Any] = {"n": len(items), "empty_maps": sum(s.empty for s in items),
+                               "median_distance_mm": _median([s.distance_mm for s in items if not s.empty])}
         for metric in ("peak_in_lesion", "side_correct"):
             vals = [getattr(s, metric) for s in items if getattr(s, metric) is not None]
             rand = [getattr(s, "random_" + metric) for s in items if getattr(s, metric) is not None]
@@ -193,6 +202,10 @@ def run(model_dir: Path, data: Path, split: str, tolerances_mm: Sequence[float],
     return scores
 
 
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}"
+
+
 def table(summary: dict[str, dict[str, Any]]) -> str:
     """Markdown table: per label n, peak-in-lesion, pointing per tolerance and side, model / random."""
     def cell(m: dict[str, Any]) -> str:
@@ -204,7 +217,7 @@ def table(summary: dict[str, dict[str, Any]]) -> str:
     for key, row in summary.items():
         pointing = " | ".join(cell(row["pointing"][t]) for t in tolerances)
         lines.append(f"| {'**all**' if key == 'all' else key} | {row['n']} | {cell(row['peak_in_lesion'])} | "
-                     f"{pointing} | {cell(row['side_correct'])} | {row['median_distance_mm']:.1f} |")
+                     f"{pointing} | {cell(row['side_correct'])} | {_fmt(row['median_distance_mm'])} |")
     return "\n".join(lines)
 
 
