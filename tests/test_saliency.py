@@ -80,6 +80,19 @@ def test_maps_have_the_input_grid_and_are_normalised(name, method):
     np.testing.assert_allclose(single[9], maps[9][1], atol=1e-5)  # a volume's map does not depend on the batch
 
 
+@pytest.mark.parametrize("name", sorted(ENCODERS))
+def test_a_frozen_model_gives_the_same_maps(name):
+    """Inference code may freeze the weights (requires_grad False); cnn3d's stem then leaves no graph at all."""
+    model = _step1(name)
+    x = torch.randn(1, 1, *TINY[name]["input_shape"])
+    before = saliency_maps(model, x, [3])[3]
+    model.requires_grad_(False)
+    with torch.no_grad():  # and a caller inside no_grad
+        after = saliency_maps(model, x, [3])[3]
+    np.testing.assert_allclose(after, before, atol=1e-6)
+    assert before.max() == pytest.approx(1.0)
+
+
 def test_errors_name_the_problem():
     model = _step1("cnn3d")
     x = torch.randn(1, 1, *TINY["cnn3d"]["input_shape"])

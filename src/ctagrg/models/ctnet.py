@@ -4,6 +4,7 @@ Shapes at the paper's input (B, 1, 240, 480, 480), default config::
 
     (B, 1, 240, 480, 480) -> view (B*80, 3, 480, 480)        80 triplets of consecutive slices (D axis)
     trunk                 -> (B*80, 512, 15, 15)             ResNet-18 without avgpool/fc
+    feature_map           -> (B, 512, 80, 15, 15)            the trunk maps stacked along depth (saliency hooks it)
     view                  -> (B, 80, 512, 15, 15)            triplets are Conv3d channels, features are "depth"
     reducer               -> (B, 16, 18, 5, 5)               Conv3d 80->64->32->16, ReLU after each
     flatten, fc           -> (B, 7200) -> (B, 2048)          Linear, ReLU, dropout 0.5
