@@ -115,6 +115,34 @@ def plan(vol: CTVolume, config: PreprocessConfig) -> PreprocessPlan:
     return PreprocessPlan(vol.shape, vol.axcodes, ornt, shape, spacing, resampled, config.shape, start)  # type: ignore
 
 
+def output_affine(vol: CTVolume, config: PreprocessConfig) -> np.ndarray:
+    """4×4 affine of the preprocessed (D, H, W) grid: voxel index → patient mm in the world of ``vol.affine`` (RAS).
+
+    Composes exactly what :func:`preprocess_volume` does per output axis ``a`` (input axis ``i``, ``n`` voxels
+    after reorientation, ``r`` after resampling, crop/pad start ``s``): output index ``k`` samples the reoriented
+    position ``(k + s + 0.5) · n / r − 0.5`` (``align_corners=False``; ``(k + s) · (n − 1) / (r − 1)`` with True),
+    which is input index ``n − 1 − that`` where the reorientation flips the axis. Obliquity is kept: the columns
+    are ``vol.affine``'s, permuted and scaled. Padded voxels get positions too (outside the scan). Write a map on
+    the preprocessed grid with this affine and viewers (3D Slicer, ITK-SNAP) overlay it on the original scan.
+    """
+    p = plan(vol, config)
+    index = np.zeros((4, 4))  # output voxel index (homogeneous) -> input voxel index (homogeneous)
+    index[3, 3] = 1.0
+    for in_axis, (out_axis, direction) in enumerate(p.ornt):
+        a = int(out_axis)
+        n, r, s = p.reoriented_shape[a], p.resampled_shape[a], p.start[a]
+        if config.align_corners:
+            scale = (n - 1) / (r - 1) if r > 1 else float(n)  # r == 1: one sample at index 0, its size nominal
+            shift = s * scale
+        else:
+            scale = n / r
+            shift = (s + 0.5) * scale - 0.5
+        if direction < 0:
+            scale, shift = -scale, n - 1 - shift
+        index[in_axis, a], index[in_axis, 3] = scale, shift
+    return np.asarray(vol.affine, dtype=np.float64) @ index
+
+
 def _axis_weights(n_in: int, n_res: int, start: int, n_out: int, align_corners: bool
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, slice]:
     """Linear-interpolation taps for one axis.

@@ -4,6 +4,7 @@ Shapes at the paper's input (B, 1, 240, 480, 480), default config::
 
     (B, 1, 240, 480, 480) -> view (B*80, 3, 480, 480)        80 triplets of consecutive slices (D axis)
     trunk                 -> (B*80, 512, 15, 15)             ResNet-18 without avgpool/fc
+    feature_map           -> (B, 512, 80, 15, 15)            the trunk maps stacked along depth (saliency hooks it)
     view                  -> (B, 80, 512, 15, 15)            triplets are Conv3d channels, features are "depth"
     reducer               -> (B, 16, 18, 5, 5)               Conv3d 80->64->32->16, ReLU after each
     flatten, fc           -> (B, 7200) -> (B, 2048)          Linear, ReLU, dropout 0.5
@@ -124,6 +125,9 @@ class CTNetEncoder(nn.Module):
             layers += [nn.Conv3d(in_ch, ch, tuple(k), stride=tuple(s)), nn.ReLU(inplace=True)]
             in_ch = ch
         self.reducer = nn.Sequential(*layers)
+        # the trunk maps stacked along depth, (B, C, triplets, h, w): the last 3-D map spanning the input (SLP),
+        # hooked by saliency (ctagrg.generation.saliency)
+        self.feature_map = nn.Identity()
         self.fc = nn.Linear(self.shapes["flat"][0], config.embed_dim)
         self.dropout = nn.Dropout(config.dropout)
         self.gradient_checkpointing = False
@@ -162,11 +166,11 @@ class CTNetEncoder(nn.Module):
         if self.config.input_windows:
             images = self._windows(images)
         maps = self._run_trunk(images)
-        maps = maps.view(b, n, *maps.shape[1:])  # triplets become Conv3d channels
+        maps = self.feature_map(maps.view(b, n, *maps.shape[1:]).transpose(1, 2))  # (B, C, triplets, h, w)
         if self.config.reducer == "pool":
-            maps = maps.transpose(1, 2).flatten(2)  # (B, C, triplets * h * w)
+            maps = maps.flatten(2)  # (B, C, triplets * h * w)
             return torch.cat([maps.amax(-1), maps.mean(-1)], dim=1)
-        return self.reducer(maps).flatten(1)
+        return self.reducer(maps.transpose(1, 2)).flatten(1)  # triplets become Conv3d channels
 
     def forward(self, volume: torch.Tensor) -> torch.Tensor:
         return self.dropout(torch.relu(self.fc(self.forward_features(volume))))

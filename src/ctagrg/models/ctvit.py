@@ -179,6 +179,9 @@ class CTViTEncoder(nn.Module):
         self.pos_bias = ContinuousPositionBias(cfg.dim, cfg.heads)
         self.spatial = FactorTransformer(cfg, cfg.spatial_depth)
         self.temporal = FactorTransformer(cfg, cfg.temporal_depth)
+        # the tokens as a 3-D map (B, dim, t, h, w) spanning the input (SLP), hooked by saliency
+        # (ctagrg.generation.saliency)
+        self.feature_map = nn.Identity()
         gh, gw = cfg.pool_grid
         self.fc = nn.Linear(gh * gw * cfg.dim, cfg.embed_dim)
         self.dropout = nn.Dropout(cfg.dropout)
@@ -205,5 +208,6 @@ class CTViTEncoder(nn.Module):
         return F.adaptive_avg_pool2d(x, self.config.pool_grid).flatten(1)
 
     def forward(self, volume: torch.Tensor) -> torch.Tensor:
-        return self.dropout(torch.relu(self.fc(self.pool(self.forward_tokens(volume)))))
+        tokens = self.feature_map(self.forward_tokens(volume).permute(0, 4, 1, 2, 3)).permute(0, 2, 3, 4, 1)
+        return self.dropout(torch.relu(self.fc(self.pool(tokens))))
 
