@@ -46,8 +46,13 @@ def _step1(name: str) -> Step1Model:
     torch.manual_seed(0)
     from ctagrg.models.registry import encoder_config
 
-    cfg = VisualModelConfig(encoder=name, heads=HeadsConfig(in_dim=24, embed_dim=8, classifier_hidden=8, dropout=0.0))
-    setattr(cfg, name, encoder_config(name, **TINY[name]))
+    from ctagrg.config import to_dict
+
+    heads = HeadsConfig(in_dim=24, embed_dim=8, classifier_hidden=8, dropout=0.0)
+    if name in ("ctnet", "ctvit"):
+        cfg = VisualModelConfig(encoder=name, heads=heads, **{name: encoder_config(name, **TINY[name])})
+    else:  # a plug-in encoder's section
+        cfg = VisualModelConfig(encoder=name, heads=heads, extras={name: to_dict(encoder_config(name, **TINY[name]))})
     return Step1Model(cfg).eval()
 
 
@@ -258,7 +263,9 @@ def test_pointing_game_of_a_trained_model_beats_a_random_peak():
     from saliency_pointing import BODY_HU
     from sklearn.metrics import roc_auc_score
 
-    from ctagrg.models.cnn3d import CNN3DConfig
+    from ctagrg.config import to_dict
+    from ctagrg.extras.cnn3d.channels.context import ContextConfig
+    from ctagrg.extras.cnn3d.config import CNN3DConfig
 
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
@@ -267,8 +274,8 @@ def test_pointing_game_of_a_trained_model_beats_a_random_peak():
     y = torch.zeros(len(train), 18)
     y[:, 9] = torch.tensor([c is not None for _, c in train], dtype=torch.float32)
     enc = CNN3DConfig(input_shape=(16, 32, 32), input_hu=(-1000.0, 1500.0, 0.449), width=4, region_grid=2,
-                      embed_dim=0, context=True, context_patches=1, dropout=0.0)
-    model = Step1Model(VisualModelConfig(encoder="cnn3d", cnn3d=enc, heads=HeadsConfig(
+                      embed_dim=0, context=ContextConfig(enabled=True, patches=1), dropout=0.0)
+    model = Step1Model(VisualModelConfig(encoder="cnn3d", extras={"cnn3d": to_dict(enc)}, heads=HeadsConfig(
         in_dim=enc.out_dim, embed_dim=8, classifier_hidden=8, dropout=0.0)))
     with torch.no_grad():
         stems = model.encoder.stem(x)

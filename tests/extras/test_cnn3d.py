@@ -211,9 +211,9 @@ def test_encode_gives_the_halves_and_the_outlier_fraction_in_eval_mode_only() ->
         enc.encode()
 
 
-def test_the_last_cnn_map_passes_through_feature_map() -> None:
-    """The saliency hook point: the last 3-D map (B, 8w, d/4, h/4, w/4) over the whole volume, which the pooling
-    reads; replacing it changes the embedding."""
+def test_the_stem_maps_pass_through_feature_map() -> None:
+    """The saliency hook point: the stem's maps (B, stem_channels, d, h, w) over the whole volume, which the CNN and
+    the pooling both read; replacing them changes the embedding."""
     torch.manual_seed(0)
     enc = CNN3DEncoder(CNN3DConfig(**{**SMALL, "input_shape": (16, 32, 32)})).eval()
     seen = []
@@ -221,8 +221,8 @@ def test_the_last_cnn_map_passes_through_feature_map() -> None:
     x = torch.randn(2, 1, 16, 32, 32) * 0.3
     with torch.no_grad():
         h = enc(x)
-        assert len(seen) == 1 and tuple(seen[0].shape) == (2, 8 * 2, *enc.shapes["stage3"][1:]) == (2, 16, 2, 2, 2)
-        assert torch.equal(seen[0], enc.features_from_stem(enc.stem(x))[1])
+        assert len(seen) == 1 and tuple(seen[0].shape) == (2, *enc.shapes["stem"]) == (2, 14, 8, 8, 8)
+        assert torch.equal(seen[0], enc.stem(x))
         enc.feature_map.register_forward_hook(lambda module, args, out: out * 0)
         assert not torch.equal(enc(x), h)
     assert "feature_map" not in {k.split(".")[0] for k in enc.state_dict()}  # no weights: checkpoints unchanged

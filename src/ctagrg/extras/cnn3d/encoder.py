@@ -4,7 +4,7 @@ Shapes for the demo input (B, 1, 64, 128, 128) at (4, 2, 2) mm, default config::
 
     HU-bin stem (fixed)             (B, 14, 32, 32, 32)    per 2x4x4 patch (8 mm); the demo's channels: 20
     1x1 conv + conv3 at 32^3        (B, 2w, 32, 32, 32)
-    stride-2 stages                 (B, 4w, 16, 16, 16) -> (B, 8w, 8, 8, 8)   ``feature_map``
+    stride-2 stages                 (B, 4w, 16, 16, 16) -> (B, 8w, 8, 8, 8)
     region pooling                  per octant max + mean of the CNN maps, their global max, (with ``context`` the
                                     stem's global max,) the stem's max + mean on a ``region_grid``^3 grid
     BatchNorm1d, Linear, ReLU, dropout  (B, embed_dim); with embed_dim 0: BatchNorm1d, dropout (B, pooled_dim)
@@ -71,7 +71,9 @@ class CNN3DEncoder(nn.Module):
         # channels-last weights and inputs: oneDNN's 3D convolutions on the CPU run a training step ~1.6x faster so
         # (BENCHMARKS.md); values equal up to float rounding, and checkpoints are written contiguous
         self.features.to(memory_format=torch.channels_last_3d)
-        self.feature_map = nn.Identity()  # the last CNN map (B, 8w, d/4, h/4, w/4) passes here: a hook point (saliency)
+        # the stem's maps (B, stem_channels, d, h, w), read by the CNN and the region pooling alike, pass here: the
+        # saliency hook point (a later CNN map would miss the stem features the pooling reads directly)
+        self.feature_map = nn.Identity()
         # standardise the pooled features: rare-bin statistics (calcium, metal) are ~100x smaller than lung ones
         # and would otherwise be learned last
         self.norm = nn.BatchNorm1d(config.part_dim)  # with lateral_halves shared by both halves, as the heads are
@@ -106,12 +108,12 @@ class CNN3DEncoder(nn.Module):
         Separate from :meth:`forward_features` so that callers who computed the (weightless) stem once, e.g.
         benchmarks/phantom_learnability.py, run the same network on it.
         """
+        stem = self.feature_map(stem)
         x = stem.contiguous(memory_format=torch.channels_last_3d)
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             maps = checkpoint(self.features, x, use_reentrant=False)
         else:
             maps = self.features(x)
-        maps = self.feature_map(maps)
         if self.config.lateral_halves:
             # axis 3 (L) grows toward the left: [:h/2] is the right half; the left half is mirrored so that both
             # run from the lateral chest wall (index 0) to the midline
