@@ -96,8 +96,9 @@ class PreprocessedVolume:
 
 
 def preprocess_to_volume(vol: CTVolume, config: PreprocessConfig | None = None) -> PreprocessedVolume:
-    """:func:`ctagrg.data.preprocess.preprocess_volume`, returned with its window, spacing and orientation."""
-    from ctagrg.data.preprocess import PreprocessConfig, preprocess_volume
+    """:func:`ctagrg.data.preprocess.preprocess_volume`, returned with its window, spacing, orientation and its grid's
+    affine in the scan's world (:func:`ctagrg.data.preprocess.output_affine`)."""
+    from ctagrg.data.preprocess import PreprocessConfig, output_affine, preprocess_volume
 
     config = config or PreprocessConfig()
-    return PreprocessedVolume.from_config(preprocess_volume(vol, config), config)
+    return PreprocessedVolume.from_config(preprocess_volume(vol, config), config, output_affine(vol, config))
