@@ -472,8 +472,8 @@ def phantom_scan(tmp_path: Path) -> tuple[np.ndarray, tuple[float, ...], dict[st
     its ground truth, label → the preprocessed index of each finding's centre)."""
     from ctagrg.data.ctio import load_ct
     from ctagrg.data.preprocess import PreprocessConfig, plan, preprocess_volume
+    from ctagrg.data.preprocessed import PreprocessedVolume
     from ctagrg.phantom.generate import generate_dataset
-    from ctagrg.serve.slices import volume_to_hu
 
     root = generate_dataset(tmp_path / "phantom", n=1, seed=10, size="small", split="train=1")
     truth = json.loads((root / "ground_truth" / "train_1_a_1.json").read_text(encoding="utf-8"))
@@ -487,8 +487,7 @@ def phantom_scan(tmp_path: Path) -> tuple[np.ndarray, tuple[float, ...], dict[st
             i, j, k = f["center_voxel"]
             centres[f["label"]] = tuple(int(round(c * r / o - s)) for c, r, o, s in zip(
                 (k, i, j), p.resampled_shape, p.reoriented_shape, p.start, strict=True))
-    hu = volume_to_hu(preprocess_volume(vol, config), hu_min=config.hu_min, hu_max=config.hu_max,
-                      offset=config.offset)
+    hu = np.rint(PreprocessedVolume.from_config(preprocess_volume(vol, config), config).to_hu()).astype(np.int16)
     return hu, config.spacing, truth, centres
 
 

@@ -146,8 +146,11 @@ def test_head_variants_come_from_the_registry():
     assert HalvesConfig().lateral_halves and not HalvesConfig().attribute_heads
     with pytest.raises(ValueError, match=r"unknown heads variant 'nosuch'; available: ctagrg, .*halves"):
         Step1Model(tiny_model_config(heads={**SMALL.__dict__, "variant": "nosuch"}))
-    with pytest.raises(ConfigError, match=r"^model.extras.halves: no plug-in encoder or head variant 'halves'"):
-        tiny_model_config(extras={"halves": {}})
+    with pytest.raises(ConfigError, match=r"^model.extras.nosuch: no plug-in encoder or head variant of that name"):
+        tiny_model_config(extras={"nosuch": {}})
+    # a variant's section may be set before heads.variant names it, but a model does not keep an unused one
+    with pytest.raises(ConfigError, match=r"^model.extras.halves: not used by this model .*heads.variant 'ctagrg'"):
+        Step1Model(tiny_model_config(extras={"halves": {}}))
     with pytest.raises(ConfigError, match=r"^model.heads.lateral_halves: moved out of the published heads: set "
                                           r"heads.variant: halves and model.extras.halves"):
         from_dict(HeadsConfig, {"lateral_halves": True}, where="model.heads")

@@ -44,9 +44,8 @@ FEATURE_MAPS = {"ctnet": (32, 4, 1, 1), "ctvit": (32, 4, 4, 4), "cnn3d": (14, 8,
 
 def _step1(name: str) -> Step1Model:
     torch.manual_seed(0)
-    from ctagrg.models.registry import encoder_config
-
     from ctagrg.config import to_dict
+    from ctagrg.models.registry import encoder_config
 
     heads = HeadsConfig(in_dim=24, embed_dim=8, classifier_hidden=8, dropout=0.0)
     if name in ("ctnet", "ctvit"):

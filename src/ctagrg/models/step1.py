@@ -108,6 +108,10 @@ class _VisualModel(nn.Module):
         out_dim = getattr(enc_cfg, "out_dim", getattr(enc_cfg, "embed_dim", None))
         if out_dim != config.heads.in_dim:
             raise ValueError(f"encoder embedding width {out_dim} (embed_dim) != heads.in_dim {config.heads.in_dim}")
+        unused = sorted(set(config.extras) - {config.encoder, config.heads.variant})
+        if unused:
+            raise ConfigError(f"model.extras.{unused[0]}: not used by this model (its encoder is "
+                              f"{config.encoder!r}, heads.variant {config.heads.variant!r})")
         self.encoder = create_encoder(config.encoder, enc_cfg)
         self._variant = head_variant(config.heads.variant)
         self._variant_config = config.heads_variant_config()
