@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ctagrg.generation.reporter import stated_numbers
+from ctagrg.generation.numbers import stated_numbers
 from ctagrg.text.attributes import restate_size, size_mm_from_text, size_spans
 
 

@@ -32,6 +32,7 @@ from ctagrg.config import ConfigError, from_dict, read_json_object, to_dict
 from ctagrg.generation.assemble import AssemblyConfig, assemble_report
 from ctagrg.generation.generate import GenerationSettings, generate_sentences
 from ctagrg.generation.model_card import render_model_card
+from ctagrg.generation.numbers import stated_numbers
 from ctagrg.generation.postprocess import POSTPROCESS_FILE, ReportBatch, build_postprocessors, postprocessor_config
 from ctagrg.labels import LABELS, NUM_LABELS
 from ctagrg.models.decoder import ReportDecoder, load_tokenizer
@@ -395,18 +396,3 @@ def _concat(chunks: list[dict[str, Any]]) -> dict[str, Any]:
         return {}
     return {k: _concat([c[k] for c in chunks]) if isinstance(v, dict) else torch.cat([c[k] for c in chunks])
             for k, v in chunks[0].items()}
-
-
-def stated_numbers(sentence: str | None, measured_mm: float | None) -> list[dict[str, Any]]:
-    """Each size ``sentence`` states, marked "measured" when it is the measured diameter (as a post-processor wrote
-    it: ``measured_mm`` rounded half up to whole mm) and "decoder" otherwise (a number the model wrote)."""
-    import math
-
-    from ctagrg.text.attributes import size_spans
-
-    out = []
-    for span in size_spans(sentence):
-        measured = measured_mm is not None and span.value_mm == math.floor(measured_mm + 0.5)
-        out.append({"text": span.text, "start": span.start, "end": span.end, "value_mm": span.value_mm,
-                    "source": "measured" if measured else "decoder"})
-    return out
