@@ -130,7 +130,12 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
             f"{where}: unknown key(s) {', '.join(unknown)} for {cls.__name__}; valid keys: {', '.join(types_)}"
         )
     kwargs = {k: _coerce(v, types_[k], f"{where}.{k}") for k, v in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:  # raised by the dataclass's own checks, e.g. a plug-in section: name the file
+        if where == "config" or str(exc).startswith(where):
+            raise
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -166,7 +171,11 @@ def _set_in_mapping(mapping: dict[str, Any], dotted: str, raw: str) -> dict[str,
             raise ConfigError(f"override {dotted!r}: {head!r} is not a section")
         out[head] = _set_in_mapping(child, rest, raw)
     else:
-        out[head] = yaml.safe_load(raw) if raw != "" else ""
+        value = yaml.safe_load(raw) if raw != "" else ""
+        if value is None:  # `key=null` removes the entry (a plug-in section switched off; in a file, `key:` is {})
+            out.pop(head, None)
+        else:
+            out[head] = value
     return out
 
 

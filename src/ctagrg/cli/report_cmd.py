@@ -212,7 +212,10 @@ def _report_all(reporter: Any, todo: list[Any], model: str, args: argparse.Names
         for batch in progress(batches, desc="reports", total=-(-len(todo) // args.batch_size), unit="batches"):
             for result in batch:
                 if args.saliency and result.report is not None:
-                    write_saliency(result, Path(args.saliency))
+                    try:
+                        write_saliency(result, Path(args.saliency))
+                    except OSError as exc:  # the report stands; its line says why its maps are missing
+                        result.warnings.append(f"saliency: not written ({exc})")
                 line = result_line(result, model)
                 failures += "error" in line
                 _emit(line, fh, text)

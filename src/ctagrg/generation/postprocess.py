@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ctagrg.config import ConfigError, from_dict
-from ctagrg.utils.plugins import load_plugins
+from ctagrg.utils.plugins import load_plugins, missing_hint
 
 POSTPROCESS_FILE = "postprocess.json"
 
@@ -72,7 +72,7 @@ def postprocessor_config(name: str, options: Mapping[str, Any], where: str) -> A
         load_plugins()
     if name not in _REGISTRY:
         known = ", ".join(sorted(_REGISTRY)) or "none installed"
-        raise ConfigError(f"{where}.{name}: unknown report post-processor (known: {known})")
+        raise ConfigError(f"{where}.{name}: unknown report post-processor (known: {known}){missing_hint()}")
     return from_dict(_REGISTRY[name].config_class, dict(options or {}), where=f"{where}.{name}")
 
 

@@ -20,6 +20,7 @@ every volume in one batched generation call.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -41,6 +42,7 @@ from ctagrg.models.thresholds_file import read_thresholds
 from ctagrg.utils.atomic import write_json_atomic, write_text_atomic
 from ctagrg.utils.device import resolve_device
 
+logger = logging.getLogger(__name__)
 Input = str | Path | np.ndarray | torch.Tensor
 # what a packaged model folder holds that from_pretrained reads (the model card README.md is a description)
 MODEL_PARTS = ("visual", "decoder", "tokenizer", "thresholds.json", "preprocess.json", "reporter.json")
@@ -89,7 +91,7 @@ class ReporterConfig:
 
     def __post_init__(self) -> None:
         # each post-processor's options resolved to its full config (defaults filled in), so that it is saved whole
-        self.postprocess = {name: to_dict(postprocessor_config(name, options, "ReporterConfig.postprocess"))
+        self.postprocess = {name: to_dict(postprocessor_config(name, options, "postprocess"))
                             for name, options in self.postprocess.items()}
 
 
@@ -177,13 +179,15 @@ class Reporter:
         self.card = card or {}
 
     # -- inference -------------------------------------------------------------------------------------------
-    def report(self, scan: Input) -> Report:
-        """One scan (a path, or a preprocessed (D, H, W) array) → its Report."""
-        return self.report_batch([scan])[0]
+    def report(self, scan: Input, *, saliency: bool = False) -> Report:
+        """One scan (a path, or a preprocessed (D, H, W) array) → its Report (with ``saliency``, its maps)."""
+        return self.report_batch([scan], saliency=saliency)[0]
 
-    def report_batch(self, inputs: Sequence[Input]) -> list[Report]:
-        """Reports for several scans; raises ValueError naming the first input that cannot be read."""
-        return self.report_volumes(np.stack([self.load_input(x) for x in inputs]) if inputs else np.zeros((0,)))
+    def report_batch(self, inputs: Sequence[Input], *, saliency: bool = False) -> list[Report]:
+        """Reports for several scans; raises ValueError naming the first input that cannot be read. For many
+        scans with per-scan errors, warnings and timing, use :func:`ctagrg.generation.inference.run_inference`."""
+        volumes = np.stack([self.load_input(x) for x in inputs]) if inputs else np.zeros((0,))
+        return self.report_volumes(volumes, saliency=saliency)
 
     def load_input(self, scan: Input, *, max_bytes: int | None = None) -> np.ndarray:
         """A path is read (within ``max_bytes`` of memory, see :func:`ctagrg.data.ctio.load_ct`) and preprocessed;
@@ -238,9 +242,15 @@ class Reporter:
         with torch.enable_grad():
             for volume, row, report in zip(volumes, detected, reports, strict=True):
                 labels = row.nonzero().flatten().tolist()
-                if labels:
+                if not labels:
+                    continue
+                try:
                     maps = abnormality_saliency(self.visual, volume, labels, self.config.saliency_method)
-                    report.saliency = {LABELS[i]: maps[i] for i in labels}
+                except (RuntimeError, ValueError) as exc:  # e.g. out of memory in a backward pass: keep the report
+                    logger.warning(f"saliency not computed: {type(exc).__name__}: {exc}")
+                    report.warnings.append(f"saliency: not computed ({type(exc).__name__}: {exc})")
+                    continue
+                report.saliency = {LABELS[i]: maps[i] for i in labels}
 
     def score(self, volumes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         """Visual model in chunks: probabilities (N, 18) and embeddings (N, 18, E), float32 on the CPU, and the

@@ -20,7 +20,7 @@ from torch import nn
 from ctagrg.config import from_dict
 from ctagrg.models.ctnet import CTNetConfig, CTNetEncoder
 from ctagrg.models.ctvit import CTViTConfig, CTViTEncoder
-from ctagrg.utils.plugins import load_plugins
+from ctagrg.utils.plugins import load_plugins, missing_hint
 
 ENCODERS: dict[str, tuple[type, type[nn.Module]]] = {
     "ctnet": (CTNetConfig, CTNetEncoder),
@@ -60,7 +60,7 @@ def encoder_entry(name: str) -> tuple[type, type[nn.Module]]:
     if name not in ENCODERS:
         load_plugins()
     if name not in ENCODERS:
-        raise ValueError(f"unknown encoder {name!r}; available: {', '.join(ENCODERS)}")
+        raise ValueError(f"unknown encoder {name!r}; available: {', '.join(ENCODERS)}{missing_hint()}")
     return ENCODERS[name]
 
 
@@ -71,7 +71,8 @@ def head_variant(name: str) -> HeadVariant | None:
     if name not in HEADS:
         load_plugins()
     if name not in HEADS:
-        raise ValueError(f"unknown heads variant {name!r}; available: ctagrg, {', '.join(HEADS)}")
+        raise ValueError(f"unknown heads variant {name!r}; available: {', '.join(['ctagrg', *HEADS])}"
+                         f"{missing_hint()}")
     return HEADS[name]
 
 

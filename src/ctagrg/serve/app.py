@@ -72,7 +72,7 @@ class ServeConfig:
         allowed_hosts: extra names the ``Host`` header may give besides the bound address (and localhost when
             bound to loopback), e.g. this machine's DNS name when bound to all addresses.
         keep: scans kept in memory for the viewer, least recently used dropped first. Each costs 2 bytes a voxel
-            (int16 HU): 105 MiB at the seed's (240, 480, 480).
+            (int16 HU): 105 MiB at the seed's (240, 480, 480), plus 1 byte a voxel per saliency map with ``saliency``.
         log_requests: print one line a request to stderr (successful slice PNGs are never logged: too many).
         saliency: compute a saliency map per detected abnormality with each report (one backward pass each), kept
             with the scan as uint8 levels (1 byte a voxel per map) for the viewer's overlays.

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ctagrg.config import ConfigError, from_dict
-from ctagrg.utils.plugins import load_plugins
+from ctagrg.utils.plugins import load_plugins, missing_hint
 
 
 class Extension:
@@ -95,7 +95,7 @@ def extension_class(name: str) -> type[Extension]:
         load_plugins()
     if name not in _REGISTRY:
         known = ", ".join(sorted(_REGISTRY)) or "none installed"
-        raise ConfigError(f"extras.{name}: unknown training extension (known: {known})")
+        raise ConfigError(f"extras.{name}: unknown training extension (known: {known}){missing_hint()}")
     return _REGISTRY[name].cls
 
 

@@ -212,7 +212,7 @@ class VisualTask(Task):
     def _inputs(self, batch: dict[str, Any], train: bool) -> dict[str, torch.Tensor]:
         """The model's keyword inputs for ``batch``: an extension's, or the volumes, augmented in training
         (subclasses: encoder outputs looked up by name instead). Augmentation records which volumes it mirrored
-        left-right in ``batch["lr_flipped"]`` ((B,) bool), for the side targets."""
+        left-right in ``batch["lr_flipped"]`` ((B,) bool), for whatever reads sides from the labels' text."""
         for ext in self.extensions:
             replaced = ext.inputs(batch, train)
             if replaced is not None:

@@ -19,6 +19,14 @@ GROUP = "ctagrg.plugins"
 _loaded: set[str] = set()
 
 
+def missing_hint() -> str:
+    """``"; ..."`` saying how to fix it when no plug-in is installed at all (an editable install made before the
+    entry point existed keeps its old metadata), else ``""``: for the registries' unknown-name errors."""
+    if any(True for _ in entry_points(group=GROUP)):
+        return ""
+    return f"; no {GROUP!r} entry point is installed: reinstall ctagrg (pip install -e .)"
+
+
 def load_plugins() -> list[str]:
     """Call every ``ctagrg.plugins`` entry point not called yet; returns the names of those called now. A plug-in
     that fails to import is logged and skipped (its names then stay unknown, and the lookup's error says so)."""
