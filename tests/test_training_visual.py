@@ -198,3 +198,14 @@ def test_the_decoder_stage_refuses_its_old_mirror_section(tmp_path):
     path.write_text("mirror:\n  p: 0.5\n")
     with pytest.raises(ConfigError, match=rf"^{path}.mirror: moved to extras.mirror"):
         load_config(DecoderTaskConfig, path)
+
+
+def test_a_stage_hands_every_model_it_builds_to_its_model_hook(tmp_path):
+    from ctagrg.config import load_config
+    from ctagrg.training.visual_tasks import PretrainTask, PretrainTaskConfig
+
+    task = PretrainTask(load_config(PretrainTaskConfig, None, [*MODEL, "train.tensorboard=false"]))
+    seen = []
+    task.model_hook = seen.append
+    model = task.build_model()
+    assert seen == [model]

@@ -238,12 +238,14 @@ def test_the_memo_is_injected_and_shared_by_copies() -> None:
     assert "memo" not in "".join(enc.state_dict())
 
 
-def test_shared_memo_reaches_encoders_built_inside_it_only() -> None:
-    from ctagrg.extras.cnn3d.encoder import shared_memo
+def test_the_demo_injects_its_memo_into_the_models_it_builds() -> None:
+    from types import SimpleNamespace
 
-    memo, own = ArrayMemo(1 << 20), ArrayMemo(1 << 20)
-    with shared_memo(memo):
-        inside = CNN3DEncoder(CNN3DConfig(**SMALL))
-        mine = CNN3DEncoder(CNN3DConfig(**SMALL), memo=own)
-    assert inside.stem.memo is memo and mine.stem.memo is own
-    assert CNN3DEncoder(CNN3DConfig(**SMALL)).stem.memo is None
+    from ctagrg.demo import DemoConfig
+
+    memo = ArrayMemo(1 << 20)
+    model = SimpleNamespace(encoder=CNN3DEncoder(CNN3DConfig(**SMALL)))
+    assert model.encoder.stem.memo is None  # no memo unless one is injected
+    DemoConfig(memo=memo).inject_memo(model)
+    assert model.encoder.stem.memo is memo
+    DemoConfig().inject_memo(SimpleNamespace(encoder=torch.nn.Linear(2, 2)))  # an encoder without a memo: nothing

@@ -63,16 +63,17 @@ def main(cfg: DemoConfig, log: Callable[[str], None] = print) -> int:
     import torch
 
     from ctagrg.evaluation.evaluate import headline_table, load_metrics
-    from ctagrg.extras.cnn3d.encoder import shared_memo
     from ctagrg.utils.array_memo import ArrayMemo
 
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     try:
-        # one memo of the cnn3d sphere and node channels for every stage: each volume is measured once
-        with shared_memo(ArrayMemo(DEMO_MEMO_BYTES)):
-            seconds = run_stages(build_stages(), cfg, log)
+        # one memo of the cnn3d sphere and node channels, injected into every model the stages build: each volume
+        # is measured once
+        if cfg.memo is None:
+            cfg.memo = ArrayMemo(DEMO_MEMO_BYTES)
+        seconds = run_stages(build_stages(), cfg, log)
     except DemoError as exc:
         print(f"ctagrg demo: {exc}", file=sys.stderr)
         return 1

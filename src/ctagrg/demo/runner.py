@@ -59,6 +59,15 @@ class DemoConfig:
     until: str | None = None  # stop after this stage
     configs: str | None = None  # folder with preprocess/pretrain/classifier/decoder YAML; None: configs/demo
     phantom_size: str = "small"  # ctagrg phantom --size (tests use "tiny")
+    # the cnn3d sphere/node memo the stages share (``main`` makes one: each volume's channels measured once); not a
+    # setting, so not part of run_settings
+    memo: Any = field(default=None, repr=False, compare=False)
+
+    def inject_memo(self, model: Any) -> None:
+        """Give ``model``'s encoder this run's memo, where the encoder takes one (the demo's cnn3d)."""
+        set_memo = getattr(getattr(model, "encoder", None), "set_memo", None)
+        if self.memo is not None and callable(set_memo):
+            set_memo(self.memo)
 
     @property
     def preset(self) -> DemoPreset:

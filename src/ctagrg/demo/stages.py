@@ -66,7 +66,9 @@ def _train(task: str, out: Path, cfg: DemoConfig, overrides: list[str]) -> Path:
 
     task_cls = get_task(task)
     task_cfg = load_config(task_cls.Config, config_dir(cfg) / f"{task}.yaml", overrides + stage_overrides(cfg, task))
-    return Path(train(task_cls(task_cfg)))
+    stage = task_cls(task_cfg)
+    stage.model_hook = cfg.inject_memo
+    return Path(train(stage))
 
 
 def _epochs(epochs: int | None) -> list[str]:
@@ -140,16 +142,18 @@ def train_tokenizer(texts: list[str], out_dir: Path, vocab_size: int = 2000) -> 
 def _embeddings(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     import pandas as pd
 
-    from ctagrg.training.embedding_cache import EmbeddingCacheConfig, build_from_config
+    from ctagrg.training.embedding_cache import EmbeddingCacheConfig, build_from_config, load_step1_model
 
     p = paths(out)
     # train and valid only: the test phantoms are read by the evaluate stage alone
     labels = _merge_csvs(p["data"], "labels", ("train", "valid"), p["text"] / "labels_train_valid.csv")
     sentences = _sentences(out)
     vocab = train_tokenizer(pd.read_csv(sentences)["Sentence"].astype(str).tolist(), p["tokenizer"])
+    step1 = load_step1_model(p["classifier"] / "best").eval()
+    cfg.inject_memo(step1)
     build_from_config(EmbeddingCacheConfig(out_dir=str(p["embeddings"]), step1_dir=str(p["classifier"] / "best"),
                                            volume_cache=str(p["cache"]), labels_csv=str(labels),
-                                           sentences_csv=str(sentences), device="cpu"))
+                                           sentences_csv=str(sentences), device="cpu"), step1=step1)
     return {"vocab_size": vocab}
 
 

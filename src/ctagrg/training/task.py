@@ -43,6 +43,9 @@ class Task:
         self.device: Any = "cpu"
 
     # -- required ---------------------------------------------------------------------------------------------
+    # called with every model the stage builds (``build_model``), e.g. to inject a memo into it; None: nothing
+    model_hook: Any = None
+
     def build_model(self) -> Any:
         """Return the ``nn.Module`` to train (weights initialised, on CPU; the loop moves it)."""
         raise NotImplementedError

@@ -180,6 +180,8 @@ class VisualTask(Task):
             load_encoder_from(model, init.encoder_from)
         for ext in self.extensions:
             ext.on_build(model)
+        if self.model_hook is not None:
+            self.model_hook(model)
         return model
 
     def param_groups(self, model: nn.Module) -> list[Any]:

@@ -15,9 +15,6 @@ BatchNorm1d (and Linear): h = [right, left], (B, 2 x part_dim).
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,33 +35,18 @@ def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
                          nn.ReLU(inplace=True))
 
 
-_SCOPED_MEMOS: list[ArrayMemo] = []  # memos handed in by shared_memo, innermost last
-
-
-@contextlib.contextmanager
-def shared_memo(memo: ArrayMemo) -> Iterator[ArrayMemo]:
-    """Within the block, every CNN3DEncoder built without a memo of its own uses ``memo``: a pipeline that builds
-    models deep inside its stages (the demo: training, the step-2 embedding cache, evaluation) injects one memo
-    for all of them, so that each volume's sphere and node channels are measured once."""
-    _SCOPED_MEMOS.append(memo)
-    try:
-        yield memo
-    finally:
-        _SCOPED_MEMOS.remove(memo)
-
-
 class CNN3DEncoder(nn.Module):
     """(B, 1, D, H, W) float32 preprocessed CT (SLP) -> (B, out_dim) embedding ``h`` (``CNN3DConfig.out_dim``).
 
-    ``memo``: the stem's memo of its sphere and node channels (:class:`HUBinStem`); None: the one of an enclosing
-    :func:`shared_memo`, else none."""
+    ``memo``: the stem's memo of its sphere and node channels (:class:`HUBinStem`); None: none (:meth:`set_memo`
+    injects one later, e.g. the demo's into every model it builds)."""
 
     def __init__(self, config: CNN3DConfig | None = None, memo: ArrayMemo | None = None) -> None:
         super().__init__()
         self.config = config = config or CNN3DConfig()
         self.shapes = config.shapes()
         w, c = config.width, config.stem_channels
-        self.stem = HUBinStem(config, memo if memo is not None or not _SCOPED_MEMOS else _SCOPED_MEMOS[-1])
+        self.stem = HUBinStem(config, memo)
         self.features = nn.Sequential(
             nn.Conv3d(c, 2 * w, 1), nn.ReLU(inplace=True),  # mixes the bins into tissue features
             _block(2 * w, 2 * w, 1), _block(2 * w, 4 * w, 2), _block(4 * w, 8 * w, 2), _block(8 * w, 8 * w, 1))
