@@ -410,3 +410,19 @@ def test_text_output_carries_each_scans_warnings_beside_its_report(model_dir: Pa
     assert main(["report", str(b), "--model", str(model_dir), "--out", str(tmp_path / "q.jsonl"), "--quiet"]) == 0
     printed = capsys.readouterr()
     assert printed.out == "" and f"{b}: warning: {ood}\n" in printed.err
+
+
+def test_out_dash_into_a_reader_that_stops_ends_without_a_traceback(model_dir: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys as _sys
+
+    scans = [str(write_scan(tmp_path / f"s{i}.nii.gz", i)) for i in range(3)]
+    cmd = [_sys.executable, "-m", "ctagrg.cli.main", "report", *scans, "--model", str(model_dir), "--out", "-"]
+    # the reader takes one line and closes the pipe, as `| head -1` does
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) in (0, 1)
+    assert json.loads(first)["input"] == scans[0]
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err

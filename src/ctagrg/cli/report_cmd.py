@@ -190,6 +190,10 @@ def run(args: argparse.Namespace) -> int:
     failures = 0
     try:
         failures = _report_all(reporter, todo, model, args, fh, where, text=not (args.quiet or json_on_stdout))
+    except BrokenPipeError:  # whoever read stdout stopped (`--out - | head`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the interpreter's final flush is silent
+        print("report: stdout closed by its reader; stopped", file=sys.stderr)
+        return 1
     finally:
         if fh is not None and fh is not sys.stdout:
             fh.close()
