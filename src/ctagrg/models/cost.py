@@ -2,9 +2,7 @@
 
 The model is built on PyTorch's ``meta`` device (shapes only, no memory, no arithmetic); one forward + backward
 runs under ``FlopCounterMode`` and a saved-tensor hook sums what autograd keeps for backward (the activation
-memory). Used for the estimates in docs/training.md::
-
-    python -m ctagrg.models.cost            # CT-Net and CT-ViT at (240, 480, 480), batch 1 and 4
+memory). Used for the estimates in docs/training.md (``benchmarks/model_cost.py`` prints them).
 
 Activation bytes are those of fp32 tensors; under bf16 autocast most saved tensors (conv/linear inputs) are
 bf16, so roughly half. Tensors saved by several ops are counted once per op (an upper bound).
@@ -12,8 +10,6 @@ bf16, so roughly half. Tensors saved by several ops are counted once per op (an 
 
 from __future__ import annotations
 
-import argparse
-import json
 from typing import Any
 
 import torch
@@ -50,16 +46,3 @@ def measure(config: VisualModelConfig, batch: int = 1) -> dict[str, Any]:
 def paper_configs() -> dict[str, VisualModelConfig]:
     return {"ctnet": VisualModelConfig(encoder="ctnet", ctnet=CTNetConfig()),
             "ctvit": VisualModelConfig(encoder="ctvit", ctvit=CTViTConfig())}
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, nargs="+", default=[1, 4])
-    args = parser.parse_args(argv)
-    for cfg in paper_configs().values():
-        for b in args.batch:
-            print(json.dumps(measure(cfg, b)))
-
-
-if __name__ == "__main__":
-    main()
