@@ -38,6 +38,8 @@ def chrome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A headless Chromium (1280 x 1000 window) whose downloads go to ``chrome.download_dir``."""
     found = find_chromium()
     if isinstance(found, str):
+        if os.environ.get("CTAGRG_REQUIRE_BROWSER"):  # .ci/run installed one: a missing browser is a failure there
+            pytest.fail(f"CTAGRG_REQUIRE_BROWSER is set but {found}")
         pytest.skip(found)
     try:  # the browser is here: a missing client library is a broken dev install, not a reason to skip
         from selenium import webdriver
