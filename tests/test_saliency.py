@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from test_encoders import TINY
 from torch import nn
 
 from ctagrg.data.ctio import CTVolume
@@ -29,14 +30,8 @@ from ctagrg.models.step1 import Step1Model, VisualModelConfig
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+# the tiny encoders of tests/test_encoders.py
 
-TINY = {
-    "ctnet": dict(input_shape=(12, 32, 32), trunk={"width": 4}, embed_dim=24, dropout=0.0,
-                  reducer_kernels=[[3, 1, 1], [3, 1, 1], [2, 1, 1]], reducer_strides=[[2, 1, 1], [2, 1, 1], [1, 1, 1]]),
-    "ctvit": dict(input_shape=(8, 16, 16), dim=32, patch_size=4, temporal_patch_size=2, spatial_depth=1,
-                  temporal_depth=1, heads=2, dim_head=16, pool_grid=(2, 2), embed_dim=24, dropout=0.0),
-    "cnn3d": dict(input_shape=(16, 32, 32), width=2, region_grid=2, embed_dim=24, dropout=0.0),
-}
 # (channels, d, h, w) of each tiny encoder's feature_map: CT-Net's 4 triplets x the trunk's 1x1 maps (32 / 32),
 # CT-ViT's 4 x 4 x 4 tokens, cnn3d's stem (12 HU-bin fractions, mean and max HU on 8 x 8 x 8 patches of 2x4x4)
 FEATURE_MAPS = {"ctnet": (32, 4, 1, 1), "ctvit": (32, 4, 4, 4), "cnn3d": (14, 8, 8, 8)}
