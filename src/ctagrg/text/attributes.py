@@ -15,8 +15,8 @@ _LEFT_RE = re.compile(r"\bleft\b")
 _RIGHT_RE = re.compile(r"\bright\b")
 # "12 mm", "1.2 cm", "12x9.3 mm", "12 x 9 x 7 mm", "0,8 cm", "12 millimeters"
 _NUM = r"\d+(?:[.,]\d+)?"
-_SIZE_RE = re.compile(rf"({_NUM}(?:\s*[x×*]\s*{_NUM})*)\s*(mm|millimet(?:er|re)s?|cm|centimet(?:er|re)s?)\b")
-_SIZE_RE_ANY_CASE = re.compile(_SIZE_RE.pattern, re.IGNORECASE)
+_SIZE_RE_ANY_CASE = re.compile(rf"({_NUM}(?:\s*[x×*]\s*{_NUM})*)\s*(mm|millimet(?:er|re)s?|cm|centimet(?:er|re)s?)\b",
+                               re.IGNORECASE)
 # a number and a dash or "to" right before a size: the size ends a range ("5-6 mm", "5 to 6 mm")
 _RANGE_BEFORE_RE = re.compile(rf"{_NUM}\s*(?:-|–|to)\s*$", re.IGNORECASE)
 
@@ -48,14 +48,8 @@ def size_mm_from_text(sentence: str | None) -> float | None:
     >>> size_mm_from_text("a 12x9.3 mm nodule")
     12.0
     """
-    if not sentence:
-        return None
-    match = _SIZE_RE.search(sentence.lower())
-    if match is None:
-        return None
-    dims = [float(v.replace(",", ".")) for v in re.findall(_NUM, match.group(1))]
-    scale = 10.0 if match.group(2).startswith(("cm", "centimet")) else 1.0
-    return max(dims) * scale
+    spans = size_spans(sentence)
+    return spans[0].value_mm if spans else None
 
 
 def restate_size(sentence: str, size_mm: float) -> str:
