@@ -13,7 +13,6 @@ from test_report_cli import model_dir, write_scan  # noqa: F401 (the module's ti
 
 from ctagrg.cli.main import main as cli_main
 from ctagrg.generation.reporter import Reporter
-from ctagrg.labels import LABELS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -60,7 +59,6 @@ def test_report_saliency_writes_nifti_maps_aligned_with_the_scan(model_dir: Path
         np.testing.assert_allclose(img.affine, expected_affine, atol=1e-4)
         assert list(np.unravel_index(int(np.argmax(data)), data.shape)) == \
             line["abnormalities"][label]["saliency"]["peak"]
-    assert set(LABELS) >= set(detected)
 
 
 def test_serve_saliency_stores_the_maps_for_the_viewer(model_dir: Path, tmp_path: Path) -> None:  # noqa: F811
